@@ -1,0 +1,188 @@
+import { writeUnaligned } from '../core/align.js';
+import { BlockError } from '../core/errors.js';
+import { Mutex } from '../core/mutex.js';
+import type { Image } from '../formats/types.js';
+
+/** An extent of the whole disk: which layer answers for it. */
+export interface ChainExtent {
+  offset: number;
+  length: number;
+  /** data: some layer holds bytes; zero: reads as zero (a layer said so, or no layer has it). */
+  kind: 'data' | 'zero';
+  /** Index of the layer that answered (0 = top); layers.length when no layer has it. */
+  depth: number;
+  /** For data, the position in that layer's file when known. */
+  hostOffset?: number;
+}
+
+/**
+ * A disk made of layers: layers[0] is the top (the image that was opened),
+ * each next one its backing. Reads go top-down by whole extents from each
+ * layer's blockStatus; writes go to the top layer only, sector-aligned, with
+ * partial sectors completed from what the chain reads there (copy-up).
+ */
+export class Chain {
+  private readonly writeLock = new Mutex();
+
+  constructor(
+    readonly layers: Image[],
+    readonly readOnly: boolean,
+  ) {}
+
+  get top(): Image {
+    return this.layers[0];
+  }
+
+  get size(): number {
+    return this.layers[0].size;
+  }
+
+  get logicalSectorSize(): number {
+    return this.layers[0].logicalSectorSize;
+  }
+
+  private checkRange(offset: number, length: number, operation: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new BlockError('out-of-range', `${operation} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, {
+        path: this.top.path,
+        offset,
+        length,
+        operation,
+      });
+    }
+  }
+
+  private checkWritable(operation: string): void {
+    if (this.readOnly || this.top.readOnly) {
+      throw new BlockError('read-only', 'image is open read-only', { path: this.top.path, operation });
+    }
+  }
+
+  /** Read the disk's content at offset into `into`. */
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    this.checkRange(offset, into.length, 'read');
+    await this.readFrom(0, offset, into);
+  }
+
+  /** Read what layers[depth..] show at offset (the disk as seen from below layer depth-1). */
+  async readFrom(depth: number, offset: number, into: Uint8Array): Promise<void> {
+    if (into.length === 0) return;
+    if (depth >= this.layers.length) {
+      into.fill(0);
+      return;
+    }
+    const layer = this.layers[depth];
+    // A backing file may be shorter than its child: past its end the disk reads zeros.
+    if (offset >= layer.size) {
+      into.fill(0);
+      return;
+    }
+    if (offset + into.length > layer.size) {
+      const inside = layer.size - offset;
+      into.fill(0, inside);
+      into = into.subarray(0, inside);
+    }
+    const extents = await layer.blockStatus(offset, into.length);
+    for (const e of extents) {
+      const part = into.subarray(e.offset - offset, e.offset - offset + e.length);
+      if (e.kind === 'data') await layer.read(e.offset, part);
+      else if (e.kind === 'zero') part.fill(0);
+      else await this.readFrom(depth + 1, e.offset, part);
+    }
+  }
+
+  /** Which layer answers for each part of [offset, offset+length); adjacent extents from the same layer merge. */
+  async blockStatus(offset: number, length: number): Promise<ChainExtent[]> {
+    this.checkRange(offset, length, 'block status');
+    const out: ChainExtent[] = [];
+    await this.statusFrom(0, offset, length, out);
+    return out;
+  }
+
+  private async statusFrom(depth: number, offset: number, length: number, out: ChainExtent[]): Promise<void> {
+    if (length === 0) return;
+    const layer = this.layers[depth];
+    if (!layer || offset >= layer.size) {
+      push(out, { offset, length, kind: 'zero', depth: this.layers.length });
+      return;
+    }
+    const inside = Math.min(length, layer.size - offset);
+    for (const e of await layer.blockStatus(offset, inside)) {
+      if (e.kind === 'unallocated') await this.statusFrom(depth + 1, e.offset, e.length, out);
+      else push(out, { offset: e.offset, length: e.length, kind: e.kind, depth, hostOffset: e.hostOffset });
+    }
+    if (inside < length) push(out, { offset: offset + inside, length: length - inside, kind: 'zero', depth: this.layers.length });
+  }
+
+  /** Write to the top layer. Writes are serialised so that each lands whole (NBD multi-conn relies on it). */
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.checkWritable('write');
+    this.checkRange(offset, data.length, 'write');
+    if (data.length === 0) return;
+    const top = this.top;
+    await this.writeLock.run(() =>
+      writeUnaligned(offset, data, top.logicalSectorSize, (u, buf) => this.readFrom(0, u, buf), (o, d) => top.write(o, d)),
+    );
+  }
+
+  /** Make a range read as zeros, whatever the backing holds. */
+  async writeZeroes(offset: number, length: number, options: { mayUnmap?: boolean } = {}): Promise<void> {
+    this.checkWritable('write zeroes');
+    this.checkRange(offset, length, 'write zeroes');
+    if (length === 0) return;
+    const top = this.top;
+    const align = top.logicalSectorSize;
+    await this.writeLock.run(async () => {
+      const end = offset + length;
+      const alignedStart = Math.ceil(offset / align) * align;
+      const alignedEnd = Math.floor(end / align) * align;
+      const readUnit = (u: number, buf: Uint8Array) => this.readFrom(0, u, buf);
+      const writeSectors = (o: number, d: Uint8Array) => top.write(o, d);
+      if (alignedStart >= alignedEnd) {
+        // No whole sector inside: merge zeros into the partial sector(s).
+        await writeUnaligned(offset, new Uint8Array(length), align, readUnit, writeSectors);
+        return;
+      }
+      if (alignedStart > offset) await writeUnaligned(offset, new Uint8Array(alignedStart - offset), align, readUnit, writeSectors);
+      await top.writeZeroes(alignedStart, alignedEnd - alignedStart, options);
+      if (end > alignedEnd) await writeUnaligned(alignedEnd, new Uint8Array(end - alignedEnd), align, readUnit, writeSectors);
+    });
+  }
+
+  /** Discard: whole sectors only; the rest of the range is left alone (discard is advisory). */
+  async trim(offset: number, length: number): Promise<void> {
+    this.checkWritable('trim');
+    this.checkRange(offset, length, 'trim');
+    const top = this.top;
+    if (!top.trim) return;
+    const align = top.logicalSectorSize;
+    const start = Math.ceil(offset / align) * align;
+    const end = Math.floor((offset + length) / align) * align;
+    if (end > start) await this.writeLock.run(() => top.trim!(start, end - start));
+  }
+
+  /** Make every write durable. */
+  async flush(): Promise<void> {
+    for (const l of this.layers) if (!l.readOnly) await l.flush();
+  }
+
+  async close(): Promise<void> {
+    let first: unknown;
+    for (const l of this.layers) {
+      try {
+        await l.close();
+      } catch (e) {
+        first ??= e;
+      }
+    }
+    if (first) throw first;
+  }
+}
+
+function push(out: ChainExtent[], e: ChainExtent): void {
+  const last = out[out.length - 1];
+  const hostOk = last?.hostOffset !== undefined && e.hostOffset !== undefined ? last.hostOffset + last.length === e.hostOffset : last?.hostOffset === e.hostOffset;
+  if (last && last.kind === e.kind && last.depth === e.depth && last.offset + last.length === e.offset && hostOk) {
+    last.length += e.length;
+  } else out.push({ ...e });
+}

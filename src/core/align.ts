@@ -1,0 +1,59 @@
+/**
+ * The one head/body/tail helper for unaligned I/O (architecture rule 6).
+ *
+ *   offset                                              offset+length
+ *     |<- head ->|<------------ body ------------>|<- tail ->|
+ *   --+----------+--------------------------------+----------+--
+ *   ^ aligned    ^ aligned                        ^ aligned
+ *
+ * `head` and `tail` are the partial units at either end (each at most one
+ * `align` unit, and possibly the same unit when the range lies inside one);
+ * `body` is the aligned middle.
+ */
+export interface AlignedSplit {
+  /** The whole aligned unit containing the start, when the start is unaligned. */
+  head: { unit: number; from: number; to: number } | null;
+  body: { offset: number; length: number } | null;
+  tail: { unit: number; from: number; to: number } | null;
+}
+
+export function splitAligned(offset: number, length: number, align: number): AlignedSplit {
+  if (length === 0) return { head: null, body: null, tail: null };
+  const end = offset + length;
+  const firstUnit = Math.floor(offset / align) * align;
+  if (end <= firstUnit + align) {
+    // The whole range lies inside one unit.
+    if (offset === firstUnit && end === firstUnit + align) return { head: null, body: { offset, length }, tail: null };
+    return { head: { unit: firstUnit, from: offset - firstUnit, to: end - firstUnit }, body: null, tail: null };
+  }
+  const head = offset === firstUnit ? null : { unit: firstUnit, from: offset - firstUnit, to: align };
+  const tailUnit = Math.floor(end / align) * align;
+  const tail = end === tailUnit ? null : { unit: tailUnit, from: 0, to: end - tailUnit };
+  const bodyStart = head ? firstUnit + align : offset;
+  const bodyEnd = tail ? tailUnit : end;
+  return { head, body: bodyEnd > bodyStart ? { offset: bodyStart, length: bodyEnd - bodyStart } : null, tail };
+}
+
+/**
+ * Write `data` at `offset` through a sink that accepts only whole `align`
+ * units: partial units are read (through `readUnit`), merged and written whole.
+ */
+export async function writeUnaligned(
+  offset: number,
+  data: Uint8Array,
+  align: number,
+  readUnit: (unitOffset: number, into: Uint8Array) => Promise<void>,
+  writeAligned: (offset: number, data: Uint8Array) => Promise<void>,
+): Promise<void> {
+  const s = splitAligned(offset, data.length, align);
+  const merge = async (p: { unit: number; from: number; to: number }) => {
+    const unit = new Uint8Array(align);
+    await readUnit(p.unit, unit);
+    const srcStart = p.unit + p.from - offset;
+    unit.set(data.subarray(srcStart, srcStart + (p.to - p.from)), p.from);
+    await writeAligned(p.unit, unit);
+  };
+  if (s.head) await merge(s.head);
+  if (s.body) await writeAligned(s.body.offset, data.subarray(s.body.offset - offset, s.body.offset - offset + s.body.length));
+  if (s.tail) await merge(s.tail);
+}

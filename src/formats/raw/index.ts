@@ -1,0 +1,105 @@
+import { BlockError } from '../../core/errors.js';
+import type { Extent } from '../../core/extent.js';
+import type { Store } from '../../io/store.js';
+import { readOrZero } from '../../io/store.js';
+import type { Capabilities, CreateContext, Format, FormatInfo, Image, OpenContext } from '../types.js';
+
+const ZERO_CHUNK = 1 << 20;
+
+/**
+ * Raw: the file is the disk, byte for byte. It has no header, so it probes
+ * lowest and is never guessed for a backing file whose format is recorded.
+ */
+export class RawImage implements Image {
+  readonly format = 'raw';
+  readonly backing = null;
+  readonly logicalSectorSize: number;
+  readonly capabilities: Capabilities = {
+    write: true,
+    writeZeroes: false,
+    trim: false,
+    resize: true,
+    setBacking: false,
+    backing: false,
+  };
+
+  constructor(
+    private readonly store: Store,
+    public size: number,
+    readonly readOnly: boolean,
+  ) {
+    // A raw file need not be a whole number of sectors; then it is byte-addressed.
+    this.logicalSectorSize = size % 512 === 0 ? 512 : 1;
+  }
+
+  get path(): string {
+    return this.store.path;
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    // Node offers no SEEK_DATA/SEEK_HOLE; holes are found by zero detection in convert.
+    return [{ offset, length, kind: 'data' }];
+  }
+
+  read(offset: number, into: Uint8Array): Promise<void> {
+    return readOrZero(this.store, offset, into);
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.store.write(offset, data);
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
+    for (let done = 0; done < length; done += zeros.length) {
+      const n = Math.min(zeros.length, length - done);
+      await this.store.write(offset + done, zeros.subarray(0, n));
+    }
+  }
+
+  flush(): Promise<void> {
+    return this.store.flush();
+  }
+
+  close(): Promise<void> {
+    return this.store.close();
+  }
+
+  info(): FormatInfo {
+    return { specific: {} };
+  }
+
+  async resize(newSize: number, options: { shrink?: boolean }): Promise<void> {
+    if (newSize < this.size && !options.shrink) {
+      throw new BlockError('invalid-argument', 'shrinking needs --shrink (data past the new end is lost)', { path: this.path });
+    }
+    await this.store.truncate(newSize);
+    this.size = newSize;
+  }
+
+  async check(): Promise<{ problems: [] }> {
+    return { problems: [] };
+  }
+}
+
+export const rawFormat: Format = {
+  name: 'raw',
+  aliases: [],
+  description: 'raw disk image (the file is the disk)',
+  maxSize: Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % 512),
+  probe: () => 1,
+  async open(ctx: OpenContext): Promise<Image> {
+    return new RawImage(ctx.store, await ctx.store.size(), ctx.readOnly);
+  },
+  async create(ctx: CreateContext): Promise<void> {
+    if (ctx.backing) throw new BlockError('unsupported', 'raw images cannot have a backing file', { path: ctx.path });
+    const store = await ctx.openStore(ctx.path, { create: true });
+    try {
+      await store.truncate(ctx.size); // sparse: the host allocates nothing
+      await store.flush();
+    } finally {
+      await store.close();
+    }
+  },
+  createOptions: [],
+};

@@ -1,0 +1,35 @@
+import { BlockError } from '../core/errors.js';
+import type { Format, ProbeInput } from './types.js';
+import { rawFormat } from './raw/index.js';
+
+/**
+ * Every format vdisk knows, as plain data (architecture rule 8). Adding a
+ * format = a folder under formats/ and one line here. Order matters only for
+ * ties in probing; raw is last and probes lowest.
+ */
+export const FORMATS: readonly Format[] = [
+  rawFormat,
+];
+
+export function findFormat(name: string): Format {
+  const n = name.toLowerCase();
+  const f = FORMATS.find((x) => x.name === n || x.aliases.includes(n));
+  if (!f) {
+    throw new BlockError('invalid-argument', `unknown format '${name}' (known: ${FORMATS.map((x) => x.name).join(', ')})`);
+  }
+  return f;
+}
+
+/** The format with the highest probe score (raw, at 1, when nothing else claims the file). */
+export function probeFormat(input: ProbeInput): Format {
+  let best = rawFormat;
+  let score = 0;
+  for (const f of FORMATS) {
+    const s = f.probe(input);
+    if (s > score) {
+      best = f;
+      score = s;
+    }
+  }
+  return best;
+}

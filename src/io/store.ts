@@ -1,0 +1,49 @@
+import { BlockError } from '../core/errors.js';
+
+/**
+ * A byte store: the file under one image layer. Positional I/O only; the
+ * format decides what the bytes mean. `flush()` means durable (fdatasync).
+ */
+export interface Store {
+  /** The path this store was opened from (for messages and for resolving relative names). */
+  readonly path: string;
+  readonly readOnly: boolean;
+  /** Current length in bytes. */
+  size(): Promise<number>;
+  /** Read up to into.length bytes at offset; returns the count read (short only at end of file). */
+  read(offset: number, into: Uint8Array): Promise<number>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  truncate(size: number): Promise<void>;
+  /** Make every completed write durable. */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface OpenStoreOptions {
+  readOnly?: boolean;
+  /** Create the file (failing if it exists unless `truncate`). */
+  create?: boolean;
+  truncate?: boolean;
+}
+
+/** How a format (or the chain) opens another file: a file path, or anything a test substitutes. */
+export type StoreOpener = (path: string, options: OpenStoreOptions) => Promise<Store>;
+
+/** Read exactly into.length bytes or fail with `corrupt` (a structure runs past the end of the file). */
+export async function readExact(store: Store, offset: number, into: Uint8Array, what = 'data'): Promise<Uint8Array> {
+  const n = await store.read(offset, into);
+  if (n !== into.length) {
+    throw new BlockError('corrupt', `${what} is truncated: wanted ${into.length} bytes at offset ${offset}, file ends after ${n}`, {
+      path: store.path,
+      offset,
+      operation: 'read',
+    });
+  }
+  return into;
+}
+
+/** Read into `into`, zero-filling whatever lies past the end of the file. */
+export async function readOrZero(store: Store, offset: number, into: Uint8Array): Promise<void> {
+  const n = await store.read(offset, into);
+  if (n < into.length) into.fill(0, n);
+}
