@@ -38,7 +38,7 @@ export class RawImage implements Image {
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     // Node offers no SEEK_DATA/SEEK_HOLE; holes are found by zero detection in convert.
-    return [{ offset, length, kind: 'data' }];
+    return [{ offset, length, kind: 'data', hostOffset: offset }];
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {

@@ -1,0 +1,9 @@
+import type { Command } from 'commander';
+
+/**
+ * Commands contributed by other modules (serve, check, commit, ...): each
+ * entry adds itself to the program. Kept as a plain list (architecture rule 8).
+ */
+export type RegisterCommand = (program: Command, print: (s: string) => void) => void;
+
+export const extraCommands: RegisterCommand[] = [];

@@ -1,0 +1,60 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FORMATS } from '../formats/registry.js';
+import { main } from './main.js';
+
+/**
+ * The README's first command ends here: build a small chain in a temporary
+ * folder with the formats this build has, write to it, and show
+ * info --backing-chain, map, and a convert + compare round trip.
+ */
+export async function runDemo(print: (s: string) => void, keep: boolean): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'vdisk-demo-'));
+  const has = (name: string) => FORMATS.some((f) => f.name === name);
+  const step = async (args: string[]) => {
+    print(`\n$ vdisk ${args.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`);
+    const code = await main(args, print);
+    if (code !== 0 && args[0] !== 'compare') throw new Error(`demo step failed: vdisk ${args.join(' ')}`);
+    return code;
+  };
+  const p = (name: string) => join(dir, name);
+  try {
+    print(`vdisk demo in ${dir}`);
+    // The base: a VHDX if this build has it, else VHD, else raw.
+    const baseFmt = has('vhdx') ? 'vhdx' : has('vhd') ? 'vhd' : 'raw';
+    const base = p(`base.${baseFmt}`);
+    await step(['create', '-f', baseFmt, base, '64M']);
+    await step(['io', '-c', 'write -P 0x11 0 1M', '-c', 'write -P 0x22 8M 512k', base]);
+    let top = base;
+    // Children: a differencing VHD over it, and an add-cow over that, as available.
+    const childFmt = has('vhdx') ? 'vhdx' : has('vhd') ? 'vhd' : undefined;
+    if (childFmt) {
+      const child = p(`child.${childFmt}`);
+      await step(['create', '-f', childFmt, '-b', base, '-F', baseFmt, child]);
+      await step(['io', '-c', 'write -P 0x33 512k 1M', '-c', 'write -z 8M 4k', child]);
+      top = child;
+    }
+    if (has('add-cow')) {
+      const cow = p('top.add-cow');
+      await step(['create', '-f', 'add-cow', '-o', `backing_file=${top},image_file=${p('top.data.raw')}`, cow]);
+      await step(['io', '-c', 'write -P 0x44 700k 3000', cow]);
+      top = cow;
+    }
+    await step(['io', '-c', 'read -P 0x11 0 512k', '-c', 'read -P 0x22 8M 4k', top]);
+    await step(['info', '--backing-chain', top]);
+    await step(['map', top]);
+    await step(['map', '--output=json', top]);
+    const flat = p('flat.raw');
+    await step(['convert', '-O', 'raw', top, flat]);
+    await step(['compare', top, flat]);
+    if (has('vhd')) {
+      const vhd = p('flat.vhd');
+      await step(['convert', '-O', 'vhd', '-o', 'subformat=dynamic', flat, vhd]);
+      await step(['compare', flat, vhd]);
+    }
+    print(`\ndemo done${keep ? `; files kept in ${dir}` : ''}`);
+  } finally {
+    if (!keep) await rm(dir, { recursive: true, force: true });
+  }
+}

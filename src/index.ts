@@ -1,0 +1,21 @@
+/**
+ * vdisk library entry point: open image chains, read and write them, and run
+ * the whole-image operations the CLI offers.
+ */
+export { BlockError, isBlockError, type BlockErrorKind, type ErrorContext } from './core/errors.js';
+export type { Extent, ExtentKind } from './core/extent.js';
+export { parseSize, formatSize } from './core/size.js';
+export type { Store, StoreOpener, OpenStoreOptions } from './io/store.js';
+export { FileStore, openFileStore } from './io/file-store.js';
+export { MemoryStore, MemoryFs } from './io/memory-store.js';
+export { FaultStore } from './io/fault-store.js';
+export type { Image, Format, BackingRef, Capabilities, FormatInfo, CheckResult, CheckProblem } from './formats/types.js';
+export { FORMATS, findFormat, probeFormat } from './formats/registry.js';
+export { Chain, type ChainExtent } from './chain/chain.js';
+export { openChain, openLayer, type ChainOpenOptions, type LayerOpenOptions, DEFAULT_DEPTH_LIMIT } from './chain/open.js';
+export { createImage, parseOptions, type CreateRequest, type CreateResult } from './ops/create.js';
+export { imageInfo, type ImageInfo } from './ops/info.js';
+export { convert, type ConvertRequest, type ConvertResult } from './ops/convert.js';
+export { compareImages, compareChains, type CompareResult } from './ops/compare.js';
+export { mapChain, type MapEntry } from './ops/map.js';
+export { runIoCommand } from './ops/io.js';

@@ -1,0 +1,195 @@
+import { unlink } from 'node:fs/promises';
+import { BlockError } from '../core/errors.js';
+import { openFileStore } from '../io/file-store.js';
+import type { StoreOpener } from '../io/store.js';
+import { openChain, type ChainOpenOptions } from '../chain/open.js';
+import type { Chain } from '../chain/chain.js';
+import { createImage } from './create.js';
+import { granuleRuns, isZero } from './zero.js';
+
+export interface ConvertRequest {
+  source: string;
+  /** Options for opening the source chain (format, ignoreChecksums, layerOnly...). */
+  sourceOptions?: ChainOpenOptions;
+  target: string;
+  targetFormat: string;
+  /** `-o` creation options for the target. */
+  options?: Record<string, string>;
+  /** `-B`: the target is created as a child of this backing and receives only what differs from it. */
+  backing?: { path: string; format?: string };
+  /** `-S`: zero runs of at least this many bytes (aligned) are skipped; 0 writes everything. Default 4096. */
+  sparseSize?: number;
+  /** `-n`: write into an existing target instead of creating one. */
+  existing?: boolean;
+  onProgress?: (done: number, total: number) => void;
+  openStore?: StoreOpener;
+  /** Copy buffer size (default 4 MiB). */
+  bufferSize?: number;
+}
+
+export interface ConvertResult {
+  size: number;
+  /** Bytes of data written to the target (zero runs skipped are not counted). */
+  written: number;
+}
+
+/** Extents asked of the source at once; bounded so huge sparse disks use bounded memory. */
+const WINDOW = 1 << 30;
+
+/**
+ * Copy a disk (flattening its chain) into a new or existing image. Zero
+ * extents reported by the source are skipped without reading; data extents
+ * are read in big buffers (the next read overlaps the current write) and
+ * their zero granules skipped too, so the target stays sparse.
+ */
+export async function convert(req: ConvertRequest): Promise<ConvertResult> {
+  const openStore = req.openStore ?? openFileStore;
+  const sparse = req.sparseSize ?? 4096;
+  if (!Number.isSafeInteger(sparse) || sparse < 0 || (sparse > 0 && sparse % 512 !== 0)) {
+    throw new BlockError('invalid-argument', `sparse size must be 0 or a multiple of 512 (got ${sparse})`);
+  }
+  const bufferSize = req.bufferSize ?? 4 << 20;
+  const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore });
+  let dst: Chain | undefined;
+  let created = false;
+  try {
+    if (!req.existing) {
+      const r = await createImage({
+        path: req.target,
+        format: req.targetFormat,
+        size: src.size,
+        options: req.options,
+        backing: req.backing,
+        openStore,
+      });
+      created = true;
+      if (r.size < src.size) {
+        throw new BlockError('out-of-range', `the ${req.targetFormat} target can hold only ${r.size} of the source's ${src.size} bytes`, {
+          path: req.target,
+        });
+      }
+    } else if (req.backing) {
+      throw new BlockError('invalid-argument', '-B and -n cannot be combined (an existing target keeps its own backing)');
+    }
+    dst = await openChain(req.target, { format: req.targetFormat, openStore });
+    if (dst.size < src.size) {
+      throw new BlockError('out-of-range', `target is ${dst.size} bytes, smaller than the source (${src.size})`, { path: req.target });
+    }
+    // A fresh target without backing already reads as zeros: nothing to write there.
+    const mode: Mode = req.existing ? 'overwrite' : req.backing ? 'diff' : 'fresh';
+    const written = await copy(src, dst, mode, sparse, bufferSize, req.onProgress);
+    await dst.flush();
+    return { size: src.size, written };
+  } catch (e) {
+    if (created) {
+      await dst?.close().catch(() => {});
+      dst = undefined;
+      await unlink(req.target).catch(() => {});
+    }
+    throw e;
+  } finally {
+    await dst?.close();
+    await src.close();
+  }
+}
+
+type Mode = 'fresh' | 'diff' | 'overwrite';
+
+async function copy(
+  src: Chain,
+  dst: Chain,
+  mode: Mode,
+  sparse: number,
+  bufferSize: number,
+  onProgress?: (done: number, total: number) => void,
+): Promise<number> {
+  const total = src.size;
+  let written = 0;
+  let done = 0;
+  const granule = sparse || bufferSize;
+  // Two buffers: one being filled by the next read while the other is written out.
+  const bufs = [new Uint8Array(bufferSize), new Uint8Array(bufferSize)];
+  const theirs = mode === 'diff' ? new Uint8Array(bufferSize) : undefined;
+  let which = 0;
+
+  for (let wOff = 0; wOff < total; wOff += WINDOW) {
+    const extents = await src.blockStatus(wOff, Math.min(WINDOW, total - wOff));
+    // Split data extents into buffer-sized pieces; zero extents stay whole.
+    const pieces: { offset: number; length: number; zero: boolean }[] = [];
+    for (const e of extents) {
+      if (e.kind === 'zero') pieces.push({ offset: e.offset, length: e.length, zero: true });
+      else for (let o = 0; o < e.length; o += bufferSize) pieces.push({ offset: e.offset + o, length: Math.min(bufferSize, e.length - o), zero: false });
+    }
+    const readPiece = (i: number): Promise<Uint8Array> | undefined => {
+      const p = pieces[i];
+      if (!p || p.zero) return undefined;
+      const buf = bufs[which].subarray(0, p.length);
+      which ^= 1;
+      return src.read(p.offset, buf).then(() => buf);
+    };
+    let next = readPiece(0);
+    for (let i = 0; i < pieces.length; i++) {
+      const p = pieces[i];
+      const current = next;
+      // Find the next data piece to prefetch while this one is written.
+      next = undefined;
+      if (i + 1 < pieces.length) next = readPiece(i + 1);
+      if (p.zero) {
+        if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length);
+      } else {
+        const data = await current!;
+        written += await writeData(dst, p.offset, data, mode, sparse, granule, theirs);
+      }
+      done += p.length;
+      onProgress?.(done, total);
+    }
+  }
+  return written;
+}
+
+/** Make [offset, offset+length) of the target read as zero, touching only ranges that do not already. */
+async function zeroWhereNeeded(dst: Chain, offset: number, length: number): Promise<void> {
+  for (const e of await dst.blockStatus(offset, length)) {
+    if (e.kind === 'data') await dst.writeZeroes(e.offset, e.length);
+  }
+}
+
+async function writeData(
+  dst: Chain,
+  offset: number,
+  data: Uint8Array,
+  mode: Mode,
+  sparse: number,
+  granule: number,
+  theirs: Uint8Array | undefined,
+): Promise<number> {
+  let written = 0;
+  if (mode === 'diff') {
+    // -B: only what differs from what the target already shows (its backing).
+    const old = theirs!.subarray(0, data.length);
+    await dst.read(offset, old);
+    for (const run of granuleRuns(data, offset, granule, (a, b) => Buffer.compare(data.subarray(a, b), old.subarray(a, b)) === 0)) {
+      if (run.same) continue;
+      await dst.write(offset + run.from, data.subarray(run.from, run.to));
+      written += run.to - run.from;
+    }
+    return written;
+  }
+  if (sparse === 0) {
+    await dst.write(offset, data);
+    return data.length;
+  }
+  if (isZero(data)) {
+    if (mode === 'overwrite') await zeroWhereNeeded(dst, offset, data.length);
+    return 0;
+  }
+  for (const run of granuleRuns(data, offset, granule, (a, b) => isZero(data.subarray(a, b)))) {
+    if (run.same) {
+      if (mode === 'overwrite') await dst.writeZeroes(offset + run.from, run.to - run.from);
+      continue;
+    }
+    await dst.write(offset + run.from, data.subarray(run.from, run.to));
+    written += run.to - run.from;
+  }
+  return written;
+}

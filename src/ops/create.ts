@@ -1,0 +1,133 @@
+import { stat } from 'node:fs/promises';
+import { dirname, isAbsolute, resolve } from 'node:path';
+import { BlockError } from '../core/errors.js';
+import { openFileStore } from '../io/file-store.js';
+import type { StoreOpener } from '../io/store.js';
+import { openChain, openLayer } from '../chain/open.js';
+import { findFormat } from '../formats/registry.js';
+import type { BackingTarget } from '../formats/types.js';
+
+export interface CreateRequest {
+  path: string;
+  format: string;
+  /** Virtual size in bytes; defaults to the backing file's size. */
+  size?: number;
+  /** `-o key=value` options. `backing_file` and `backing_fmt` are accepted as -b / -F. */
+  options?: Record<string, string>;
+  backing?: { path: string; format?: string };
+  openStore?: StoreOpener;
+  /** Accept a backing chain whose parent ids do not match. */
+  ignoreParentId?: boolean;
+}
+
+export interface CreateResult {
+  path: string;
+  format: string;
+  /** The size the image really has (a format may round the request, e.g. VHD CHS geometry). */
+  size: number;
+  requestedSize: number;
+}
+
+/** Parse `a=1,b=2` (a doubled comma stands for a literal comma, as in qemu-img). */
+export function parseOptions(text: string | string[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  const parts = Array.isArray(text) ? text : text ? [text] : [];
+  for (const t of parts) {
+    for (const item of t.replace(/,,/g, '\u0000').split(',')) {
+      if (!item) continue;
+      const eq = item.indexOf('=');
+      const key = (eq < 0 ? item : item.slice(0, eq)).trim();
+      const value = (eq < 0 ? 'on' : item.slice(eq + 1)).replace(/\u0000/g, ',');
+      if (!key) throw new BlockError('invalid-argument', `malformed option '${item}'`);
+      out[key] = value;
+    }
+  }
+  return out;
+}
+
+/**
+ * Where a backing path given on the command line points: like qemu-img, a
+ * relative backing name is relative to the new image's folder.
+ */
+export function backingAbsolute(childPath: string, backingPath: string): string {
+  return isAbsolute(backingPath) ? backingPath : resolve(dirname(resolve(childPath)), backingPath);
+}
+
+/** Open a backing file (and its chain, to prove it opens) and describe it for a child. */
+export async function describeBacking(
+  childPath: string,
+  backing: { path: string; format?: string },
+  openStore: StoreOpener,
+  ignoreParentId = false,
+): Promise<{ target: BackingTarget; close: () => Promise<void> }> {
+  const absolutePath = backingAbsolute(childPath, backing.path);
+  const chain = await openChain(absolutePath, { format: backing.format, readOnly: true, openStore, ignoreParentId });
+  const top = chain.top;
+  let mtime = new Date();
+  try {
+    mtime = (await stat(absolutePath)).mtime;
+  } catch {
+    /* memory stores have no mtime */
+  }
+  return {
+    target: { path: backing.path, absolutePath, format: top.format, size: top.size, identity: top.identity, image: top, mtime },
+    close: () => chain.close(),
+  };
+}
+
+export async function createImage(req: CreateRequest): Promise<CreateResult> {
+  const format = findFormat(req.format);
+  if (!format.create) throw new BlockError('unsupported', `format ${format.name} cannot be created`, { path: req.path });
+  const openStore = req.openStore ?? openFileStore;
+  const options = { ...(req.options ?? {}) };
+  let backing = req.backing;
+  if (options.backing_file !== undefined) {
+    if (backing) throw new BlockError('invalid-argument', 'backing file given twice (-b and -o backing_file)');
+    backing = { path: options.backing_file, format: options.backing_fmt };
+  } else if (options.backing_fmt !== undefined && backing) {
+    backing = { ...backing, format: backing.format ?? options.backing_fmt };
+  }
+  delete options.backing_file;
+  delete options.backing_fmt;
+  for (const key of Object.keys(options)) {
+    const spec = format.createOptions.find((o) => o.name === key);
+    if (!spec) {
+      const known = format.createOptions.map((o) => o.name).join(', ') || 'none';
+      throw new BlockError('invalid-argument', `format ${format.name} has no option '${key}' (options: ${known})`);
+    }
+    if (spec.type === 'enum' && spec.values && !spec.values.includes(options[key])) {
+      throw new BlockError('invalid-argument', `option ${key} must be one of ${spec.values.join(', ')} (got '${options[key]}')`);
+    }
+    if (spec.type === 'bool' && !['on', 'off', 'true', 'false', 'yes', 'no'].includes(options[key])) {
+      throw new BlockError('invalid-argument', `option ${key} must be on or off (got '${options[key]}')`);
+    }
+  }
+
+  let described: Awaited<ReturnType<typeof describeBacking>> | undefined;
+  try {
+    if (backing) {
+      described = await describeBacking(req.path, backing, openStore, req.ignoreParentId);
+    }
+    const size = req.size ?? described?.target.size;
+    if (size === undefined) throw new BlockError('invalid-argument', 'image size is required (no backing file to take it from)');
+    validateSize(size, format.maxSize, format.name);
+    await format.create({ path: req.path, size, options, backing: described?.target, openStore });
+  } finally {
+    await described?.close();
+  }
+  // Report the size the image really got.
+  const img = await openLayer(req.path, { format: format.name, readOnly: true, openStore });
+  try {
+    return { path: req.path, format: format.name, size: img.size, requestedSize: req.size ?? img.size };
+  } finally {
+    await img.close();
+  }
+}
+
+export function validateSize(size: number, max: number, formatName: string): void {
+  if (!Number.isSafeInteger(size) || size < 0) throw new BlockError('invalid-argument', `invalid image size ${size}`);
+  if (size % 512 !== 0) throw new BlockError('invalid-argument', `image size ${size} is not a multiple of 512 bytes (one sector)`);
+  if (size > max) {
+    throw new BlockError('out-of-range', `image size ${size} is larger than the ${formatName} format allows (${max} bytes)`);
+  }
+}
