@@ -14,6 +14,8 @@ export interface LayerOpenOptions extends OpenOptions {
   format?: string;
   readOnly?: boolean;
   openStore?: StoreOpener;
+  /** The formats to choose from (default: the registry). Tests and embedders may add their own. */
+  formats?: readonly Format[];
 }
 
 export interface ChainOpenOptions extends LayerOpenOptions {
@@ -28,23 +30,23 @@ export interface ChainOpenOptions extends LayerOpenOptions {
 }
 
 /** Read the head and tail of a store and ask every format. */
-export async function probeStore(store: Store): Promise<Format> {
+export async function probeStore(store: Store, formats?: readonly Format[]): Promise<Format> {
   const size = await store.size();
   const head = new Uint8Array(Math.min(size, 64 * 1024));
   await store.read(0, head);
   const tail = new Uint8Array(Math.min(size, 512));
   await store.read(size - tail.length, tail);
-  return probeFormat({ head, tail, size });
+  return probeFormat({ head, tail, size }, formats);
 }
 
 /** Open one layer, probing its format unless one is given. */
 export async function openLayer(path: string, options: LayerOpenOptions = {}): Promise<Image> {
   const openStore = options.openStore ?? openFileStore;
   const readOnly = options.readOnly ?? false;
-  const format = options.format ? findFormat(options.format) : undefined;
+  const format = options.format ? findFormat(options.format, options.formats) : undefined;
   const store = await openStore(path, { readOnly });
   try {
-    const fmt = format ?? (await probeStore(store));
+    const fmt = format ?? (await probeStore(store, options.formats));
     return await fmt.open({ store, path, readOnly, openStore, options: { ignoreChecksums: options.ignoreChecksums } });
   } catch (e) {
     await store.close().catch(() => {});

@@ -11,20 +11,20 @@ export const FORMATS: readonly Format[] = [
   rawFormat,
 ];
 
-export function findFormat(name: string): Format {
+export function findFormat(name: string, formats: readonly Format[] = FORMATS): Format {
   const n = name.toLowerCase();
-  const f = FORMATS.find((x) => x.name === n || x.aliases.includes(n));
+  const f = formats.find((x) => x.name === n || x.aliases.includes(n));
   if (!f) {
-    throw new BlockError('invalid-argument', `unknown format '${name}' (known: ${FORMATS.map((x) => x.name).join(', ')})`);
+    throw new BlockError('invalid-argument', `unknown format '${name}' (known: ${formats.map((x) => x.name).join(', ')})`);
   }
   return f;
 }
 
 /** The format with the highest probe score (raw, at 1, when nothing else claims the file). */
-export function probeFormat(input: ProbeInput): Format {
+export function probeFormat(input: ProbeInput, formats: readonly Format[] = FORMATS): Format {
   let best = rawFormat;
   let score = 0;
-  for (const f of FORMATS) {
+  for (const f of formats) {
     const s = f.probe(input);
     if (s > score) {
       best = f;
