@@ -1,0 +1,128 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync, chmodSync, statSync, existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { vdisk } from './helpers/cli.js';
+import { tempDir } from './helpers/oracle.js';
+
+test('create, io, info, map, convert and compare on raw through the CLI', () => {
+  const t = tempDir();
+  try {
+    const img = join(t.dir, 'a.raw');
+    let r = vdisk('create', '-f', 'raw', img, '4M');
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /fmt=raw size=4194304/);
+    assert.equal(statSync(img).size, 4 << 20);
+    r = vdisk('io', '-c', 'write -P 0xab 1000 5000', '-c', 'read -P 0xab 1000 5000', '-c', 'flush', img);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /wrote 5000\/5000 bytes at offset 1000/);
+    r = vdisk('io', '-c', 'read -P 0xab 0 512', img);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^vdisk: pattern verification failed at offset 0/);
+    r = vdisk('info', '--output=json', img);
+    assert.equal(r.status, 0, r.stderr);
+    const info = JSON.parse(r.stdout);
+    assert.equal(info.format, 'raw');
+    assert.equal(info['virtual-size'], 4 << 20);
+    r = vdisk('info', img);
+    assert.match(r.stdout, /virtual size: 4 MiB \(4194304 bytes\)/);
+    r = vdisk('map', '--output=json', img);
+    assert.deepEqual(JSON.parse(r.stdout), [{ start: 0, length: 4 << 20, depth: 0, present: true, zero: false, data: true, offset: 0 }]);
+    const copy = join(t.dir, 'b.raw');
+    r = vdisk('convert', '-O', 'raw', img, copy);
+    assert.equal(r.status, 0, r.stderr);
+    r = vdisk('compare', img, copy);
+    assert.equal(r.status, 0);
+    assert.match(r.stdout, /Images are identical/);
+    vdisk('io', '-c', 'write -P 1 3000 1', copy);
+    r = vdisk('compare', img, copy);
+    assert.equal(r.status, 1);
+    assert.match(r.stdout, /Content mismatch at offset 3000!/);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('convert skips zero runs: the output is sparse', () => {
+  const t = tempDir();
+  try {
+    const img = join(t.dir, 'a.raw');
+    vdisk('create', '-f', 'raw', img, '64M');
+    vdisk('io', '-c', 'write -P 7 32M 64k', img);
+    const out = join(t.dir, 'out.raw');
+    assert.equal(vdisk('convert', '-O', 'raw', img, out).status, 0);
+    assert.ok(statSync(out).blocks * 512 < 1 << 20, `output allocates ${statSync(out).blocks * 512} bytes`);
+    assert.equal(vdisk('compare', img, out).status, 0);
+    const full = join(t.dir, 'full.raw');
+    assert.equal(vdisk('convert', '-S', '0', '-O', 'raw', img, full).status, 0);
+    assert.ok(statSync(full).blocks * 512 >= 64 << 20);
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('bad input: one clear line, non-zero exit, nothing written', () => {
+  const t = tempDir();
+  try {
+    const cases: [string[], RegExp][] = [
+      [['info', join(t.dir, 'missing.vhd')], /^vdisk: no such file \(.*missing\.vhd\)\n$/],
+      [['info', t.dir], /^vdisk: is a directory, not an image file/],
+      [['create', '-f', 'nope', join(t.dir, 'x'), '1M'], /^vdisk: unknown format 'nope'/],
+      [['create', '-f', 'raw', join(t.dir, 'x'), '-5'], /^vdisk: /],
+      [['create', '-f', 'raw', join(t.dir, 'x'), '1000'], /not a multiple of 512/],
+      [['create', '-f', 'raw', join(t.dir, 'x'), '99999999P'], /^vdisk: .*(too large|larger)/],
+      [['create', '-f', 'raw', join(t.dir, 'x'), 'lots'], /^vdisk: invalid size 'lots'/],
+      [['create', '-f', 'raw', '-o', 'cluster_size=64k', join(t.dir, 'x'), '1M'], /has no option 'cluster_size'/],
+      [['io', '-c', 'read 0 512', join(t.dir, 'missing.raw')], /^vdisk: no such file/],
+      [['frobnicate'], /^vdisk: unknown command 'frobnicate'/],
+    ];
+    for (const [args, re] of cases) {
+      const r = vdisk(...args);
+      assert.notEqual(r.status, 0, args.join(' '));
+      assert.match(r.stderr, re, args.join(' '));
+    }
+    assert.ok(!existsSync(join(t.dir, 'x')), 'a failed create left a file behind');
+
+    const img = join(t.dir, 'small.raw');
+    vdisk('create', '-f', 'raw', img, '1M');
+    const r = vdisk('io', '-c', 'write 1M 512', img);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /outside the disk/);
+    // compare: 2 on error
+    assert.equal(vdisk('compare', img, join(t.dir, 'none.raw')).status, 2);
+    // --verbose adds the cause chain
+    const v = vdisk('--verbose', 'info', join(t.dir, 'missing.vhd'));
+    assert.match(v.stderr, /caused by: .*ENOENT/);
+
+    if (process.getuid?.() !== 0) {
+      const locked = join(t.dir, 'locked.raw');
+      writeFileSync(locked, Buffer.alloc(512));
+      chmodSync(locked, 0);
+      assert.match(vdisk('info', locked).stderr, /permission denied/);
+    }
+    mkdirSync(join(t.dir, 'd'));
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('create refuses to overwrite an existing file', () => {
+  const t = tempDir();
+  try {
+    const img = join(t.dir, 'a.raw');
+    writeFileSync(img, 'precious');
+    const r = vdisk('create', '-f', 'raw', img, '1M');
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /already exists/);
+    assert.equal(readFileSync(img, 'utf8'), 'precious');
+  } finally {
+    t.cleanup();
+  }
+});
+
+test('demo runs end to end', () => {
+  const r = vdisk('demo');
+  assert.equal(r.status, 0, r.stderr + r.stdout);
+  assert.match(r.stdout, /Images are identical/);
+  assert.match(r.stdout, /demo done/);
+});

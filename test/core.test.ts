@@ -1,0 +1,158 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fc from 'fast-check';
+import { BlockError, fromSystemError } from '../src/core/errors.js';
+import { parseSize, formatSize } from '../src/core/size.js';
+import { splitAligned, writeUnaligned } from '../src/core/align.js';
+import { u64ToNumber, checkRange, checkedAdd, isPowerOfTwo } from '../src/core/u64.js';
+import { defineStruct } from '../src/codec/struct.js';
+import { crc32c } from '../src/core/crc32c.js';
+import { guidFromString, guidToString } from '../src/core/guid.js';
+import { decodeUtf16, encodeUtf16 } from '../src/core/utf16.js';
+import { FaultStore } from '../src/io/fault-store.js';
+import { MemoryStore } from '../src/io/memory-store.js';
+import { readExact } from '../src/io/store.js';
+import { Mutex } from '../src/core/mutex.js';
+
+test('parseSize accepts qemu-style suffixes and rejects nonsense', () => {
+  assert.equal(parseSize('512'), 512);
+  assert.equal(parseSize('64k'), 65536);
+  assert.equal(parseSize('1M'), 1 << 20);
+  assert.equal(parseSize('2G'), 2 * 2 ** 30);
+  assert.equal(parseSize('1T'), 2 ** 40);
+  assert.equal(parseSize('1.5M'), 1.5 * 2 ** 20);
+  assert.equal(parseSize('10GiB'), 10 * 2 ** 30);
+  for (const bad of ['', '-1', 'abc', '1X', '0.3', '99999999999E']) {
+    assert.throws(() => parseSize(bad), (e: unknown) => e instanceof BlockError && e.kind === 'invalid-argument', bad);
+  }
+  assert.equal(formatSize(1 << 30), '1 GiB');
+});
+
+test('checked 64-bit conversion refuses values a number cannot hold', () => {
+  assert.equal(u64ToNumber(123n, 'x'), 123);
+  assert.throws(() => u64ToNumber(2n ** 60n, 'BAT offset'), (e: unknown) => e instanceof BlockError && e.kind === 'corrupt' && /BAT offset/.test(e.message));
+  assert.throws(() => checkRange(10, 10, 15, 'header'), /outside the file/);
+  checkRange(5, 10, 15, 'header');
+  assert.throws(() => checkedAdd(Number.MAX_SAFE_INTEGER, 1), /overflows/);
+  assert.ok(isPowerOfTwo(2 ** 40) && isPowerOfTwo(1) && !isPowerOfTwo(0) && !isPowerOfTwo(3 * 2 ** 20));
+});
+
+test('splitAligned covers the range exactly with aligned body', () => {
+  fc.assert(
+    fc.property(fc.integer({ min: 0, max: 5000 }), fc.integer({ min: 1, max: 5000 }), fc.constantFrom(1, 512, 4096), (off, len, align) => {
+      const s = splitAligned(off, len, align);
+      const parts: [number, number][] = [];
+      if (s.head) parts.push([s.head.unit + s.head.from, s.head.unit + s.head.to]);
+      if (s.body) {
+        assert.equal(s.body.offset % align, 0);
+        assert.equal(s.body.length % align, 0);
+        parts.push([s.body.offset, s.body.offset + s.body.length]);
+      }
+      if (s.tail) parts.push([s.tail.unit + s.tail.from, s.tail.unit + s.tail.to]);
+      assert.equal(parts[0][0], off);
+      assert.equal(parts[parts.length - 1][1], off + len);
+      for (let i = 1; i < parts.length; i++) assert.equal(parts[i][0], parts[i - 1][1]);
+    }),
+  );
+});
+
+test('writeUnaligned equals a byte-level reference write', async () => {
+  await fc.assert(
+    fc.asyncProperty(fc.integer({ min: 0, max: 3000 }), fc.integer({ min: 1, max: 3000 }), async (off, len) => {
+      const disk = new Uint8Array(8192).map((_, i) => (i * 7) & 0xff);
+      const ref = disk.slice();
+      const data = new Uint8Array(len).map((_, i) => (i * 13 + 1) & 0xff);
+      ref.set(data, off);
+      const writes: [number, number][] = [];
+      await writeUnaligned(
+        off,
+        data,
+        512,
+        async (u, into) => into.set(disk.subarray(u, u + into.length)),
+        async (o, d) => {
+          assert.equal(o % 512, 0);
+          assert.equal(d.length % 512, 0);
+          writes.push([o, d.length]);
+          disk.set(d, o);
+        },
+      );
+      assert.deepEqual(disk, ref);
+    }),
+  );
+});
+
+test('struct codec round-trips and checks its size', () => {
+  const S = defineStruct('test struct', 'be', 32, [
+    { name: 'magic', type: 'bytes', size: 8 },
+    { name: 'a', type: 'u32' },
+    { name: 'b', type: 'u64' },
+    { name: 'c', type: 'u16' },
+    { name: 'd', type: 'u8' },
+  ] as const);
+  const v = S.decode(S.encode({ magic: new TextEncoder().encode('cxsparse'), a: 0xdeadbeef, b: 2n ** 40n, c: 513, d: 7 }));
+  assert.equal(new TextDecoder().decode(v.magic), 'cxsparse');
+  assert.equal(v.a, 0xdeadbeef);
+  assert.equal(v.b, 2n ** 40n);
+  assert.equal(v.c, 513);
+  assert.equal(S.offsets.b, 12);
+  assert.throws(() => S.decode(new Uint8Array(10)), (e: unknown) => e instanceof BlockError && e.kind === 'corrupt');
+  assert.throws(() => defineStruct('too small', 'le', 4, [{ name: 'x', type: 'u64' }] as const));
+});
+
+test('crc32c, GUID and UTF-16 helpers', () => {
+  assert.equal(crc32c(new TextEncoder().encode('123456789')), 0xe3069283);
+  const g = 'caa16737-fa36-4d43-b3b6-33f0aa44e76b';
+  assert.equal(guidToString(guidFromString(g)), g);
+  assert.equal(guidFromString(g)[0], 0x37); // Data1 little-endian
+  assert.equal(decodeUtf16(encodeUtf16('C:\\disk.vhd', 'le'), 'le'), 'C:\\disk.vhd');
+  const be = encodeUtf16('parent', 'be');
+  assert.equal(be[0], 0);
+  assert.equal(decodeUtf16(new Uint8Array([...be, 0, 0, 0, 65]), 'be'), 'parent');
+});
+
+test('fault store: unflushed writes are lost or reordered after a crash', async () => {
+  const s = new FaultStore('f', new Uint8Array(16), 3);
+  await s.write(0, new Uint8Array([1]));
+  await s.flush();
+  await s.write(1, new Uint8Array([2]));
+  await assert.rejects(s.write(2, new Uint8Array([3])), /injected crash/);
+  await assert.rejects(s.flush(), /injected crash/);
+  const durable = await s.crashImage('durable');
+  assert.deepEqual([...durable.subarray(0, 3)], [1, 0, 0]);
+  const all = await s.crashImage('all');
+  assert.deepEqual([...all.subarray(0, 3)], [1, 2, 0]);
+  const seen = new Set<number>();
+  for (let seed = 1; seed < 20; seed++) seen.add((await s.crashImage('subset', seed))[1]);
+  assert.deepEqual([...seen].sort(), [0, 2]);
+});
+
+test('memory store grows, zero-fills and reports short reads', async () => {
+  const m = new MemoryStore('m');
+  await m.write(10, new Uint8Array([9]));
+  assert.equal(await m.size(), 11);
+  const b = new Uint8Array(20);
+  assert.equal(await m.read(0, b), 11);
+  await assert.rejects(readExact(m, 0, new Uint8Array(20), 'header'), (e: unknown) => e instanceof BlockError && e.kind === 'corrupt' && /header is truncated/.test(e.message));
+});
+
+test('system errors map to stable kinds', () => {
+  const e = fromSystemError(Object.assign(new Error('x'), { code: 'ENOENT' }), { path: '/nope' });
+  assert.equal(e.kind, 'not-found');
+  assert.equal(e.oneLine(), 'no such file (/nope)');
+  assert.equal(fromSystemError(Object.assign(new Error('x'), { code: 'EISDIR' }), {}).kind, 'invalid-argument');
+});
+
+test('mutex runs critical sections one at a time', async () => {
+  const m = new Mutex();
+  const order: string[] = [];
+  await Promise.all(
+    [1, 2, 3].map((i) =>
+      m.run(async () => {
+        order.push(`in${i}`);
+        await new Promise((r) => setTimeout(r, 5));
+        order.push(`out${i}`);
+      }),
+    ),
+  );
+  assert.deepEqual(order, ['in1', 'out1', 'in2', 'out2', 'in3', 'out3']);
+});
