@@ -11,7 +11,7 @@ export interface ChainExtent {
   kind: 'data' | 'zero';
   /** Index of the layer that answered (0 = top); layers.length when no layer has it. */
   depth: number;
-  /** For data, the position in that layer's file when known. */
+  /** Where the range lies in that layer's file, when the layer maps it one to one (raw, allocated blocks). */
   hostOffset?: number;
 }
 

@@ -10,7 +10,7 @@ export interface Extent {
   offset: number;
   length: number;
   kind: ExtentKind;
-  /** For data extents, where the bytes start in this layer's file when they are contiguous there (map's "offset"). */
+  /** Where the bytes start in this layer's file when they lie there contiguously (map's "offset"). */
   hostOffset?: number;
 }
 

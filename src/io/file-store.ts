@@ -1,7 +1,30 @@
 import { open, stat, type FileHandle } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { BlockError, fromSystemError } from '../core/errors.js';
-import type { OpenStoreOptions, Store } from './store.js';
+import { createRequire } from 'node:module';
+import type { HostRange, OpenStoreOptions, Store } from './store.js';
+
+// lseek(2) whence values for sparse files (Linux): SEEK_DATA finds the next
+// data at or after an offset, SEEK_HOLE the next hole. Node's fs has no lseek,
+// so the small optional `fs-ext` addon provides it; without it, sparse raw
+// files are still handled correctly, by zero detection instead.
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+type SeekFn = (fd: number, offset: number, whence: number) => number;
+let seekFn: SeekFn | null | undefined;
+function lseek(): SeekFn | null {
+  if (seekFn === undefined) {
+    seekFn = null;
+    if (process.platform === 'linux') {
+      try {
+        seekFn = (createRequire(import.meta.url)('fs-ext') as { seekSync: SeekFn }).seekSync;
+      } catch {
+        seekFn = null;
+      }
+    }
+  }
+  return seekFn;
+}
 
 /** A host file, through one FileHandle with positional reads and writes. */
 export class FileStore implements Store {
@@ -86,6 +109,34 @@ export class FileStore implements Store {
     } catch (e) {
       throw fromSystemError(e, { path: this.path, operation: 'flush' });
     }
+  }
+
+  async allocation(offset: number, length: number): Promise<HostRange[] | undefined> {
+    const seek = lseek();
+    if (!seek) return undefined;
+    const fd = this.fh.fd;
+    const end = offset + length;
+    const out: HostRange[] = [];
+    let pos = offset;
+    try {
+      while (pos < end) {
+        let dataAt: number;
+        try {
+          dataAt = seek(fd, pos, SEEK_DATA);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'ENXIO') throw e;
+          dataAt = end; // no data after pos
+        }
+        if (dataAt > pos) out.push({ offset: pos, length: Math.min(dataAt, end) - pos, data: false });
+        if (dataAt >= end) break;
+        const holeAt = seek(fd, dataAt, SEEK_HOLE);
+        out.push({ offset: dataAt, length: Math.min(holeAt, end) - dataAt, data: true });
+        pos = holeAt;
+      }
+    } catch {
+      return undefined; // the file system cannot tell: treat everything as data
+    }
+    return out;
   }
 
   async close(): Promise<void> {

@@ -17,6 +17,17 @@ export interface Store {
   /** Make every completed write durable. */
   flush(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * Where the host file has data and holes in [offset, offset+length), when the
+   * host can tell (Linux SEEK_DATA/SEEK_HOLE); undefined when it cannot.
+   */
+  allocation?(offset: number, length: number): Promise<HostRange[] | undefined>;
+}
+
+export interface HostRange {
+  offset: number;
+  length: number;
+  data: boolean;
 }
 
 export interface OpenStoreOptions {

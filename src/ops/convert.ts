@@ -111,6 +111,7 @@ async function copy(
   const bufs = [new Uint8Array(bufferSize), new Uint8Array(bufferSize)];
   const theirs = mode === 'diff' ? new Uint8Array(bufferSize) : undefined;
   let which = 0;
+  let zeroBuf: Uint8Array | undefined;
 
   for (let wOff = 0; wOff < total; wOff += WINDOW) {
     const extents = await src.blockStatus(wOff, Math.min(WINDOW, total - wOff));
@@ -135,7 +136,8 @@ async function copy(
       next = undefined;
       if (i + 1 < pieces.length) next = readPiece(i + 1);
       if (p.zero) {
-        if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length);
+        if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length, (zeroBuf ??= new Uint8Array(bufferSize)));
+        else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length);
       } else {
         const data = await current!;
         written += await writeData(dst, p.offset, data, mode, sparse, granule, theirs);
@@ -145,6 +147,13 @@ async function copy(
     }
   }
   return written;
+}
+
+/** `-S 0`: fully allocate, writing real zero bytes (a zero buffer, one write per buffer). */
+async function writeZeroData(dst: Chain, offset: number, length: number, zeros: Uint8Array): Promise<number> {
+  const scratch = zeros;
+  for (let o = 0; o < length; o += scratch.length) await dst.write(offset + o, scratch.subarray(0, Math.min(scratch.length, length - o)));
+  return length;
 }
 
 /** Make [offset, offset+length) of the target read as zero, touching only ranges that do not already. */

@@ -36,7 +36,7 @@ export async function* mapChain(chain: Chain): AsyncGenerator<MapEntry> {
         zero: e.kind === 'zero',
         data: e.kind === 'data',
       };
-      if (e.kind === 'data' && e.hostOffset !== undefined) entry.offset = e.hostOffset;
+      if (e.hostOffset !== undefined) entry.offset = e.hostOffset;
       if (present) entry.filename = chain.layers[e.depth].path;
       if (pending && canMerge(pending, entry)) pending.length += entry.length;
       else {

@@ -1,5 +1,5 @@
 import { BlockError } from '../../core/errors.js';
-import type { Extent } from '../../core/extent.js';
+import { pushExtent, type Extent } from '../../core/extent.js';
 import type { Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
 import type { Capabilities, CreateContext, Format, FormatInfo, Image, OpenContext } from '../types.js';
@@ -23,6 +23,11 @@ export class RawImage implements Image {
     backing: false,
   };
 
+  /** The host file's length (the same as size for raw, kept apart for clarity). */
+  private get fileSize(): number {
+    return this.size;
+  }
+
   constructor(
     private readonly store: Store,
     public size: number,
@@ -37,8 +42,15 @@ export class RawImage implements Image {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    // Node offers no SEEK_DATA/SEEK_HOLE; holes are found by zero detection in convert.
-    return [{ offset, length, kind: 'data', hostOffset: offset }];
+    // Holes of a sparse file read as zeros: report them so copies skip them
+    // without reading. Past the end of a short file (a backing smaller than
+    // its child) there is nothing either.
+    const inFile = Math.max(0, Math.min(length, this.fileSize - offset));
+    const ranges = inFile > 0 ? ((await this.store.allocation?.(offset, inFile)) ?? [{ offset, length: inFile, data: true }]) : [];
+    const out: Extent[] = [];
+    for (const r of ranges) pushExtent(out, { offset: r.offset, length: r.length, kind: r.data ? 'data' : 'zero', hostOffset: r.offset });
+    if (inFile < length) pushExtent(out, { offset: offset + inFile, length: length - inFile, kind: 'zero' });
+    return out;
   }
 
   read(offset: number, into: Uint8Array): Promise<void> {
