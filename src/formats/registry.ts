@@ -1,6 +1,7 @@
 import { BlockError } from '../core/errors.js';
 import type { Format, ProbeInput } from './types.js';
 import { rawFormat } from './raw/index.js';
+import { addCowFormat } from './add-cow/index.js';
 
 /**
  * Every format vdisk knows, as plain data (architecture rule 8). Adding a
@@ -8,6 +9,7 @@ import { rawFormat } from './raw/index.js';
  * ties in probing; raw is last and probes lowest.
  */
 export const FORMATS: readonly Format[] = [
+  addCowFormat,
   rawFormat,
 ];
 
