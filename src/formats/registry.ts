@@ -1,6 +1,7 @@
 import { BlockError } from '../core/errors.js';
 import type { Format, ProbeInput } from './types.js';
 import { rawFormat } from './raw/index.js';
+import { vhdFormat } from './vhd/index.js';
 import { addCowFormat } from './add-cow/index.js';
 
 /**
@@ -9,6 +10,7 @@ import { addCowFormat } from './add-cow/index.js';
  * ties in probing; raw is last and probes lowest.
  */
 export const FORMATS: readonly Format[] = [
+  vhdFormat,
   addCowFormat,
   rawFormat,
 ];

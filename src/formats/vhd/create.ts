@@ -1,0 +1,183 @@
+import { dirname, relative, resolve, basename } from 'node:path';
+import { BlockError } from '../../core/errors.js';
+import { randomGuid } from '../../core/guid.js';
+import { isPowerOfTwo, alignUp } from '../../core/u64.js';
+import { parseSize } from '../../core/size.js';
+import type { CreateContext, CreateOption } from '../types.js';
+import { batBytes, encodeBat } from './bat.js';
+import { DYNAMIC_HEADER_SIZE, HEADER_VERSION, MAX_BLOCK_SIZE, encodeDynamicHeader } from './dynamic-header.js';
+import { FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE, VHD_EPOCH_UNIX, type VhdFooter, chsForSectors, encodeFooter, roundSizeToChs } from './footer.js';
+import { LOCATOR_COUNT, ParentLocatorEntry, PlatformCode, encodeLocatorData, encodeLocatorEntry } from './parent-locator.js';
+
+/** The spec's largest disk: 2040 GiB (the CHS field and the 32-bit BAT sector numbers both allow it). */
+export const VHD_MAX_SIZE = 2040 * 2 ** 30;
+export const DEFAULT_BLOCK_SIZE = 2 << 20;
+/** Creator application recorded in new images (spec "Creator Application": a four-character tag of the tool). */
+export const CREATOR_APP = 'vdsk';
+export const CREATOR_VERSION = 0x00010000;
+/** Host OS code of Windows (Wi2k); qemu-img writes the same. */
+const HOST_OS_WINDOWS = 0x5769326b;
+
+export const createOptions: readonly CreateOption[] = [
+  { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], description: 'dynamic (grows as written, default) or fixed (all space allocated up front)' },
+  { name: 'block_size', type: 'size', description: 'block size of a dynamic or differencing disk (power of two, 512 bytes to 256 MiB; default 2 MiB)' },
+  { name: 'force_size', type: 'bool', description: 'keep the size exactly instead of rounding it up to a whole CHS geometry' },
+];
+
+function bool(v: string | undefined): boolean {
+  return v !== undefined && ['on', 'true', 'yes'].includes(v);
+}
+
+/** The size a request gets and its geometry; see docs/formats/vhd.md "Size rounding". */
+export function plannedSize(requested: number, forceSize: boolean): { size: number; cylinders: number; heads: number; sectorsPerTrack: number } {
+  if (forceSize) return { size: requested, ...chsForSectors(requested / 512) };
+  const r = roundSizeToChs(requested);
+  return { size: r.size, ...r.chs };
+}
+
+function vhdNow(date = new Date()): number {
+  return Math.max(0, Math.min(0xffffffff, Math.floor(date.getTime() / 1000) - VHD_EPOCH_UNIX));
+}
+
+export function newFooter(size: number, geometry: { cylinders: number; heads: number; sectorsPerTrack: number }, diskType: VhdFooter['diskType']): VhdFooter {
+  return {
+    features: FEATURES_RESERVED,
+    fileFormatVersion: FILE_FORMAT_VERSION,
+    dataOffset: diskType === 'fixed' ? null : FOOTER_SIZE,
+    timestamp: vhdNow(),
+    creatorApplication: CREATOR_APP,
+    creatorVersion: CREATOR_VERSION,
+    creatorHostOs: HOST_OS_WINDOWS,
+    originalSize: size,
+    currentSize: size,
+    cylinders: geometry.cylinders,
+    heads: geometry.heads,
+    sectorsPerTrack: geometry.sectorsPerTrack,
+    diskType,
+    uniqueId: randomGuid(),
+    savedState: 0,
+  };
+}
+
+/** VHD UUIDs are stored as 16 bytes in text order. */
+export function uuidBytes(s: string): Uint8Array {
+  const hex = s.replace(/[{}-]/g, '');
+  if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new BlockError('invalid-argument', `not a UUID: ${s}`);
+  return new Uint8Array(Buffer.from(hex, 'hex'));
+}
+
+export interface ParentRecord {
+  uuid: Uint8Array;
+  timestamp: number;
+  unicodeName: string;
+  /** Locators to write: platform code and path. */
+  locators: Array<{ platformCode: number; path: string }>;
+}
+
+/** What a child records about `parent` (spec "Dynamic Disk Header": parent UUID, time stamp, name, locators W2ku + W2ru). */
+export function parentRecord(childPath: string, parent: { absolutePath: string; identity?: string; mtime: Date; format: string }): ParentRecord {
+  if (parent.format !== 'vhd') throw new BlockError('unsupported', `the parent of a VHD differencing disk must be a VHD (got ${parent.format})`, { path: childPath });
+  if (!parent.identity) throw new BlockError('invalid-argument', 'the parent has no VHD UUID', { path: childPath });
+  const rel = relative(dirname(resolve(childPath)), parent.absolutePath);
+  // Windows writes W2ru as ".\name"; readers (ours included) accept either separator.
+  const w2ru = (rel.startsWith('..') ? rel : `.\\${rel}`).replace(/\//g, '\\');
+  return {
+    uuid: uuidBytes(parent.identity),
+    timestamp: vhdNow(parent.mtime),
+    unicodeName: basename(parent.absolutePath),
+    locators: [
+      { platformCode: PlatformCode.W2ku, path: parent.absolutePath },
+      { platformCode: PlatformCode.W2ru, path: w2ru },
+    ],
+  };
+}
+
+/** Lay out locator data from `start`; returns the locator table and the data blocks to write. */
+export function layoutLocators(record: ParentRecord, start: number): { table: Uint8Array; writes: Array<[number, Uint8Array]>; end: number } {
+  const table = new Uint8Array(LOCATOR_COUNT * ParentLocatorEntry.SIZE);
+  const writes: Array<[number, Uint8Array]> = [];
+  let at = start;
+  record.locators.forEach((l, i) => {
+    const data = encodeLocatorData(l.platformCode, l.path);
+    const space = alignUp(Math.max(data.length, 1), 512);
+    // Data space in bytes, as Windows writes it (the spec says sectors; readers use the data length).
+    encodeLocatorEntry({ platformCode: l.platformCode, dataSpace: space, dataLength: data.length, dataOffset: at }, table, i);
+    const padded = new Uint8Array(space);
+    padded.set(data);
+    writes.push([at, padded]);
+    at += space;
+  });
+  return { table, writes, end: at };
+}
+
+export async function createVhd(ctx: CreateContext): Promise<void> {
+  const o = ctx.options;
+  const differencing = ctx.backing !== undefined;
+  const subformat = o.subformat ?? 'dynamic';
+  if (differencing && o.subformat === 'fixed') throw new BlockError('invalid-argument', 'a VHD with a backing file is a differencing disk; subformat=fixed does not apply', { path: ctx.path });
+  const blockSize = o.block_size !== undefined ? parseSize(o.block_size, 'block_size') : DEFAULT_BLOCK_SIZE;
+  if (!isPowerOfTwo(blockSize) || blockSize < 512 || blockSize > MAX_BLOCK_SIZE) {
+    throw new BlockError('invalid-argument', `block_size must be a power of two from 512 bytes to 256 MiB (got ${blockSize})`);
+  }
+  let size: number;
+  let geometry: { cylinders: number; heads: number; sectorsPerTrack: number };
+  if (ctx.backing) {
+    // The spec requires a differencing disk to have its parent's size (the chain checks it on open).
+    if (ctx.size !== ctx.backing.size) {
+      throw new BlockError('invalid-argument', `a VHD differencing disk has its parent's size (${ctx.backing.size} bytes), not ${ctx.size}`, { path: ctx.path });
+    }
+    size = ctx.size;
+    geometry = chsForSectors(size / 512);
+  } else {
+    const p = plannedSize(ctx.size, bool(o.force_size));
+    size = p.size;
+    geometry = p;
+  }
+  if (size > VHD_MAX_SIZE) {
+    throw new BlockError('out-of-range', `a VHD holds at most 2040 GiB (${VHD_MAX_SIZE} bytes); ${size} bytes asked`, { path: ctx.path });
+  }
+  const diskType = differencing ? 'differencing' : subformat === 'fixed' ? 'fixed' : 'dynamic';
+  const footer = newFooter(size, geometry, diskType);
+  const footerBytes = encodeFooter(footer);
+
+  const store = await ctx.openStore(ctx.path, { create: true });
+  try {
+    if (diskType === 'fixed') {
+      // Data first (a sparse hole), then the footer right after it.
+      await store.truncate(size);
+      await store.write(size, footerBytes);
+    } else {
+      const maxTableEntries = Math.ceil(size / blockSize);
+      const tableOffset = FOOTER_SIZE + DYNAMIC_HEADER_SIZE;
+      let end = tableOffset + batBytes(maxTableEntries);
+      let locators: Uint8Array = new Uint8Array(LOCATOR_COUNT * ParentLocatorEntry.SIZE);
+      let parent: ParentRecord | undefined;
+      const extra: Array<[number, Uint8Array]> = [];
+      if (ctx.backing) {
+        parent = parentRecord(ctx.path, ctx.backing);
+        const l = layoutLocators(parent, end);
+        locators = l.table;
+        extra.push(...l.writes);
+        end = l.end;
+      }
+      const header = encodeDynamicHeader({
+        tableOffset,
+        headerVersion: HEADER_VERSION,
+        maxTableEntries,
+        blockSize,
+        parentUniqueId: parent?.uuid ?? new Uint8Array(16),
+        parentTimestamp: parent?.timestamp ?? 0,
+        parentUnicodeName: parent?.unicodeName ?? '',
+        parentLocators: locators,
+      });
+      await store.write(0, footerBytes);
+      await store.write(FOOTER_SIZE, header);
+      await store.write(tableOffset, encodeBat(new Uint32Array(0), maxTableEntries));
+      for (const [at, data] of extra) await store.write(at, data);
+      await store.write(end, footerBytes);
+    }
+    await store.flush();
+  } finally {
+    await store.close();
+  }
+}

@@ -1,0 +1,579 @@
+import { BlockError, isBlockError } from '../../core/errors.js';
+import type { Extent } from '../../core/extent.js';
+import { pushExtent } from '../../core/extent.js';
+import { uuidToString } from '../../core/guid.js';
+import { Mutex } from '../../core/mutex.js';
+import { alignUp, checkRange } from '../../core/u64.js';
+import type { Store } from '../../io/store.js';
+import { readExact, readOrZero } from '../../io/store.js';
+import type { BackingRef, Capabilities, FormatInfo, Image, OpenContext } from '../types.js';
+import { UNALLOCATED, batBytes, encodeBatSector, readBat } from './bat.js';
+import { type Batmap, decodeBatmapHeader, isBatmapHeader, batmapChecksum } from './batmap.js';
+import { DYNAMIC_HEADER_SIZE, type VhdDynamicHeader, decodeDynamicHeader } from './dynamic-header.js';
+import {
+  FOOTER_SIZE,
+  type DecodedFooter,
+  type VhdFooter,
+  VHD_EPOCH_UNIX,
+  chsBytes,
+  decodeFooter,
+  encodeFooter,
+  hasFooterCookie,
+  hostOsName,
+} from './footer.js';
+import { type ParentLocator, PlatformCode, decodeLocatorData, decodeLocatorEntries } from './parent-locator.js';
+import { BitmapCache, bitmapBytes, forEachRun, setBits } from './sector-bitmap.js';
+
+const SECTOR = 512;
+/** Zeros for writeZeroes, shared (never written to). */
+const ZEROS = new Uint8Array(1 << 20);
+/** Dirty sector bitmaps kept before the metadata is written out without waiting for a flush. */
+const MAX_DIRTY_BITMAPS = 256;
+/** Largest sector number a 32-bit BAT entry can hold (0xFFFFFFFF means unallocated). */
+const MAX_BLOCK_SECTOR = 0xfffffffe;
+
+/** Everything decoded at open time; `check` and `resize` reuse it. */
+export interface VhdLayout {
+  footer: VhdFooter;
+  /** Dynamic/differencing only. */
+  header: VhdDynamicHeader | null;
+  headerOffset: number;
+  bat: Uint32Array | null;
+  locators: ParentLocator[];
+  batmap: Batmap | null;
+  /** Where the footer at the end is (or would go, when damaged). */
+  footerOffset: number;
+  endFooterDamaged: string | null;
+  copyFooterProblem: string | null;
+  /** Checksums found wrong and tolerated through OpenOptions.ignoreChecksums. */
+  badChecksums: string[];
+}
+
+/**
+ * One VHD layer: fixed, dynamic or differencing (VHD spec 2006).
+ *
+ * Write order of an allocating write (dynamic and differencing disks), chosen
+ * so that the file is valid after a crash at any point and every sector reads
+ * either its old or its new contents:
+ *
+ *   1. write the footer at the new end of the file (block offset + bitmap +
+ *      block size). The old footer's sector becomes the new block's bitmap
+ *      sector but is not overwritten yet, so the file has a valid end footer
+ *      whichever of the writes so far reached the disk — except when the data
+ *      write (2) lands and (1) does not: then the last sector is data, and the
+ *      open falls back to the footer copy at offset 0 (the BAT does not point
+ *      at the block yet, so every sector still reads its old contents).
+ *   2. write the data sectors in place inside the new block (the rest of the
+ *      block is a hole, so it reads as zeros).
+ *      The BAT entry and the sector bitmap stay in memory (dirty) until flush:
+ *   3. flush: data and the new footer become durable;
+ *   4. write the dirty sector bitmaps (a new block's bitmap goes where the
+ *      old footer was); flush, so no BAT entry can reach the disk before the
+ *      bitmap of its block;
+ *   5. write the dirty BAT sectors; flush.
+ *
+ * Writes into allocated blocks write the data in place and set the bitmap
+ * bits in memory; the bitmap reaches the disk in step 4 of the next flush,
+ * after the data. Until then a crash leaves those bits clear (differencing:
+ * the parent's old contents show through). The footer contents never change
+ * on a write (the footer records no file size), so the copy at offset 0
+ * stays in step without being rewritten.
+ */
+export class VhdImage implements Image {
+  readonly format = 'vhd';
+  readonly logicalSectorSize = SECTOR;
+  readonly capabilities: Capabilities;
+  readonly identity: string;
+  backing: BackingRef | null;
+  size: number;
+
+  private readonly lock = new Mutex();
+  private readonly bitmaps = new BitmapCache(64);
+  private readonly dirtyBatSectors = new Set<number>();
+  private readonly blockSize: number;
+  private readonly bitmapSize: number;
+  private closed = false;
+
+  constructor(
+    private readonly store: Store,
+    readonly layout: VhdLayout,
+    readonly readOnly: boolean,
+  ) {
+    const f = layout.footer;
+    this.size = f.currentSize;
+    this.identity = uuidToString(f.uniqueId);
+    this.blockSize = layout.header?.blockSize ?? 0;
+    this.bitmapSize = layout.header ? bitmapBytes(layout.header.blockSize) : 0;
+    this.backing = f.diskType === 'differencing' && layout.header ? backingRef(layout.header, layout.locators) : null;
+    this.capabilities = {
+      write: true,
+      writeZeroes: f.diskType === 'dynamic',
+      trim: false,
+      resize: f.diskType !== 'differencing',
+      setBacking: f.diskType === 'differencing',
+      backing: f.diskType === 'differencing',
+    };
+  }
+
+  get path(): string {
+    return this.store.path;
+  }
+
+  private get differencing(): boolean {
+    return this.layout.footer.diskType === 'differencing';
+  }
+
+  // -------------------------------------------------------------------------
+  // reading
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    const out: Extent[] = [];
+    const bat = this.layout.bat;
+    if (!bat) {
+      pushExtent(out, { offset, length, kind: 'data', hostOffset: offset });
+      return out;
+    }
+    const end = offset + length;
+    const bs = this.blockSize;
+    let pos = offset;
+    while (pos < end) {
+      const b = Math.floor(pos / bs);
+      const blockStart = b * bs;
+      const pieceEnd = Math.min(blockStart + bs, end);
+      const entry = b < bat.length ? bat[b] : UNALLOCATED;
+      if (entry === UNALLOCATED) {
+        // Spec: an unallocated block of a dynamic disk reads as zeros; of a differencing disk, from the parent.
+        pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: this.differencing ? 'unallocated' : 'zero' });
+      } else {
+        const dataBase = entry * SECTOR + this.bitmapSize;
+        if (!this.differencing) {
+          // Dynamic disks: the whole block is this layer's data (unwritten sectors hold zeros).
+          pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: 'data', hostOffset: dataBase + (pos - blockStart) });
+        } else {
+          const bits = await this.bitmap(b);
+          const s0 = Math.floor((pos - blockStart) / SECTOR);
+          const s1 = Math.ceil((pieceEnd - blockStart) / SECTOR);
+          forEachRun(bits, s0, s1, (a, z, set) => {
+            const from = Math.max(pos, blockStart + a * SECTOR);
+            const to = Math.min(pieceEnd, blockStart + z * SECTOR);
+            pushExtent(out, set ? { offset: from, length: to - from, kind: 'data', hostOffset: dataBase + (from - blockStart) } : { offset: from, length: to - from, kind: 'unallocated' });
+          });
+        }
+      }
+      pos = pieceEnd;
+    }
+    return out;
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    this.checkRange(offset, into.length, 'read');
+    const bat = this.layout.bat;
+    if (!bat) {
+      await readOrZero(this.store, offset, into);
+      return;
+    }
+    const bs = this.blockSize;
+    let pos = offset;
+    const end = offset + into.length;
+    while (pos < end) {
+      const b = Math.floor(pos / bs);
+      const blockStart = b * bs;
+      const pieceEnd = Math.min(blockStart + bs, end);
+      const part = into.subarray(pos - offset, pieceEnd - offset);
+      const entry = bat[b];
+      if (entry === UNALLOCATED) part.fill(0);
+      else {
+        // One read per block piece, straight into the caller's buffer.
+        await readOrZero(this.store, entry * SECTOR + this.bitmapSize + (pos - blockStart), part);
+        if (this.differencing) {
+          // Sectors this layer does not hold read as zeros here (the chain reads them from the parent).
+          const bits = await this.bitmap(b);
+          const s0 = Math.floor((pos - blockStart) / SECTOR);
+          const s1 = Math.ceil((pieceEnd - blockStart) / SECTOR);
+          forEachRun(bits, s0, s1, (a, z, set) => {
+            if (set) return;
+            const from = Math.max(pos, blockStart + a * SECTOR);
+            const to = Math.min(pieceEnd, blockStart + z * SECTOR);
+            part.fill(0, from - pos, to - pos);
+          });
+        }
+      }
+      pos = pieceEnd;
+    }
+  }
+
+  /** A block's sector bitmap, from the cache or with one read. */
+  private async bitmap(block: number): Promise<Uint8Array> {
+    const cached = this.bitmaps.get(block);
+    if (cached) return cached;
+    const entry = this.layout.bat![block];
+    const bits = await readExact(this.store, entry * SECTOR, new Uint8Array(this.bitmapSize), `sector bitmap of block ${block}`);
+    this.bitmaps.put(block, bits);
+    return bits;
+  }
+
+  private checkRange(offset: number, length: number, operation: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new BlockError('out-of-range', `${operation} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, { path: this.path, offset, length, operation });
+    }
+  }
+
+  private checkWrite(offset: number, length: number, operation: string): void {
+    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation });
+    this.checkRange(offset, length, operation);
+    if (offset % SECTOR || length % SECTOR) {
+      throw new BlockError('invalid-argument', `${operation} must cover whole 512-byte sectors (got ${length} bytes at ${offset})`, { path: this.path, offset, length });
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // writing
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.checkWrite(offset, data.length, 'write');
+    if (data.length === 0) return;
+    if (!this.layout.bat) {
+      await this.store.write(offset, data);
+      return;
+    }
+    await this.lock.run(() => this.writeBlocks(offset, data.length, data));
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    this.checkWrite(offset, length, 'write zeroes');
+    if (length === 0) return;
+    if (!this.layout.bat) {
+      for (let done = 0; done < length; done += ZEROS.length) {
+        await this.store.write(offset + done, ZEROS.subarray(0, Math.min(ZEROS.length, length - done)));
+      }
+      return;
+    }
+    // Dynamic: unallocated blocks already read as zeros and stay unallocated.
+    // Differencing: zeros must hide the parent, so they are written like data.
+    await this.lock.run(() => this.writeBlocks(offset, length, null, !this.differencing));
+  }
+
+  /**
+   * Write [offset, offset+length) block by block: `data`, or zeros when null
+   * (`skipUnallocated`: leave unallocated blocks alone, they read as zeros already).
+   */
+  private async writeBlocks(offset: number, length: number, data: Uint8Array | null, skipUnallocated = false): Promise<void> {
+    const bat = this.layout.bat!;
+    const bs = this.blockSize;
+    const end = offset + length;
+    let pos = offset;
+    while (pos < end) {
+      const b = Math.floor(pos / bs);
+      const blockStart = b * bs;
+      const pieceEnd = Math.min(blockStart + bs, end);
+      let entry = bat[b];
+      if (entry === UNALLOCATED && skipUnallocated) {
+        pos = pieceEnd;
+        continue;
+      }
+      let fresh = false;
+      if (entry === UNALLOCATED) {
+        entry = await this.allocate(b);
+        fresh = true;
+      }
+      const host = entry * SECTOR + this.bitmapSize - blockStart;
+      if (data) await this.store.write(host + pos, data.subarray(pos - offset, pieceEnd - offset));
+      else if (!fresh) {
+        // A fresh block's data area is a hole and reads as zeros already.
+        for (let p = pos; p < pieceEnd; p += ZEROS.length) await this.store.write(host + p, ZEROS.subarray(0, Math.min(ZEROS.length, pieceEnd - p)));
+      }
+      const bits = await this.bitmap(b);
+      if (setBits(bits, (pos - blockStart) / SECTOR, (pieceEnd - blockStart) / SECTOR)) this.bitmaps.markDirty(b);
+      pos = pieceEnd;
+    }
+    if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
+  }
+
+  /** Where the next block goes: over the end footer (which moves behind it), never over metadata. */
+  private nextBlockOffset(): number {
+    return this.layout.footerOffset;
+  }
+
+  /** Steps 1 of the write order (see the class comment): new footer at the new end; BAT and bitmap in memory. */
+  private async allocate(block: number): Promise<number> {
+    const off = this.nextBlockOffset();
+    const sector = off / SECTOR;
+    if (sector > MAX_BLOCK_SECTOR) {
+      throw new BlockError('out-of-range', 'the VHD file cannot grow further: block offsets are limited to 32-bit sector numbers', { path: this.path, offset: off });
+    }
+    const newFooterOffset = off + this.bitmapSize + this.blockSize;
+    await this.store.write(newFooterOffset, encodeFooter(this.layout.footer));
+    this.layout.footerOffset = newFooterOffset;
+    this.layout.endFooterDamaged = null;
+    const bits = new Uint8Array(this.bitmapSize);
+    // Dynamic: the whole new block is valid (zeros where not written). Differencing: nothing yet, parent shows through.
+    if (!this.differencing) setBits(bits, 0, this.blockSize / SECTOR);
+    this.layout.bat![block] = sector;
+    this.dirtyBatSectors.add(Math.floor(block / 128));
+    this.bitmaps.put(block, bits, true);
+    return sector;
+  }
+
+  /** Steps 3-5 of the write order. */
+  private async writeMetadata(): Promise<void> {
+    const dirtyBitmaps = this.bitmaps.dirty();
+    if (dirtyBitmaps.length === 0 && this.dirtyBatSectors.size === 0) {
+      await this.store.flush();
+      return;
+    }
+    await this.store.flush();
+    for (const [block, bits] of dirtyBitmaps) {
+      await this.store.write(this.layout.bat![block] * SECTOR, bits);
+      this.bitmaps.markClean(block);
+    }
+    if (this.dirtyBatSectors.size > 0) {
+      await this.store.flush();
+      const tableOffset = this.layout.header!.tableOffset;
+      for (const s of [...this.dirtyBatSectors].sort((a, b) => a - b)) {
+        await this.store.write(tableOffset + s * SECTOR, encodeBatSector(this.layout.bat!, s, this.layout.header!.maxTableEntries));
+      }
+      this.dirtyBatSectors.clear();
+    }
+    await this.store.flush();
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    await this.lock.run(() => this.writeMetadata());
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      if (!this.readOnly) await this.flush();
+    } finally {
+      await this.store.close();
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // info
+
+  info(): FormatInfo {
+    const { footer: f, header: h } = this.layout;
+    const specific: Record<string, unknown> = {
+      'disk-type': f.diskType,
+      'current-size': f.currentSize,
+      'original-size': f.originalSize,
+      geometry: { cylinders: f.cylinders, heads: f.heads, 'sectors-per-track': f.sectorsPerTrack, size: chsBytes(f) },
+      'creator-application': f.creatorApplication,
+      'creator-version': `${f.creatorVersion >>> 16}.${f.creatorVersion & 0xffff}`,
+      'creator-host-os': hostOsName(f.creatorHostOs),
+      timestamp: vhdTime(f.timestamp),
+      uuid: this.identity,
+      'saved-state': f.savedState !== 0,
+    };
+    if (h) {
+      specific['block-size'] = h.blockSize;
+      specific['max-table-entries'] = h.maxTableEntries;
+      specific['allocated-blocks'] = this.layout.bat!.reduce((n, e) => (e === UNALLOCATED ? n : n + 1), 0);
+    }
+    if (this.differencing && h) {
+      specific.parent = {
+        uuid: uuidToString(h.parentUniqueId),
+        timestamp: vhdTime(h.parentTimestamp),
+        'unicode-name': h.parentUnicodeName,
+        locators: this.layout.locators.map((l) => ({
+          platform: l.platform,
+          'data-space': l.dataSpace,
+          'data-length': l.dataLength,
+          'data-offset': l.dataOffset,
+          ...(l.path !== undefined ? { path: l.path } : {}),
+        })),
+      };
+    }
+    if (this.layout.batmap) specific.batmap = { offset: this.layout.batmap.offset, size: this.layout.batmap.size, version: `${this.layout.batmap.version >>> 16}.${this.layout.batmap.version & 0xffff}`, 'checksum-ok': this.layout.batmap.checksumOk };
+    const warnings: string[] = [];
+    if (this.layout.endFooterDamaged) warnings.push(`footer at the end of the file is damaged (${this.layout.endFooterDamaged}); using the copy at offset 0 (check -r all rewrites it)`);
+    if (this.layout.badChecksums.length) warnings.push(`wrong checksums tolerated (ignore-checksums): ${this.layout.badChecksums.join(', ')}`);
+    if (f.currentSize !== chsBytes(f)) warnings.push(`CHS geometry gives ${chsBytes(f)} bytes; the footer's current size (${f.currentSize}) is used`);
+    if (warnings.length) specific.warnings = warnings;
+    if (this.layout.badChecksums.length) specific['checksums-ignored'] = this.layout.badChecksums;
+    return { clusterSize: h?.blockSize, specific };
+  }
+}
+
+function vhdTime(t: number): string {
+  return new Date((t + VHD_EPOCH_UNIX) * 1000).toISOString();
+}
+
+/** What a differencing disk tells the chain about its parent (contract: W2ru, W2ku, MacX, then the unicode name). */
+function backingRef(h: VhdDynamicHeader, locators: ParentLocator[]): BackingRef {
+  const order = [PlatformCode.W2ru, PlatformCode.W2ku, PlatformCode.Wi2r, PlatformCode.Wi2k, PlatformCode.MacX];
+  const candidates: string[] = [];
+  for (const code of order) for (const l of locators) if (l.platformCode === code && l.path) candidates.push(l.path);
+  if (h.parentUnicodeName) candidates.push(h.parentUnicodeName);
+  return {
+    recorded: h.parentUnicodeName || candidates[0] || '',
+    candidates,
+    format: 'vhd',
+    expectedId: uuidToString(h.parentUniqueId),
+    sameSize: true,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// open
+
+function checksumProblem(what: string, where: { path?: string; offset: number }): BlockError {
+  return new BlockError('checksum', `${what} checksum is wrong (open with ignore-checksums to read it anyway)`, { ...where });
+}
+
+/** Read and decode the footer, falling back to the copy at offset 0 (dynamic and differencing disks only). */
+async function openFooter(store: Store, fileSize: number, ignoreChecksums: boolean): Promise<Pick<VhdLayout, 'footer' | 'endFooterDamaged' | 'copyFooterProblem' | 'badChecksums'>> {
+  const path = store.path;
+  if (fileSize < FOOTER_SIZE) throw new BlockError('corrupt', `file is too small to be a VHD (${fileSize} bytes, a footer alone is 512)`, { path });
+  const endAt = fileSize - FOOTER_SIZE;
+  let end: DecodedFooter | undefined;
+  let endError: BlockError | undefined;
+  try {
+    end = decodeFooter(await readExact(store, endAt, new Uint8Array(FOOTER_SIZE), 'VHD footer'), { path, offset: endAt });
+  } catch (e) {
+    if (!isBlockError(e)) throw e;
+    endError = e;
+  }
+  let copy: DecodedFooter | undefined;
+  let copyError: string | null = null;
+  if (endAt > 0) {
+    const head = await readExact(store, 0, new Uint8Array(FOOTER_SIZE), 'VHD footer copy');
+    if (hasFooterCookie(head)) {
+      try {
+        copy = decodeFooter(head, { path, offset: 0 });
+        if (copy.footer.diskType === 'fixed') copy = undefined; // fixed disks have no copy: that is disk data
+        else if (!copy.checksumOk) copyError = 'checksum is wrong';
+      } catch (e) {
+        if (!isBlockError(e)) throw e;
+        copyError = e.message;
+      }
+    } else copyError = 'missing';
+  }
+  const badChecksums: string[] = [];
+  if (end?.checksumOk) {
+    const copyProblem = end.footer.diskType === 'fixed' ? null : copyError ?? (copy && !sameFooter(copy.footer, end.footer) ? 'differs from the footer at the end' : null);
+    return { footer: end.footer, endFooterDamaged: null, copyFooterProblem: copyProblem, badChecksums };
+  }
+  if (copy?.checksumOk) {
+    const why = endError ? endError.message : 'checksum is wrong';
+    return { footer: copy.footer, endFooterDamaged: why, copyFooterProblem: null, badChecksums };
+  }
+  if (end) {
+    if (!ignoreChecksums) throw checksumProblem('VHD footer', { path, offset: endAt });
+    badChecksums.push('footer');
+    return { footer: end.footer, endFooterDamaged: null, copyFooterProblem: copyError, badChecksums };
+  }
+  if (copy) {
+    if (!ignoreChecksums) throw checksumProblem('VHD footer copy at offset 0 (the footer at the end is unusable too)', { path, offset: 0 });
+    badChecksums.push('footer copy');
+    return { footer: copy.footer, endFooterDamaged: endError?.message ?? 'unusable', copyFooterProblem: 'checksum is wrong', badChecksums };
+  }
+  throw endError ?? new BlockError('corrupt', 'not a VHD file', { path });
+}
+
+function sameFooter(a: VhdFooter, b: VhdFooter): boolean {
+  const x = encodeFooter(a);
+  const y = encodeFooter(b);
+  return x.every((v, i) => v === y[i]);
+}
+
+export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
+  const { store } = ctx;
+  const path = store.path;
+  const fileSize = await store.size();
+  const ignore = ctx.options.ignoreChecksums ?? false;
+  const base = await openFooter(store, fileSize, ignore);
+  const f = base.footer;
+  const layout: VhdLayout = { ...base, header: null, headerOffset: 0, bat: null, locators: [], batmap: null, footerOffset: fileSize - FOOTER_SIZE };
+
+  if (f.diskType === 'fixed') {
+    // Spec "Fixed Hard Disk Image": the disk's sectors, then the footer.
+    if (fileSize - FOOTER_SIZE < f.currentSize) {
+      throw new BlockError('corrupt', `fixed VHD is truncated: ${fileSize - FOOTER_SIZE} bytes of data for a ${f.currentSize}-byte disk`, { path });
+    }
+    return new VhdImage(store, layout, ctx.readOnly);
+  }
+
+  const headerOffset = f.dataOffset!;
+  checkRange(headerOffset, DYNAMIC_HEADER_SIZE, fileSize, 'VHD dynamic header', path);
+  const hbuf = await readExact(store, headerOffset, new Uint8Array(DYNAMIC_HEADER_SIZE), 'VHD dynamic header');
+  const { header: h, checksumOk } = decodeDynamicHeader(hbuf, { path, offset: headerOffset });
+  if (!checksumOk) {
+    if (!ignore) throw checksumProblem('VHD dynamic header', { path, offset: headerOffset });
+    layout.badChecksums.push('dynamic header');
+  }
+  layout.header = h;
+  layout.headerOffset = headerOffset;
+
+  const blocksNeeded = Math.ceil(f.currentSize / h.blockSize);
+  if (h.maxTableEntries < blocksNeeded) {
+    throw new BlockError('corrupt', `VHD max table entries (${h.maxTableEntries}) cannot cover a ${f.currentSize}-byte disk in ${h.blockSize}-byte blocks (needs ${blocksNeeded})`, { path, offset: headerOffset });
+  }
+  // readBat bounds-checks the table against the file before allocating it.
+  const bat = await readBat(store, h.tableOffset, h.maxTableEntries, fileSize);
+  layout.bat = bat;
+
+  if (f.diskType === 'differencing') {
+    layout.locators = decodeLocatorEntries(h.parentLocators, fileSize, path);
+    for (const l of layout.locators) {
+      if (l.dataLength === 0) continue;
+      const data = await readExact(store, l.dataOffset, new Uint8Array(l.dataLength), `parent locator ${l.index}`);
+      l.path = decodeLocatorData(l.platformCode, data);
+    }
+  }
+
+  // Metadata regions, to keep blocks off them and to place new blocks after them.
+  const regions: Array<[number, number, string]> = [
+    [0, FOOTER_SIZE, 'footer copy'],
+    [headerOffset, headerOffset + DYNAMIC_HEADER_SIZE, 'dynamic header'],
+    [h.tableOffset, h.tableOffset + batBytes(h.maxTableEntries), 'BAT'],
+  ];
+  for (const l of layout.locators) regions.push([l.dataOffset, l.dataOffset + l.dataLength, `parent locator ${l.index}`]);
+
+  const batmapAt = h.tableOffset + batBytes(h.maxTableEntries);
+  if (f.diskType === 'dynamic' && batmapAt + 512 <= fileSize - FOOTER_SIZE) {
+    const mbuf = await readExact(store, batmapAt, new Uint8Array(512), 'VHD batmap header');
+    if (isBatmapHeader(mbuf)) {
+      const m = decodeBatmapHeader(mbuf, batmapAt, h.maxTableEntries, fileSize, path);
+      const map = await readExact(store, m.offset, new Uint8Array(m.size), 'VHD batmap');
+      layout.batmap = { headerOffset: m.headerOffset, offset: m.offset, size: m.size, version: m.version, checksumOk: batmapChecksum(map) === m.checksum };
+      regions.push([batmapAt, batmapAt + 512, 'batmap header'], [m.offset, m.offset + m.size, 'batmap']);
+    }
+  }
+
+  // Every allocated block must lie inside the file, before the end footer and off the metadata (spec: blocks are
+  // placed after the BAT; a forged entry pointing at the header would make a write destroy it).
+  const dataLimit = layout.endFooterDamaged ? fileSize : fileSize - FOOTER_SIZE;
+  const bitmapSize = bitmapBytes(h.blockSize);
+  let metaEnd = 0;
+  for (const [, e] of regions) metaEnd = Math.max(metaEnd, e);
+  const blockSpan = bitmapSize + h.blockSize;
+  for (let i = 0; i < bat.length; i++) {
+    const e = bat[i];
+    if (e === UNALLOCATED) continue;
+    const start = e * SECTOR;
+    // The last block of a disk whose size is not a whole number of blocks need only hold the sectors the disk has.
+    const need = i < blocksNeeded ? bitmapSize + Math.min(h.blockSize, f.currentSize - i * h.blockSize) : bitmapSize;
+    if (start + need > dataLimit) {
+      throw new BlockError('corrupt', `VHD BAT entry ${i} points past the end of the file (block at ${start}, file size ${fileSize})`, { path, offset: h.tableOffset + i * 4 });
+    }
+    for (const [a, z, what] of regions) {
+      if (start < z && start + blockSpan > a) {
+        throw new BlockError('corrupt', `VHD BAT entry ${i} (block at ${start}) overlaps the ${what}`, { path, offset: h.tableOffset + i * 4 });
+      }
+    }
+  }
+  // New blocks go where the end footer is; never over metadata, and (when the end footer is damaged) past whatever the file holds.
+  layout.footerOffset = layout.endFooterDamaged ? alignUp(Math.max(metaEnd, fileSize, maxBlockEnd(bat, blockSpan)), SECTOR) : Math.max(fileSize - FOOTER_SIZE, alignUp(metaEnd, SECTOR));
+  return new VhdImage(store, layout, ctx.readOnly);
+}
+
+function maxBlockEnd(bat: Uint32Array, span: number): number {
+  let m = 0;
+  for (let i = 0; i < bat.length; i++) if (bat[i] !== UNALLOCATED) m = Math.max(m, bat[i] * SECTOR + span);
+  return m;
+}

@@ -1,0 +1,27 @@
+import type { Format, ProbeInput } from '../types.js';
+import { FOOTER_SIZE, hasFooterCookie } from './footer.js';
+import { openVhd } from './image.js';
+import { VHD_MAX_SIZE, createOptions, createVhd } from './create.js';
+
+export { VhdImage } from './image.js';
+
+/**
+ * VHD (Virtual PC / Hyper-V; qemu-img calls it "vpc"): fixed, dynamic and
+ * differencing disks, per the 2006 "Virtual Hard Disk Image Format Specification".
+ */
+export const vhdFormat: Format = {
+  name: 'vhd',
+  aliases: ['vpc'],
+  description: 'Virtual PC / Hyper-V VHD (fixed, dynamic, differencing)',
+  maxSize: VHD_MAX_SIZE,
+  probe(input: ProbeInput): number {
+    // The footer at the end is what every VHD has (a fixed disk has nothing else).
+    if (input.size >= FOOTER_SIZE && input.tail.length >= FOOTER_SIZE && hasFooterCookie(input.tail, input.tail.length - FOOTER_SIZE)) return 100;
+    // A dynamic disk whose end footer is damaged still has its copy at offset 0.
+    if (hasFooterCookie(input.head, 0)) return 90;
+    return 0;
+  },
+  open: openVhd,
+  create: createVhd,
+  createOptions,
+};
