@@ -272,14 +272,15 @@ export class AddCowImage implements Image {
   }
 
   /**
-   * Shrink: bits past the new end are dropped and the size field written and
-   * made durable before anything is cut off, so a crash never leaves a header
-   * that claims more than the files hold.
+   * Shrink: the size field is written and made durable first, so a crash never
+   * leaves a header claiming more than the files hold, nor bits cleared under
+   * the old size. Then the bits sharing the new last byte are cleared and the
+   * files cut.
    */
   private async shrink(newSize: number): Promise<void> {
+    await this.writeSize(newSize);
     this.bitmap.resize(newSize / SECTOR);
     await this.clearTailOnDisk();
-    await this.writeSize(newSize);
     await this.store.truncate(this.bitmapEnd);
     await this.imageStore.truncate(newSize);
     await this.imageStore.flush();
