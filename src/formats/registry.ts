@@ -1,6 +1,7 @@
 import { BlockError } from '../core/errors.js';
 import type { Format, ProbeInput } from './types.js';
 import { rawFormat } from './raw/index.js';
+import { vhdxFormat } from './vhdx/index.js';
 import { vhdFormat } from './vhd/index.js';
 import { addCowFormat } from './add-cow/index.js';
 
@@ -12,6 +13,7 @@ import { addCowFormat } from './add-cow/index.js';
 export const FORMATS: readonly Format[] = [
   vhdFormat,
   addCowFormat,
+  vhdxFormat,
   rawFormat,
 ];
 

@@ -1,0 +1,527 @@
+import { BlockError } from '../../core/errors.js';
+import { pushExtent, type Extent } from '../../core/extent.js';
+import { randomGuid } from '../../core/guid.js';
+import { Mutex } from '../../core/mutex.js';
+import { alignDown, alignUp } from '../../core/u64.js';
+import type { Store } from '../../io/store.js';
+import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image } from '../types.js';
+import {
+  Bat,
+  PAYLOAD_FULLY_PRESENT,
+  PAYLOAD_NOT_PRESENT,
+  PAYLOAD_PARTIALLY_PRESENT,
+  PAYLOAD_ZERO,
+  SB_PRESENT,
+} from './bat.js';
+import { describeHeader } from './header.js';
+import type { HeaderWriter, Journal, SectorUpdates } from './journal.js';
+import { guidText, LOG_SECTOR, MiB, SECTOR_BITMAP_BLOCK_SIZE } from './layout.js';
+import type { MetadataEntry } from './metadata-table.js';
+import type { DiskParameters } from './metadata-items.js';
+import type { ParentLocator } from './parent-locator.js';
+import type { Region, RegionTable } from './region-table.js';
+import { bitRuns, SectorBitmapCache, setBits } from './sector-bitmap.js';
+import { checkVhdx } from './check.js';
+import { resizeVhdx, setBackingVhdx } from './maintenance.js';
+
+/** Everything open() learned about the file. */
+export interface VhdxState {
+  params: DiskParameters;
+  bat: Bat;
+  regions: RegionTable;
+  metadataEntries: MetadataEntry[];
+  headers: HeaderWriter;
+  journal: Journal;
+  log: { offset: number; length: number };
+  parentLocator: ParentLocator | null;
+  backing: BackingRef | null;
+  creator: string;
+  /** Where the next block goes: past every structure, 1 MiB aligned. */
+  fileEnd: number;
+  /** Real file size (the allocation end may run ahead of it until data is written). */
+  fileSize: number;
+  replay: { entries: number; onto: 'file' | 'memory' } | null;
+  problems: string[];
+}
+
+/** Payload block states that say "this layer holds nothing here". */
+function isUnallocated(state: number): boolean {
+  return state !== PAYLOAD_FULLY_PRESENT && state !== PAYLOAD_PARTIALLY_PRESENT && state !== PAYLOAD_ZERO;
+}
+
+const ZERO_CHUNK = 4 * MiB;
+/** Sectors one metadata commit may hold before it is committed (well under a 1 MiB log's 254). */
+const COMMIT_BATCH = 64;
+
+/** One contiguous run of a read: either file bytes or zeros. */
+interface Piece {
+  at: number;
+  length: number;
+  host: number | null;
+}
+
+export class VhdxImage implements Image {
+  readonly format = 'vhdx';
+  readonly capabilities: Capabilities = { write: true, writeZeroes: true, trim: false, resize: true, setBacking: true, backing: true };
+  private readonly lock = new Mutex();
+  private readonly bitmaps: SectorBitmapCache;
+  private fileGuidChanged = false;
+  private dataGuidChanged = false;
+  private closed = false;
+
+  constructor(
+    readonly store: Store,
+    readonly readOnly: boolean,
+    public state: VhdxState,
+  ) {
+    this.bitmaps = new SectorBitmapCache(store);
+  }
+
+  get path(): string {
+    return this.store.path;
+  }
+  get size(): number {
+    return this.state.params.virtualSize;
+  }
+  get logicalSectorSize(): number {
+    return this.state.params.logicalSectorSize;
+  }
+  get backing(): BackingRef | null {
+    return this.state.backing;
+  }
+  /** The DataWriteGuid: what a child's parent_linkage must name (2.2.2, 2.6.2.6.3). */
+  get identity(): string {
+    return guidText(this.state.headers.current.dataWriteGuid);
+  }
+  private get blockSize(): number {
+    return this.state.params.blockSize;
+  }
+  private get bat(): Bat {
+    return this.state.bat;
+  }
+  private get hasParent(): boolean {
+    return this.state.params.hasParent;
+  }
+
+  private checkRange(offset: number, length: number, op: string): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new BlockError('out-of-range', `${op} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, { path: this.path, offset, length, operation: op });
+    }
+  }
+
+  // ---- reading -------------------------------------------------------------
+
+  /** Where the bitmap bits of `block` live, and which bit is its first sector. */
+  private bitmapLocation(block: number): { fileOffset: number; firstBit: number } {
+    const chunk = Math.floor(block / this.bat.geometry.chunkRatio);
+    const sectorsPerBlock = this.blockSize / this.logicalSectorSize;
+    return { fileOffset: this.bat.offset(this.bat.bitmapIndex(chunk)), firstBit: (block % this.bat.geometry.chunkRatio) * sectorsPerBlock };
+  }
+
+  /**
+   * Split [offset, offset+length) of one PARTIALLY_PRESENT block into runs of
+   * sectors this layer holds (set bits) and does not (clear bits).
+   */
+  private async partialRuns(block: number, offset: number, length: number, emit: (at: number, len: number, present: boolean) => void): Promise<void> {
+    const lss = this.logicalSectorSize;
+    const blockStart = block * this.blockSize;
+    const firstSector = Math.floor((offset - blockStart) / lss);
+    const endSector = Math.ceil((offset + length - blockStart) / lss);
+    const loc = this.bitmapLocation(block);
+    const firstBit = loc.firstBit + firstSector;
+    const byteStart = Math.floor(firstBit / 8);
+    const byteEnd = Math.ceil((loc.firstBit + endSector) / 8);
+    const bits = await this.bitmaps.bytes(loc.fileOffset + byteStart, byteEnd - byteStart);
+    bitRuns(bits, firstBit - byteStart * 8, endSector - firstSector, (first, n, set) => {
+      const s = blockStart + (firstSector + (first - (firstBit - byteStart * 8))) * lss;
+      const a = Math.max(offset, s);
+      const b = Math.min(offset + length, s + n * lss);
+      if (b > a) emit(a, b - a, set);
+    });
+  }
+
+  /** Walk [offset, offset+length) block by block, as pieces of file data or zeros. */
+  private async pieces(offset: number, length: number, emit: (p: Piece) => void): Promise<void> {
+    const bs = this.blockSize;
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const block = Math.floor(pos / bs);
+      const blockStart = block * bs;
+      const n = Math.min(end - pos, blockStart + bs - pos);
+      const i = this.bat.payloadIndex(block);
+      const state = this.bat.state(i);
+      if (state === PAYLOAD_FULLY_PRESENT) emit({ at: pos, length: n, host: this.bat.offset(i) + (pos - blockStart) });
+      else if (state === PAYLOAD_PARTIALLY_PRESENT) {
+        const host = this.bat.offset(i) - blockStart;
+        await this.partialRuns(block, pos, n, (a, len, present) => emit({ at: a, length: len, host: present ? host + a : null }));
+      } else emit({ at: pos, length: n, host: null });
+      pos += n;
+    }
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    this.checkRange(offset, into.length, 'read');
+    // Adjacent pieces contiguous in the file are merged: one pread per run.
+    let run: Piece | null = null;
+    const flushRun = async () => {
+      if (!run) return;
+      const part = into.subarray(run.at - offset, run.at - offset + run.length);
+      const n = await this.store.read(run.host!, part);
+      if (n < part.length) part.fill(0, n);
+      run = null;
+    };
+    const list: Piece[] = [];
+    await this.pieces(offset, into.length, (p) => list.push(p));
+    for (const p of list) {
+      if (p.host === null) {
+        into.fill(0, p.at - offset, p.at - offset + p.length);
+        continue;
+      }
+      if (run && run.host! + run.length === p.host && run.at + run.length === p.at) run.length += p.length;
+      else {
+        await flushRun();
+        run = { ...p };
+      }
+    }
+    await flushRun();
+  }
+
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length, 'block status');
+    const out: Extent[] = [];
+    const absent = this.hasParent ? 'unallocated' : 'zero';
+    const bs = this.blockSize;
+    let pos = offset;
+    const end = offset + length;
+    while (pos < end) {
+      const block = Math.floor(pos / bs);
+      const blockStart = block * bs;
+      const n = Math.min(end - pos, blockStart + bs - pos);
+      const i = this.bat.payloadIndex(block);
+      const state = this.bat.state(i);
+      if (state === PAYLOAD_FULLY_PRESENT) pushExtent(out, { offset: pos, length: n, kind: 'data', hostOffset: this.bat.offset(i) + (pos - blockStart) });
+      else if (state === PAYLOAD_PARTIALLY_PRESENT) {
+        const host = this.bat.offset(i) - blockStart;
+        await this.partialRuns(block, pos, n, (a, len, present) =>
+          pushExtent(out, present ? { offset: a, length: len, kind: 'data', hostOffset: host + a } : { offset: a, length: len, kind: 'unallocated' }),
+        );
+      } else if (state === PAYLOAD_ZERO) pushExtent(out, { offset: pos, length: n, kind: 'zero' });
+      else pushExtent(out, { offset: pos, length: n, kind: absent });
+      pos += n;
+    }
+    return out;
+  }
+
+  // ---- writing -------------------------------------------------------------
+
+  private checkWritable(op: string): void {
+    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: op });
+    if (this.closed) throw new BlockError('invalid-argument', 'image is closed', { path: this.path, operation: op });
+  }
+
+  /**
+   * 2.2.2: FileWriteGuid changes before the first write to the file after it
+   * is opened; DataWriteGuid before the first write that changes what the
+   * guest sees (this breaks the linkage of any child made from this disk, as
+   * it should).
+   */
+  async beginWrite(guestVisible: boolean): Promise<void> {
+    const change: { fileWriteGuid?: Uint8Array; dataWriteGuid?: Uint8Array } = {};
+    if (!this.fileGuidChanged) change.fileWriteGuid = randomGuid();
+    if (guestVisible && !this.dataGuidChanged) change.dataWriteGuid = randomGuid();
+    if (!change.fileWriteGuid && !change.dataWriteGuid) return;
+    await this.state.headers.update(change);
+    this.fileGuidChanged = true;
+    if (change.dataWriteGuid) this.dataGuidChanged = true;
+  }
+
+  /** Reserve file space for a new block or bitmap block (1 MiB aligned, at the end). */
+  private allocate(length: number): number {
+    const off = this.state.fileEnd;
+    this.state.fileEnd = alignUp(off + length, MiB);
+    return off;
+  }
+
+  /** The file extends to cover every allocation (new space reads as zeros). */
+  private async extendFile(): Promise<void> {
+    if (this.state.fileSize < this.state.fileEnd) {
+      await this.store.truncate(this.state.fileEnd);
+      this.state.fileSize = this.state.fileEnd;
+    }
+  }
+
+  /** Durable size and structure end for a log entry (2.3.1.1, both 1 MiB multiples). */
+  fileExtent(): { flushed: number; last: number } {
+    return { flushed: alignDown(this.state.fileSize, MiB), last: alignUp(Math.max(this.state.fileSize, this.state.fileEnd), MiB) };
+  }
+
+  /** A copy of the 4 KiB sector at `offset` as it is now, for a transaction to modify. */
+  private async sectorImage(updates: SectorUpdates, offset: number, fresh: Set<number>): Promise<Uint8Array> {
+    let s = updates.get(offset);
+    if (s) return s;
+    const batRegion = this.state.regions.bat;
+    if (offset >= batRegion.offset && offset < batRegion.offset + this.bat.bytes.length) {
+      s = this.bat.bytes.slice(offset - batRegion.offset, offset - batRegion.offset + LOG_SECTOR);
+    } else if (fresh.has(alignDown(offset, SECTOR_BITMAP_BLOCK_SIZE))) {
+      s = new Uint8Array(LOG_SECTOR);
+    } else s = (await this.bitmaps.sector(offset)).slice();
+    updates.set(offset, s);
+    return s;
+  }
+
+  private async setBatEntry(updates: SectorUpdates, index: number, state: number, fileOffset: number, fresh: Set<number>): Promise<void> {
+    const byte = this.state.regions.bat.offset + index * 8;
+    const sectorOffset = alignDown(byte, LOG_SECTOR);
+    const s = await this.sectorImage(updates, sectorOffset, fresh);
+    Bat.encode(new DataView(s.buffer, s.byteOffset, s.byteLength), byte - sectorOffset, state, fileOffset);
+  }
+
+  /** Commit a transaction through the log and bring the in-memory BAT and bitmap cache up to date. */
+  private async commit(updates: SectorUpdates): Promise<void> {
+    await this.extendFile();
+    const batRegion = this.state.regions.bat;
+    await this.state.journal.commit(updates, (offset, data) => {
+      if (offset >= batRegion.offset && offset < batRegion.offset + this.bat.bytes.length) this.bat.bytes.set(data, offset - batRegion.offset);
+      else this.bitmaps.put(offset, data);
+    });
+    updates.clear();
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.checkWritable('write');
+    this.checkRange(offset, data.length, 'write');
+    this.checkSectors(offset, data.length, 'write');
+    if (data.length === 0) return;
+    await this.lock.run(async () => {
+      await this.beginWrite(true);
+      await this.writeLocked(offset, data);
+    });
+  }
+
+  private checkSectors(offset: number, length: number, op: string): void {
+    const lss = this.logicalSectorSize;
+    if (offset % lss !== 0 || length % lss !== 0) {
+      throw new BlockError('invalid-argument', `${op} must cover whole ${lss}-byte sectors (offset ${offset}, length ${length})`, { path: this.path, offset, length });
+    }
+  }
+
+  /**
+   * The write path. Blocks that hold data are written in place. A block that
+   * holds nothing gets new space at the end of the file; its data is written
+   * (and flushed by the commit) before the BAT entry naming it is logged and
+   * applied. In a differencing disk a block only partly written becomes
+   * PARTIALLY_PRESENT with the written sectors' bitmap bits set, so the rest
+   * still reads from the parent.
+   */
+  private async writeLocked(offset: number, data: Uint8Array): Promise<void> {
+    const bs = this.blockSize;
+    const updates: SectorUpdates = new Map();
+    const fresh = new Set<number>();
+    /** Bitmap blocks allocated within this call, by chunk. */
+    const newBitmaps = new Map<number, number>();
+    const end = offset + data.length;
+    let pos = offset;
+    while (pos < end) {
+      const block = Math.floor(pos / bs);
+      const blockStart = block * bs;
+      const blockLen = Math.min(bs, this.size - blockStart);
+      const n = Math.min(end - pos, blockStart + bs - pos);
+      const slice = data.subarray(pos - offset, pos - offset + n);
+      const i = this.bat.payloadIndex(block);
+      const state = this.bat.state(i);
+      if (state === PAYLOAD_FULLY_PRESENT) {
+        await this.store.write(this.bat.offset(i) + (pos - blockStart), slice);
+      } else if (state === PAYLOAD_PARTIALLY_PRESENT) {
+        await this.store.write(this.bat.offset(i) + (pos - blockStart), slice);
+        await this.markSectors(updates, block, pos, n, fresh, newBitmaps, i, this.bat.offset(i));
+      } else {
+        const host = this.allocate(bs);
+        await this.store.write(host + (pos - blockStart), slice);
+        // New space reads as zeros, which is right for a ZERO block and for any block of a disk
+        // without a parent; only a differencing disk's absent block must keep deferring to the parent.
+        const whole = pos === blockStart && n === blockLen;
+        if (this.hasParent && isUnallocated(state) && !whole) {
+          await this.setBatEntry(updates, i, PAYLOAD_PARTIALLY_PRESENT, host, fresh);
+          await this.markSectors(updates, block, pos, n, fresh, newBitmaps, i, host);
+        } else await this.setBatEntry(updates, i, PAYLOAD_FULLY_PRESENT, host, fresh);
+      }
+      if (updates.size >= COMMIT_BATCH) {
+        await this.commit(updates);
+        fresh.clear();
+        newBitmaps.clear();
+      }
+      pos += n;
+    }
+    if (updates.size) await this.commit(updates);
+  }
+
+  /**
+   * Set the bitmap bits of sectors [pos, pos+n) of a PARTIALLY_PRESENT block,
+   * allocating its chunk's bitmap block first when there is none. A block
+   * whose bits all end up set becomes FULLY_PRESENT.
+   */
+  private async markSectors(
+    updates: SectorUpdates,
+    block: number,
+    pos: number,
+    n: number,
+    fresh: Set<number>,
+    newBitmaps: Map<number, number>,
+    batIndex: number,
+    host: number,
+  ): Promise<void> {
+    const g = this.bat.geometry;
+    const chunk = Math.floor(block / g.chunkRatio);
+    const bi = this.bat.bitmapIndex(chunk);
+    let sb = newBitmaps.get(chunk);
+    if (sb === undefined) {
+      if (this.bat.state(bi) === SB_PRESENT) sb = this.bat.offset(bi);
+      else {
+        sb = this.allocate(SECTOR_BITMAP_BLOCK_SIZE);
+        fresh.add(sb);
+        await this.setBatEntry(updates, bi, SB_PRESENT, sb, fresh);
+      }
+      newBitmaps.set(chunk, sb);
+    }
+    const lss = this.logicalSectorSize;
+    const sectorsPerBlock = this.blockSize / lss;
+    const firstBit = (block % g.chunkRatio) * sectorsPerBlock;
+    const from = firstBit + (pos - block * this.blockSize) / lss;
+    const count = n / lss;
+    // The block's bits, sector by 4 KiB bitmap sector.
+    const byteFirst = sb + firstBit / 8;
+    const byteEnd = byteFirst + sectorsPerBlock / 8;
+    let allSet = true;
+    for (let s = alignDown(byteFirst, LOG_SECTOR); s < byteEnd; s += LOG_SECTOR) {
+      const img = await this.sectorImage(updates, s, fresh);
+      const sectorFirstBit = (s - sb) * 8;
+      const a = Math.max(from, sectorFirstBit);
+      const b = Math.min(from + count, sectorFirstBit + LOG_SECTOR * 8);
+      if (b > a) setBits(img, a - sectorFirstBit, b - a, true);
+      const lo = Math.max(byteFirst, s) - s;
+      const hi = Math.min(byteEnd, s + LOG_SECTOR) - s;
+      for (let k = lo; k < hi && allSet; k++) if (img[k] !== 0xff) allSet = false;
+    }
+    if (allSet) await this.setBatEntry(updates, batIndex, PAYLOAD_FULLY_PRESENT, host, fresh);
+  }
+
+  async writeZeroes(offset: number, length: number, options: { mayUnmap?: boolean } = {}): Promise<void> {
+    this.checkWritable('write zeroes');
+    this.checkRange(offset, length, 'write zeroes');
+    this.checkSectors(offset, length, 'write zeroes');
+    if (length === 0) return;
+    await this.lock.run(async () => {
+      await this.beginWrite(true);
+      const bs = this.blockSize;
+      const updates: SectorUpdates = new Map();
+      const fresh = new Set<number>();
+      const end = offset + length;
+      let pos = offset;
+      while (pos < end) {
+        const block = Math.floor(pos / bs);
+        const blockStart = block * bs;
+        const n = Math.min(end - pos, blockStart + bs - pos);
+        const i = this.bat.payloadIndex(block);
+        const state = this.bat.state(i);
+        const readsZero = state === PAYLOAD_ZERO || (!this.hasParent && isUnallocated(state));
+        const whole = pos === blockStart && n === Math.min(bs, this.size - blockStart);
+        const allocated = !isUnallocated(state) && state !== PAYLOAD_ZERO;
+        if (readsZero) {
+          // Nothing to do: this layer already reads zeros here.
+        } else if (whole && !this.state.params.leaveBlocksAllocated && (!allocated || options.mayUnmap)) {
+          // 2.5.1 PAYLOAD_BLOCK_ZERO: the block reads as zeros, whatever the parent holds.
+          await this.setBatEntry(updates, i, PAYLOAD_ZERO, 0, fresh);
+          if (updates.size >= COMMIT_BATCH) await this.commit(updates);
+        } else {
+          if (updates.size) await this.commit(updates);
+          const zeros = new Uint8Array(Math.min(n, ZERO_CHUNK));
+          for (let o = 0; o < n; o += zeros.length) await this.writeLocked(pos + o, zeros.subarray(0, Math.min(zeros.length, n - o)));
+        }
+        pos += n;
+      }
+      if (updates.size) await this.commit(updates);
+    });
+  }
+
+  async flush(): Promise<void> {
+    if (this.readOnly) return;
+    await this.lock.run(() => this.store.flush());
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (!this.readOnly) {
+        await this.lock.run(async () => {
+          await this.store.flush();
+          await this.state.journal.close();
+        });
+      }
+    } finally {
+      this.closed = true;
+      await this.store.close();
+    }
+  }
+
+  info(): FormatInfo {
+    const s = this.state;
+    const h = s.headers.current;
+    const specific: Record<string, unknown> = {
+      'block-size': s.params.blockSize,
+      'logical-sector-size': s.params.logicalSectorSize,
+      'physical-sector-size': s.params.physicalSectorSize,
+      'leave-blocks-allocated': s.params.leaveBlocksAllocated,
+      'has-parent': s.params.hasParent,
+      'virtual-disk-id': guidText(s.params.page83),
+      creator: s.creator,
+      ...Object.fromEntries(Object.entries(describeHeader(h)).map(([k, v]) => [k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase()), v])),
+      'log-offset': s.log.offset,
+      'log-length': s.log.length,
+      'log-replayed': s.replay !== null,
+    };
+    if (s.replay) specific['log-replay'] = { entries: s.replay.entries, onto: s.replay.onto };
+    if (s.parentLocator) specific['parent-locator'] = Object.fromEntries(s.parentLocator);
+    if (s.problems.length) specific.problems = [...s.problems];
+    return { clusterSize: s.params.blockSize, dirty: s.replay !== null && s.replay.onto === 'memory', specific };
+  }
+
+  // ---- maintenance (check.ts, maintenance.ts) ------------------------------
+
+  check(options: { repair?: 'leaks' | 'all' }): Promise<CheckResult> {
+    return this.lock.run(() => checkVhdx(this, options));
+  }
+
+  resize(newSize: number, options: { shrink?: boolean }): Promise<void> {
+    this.checkWritable('resize');
+    return this.lock.run(async () => {
+      await this.beginWrite(true);
+      await resizeVhdx(this, newSize, options);
+    });
+  }
+
+  setBacking(parent: BackingTarget | null): Promise<void> {
+    this.checkWritable('set backing');
+    return this.lock.run(async () => {
+      await this.beginWrite(false);
+      await setBackingVhdx(this, parent);
+    });
+  }
+
+  /** For maintenance code: drop cached bitmaps after a structural change. */
+  dropCaches(): void {
+    this.bitmaps.clear();
+  }
+
+  /** For maintenance code: commit metadata sectors through the log, then run `apply` per sector. */
+  commitSectors(updates: SectorUpdates, apply: (offset: number, data: Uint8Array) => void): Promise<void> {
+    return this.state.journal.commit(updates, apply);
+  }
+
+  /** Ranges of the file every structure occupies (for check and allocation). */
+  structureRanges(): Region[] {
+    return this.state.regions.all;
+  }
+}
+
+export { PAYLOAD_NOT_PRESENT };

@@ -1,0 +1,163 @@
+import { BlockError } from '../../core/errors.js';
+import { isZeroGuid, randomGuid } from '../../core/guid.js';
+import { alignUp } from '../../core/u64.js';
+import type { Store } from '../../io/store.js';
+import { readExact } from '../../io/store.js';
+import type { BackingRef, OpenContext } from '../types.js';
+import { Bat, batGeometry } from './bat.js';
+import { decodeFileIdentifier } from './file-identifier.js';
+import { chooseHeader, Header } from './header.js';
+import { HeaderWriter, Journal } from './journal.js';
+import { GUIDS, HEADER_OFFSETS, HEADER_SECTION_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
+import { OverlayStore, planReplay, replayOntoFile } from './log-replay.js';
+import { decodeMetadataTable, METADATA_TABLE_SIZE, type MetadataEntry } from './metadata-table.js';
+import {
+  decodeVirtualSize,
+  FileParameters,
+  HAS_PARENT,
+  LEAVE_BLOCKS_ALLOCATED,
+  Page83Data,
+  SectorSize,
+  validateParameters,
+  type DiskParameters,
+} from './metadata-items.js';
+import { decodeParentLocator, normalizeLinkage, type ParentLocator } from './parent-locator.js';
+import { decodeRegionTables, REGION_TABLE_SIZE } from './region-table.js';
+import { VhdxImage, type VhdxState } from './image.js';
+
+/** The first 320 KiB: file identifier, both headers, both region tables. */
+const HEAD_LENGTH = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE;
+
+async function readHead(store: Store, path: string) {
+  const head = await readExact(store, 0, new Uint8Array(HEAD_LENGTH), 'VHDX header section');
+  const { creator } = decodeFileIdentifier(head, path);
+  return {
+    creator,
+    headers: HEADER_OFFSETS.map((o) => head.subarray(o, o + Header.SIZE)),
+    regions: REGION_TABLE_OFFSETS.map((o) => head.subarray(o, o + REGION_TABLE_SIZE)),
+  };
+}
+
+/**
+ * Open a VHDX file: header section, log replay, region table, metadata, BAT
+ * (VHDX spec 2.1: the order in which a reader must trust the structures —
+ * nothing past the headers is believed before the log is replayed).
+ */
+export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
+  const path = ctx.path;
+  let store: Store = ctx.store;
+  const ignore = ctx.options.ignoreChecksums ?? false;
+  let fileSize = await store.size();
+  if (fileSize < HEADER_SECTION_SIZE) {
+    throw new BlockError('corrupt', `file is ${fileSize} bytes, shorter than the 1 MiB VHDX header section`, { path });
+  }
+  let head = await readHead(store, path);
+  let choice = chooseHeader(head.headers, ignore, path);
+  let headers = new HeaderWriter(store, choice.current.slot, choice.current.value);
+  const logOf = () => ({ offset: Number(headers.current.logOffset), length: headers.current.logLength });
+  let replay: VhdxState['replay'] = null;
+
+  // 2.3.3: a non-zero LogGuid means the log may hold updates not yet in place.
+  if (!isZeroGuid(headers.current.logGuid)) {
+    const plan = await planReplay(store, { ...logOf(), guid: headers.current.logGuid }, fileSize, path);
+    if (ctx.readOnly) {
+      if (plan) {
+        store = new OverlayStore(ctx.store, plan, fileSize);
+        replay = { entries: plan.entries.length, onto: 'memory' };
+      }
+    } else {
+      if (plan) {
+        await replayOntoFile(store, plan);
+        replay = { entries: plan.entries.length, onto: 'file' };
+      }
+    }
+    if (plan) {
+      fileSize = await store.size();
+      head = await readHead(store, path);
+      choice = chooseHeader(head.headers, ignore, path);
+      headers = new HeaderWriter(store, choice.current.slot, choice.current.value);
+    }
+    if (!ctx.readOnly) await headers.update({ logGuid: new Uint8Array(16), fileWriteGuid: randomGuid() });
+  }
+
+  const log = logOf();
+  if (log.offset + log.length > fileSize) {
+    throw new BlockError('corrupt', `log (offset ${log.offset}, length ${log.length}) lies past the end of the file (${fileSize})`, { path });
+  }
+  const { table: regions, problems: regionProblems } = decodeRegionTables(head.regions, fileSize, log, ignore, path);
+
+  // Metadata (2.6): table, then each item, each bounds-checked by the table decoder.
+  const mdRegion = regions.metadata;
+  const table = await readExact(store, mdRegion.offset, new Uint8Array(METADATA_TABLE_SIZE), 'metadata table');
+  const entries = decodeMetadataTable(table, mdRegion.length, mdRegion.offset, path);
+  const item = async (id: string, what: string, minLength: number, required = true): Promise<Uint8Array | null> => {
+    const e = entries.find((x) => x.id === id && (x.flags & 1) === 0);
+    if (!e) {
+      if (required) throw new BlockError('corrupt', `metadata item "${what}" is missing`, { path, offset: mdRegion.offset });
+      return null;
+    }
+    if (e.length < minLength) throw new BlockError('corrupt', `metadata item "${what}" is ${e.length} bytes, fewer than ${minLength}`, { path, offset: mdRegion.offset + e.offset });
+    return readExact(store, mdRegion.offset + e.offset, new Uint8Array(e.length), `metadata item ${what}`);
+  };
+  const fp = FileParameters.decode((await item(GUIDS.fileParameters, 'file parameters', FileParameters.SIZE))!);
+  const params: DiskParameters = {
+    blockSize: fp.blockSize,
+    leaveBlocksAllocated: (fp.flags & LEAVE_BLOCKS_ALLOCATED) !== 0,
+    hasParent: (fp.flags & HAS_PARENT) !== 0,
+    virtualSize: decodeVirtualSize((await item(GUIDS.virtualDiskSize, 'virtual disk size', 8))!, path),
+    logicalSectorSize: SectorSize.decode((await item(GUIDS.logicalSectorSize, 'logical sector size', 4))!).size,
+    physicalSectorSize: SectorSize.decode((await item(GUIDS.physicalSectorSize, 'physical sector size', 4))!).size,
+    page83: Page83Data.decode((await item(GUIDS.page83Data, 'page 83 data', 16))!).id,
+  };
+  validateParameters(params, path);
+
+  let parentLocator: ParentLocator | null = null;
+  let backing: BackingRef | null = null;
+  if (params.hasParent) {
+    const raw = (await item(GUIDS.parentLocator, 'parent locator', 20))!;
+    parentLocator = decodeParentLocator(raw, path, mdRegion.offset + entries.find((e) => e.id === GUIDS.parentLocator)!.offset);
+    backing = backingFromLocator(parentLocator, path);
+  }
+
+  // BAT (2.5): its region must hold every entry the geometry implies.
+  const geometry = batGeometry(params.virtualSize, params.blockSize, params.logicalSectorSize, params.hasParent);
+  if (geometry.entryCount * 8 > regions.bat.length) {
+    throw new BlockError('corrupt', `BAT region holds ${regions.bat.length / 8} entries but the disk needs ${geometry.entryCount}`, { path, offset: regions.bat.offset });
+  }
+  const batBytes = await readExact(store, regions.bat.offset, new Uint8Array(Bat.loadLength(geometry)), 'BAT');
+  const bat = new Bat(geometry, batBytes);
+  const blocksEnd = bat.validate(fileSize, path);
+
+  const structuresEnd = Math.max(log.offset + log.length, ...regions.all.map((r) => r.offset + r.length), blocksEnd);
+  const state: VhdxState = {
+    params,
+    bat,
+    regions,
+    metadataEntries: entries as MetadataEntry[],
+    headers,
+    journal: null as unknown as Journal,
+    log,
+    parentLocator,
+    backing,
+    creator: head.creator,
+    fileEnd: alignUp(Math.max(fileSize, structuresEnd), MiB),
+    fileSize,
+    replay,
+    problems: [...choice.problems, ...regionProblems],
+  };
+  const image = new VhdxImage(store, ctx.readOnly, state);
+  state.journal = new Journal(store, headers, log, () => image.fileExtent());
+  return image;
+}
+
+/**
+ * 2.6.2.6.3: parent_linkage is the parent's DataWriteGuid; the paths are
+ * tried relative first, then volume, then absolute (chain/ resolves them).
+ */
+export function backingFromLocator(loc: ParentLocator, path?: string): BackingRef {
+  const linkage = loc.get('parent_linkage');
+  if (!linkage) throw new BlockError('corrupt', 'parent locator has no parent_linkage', { path });
+  const candidates = ['relative_path', 'volume_path', 'absolute_win32_path'].map((k) => loc.get(k)).filter((v): v is string => !!v);
+  if (candidates.length === 0) throw new BlockError('corrupt', 'parent locator names no parent path', { path });
+  return { recorded: candidates[0], candidates, format: 'vhdx', expectedId: normalizeLinkage(linkage), sameSize: true };
+}

@@ -1,0 +1,111 @@
+import type { Store } from '../../io/store.js';
+import { readExact } from '../../io/store.js';
+import { LOG_SECTOR } from './layout.js';
+
+/**
+ * Sector bitmap blocks (VHDX spec 2.5.1, 2.5.2.2): 1 MiB each, one bit per
+ * logical sector of the chunk they cover, least significant bit first. In a
+ * differencing disk a set bit means "this block holds the sector", a clear
+ * bit "ask the parent". The bitmap of payload block b of its chunk starts at
+ * byte (b mod chunkRatio) * sectorsPerBlock / 8.
+ *
+ * Bitmaps are cached per 4 KiB sector (the unit the log updates), a bounded
+ * LRU so a huge differencing disk does not pin all its bitmaps in memory.
+ */
+export class SectorBitmapCache {
+  private readonly cache = new Map<number, Uint8Array>();
+
+  constructor(
+    private readonly store: Store,
+    private readonly capacity = 4096,
+  ) {}
+
+  /** The 4 KiB bitmap sector at file offset `sectorOffset` (aligned), from the cache or the file. */
+  async sector(sectorOffset: number): Promise<Uint8Array> {
+    const hit = this.cache.get(sectorOffset);
+    if (hit) {
+      this.cache.delete(sectorOffset);
+      this.cache.set(sectorOffset, hit);
+      return hit;
+    }
+    const data = await readExact(this.store, sectorOffset, new Uint8Array(LOG_SECTOR), 'sector bitmap');
+    this.put(sectorOffset, data);
+    return data;
+  }
+
+  /** Record a sector's new content (after the log made it durable and it was applied). */
+  put(sectorOffset: number, data: Uint8Array): void {
+    this.cache.delete(sectorOffset);
+    this.cache.set(sectorOffset, data);
+    if (this.cache.size > this.capacity) this.cache.delete(this.cache.keys().next().value as number);
+  }
+
+  /** Bytes [fileOffset, fileOffset+length) of bitmap content, through the sector cache. */
+  async bytes(fileOffset: number, length: number): Promise<Uint8Array> {
+    const first = Math.floor(fileOffset / LOG_SECTOR) * LOG_SECTOR;
+    if (fileOffset + length <= first + LOG_SECTOR) {
+      const s = await this.sector(first);
+      return s.subarray(fileOffset - first, fileOffset - first + length);
+    }
+    const out = new Uint8Array(length);
+    for (let s = first; s < fileOffset + length; s += LOG_SECTOR) {
+      const data = await this.sector(s);
+      const a = Math.max(fileOffset, s);
+      const b = Math.min(fileOffset + length, s + LOG_SECTOR);
+      out.set(data.subarray(a - s, b - s), a - fileOffset);
+    }
+    return out;
+  }
+
+  clear(): void {
+    this.cache.clear();
+  }
+}
+
+/**
+ * Runs of equal bits in [start, start+count) of an LSB-first bitmap: calls
+ * `emit(firstBit, length, set)` per run. Whole 0x00/0xFF bytes are skipped
+ * eight bits at a time, so the cost is per changed bit, not per sector.
+ */
+export function bitRuns(bits: Uint8Array, start: number, count: number, emit: (first: number, length: number, set: boolean) => void): void {
+  const end = start + count;
+  let i = start;
+  while (i < end) {
+    const set = ((bits[i >> 3] >> (i & 7)) & 1) === 1;
+    const runStart = i;
+    i++;
+    while (i < end) {
+      if ((i & 7) === 0) {
+        const byte = bits[i >> 3];
+        if (byte === (set ? 0xff : 0) && i + 8 <= end) {
+          i += 8;
+          continue;
+        }
+      }
+      if ((((bits[i >> 3] >> (i & 7)) & 1) === 1) !== set) break;
+      i++;
+    }
+    emit(runStart, i - runStart, set);
+  }
+}
+
+/** Set (or clear) bits [start, start+count) of an LSB-first bitmap. */
+export function setBits(bits: Uint8Array, start: number, count: number, value: boolean): void {
+  let i = start;
+  const end = start + count;
+  while (i < end && (i & 7) !== 0) {
+    if (value) bits[i >> 3] |= 1 << (i & 7);
+    else bits[i >> 3] &= ~(1 << (i & 7));
+    i++;
+  }
+  const wholeEnd = end - (end & 7);
+  if (i < wholeEnd) {
+    bits.fill(value ? 0xff : 0, i >> 3, wholeEnd >> 3);
+    i = wholeEnd;
+  }
+  while (i < end) {
+    if (value) bits[i >> 3] |= 1 << (i & 7);
+    else bits[i >> 3] &= ~(1 << (i & 7));
+    i++;
+  }
+}
