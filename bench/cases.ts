@@ -1,0 +1,304 @@
+import { join } from 'node:path';
+import { FORMATS } from '../src/formats/registry.js';
+import type { Inputs } from './inputs.js';
+import { formatAvailable, VDISK, WORKER } from './peers.js';
+
+/**
+ * The case table (plain data, like the CLI's command table). A case runs
+ * each of its tools several times, alternating; the subject tools (role
+ * 'vdisk') are compared with every 'peer' tool of the same case.
+ */
+
+export type Role = 'vdisk' | 'peer';
+
+export interface Tool {
+  name: string;
+  role: Role;
+  /** Why this tool cannot run here (not installed, feature not landed yet...). */
+  unavailable?: string;
+  argv: string[];
+  /** Files to delete before and after each run (targets). */
+  outputs?: string[];
+  /** Virtual bytes this tool handles, when not the case's. */
+  bytes?: number;
+  /** Take the process's own timing (open excluded) instead of its wall time. */
+  inner?: boolean;
+}
+
+export interface Case {
+  id: string;
+  group: 'reference' | 'convert' | 'read' | 'chain' | 'memory' | 'add-cow' | 'nbd';
+  title: string;
+  /** Virtual bytes handled per run (for MB/s). */
+  bytes: number;
+  /** Part of the --quick subset. */
+  quick?: boolean;
+  /** The whole case cannot run (its feature has not landed yet). */
+  unavailable?: string;
+  tools: Tool[];
+  /** Most peak RSS a vdisk run may use (bytes); over it the case is flagged. */
+  rssLimit?: number;
+  /** What the numbers must show, in words. */
+  goal?: string;
+  /** Most a time-per-byte ratio `subject/peer` may be (`vdisk/cp` compares with the ref-cp case). */
+  limits?: Record<string, number>;
+  note?: string;
+}
+
+export interface CaseOptions {
+  /** Read requests per read case run, by request size. */
+  readCount: (bs: number) => number;
+  /** Bytes the add-cow write case writes (flush every 1 MiB / every write). */
+  addCowWrite: { batched: number; perWrite: number };
+}
+
+const node = process.execPath;
+const vdiskCli = (...args: string[]) => [node, VDISK, ...args];
+const worker = (op: string, job: object) => [node, WORKER, op, JSON.stringify(job)];
+
+/** Only the create options a vdisk format declares (so a case keeps working while a format grows). */
+function vdiskOptions(format: string, wanted: Record<string, string>): string[] {
+  const f = FORMATS.find((x) => x.name === format);
+  const known = new Set(f?.createOptions.map((o) => o.name) ?? []);
+  const kv = Object.entries(wanted).filter(([k]) => known.has(k));
+  return kv.length ? ['-o', kv.map(([k, v]) => `${k}=${v}`).join(',')] : [];
+}
+
+/** qemu-img's name for a vdisk format. */
+const QEMU_FMT: Record<string, string> = { raw: 'raw', vhd: 'vpc', vhdx: 'vhdx' };
+/** Target options, the same for both tools: dynamic images, VHD size kept exact. */
+const TARGET_OPTS: Record<string, Record<string, string>> = {
+  raw: {},
+  vhd: { subformat: 'dynamic', force_size: 'on' },
+  vhdx: { subformat: 'dynamic' },
+};
+
+function qemuConvert(src: string, srcFmt: string, dst: string, dstFmt: string): Tool {
+  const opts = Object.entries(TARGET_OPTS[dstFmt]).map(([k, v]) => `${k}=${v}`);
+  return {
+    name: 'qemu-img',
+    role: 'peer',
+    // -t writeback: flush the target at the end, as vdisk does (convert's default, unsafe, never flushes).
+    argv: ['qemu-img', 'convert', '-t', 'writeback', '-f', QEMU_FMT[srcFmt], '-O', QEMU_FMT[dstFmt], ...(opts.length ? ['-o', opts.join(',')] : []), src, dst],
+    outputs: [dst],
+  };
+}
+
+function vdiskConvert(src: string, srcFmt: string, dst: string, dstFmt: string): Tool {
+  const missing = formatAvailable(srcFmt) ?? formatAvailable(dstFmt, true);
+  return {
+    name: 'vdisk',
+    role: 'vdisk',
+    unavailable: missing ?? undefined,
+    argv: vdiskCli('convert', '-f', srcFmt, '-O', dstFmt, ...vdiskOptions(dstFmt, TARGET_OPTS[dstFmt]), src, dst),
+    outputs: [dst],
+  };
+}
+
+export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | null): Case[] {
+  const w = (name: string) => join(inp.dir, name);
+  const size = inp.scale.size;
+  const cases: Case[] = [];
+
+  // --- physical-limit references --------------------------------------------
+  const cpOut = w('out-cp.raw');
+  cases.push({
+    id: 'ref-cp',
+    group: 'reference',
+    title: 'cp --sparse=always in.raw (+ sync -d)',
+    bytes: size,
+    quick: true,
+    note: 'copies the half-full 1 GiB raw file keeping holes, then fdatasync: what the disk and page cache allow for a convert',
+    tools: [{ name: 'cp', role: 'peer', argv: ['sh', '-c', 'cp --sparse=always "$1" "$2" && sync -d "$2"', 'sh', inp.raw, cpOut], outputs: [cpOut] }],
+  });
+  cases.push({
+    id: 'ref-cat',
+    group: 'reference',
+    title: 'cat in.raw > /dev/null',
+    bytes: size,
+    quick: true,
+    note: 'reads the whole raw file from the page cache: the ceiling for reads',
+    tools: [{ name: 'cat', role: 'peer', argv: ['sh', '-c', 'cat "$1" > /dev/null', 'sh', inp.raw] }],
+  });
+
+  // --- convert ---------------------------------------------------------------
+  const convertGoal = 'vdisk/qemu-img <= 1.0, vdisk/vhd-lib <= 0.5, vdisk/cp <= 1.5';
+  const convertLimits = { 'vdisk/qemu-img': 1.0, 'vdisk/vhd-lib': 0.5, 'vdisk/cp': 1.5 };
+  const pairs: [string, string, string, string, boolean][] = [
+    ['raw', inp.raw, 'vhd', 'in.raw', true],
+    ['raw', inp.raw, 'vhdx', 'in.raw', false],
+    ['vhd', inp.vhd!, 'raw', 'in.vhd', true],
+    ['vhdx', inp.vhdx!, 'raw', 'in.vhdx', true],
+    ['raw', inp.raw, 'raw', 'in.raw', false],
+  ];
+  for (const [sf, src, df, label, quick] of pairs) {
+    const dst = w(`out-convert.${df}`);
+    const tools = [vdiskConvert(src, sf, dst, df), qemuConvert(src, sf, dst, df)];
+    if (sf === 'raw' && df === 'vhd') {
+      tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-from-raw', { src, dst }), outputs: [dst] });
+    }
+    if (sf === 'vhd' && df === 'raw') {
+      tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-to-raw', { src, dst }), outputs: [dst] });
+    }
+    cases.push({ id: `convert-${sf}-${df}`, group: 'convert', title: `convert ${label} → ${df}`, bytes: size, quick, goal: convertGoal,
+      limits: convertLimits, tools });
+  }
+  {
+    const depth = Math.min(5, inp.chain.length);
+    const top = inp.chain[depth - 1];
+    const noChain = inp.missing.chain ?? (inp.chain.length < 5 ? 'chain inputs missing' : undefined);
+    const dstRaw = w('out-chain.raw');
+    cases.push({
+      id: 'convert-chain5-raw',
+      group: 'convert',
+      title: 'convert depth-5 VHD chain → raw',
+      bytes: size,
+      quick: true,
+      unavailable: noChain,
+      goal: convertGoal,
+      limits: convertLimits,
+      note: 'qemu-img does not follow VHD parents (it reads a differencing VHD as a standalone disk); vhd-lib 0.7.2 has no chain-to-raw, see the next case',
+      tools: [{ name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', '-O', 'raw', top ?? '', dstRaw), outputs: [dstRaw] }],
+    });
+    const dstVhd = w('out-chain.vhd');
+    cases.push({
+      id: 'convert-chain5-vhd',
+      group: 'convert',
+      title: 'flatten depth-5 VHD chain → dynamic VHD',
+      bytes: size,
+      unavailable: noChain,
+      goal: convertGoal,
+      limits: convertLimits,
+      tools: [
+        { name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', '-O', 'vhd', ...vdiskOptions('vhd', TARGET_OPTS.vhd), top ?? '', dstVhd), outputs: [dstVhd] },
+        { name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-flatten', { src: top, dst: dstVhd }), outputs: [dstVhd] },
+      ],
+    });
+  }
+
+  // --- reads through the library vs qemu-img bench -------------------------
+  // Strided "random" reads: qemu-img bench can only step, so both tools use
+  // offset_i = i * step mod size with an odd multiple of the request size (a
+  // permutation of all slots that defeats read-ahead).
+  const STRIDE: Record<number, number> = { 4096: 40503, 65536: 2531 };
+  for (const [fmt, path] of [['raw', inp.raw], ['vhd', inp.vhd!], ['vhdx', inp.vhdx!]] as const) {
+    for (const bs of [4096, 65536]) {
+      for (const pattern of ['seq', 'rand'] as const) {
+        for (const depth of [1, 16]) {
+          const count = o.readCount(bs);
+          const step = pattern === 'seq' ? bs : bs * STRIDE[bs];
+          const quick = (fmt === 'raw' && bs === 4096 && depth === 1) || (fmt === 'vhd' && pattern === 'rand' && bs === 4096 && depth === 16) || (fmt === 'vhdx' && pattern === 'seq' && bs === 65536 && depth === 1);
+          cases.push({
+            id: `read-${fmt}-${pattern}-${bs / 1024}k-qd${depth}`,
+            group: 'read',
+            title: `read ${fmt} ${pattern === 'seq' ? 'sequential' : 'strided'} ${bs / 1024} KiB qd${depth}`,
+            bytes: count * bs,
+            quick,
+            goal: 'vdisk/qemu-img <= 1.0',
+            limits: { 'vdisk/qemu-img': 1.0 },
+            tools: [
+              { name: 'vdisk', role: 'vdisk', unavailable: formatAvailable(fmt) ?? undefined, inner: true, argv: worker('read', { path, format: fmt, count, bs, step, depth }) },
+              {
+                name: 'qemu-img',
+                role: 'peer',
+                inner: true,
+                argv: ['qemu-img', 'bench', '-f', QEMU_FMT[fmt], '-t', 'writeback', '-c', String(count), '-d', String(depth), '-s', String(bs), '-S', String(step), path],
+              },
+            ],
+          });
+        }
+      }
+    }
+  }
+
+  // --- chain depth ------------------------------------------------------------
+  for (const [kind, bs, step, depth] of [
+    ['sequential 1 MiB qd1', 1 << 20, 1 << 20, 1],
+    ['strided 4 KiB qd16', 4096, 4096 * STRIDE[4096], 16],
+  ] as const) {
+    const count = bs === 1 << 20 ? size / bs : o.readCount(bs);
+    const tools: Tool[] = [1, 5, 20].map((d) => ({
+      name: `depth ${d}`,
+      role: d === 1 ? 'peer' : 'vdisk',
+      unavailable: inp.chain.length >= d ? undefined : (inp.missing.chain ?? `chain of depth ${d} not built (smoke scale)`),
+      inner: true,
+      argv: worker('read', { path: inp.chain[d - 1] ?? '', format: 'vhd', count, bs, step, depth }),
+    }));
+    cases.push({
+      id: `chain-read-${bs === 1 << 20 ? 'seq' : 'rand'}`,
+      group: 'chain',
+      title: `read VHD chains, ${kind}`,
+      bytes: count * bs,
+      quick: bs === 1 << 20,
+      unavailable: inp.missing.chain,
+      goal: 'depth 5/depth 1 <= 2.0 (at least half the speed of a single dynamic disk)',
+      limits: { 'depth 5/depth 1': 2.0 },
+      note: 'depth 1 is in.vhd alone; every child layer adds 8 whole 2 MiB blocks and 32 scattered 64 KiB pieces',
+      tools,
+    });
+  }
+
+  // --- memory ---------------------------------------------------------------
+  for (const df of ['vhd', 'vhdx', 'raw']) {
+    const dst = w(`out-big.${df}`);
+    cases.push({
+      id: `memory-big-${df}`,
+      group: 'memory',
+      title: `convert ${inp.scale.bigSize / 2 ** 30} GiB sparse raw → ${df}`,
+      bytes: inp.scale.bigSize,
+      quick: df === 'vhd',
+      rssLimit: 256 << 20,
+      goal: 'vdisk peak RSS < 256 MiB',
+      tools: [vdiskConvert(inp.bigRaw, 'raw', dst, df), qemuConvert(inp.bigRaw, 'raw', dst, df)],
+    });
+  }
+  cases.push({
+    id: 'memory-open-huge-vhdx',
+    group: 'memory',
+    title: `open ${inp.scale.hugeSize / 2 ** 40} TiB dynamic VHDX (info)`,
+    bytes: 0,
+    rssLimit: 256 << 20,
+    goal: 'well under a second, bounded memory',
+    tools: [
+      { name: 'vdisk', role: 'vdisk', unavailable: formatAvailable('vhdx') ?? undefined, argv: vdiskCli('info', '-f', 'vhdx', inp.hugeVhdx ?? '') },
+      { name: 'qemu-img', role: 'peer', argv: ['qemu-img', 'info', '-f', 'vhdx', inp.hugeVhdx ?? ''] },
+    ],
+  });
+
+  // --- add-cow ----------------------------------------------------------------
+  const addCow = formatAvailable('add-cow', true);
+  const acDir = w('addcow-write');
+  cases.push({
+    id: 'addcow-write-flush',
+    group: 'add-cow',
+    title: 'add-cow sequential 4 KiB writes: flush every 1 MiB vs after every write',
+    bytes: o.addCowWrite.batched,
+    unavailable: addCow ?? undefined,
+    goal: 'flush/1MiB ÷ flush/write <= 0.1 (time per byte: at least 10x faster)',
+    limits: { 'flush/1MiB/flush/write': 0.1 },
+    note: 'both over in.raw as backing; the per-write variant writes less (it is slow), ratios compare time per byte',
+    tools: [
+      { name: 'flush/1MiB', role: 'vdisk', inner: true, argv: worker('addcow-write', { dir: acDir, backing: inp.raw, total: o.addCowWrite.batched, bs: 4096, flushEvery: 1 << 20 }) },
+      { name: 'flush/write', role: 'peer', inner: true, bytes: o.addCowWrite.perWrite, argv: worker('addcow-write', { dir: acDir, backing: inp.raw, total: o.addCowWrite.perWrite, bs: 4096, flushEvery: 4096 }) },
+    ],
+  });
+  for (const depth of [1, 16]) {
+    const count = o.readCount(4096);
+    const step = 4096 * STRIDE[4096];
+    cases.push({
+      id: `addcow-read-rand-4k-qd${depth}`,
+      group: 'add-cow',
+      title: `add-cow strided 4 KiB reads qd${depth}, half written, vs its raw image file`,
+      bytes: count * 4096,
+      quick: depth === 1,
+      unavailable: addCow ?? inp.missing.addCow,
+      goal: 'add-cow/raw image file <= 1.5',
+      limits: { 'add-cow/raw image file': 1.5 },
+      tools: [
+        { name: 'add-cow', role: 'vdisk', inner: true, argv: worker('read', { path: inp.addCow ?? '', count, bs: 4096, step, depth }) },
+        { name: 'raw image file', role: 'peer', inner: true, argv: worker('read', { path: `${inp.addCow}.raw`, format: 'raw', count, bs: 4096, step, depth }) },
+      ],
+    });
+  }
+  return cases;
+}

@@ -1,0 +1,300 @@
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cpus, release, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { buildCases, type Case, type CaseOptions, type Tool } from './cases.js';
+import { buildInputs, FULL_SCALE, SMOKE_SCALE } from './inputs.js';
+import { CommandError, hasGnuTime, measure, median } from './measure.js';
+import { ensureVhdLib, REPO, toolVersion, VHD_LIB_VERSION } from './peers.js';
+import { formatSummary, summarizeDir, type ProfileSummary } from './profile.js';
+
+/**
+ * `npm run bench [-- options]`: build the inputs, run every case several
+ * times alternating tools, print medians and ratios, save results.
+ *
+ *   --quick          the ~2-minute subset (3 runs, fewer cases)
+ *   --smoke          tiny inputs, every case once (the smoke test uses it)
+ *   --runs N         runs per tool (default 5; quick 3; smoke 1)
+ *   --only a,b       only cases whose id contains one of these
+ *   --profile        re-run vdisk once under --cpu-prof where it misses a goal or trails a peer
+ *   --update-md      rewrite the results section of BENCHMARKS.md
+ *   --work DIR       scratch folder (default bench/.work/run-<pid>); removed unless --keep
+ *   --keep           keep the scratch folder
+ *   --results DIR    where results.json and latest.md go (default bench/.work)
+ *   --no-install     do not install vhd-lib into bench/.peers when missing
+ */
+
+interface Args {
+  quick: boolean;
+  smoke: boolean;
+  runs: number;
+  only: string[];
+  profile: boolean;
+  updateMd: boolean;
+  work?: string;
+  results?: string;
+  keep: boolean;
+  install: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const a: Args = { quick: false, smoke: false, runs: 0, only: [], profile: false, updateMd: false, keep: false, install: true };
+  for (let i = 0; i < argv.length; i++) {
+    const v = argv[i];
+    const next = () => {
+      const x = argv[++i];
+      if (x === undefined) throw new Error(`${v} needs a value`);
+      return x;
+    };
+    if (v === '--quick') a.quick = true;
+    else if (v === '--smoke') a.smoke = true;
+    else if (v === '--runs') a.runs = Number(next());
+    else if (v === '--only') a.only.push(...next().split(','));
+    else if (v === '--profile') a.profile = true;
+    else if (v === '--update-md') a.updateMd = true;
+    else if (v === '--work') a.work = next();
+    else if (v === '--keep') a.keep = true;
+    else if (v === '--results') a.results = next();
+    else if (v === '--no-install') a.install = false;
+    else throw new Error(`unknown option ${v}`);
+  }
+  if (!a.runs) a.runs = a.smoke ? 1 : a.quick ? 3 : 5;
+  if (!Number.isInteger(a.runs) || a.runs < 1) throw new Error('--runs must be a positive whole number');
+  return a;
+}
+
+interface ToolResult {
+  name: string;
+  role: Tool['role'];
+  unavailable?: string;
+  error?: string;
+  /** Seconds per run (inner timing when the tool reports one). */
+  seconds: number[];
+  rss: number[];
+  bytes: number;
+  median?: number;
+  mbps?: number;
+  peakRss?: number;
+}
+
+interface Ratio {
+  pair: string;
+  value: number;
+  limit?: number;
+  ok?: boolean;
+}
+
+interface CaseResult {
+  id: string;
+  group: Case['group'];
+  title: string;
+  unavailable?: string;
+  goal?: string;
+  note?: string;
+  tools: ToolResult[];
+  ratios: Ratio[];
+  rssOk?: boolean;
+  rssLimit?: number;
+  profile?: ProfileSummary;
+}
+
+const log = (s: string) => process.stdout.write(s + '\n');
+const MiB = 1 << 20;
+
+async function runTool(t: Tool, scratch: string): Promise<{ seconds: number; rss?: number }> {
+  for (const f of t.outputs ?? []) await rm(f, { force: true });
+  try {
+    const m = await measure(t.argv, { scratch });
+    return { seconds: t.inner && m.inner !== undefined ? m.inner : m.wall, rss: m.rss };
+  } finally {
+    for (const f of t.outputs ?? []) await rm(f, { force: true });
+  }
+}
+
+async function runCase(c: Case, runs: number, scratch: string): Promise<CaseResult> {
+  const res: CaseResult = { id: c.id, group: c.group, title: c.title, goal: c.goal, note: c.note, unavailable: c.unavailable, tools: [], ratios: [], rssLimit: c.rssLimit };
+  res.tools = c.tools.map((t) => ({ name: t.name, role: t.role, unavailable: c.unavailable ?? t.unavailable, seconds: [], rss: [], bytes: t.bytes ?? c.bytes }));
+  if (c.unavailable) return res;
+  for (let r = 0; r < runs; r++) {
+    // Alternate: each round starts with a different tool.
+    for (let k = 0; k < c.tools.length; k++) {
+      const i = (k + r) % c.tools.length;
+      const tr = res.tools[i];
+      if (tr.unavailable || tr.error) continue;
+      try {
+        const m = await runTool(c.tools[i], scratch);
+        tr.seconds.push(m.seconds);
+        if (m.rss !== undefined) tr.rss.push(m.rss);
+      } catch (e) {
+        tr.error = e instanceof CommandError ? e.message : String(e);
+      }
+    }
+  }
+  for (const tr of res.tools) {
+    if (!tr.seconds.length) continue;
+    tr.median = median(tr.seconds);
+    tr.mbps = tr.bytes ? tr.bytes / tr.median / 1e6 : undefined;
+    tr.peakRss = tr.rss.length ? Math.max(...tr.rss) : undefined;
+  }
+  return res;
+}
+
+/** Time-per-byte ratios of each subject against each peer (and the cp reference for converts). */
+function ratios(c: Case, res: CaseResult, cp: CaseResult | undefined): void {
+  const perByte = (t: ToolResult) => (t.median !== undefined ? t.median / Math.max(1, t.bytes) : undefined);
+  for (const s of res.tools.filter((t) => t.role === 'vdisk')) {
+    const sv = perByte(s);
+    if (sv === undefined) continue;
+    const peers = res.tools.filter((t) => t.role === 'peer');
+    if (c.group === 'convert' && cp) peers.push(...cp.tools);
+    for (const p of peers) {
+      const pv = perByte(p);
+      if (pv === undefined) continue;
+      const pair = `${s.name}/${p.name}`;
+      const limit = c.limits?.[pair];
+      const value = sv / pv;
+      res.ratios.push({ pair, value, limit, ok: limit === undefined ? undefined : value <= limit });
+    }
+  }
+  if (c.rssLimit !== undefined) {
+    const subj = res.tools.filter((t) => t.role === 'vdisk' && t.peakRss !== undefined);
+    if (subj.length) res.rssOk = subj.every((t) => t.peakRss! <= c.rssLimit!);
+  }
+}
+
+function fmtSeconds(s: number | undefined): string {
+  if (s === undefined) return '–';
+  return s >= 10 ? `${s.toFixed(1)} s` : s >= 0.1 ? `${s.toFixed(2)} s` : `${(s * 1000).toFixed(1)} ms`;
+}
+
+function toolRow(r: CaseResult, t: ToolResult): string[] {
+  const status = t.unavailable ?? (t.error ? `FAILED: ${t.error}` : '');
+  const ratio = r.ratios
+    .filter((x) => x.pair.startsWith(`${t.name}/`))
+    .map((x) => `${x.pair} ${x.value.toFixed(2)}${x.ok === false ? ' ✗' : x.ok ? ' ✓' : ''}`)
+    .join(', ');
+  const rss = t.peakRss !== undefined ? `${(t.peakRss / MiB).toFixed(0)} MiB${r.rssLimit !== undefined && t.role === 'vdisk' ? (t.peakRss <= r.rssLimit ? ' ✓' : ' ✗') : ''}` : '–';
+  return [r.title, t.name, status || fmtSeconds(t.median), status ? '' : t.mbps !== undefined ? t.mbps.toFixed(0) : '–', status ? '' : rss, ratio];
+}
+
+function markdownTable(results: CaseResult[]): string {
+  const head = ['case', 'tool', 'median', 'MB/s', 'peak RSS', 'ratio (time per byte, vdisk ÷ peer)'];
+  const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`];
+  for (const r of results) {
+    if (r.unavailable) {
+      lines.push(`| ${r.title} | – | ${r.unavailable} | | | |`);
+      continue;
+    }
+    for (const t of r.tools) lines.push(`| ${toolRow(r, t).map((x) => x.replace(/\|/g, '\\|')).join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+async function machine(): Promise<Record<string, string>> {
+  return {
+    cores: String(cpus().length),
+    cpu: cpus()[0]?.model ?? 'unknown',
+    memory: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`,
+    kernel: release(),
+    node: process.version,
+    'qemu-img': (await toolVersion(['qemu-img', '--version'])) ?? 'missing',
+    'vhd-lib': VHD_LIB_VERSION,
+    date: new Date().toISOString(),
+  };
+}
+
+async function updateMarkdown(md: string): Promise<void> {
+  const path = join(REPO, 'BENCHMARKS.md');
+  const START = '<!-- bench:results:start -->';
+  const END = '<!-- bench:results:end -->';
+  const text = await readFile(path, 'utf8').catch(() => `# Benchmarks\n\n${START}\n${END}\n`);
+  const a = text.indexOf(START);
+  const b = text.indexOf(END);
+  if (a < 0 || b < a) throw new Error('BENCHMARKS.md has no results markers');
+  await writeFile(path, `${text.slice(0, a + START.length)}\n${md}\n${text.slice(b)}`);
+}
+
+async function main(): Promise<number> {
+  const args = parseArgs(process.argv.slice(2));
+  const facts = await machine();
+  log(`vdisk bench (${args.smoke ? 'smoke' : args.quick ? 'quick' : 'full'}, ${args.runs} runs per tool)`);
+  log(Object.entries(facts).map(([k, v]) => `  ${k}: ${v}`).join('\n'));
+  if (facts['qemu-img'] === 'missing') throw new Error('qemu-img is required (it builds the VHD and VHDX inputs and is the main peer)');
+  if (!hasGnuTime) log('  /usr/bin/time missing: peak RSS not measured');
+
+  const work = args.work ?? join(REPO, 'bench', '.work', `run-${process.pid}`);
+  await rm(work, { recursive: true, force: true });
+  await mkdir(work, { recursive: true });
+  try {
+    const vhdLibMissing = await ensureVhdLib(args.install, log);
+    const scale = args.smoke ? SMOKE_SCALE : FULL_SCALE;
+    log(`building inputs in ${work}`);
+    const t0 = Date.now();
+    const inputs = await buildInputs(work, scale, log);
+    log(`  (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    const opts: CaseOptions = args.smoke
+      ? { readCount: () => 64, addCowWrite: { batched: 2 * MiB, perWrite: 64 << 10 } }
+      : args.quick
+        ? { readCount: (bs) => (bs <= 4096 ? 32768 : 8192), addCowWrite: { batched: 32 * MiB, perWrite: 2 * MiB } }
+        : { readCount: (bs) => (bs <= 4096 ? 65536 : 16384), addCowWrite: { batched: 64 * MiB, perWrite: 4 * MiB } };
+    let cases = buildCases(inputs, opts, vhdLibMissing);
+    if (args.quick) cases = cases.filter((c) => c.quick);
+    if (args.only.length) cases = cases.filter((c) => c.group === 'reference' || args.only.some((o) => c.id.includes(o)));
+
+    const results: CaseResult[] = [];
+    let failures = 0;
+    for (const c of cases) {
+      const r = await runCase(c, args.runs, work);
+      ratios(c, r, results.find((x) => x.id === 'ref-cp'));
+      results.push(r);
+      if (r.unavailable) log(`- ${c.title}: ${r.unavailable}`);
+      else {
+        log(`- ${c.title}`);
+        for (const t of r.tools) {
+          const row = toolRow(r, t);
+          log(`    ${row[1].padEnd(15)} ${row[2].padEnd(10)} ${row[3] ? `${row[3].padStart(6)} MB/s` : ''}  ${row[4]}  ${row[5]}`);
+          if (t.error) failures++;
+        }
+      }
+      if (args.profile && !r.unavailable && r.ratios.some((x) => x.ok === false || (x.value > 1.05 && !x.pair.endsWith('/cp') && !x.pair.endsWith('/cat')))) {
+        const t = c.tools.find((x) => x.role === 'vdisk' && x.argv[0] === process.execPath && !x.unavailable);
+        if (t) {
+          const dir = join(work, 'profiles', c.id);
+          await mkdir(dir, { recursive: true });
+          await runTool({ ...t, argv: [process.execPath, '--cpu-prof', '--cpu-prof-dir', dir, ...t.argv.slice(1)] }, work).catch(() => undefined);
+          r.profile = await summarizeDir(dir);
+          if (r.profile) log(formatSummary(r.profile));
+        }
+      }
+    }
+
+    const md = [
+      `Command: \`npm run bench${args.quick ? ' -- --quick' : ''}\` (${args.runs} runs per tool, alternating; median shown).`,
+      '',
+      `Machine: ${facts.cores} cores (${facts.cpu}), ${facts.memory} RAM, Linux ${facts.kernel}, Node ${facts.node}, ${facts['qemu-img']}, vhd-lib ${facts['vhd-lib']}; run ${facts.date}.`,
+      '',
+      markdownTable(results),
+    ].join('\n');
+    const outDir = args.results ?? join(REPO, 'bench', '.work');
+    await mkdir(outDir, { recursive: true });
+    await writeFile(join(outDir, 'results.json'), JSON.stringify({ machine: facts, args, results }, null, 2));
+    await writeFile(join(outDir, 'latest.md'), md + '\n');
+    if (args.updateMd) await updateMarkdown(md);
+    log(`\nresults: ${join(outDir, 'results.json')}, ${join(outDir, 'latest.md')}${args.updateMd ? ', BENCHMARKS.md' : ''}`);
+    const missed = results.flatMap((r) => [...r.ratios.filter((x) => x.ok === false).map((x) => `${r.title}: ${x.pair} ${x.value.toFixed(2)} > ${x.limit}`), ...(r.rssOk === false ? [`${r.title}: peak RSS over ${r.rssLimit! / MiB} MiB`] : [])]);
+    if (missed.length) log(`goals missed:\n  ${missed.join('\n  ')}`);
+    if (failures) log(`${failures} tool run(s) FAILED`);
+    return failures ? 1 : 0;
+  } finally {
+    if (!args.keep) await rm(work, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e) => {
+    console.error(`bench: ${e instanceof Error ? e.message : e}`);
+    process.exitCode = 2;
+  },
+);
