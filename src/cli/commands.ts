@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { opsCommands } from './ops-commands.js';
 
 /**
  * Commands contributed by other modules (serve, check, commit, ...): each
@@ -6,4 +7,6 @@ import type { Command } from 'commander';
  */
 export type RegisterCommand = (program: Command, print: (s: string) => void) => void;
 
-export const extraCommands: RegisterCommand[] = [];
+export const extraCommands: RegisterCommand[] = [
+  ...opsCommands,
+];

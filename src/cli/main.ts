@@ -14,7 +14,7 @@ import { runDemo } from './demo.js';
 import { extraCommands } from './commands.js';
 
 /** Exit status a command asks for (compare: 1 = different). */
-class Exit extends Error {
+export class Exit extends Error {
   constructor(readonly code: number) {
     super(`exit ${code}`);
   }
@@ -23,7 +23,7 @@ class Exit extends Error {
 const collect = (v: string, prev: string[] = []) => [...prev, v];
 
 /** Options every command that opens an image accepts. */
-function withOpenOptions(cmd: Command): Command {
+export function withOpenOptions(cmd: Command): Command {
   return cmd
     .option('--layer-only', 'open only this image, not its backing chain')
     .option('--ignore-parent-id', "accept a parent whose id differs from what the child records")
@@ -31,7 +31,7 @@ function withOpenOptions(cmd: Command): Command {
     .option('--depth-limit <n>', 'most layers a backing chain may have', '64');
 }
 
-function openOptions(o: Record<string, unknown>, format?: string): ChainOpenOptions {
+export function openOptions(o: Record<string, unknown>, format?: string): ChainOpenOptions {
   const depth = Number(o.depthLimit ?? 64);
   if (!Number.isInteger(depth) || depth < 1) throw new BlockError('invalid-argument', `--depth-limit must be a positive whole number (got ${o.depthLimit})`);
   return {
@@ -43,7 +43,7 @@ function openOptions(o: Record<string, unknown>, format?: string): ChainOpenOpti
   };
 }
 
-function outputOption(): Option {
+export function outputOption(): Option {
   return new Option('--output <fmt>', 'output format').choices(['human', 'json']).default('human');
 }
 

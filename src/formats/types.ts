@@ -145,6 +145,26 @@ export interface ProbeInput {
   size: number;
 }
 
+/** What `measure` knows about the disk to be converted (see Format.measure). */
+export interface MeasureInput {
+  /** Virtual size in bytes of the disk to create. */
+  size: number;
+  /**
+   * Ranges of the disk that hold data (merged, in order) — what convert would
+   * write. Empty for `measure --size N` (a new, empty disk).
+   */
+  allocated: readonly { offset: number; length: number }[];
+  /** `-o key=value` creation options (already validated against createOptions). */
+  options: Record<string, string>;
+}
+
+export interface MeasureResult {
+  /** Bytes the image takes when it holds exactly `allocated` (what convert produces). */
+  required: number;
+  /** Bytes the image takes when every block of the disk is allocated. */
+  fullyAllocated: number;
+}
+
 export interface Format {
   readonly name: string;
   readonly aliases: readonly string[];
@@ -157,4 +177,9 @@ export interface Format {
   /** Create the file at ctx.path (it must not exist unless the format says otherwise). Absent: cannot create. */
   create?(ctx: CreateContext): Promise<void>;
   readonly createOptions: readonly CreateOption[];
+  /**
+   * File size an image of this format would have (qemu-img measure). Optional:
+   * layout knowledge belongs to the format; absent means "cannot measure".
+   */
+  measure?(input: MeasureInput): MeasureResult;
 }

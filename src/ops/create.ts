@@ -5,7 +5,7 @@ import { openFileStore } from '../io/file-store.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, openLayer } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
-import type { BackingTarget } from '../formats/types.js';
+import type { BackingTarget, Format } from '../formats/types.js';
 
 export interface CreateRequest {
   path: string;
@@ -59,9 +59,11 @@ export async function describeBacking(
   backing: { path: string; format?: string },
   openStore: StoreOpener,
   ignoreParentId = false,
+  /** The formats to choose from (default: the registry; tests and embedders may add their own). */
+  formats?: readonly Format[],
 ): Promise<{ target: BackingTarget; close: () => Promise<void> }> {
   const absolutePath = backingAbsolute(childPath, backing.path);
-  const chain = await openChain(absolutePath, { format: backing.format, readOnly: true, openStore, ignoreParentId });
+  const chain = await openChain(absolutePath, { format: backing.format, readOnly: true, openStore, ignoreParentId, formats });
   const top = chain.top;
   let mtime = new Date();
   try {

@@ -114,4 +114,7 @@ export const rawFormat: Format = {
     }
   },
   createOptions: [],
+  // The file is the disk: its length is the virtual size whatever it holds
+  // (holes are the host's business, not the image's).
+  measure: ({ size }) => ({ required: size, fullyAllocated: size }),
 };

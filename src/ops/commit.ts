@@ -1,0 +1,182 @@
+import { realpath } from 'node:fs/promises';
+import { dirname, relative, resolve } from 'node:path';
+import { BlockError, isBlockError } from '../core/errors.js';
+import { openFileStore } from '../io/file-store.js';
+import type { StoreOpener } from '../io/store.js';
+import { openChain, type ChainOpenOptions } from '../chain/open.js';
+import type { Chain } from '../chain/chain.js';
+import type { Format, Image } from '../formats/types.js';
+import { describeBacking } from './create.js';
+import { chainPieces, writeLayer, zeroLayer } from './walk.js';
+import { isZero } from './zero.js';
+
+export interface CommitRequest {
+  /** The top image. */
+  path: string;
+  /** `-b`: the ancestor to commit into (default: the top's backing file). */
+  base?: string;
+  /** `-d`: leave the top image as it is (do not empty it). */
+  keepTop?: boolean;
+  openOptions?: ChainOpenOptions;
+  openStore?: StoreOpener;
+  onProgress?: (done: number, total: number) => void;
+  /** Copy buffer size (default 4 MiB). */
+  bufferSize?: number;
+}
+
+export interface CommitResult {
+  top: string;
+  base: string;
+  /** Bytes of data copied into the base (zeroed ranges not counted). */
+  copied: number;
+  /** The top layer was emptied (its data now lives in the base). */
+  emptied: boolean;
+  /** The top now names the base as its backing (it skipped intermediate layers, or the base's identity changed). */
+  relinked: boolean;
+  /** Layers between the top and the base: their own view of the disk changed, so they are no longer valid disks. */
+  invalidated: string[];
+  /** What the user should know (why the top was not emptied...). */
+  notes: string[];
+}
+
+/**
+ * Write what the top image and the layers above BASE hold into BASE.
+ *
+ * Order, chosen so that a crash at any point leaves every file openable and
+ * the disk's content unchanged:
+ *   1. copy: BASE is written only where a layer above it answers, so the
+ *      chain (which reads those layers there) shows the same bytes throughout;
+ *   2. flush BASE: its new content is durable before the top changes at all;
+ *   3. relink the top to BASE when needed (layers skipped, or BASE's identity
+ *      changed with the writes): BASE now shows the whole disk by itself, so
+ *      the chain top -> BASE is the same disk; one metadata update;
+ *   4. empty the top (trim): each discarded range exposes BASE, which holds
+ *      the same bytes.
+ */
+export async function commitImage(req: CommitRequest): Promise<CommitResult> {
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const bufferSize = req.bufferSize ?? 4 << 20;
+  const chain = await openChain(req.path, { ...req.openOptions, openStore, readOnly: false, layerOnly: false, writableBacking: true });
+  try {
+    const top = chain.top;
+    if (chain.layers.length < 2) {
+      throw new BlockError('invalid-argument', 'image has no backing file: there is nothing to commit into', { path: req.path });
+    }
+    const baseDepth = req.base === undefined ? 1 : await findBase(chain, req.path, req.base);
+    const base = chain.layers[baseDepth];
+    if (base.readOnly || !base.capabilities.write) {
+      throw new BlockError('read-only', `the base ${base.path} cannot be written (${base.format} ${base.readOnly ? 'opened read-only' : 'is read-only'})`, {
+        path: req.path,
+      });
+    }
+    const result: CommitResult = {
+      top: top.path,
+      base: base.path,
+      copied: 0,
+      emptied: false,
+      relinked: false,
+      invalidated: chain.layers.slice(1, baseDepth).map((l) => l.path),
+      notes: [],
+    };
+    if (base.size < top.size) await growBase(base, top.size);
+
+    result.copied = await copyDown(chain, baseDepth, bufferSize, req.onProgress);
+    await base.flush();
+
+    const needRelink = baseDepth > 1 || (top.backing?.expectedId !== undefined && base.identity !== undefined && top.backing.expectedId !== base.identity);
+    if (needRelink) {
+      if (top.setBacking && top.capabilities.setBacking) {
+        await relink(top, base, openStore, req.openOptions?.formats);
+        result.relinked = true;
+      } else {
+        result.notes.push(
+          baseDepth > 1
+            ? `the top (${top.format}) cannot be re-pointed to the base, so it keeps its data and its backing (as qemu-img: -b implies -d)`
+            : `the top (${top.format}) cannot record the base's new identity; open it with --ignore-parent-id`,
+        );
+      }
+    }
+    if (!req.keepTop) {
+      if (baseDepth > 1 && !result.relinked) {
+        /* noted above: emptying would expose the intermediate layers */
+      } else if (top.trim && top.capabilities.trim) {
+        await top.trim(0, top.size);
+        await top.flush();
+        result.emptied = true;
+      } else {
+        result.notes.push(`format ${top.format} cannot discard data: the top keeps its data (the base now holds the same bytes)`);
+      }
+    }
+    return result;
+  } finally {
+    await chain.close();
+  }
+}
+
+/** The depth of BASE in the chain: matched by real path, a relative name taken from the cwd or the top's folder. */
+async function findBase(chain: Chain, topPath: string, base: string): Promise<number> {
+  const key = async (p: string) => {
+    try {
+      return await realpath(p);
+    } catch {
+      return resolve(p);
+    }
+  };
+  const wanted = new Set([await key(base), await key(resolve(dirname(resolve(topPath)), base))]);
+  for (let d = 1; d < chain.layers.length; d++) if (wanted.has(await key(chain.layers[d].path))) return d;
+  if (wanted.has(await key(topPath))) throw new BlockError('invalid-argument', 'the base must be below the top image, not the top itself', { path: topPath });
+  throw new BlockError('not-found', `'${base}' is not in the backing chain of this image (${chain.layers.map((l) => l.path).join(' -> ')})`, {
+    path: topPath,
+  });
+}
+
+async function growBase(base: Image, size: number): Promise<void> {
+  if (!base.resize || !base.capabilities.resize) {
+    throw new BlockError('out-of-range', `the base is ${base.size} bytes, smaller than the top (${size}), and ${base.format} cannot be resized`, {
+      path: base.path,
+    });
+  }
+  // Content-preserving: past its old end the base read as zeros, and still does.
+  await base.resize(size, {});
+  await base.flush();
+}
+
+/** Copy every range a layer above `baseDepth` answers for into the base. Returns bytes of data written. */
+async function copyDown(chain: Chain, baseDepth: number, bufferSize: number, onProgress?: (done: number, total: number) => void): Promise<number> {
+  const base = chain.layers[baseDepth];
+  const readBelow = (o: number, into: Uint8Array) => chain.readFrom(baseDepth, o, into);
+  const buf = new Uint8Array(bufferSize);
+  let copied = 0;
+  for await (const p of chainPieces(chain, bufferSize)) {
+    if (p.depth < baseDepth) {
+      const data = buf.subarray(0, p.length);
+      if (p.kind === 'data') await chain.read(p.offset, data);
+      if (p.kind === 'zero' || isZero(data)) await zeroLayer(base, p.offset, p.length, readBelow);
+      else {
+        await writeLayer(base, p.offset, data, readBelow);
+        copied += p.length;
+      }
+    }
+    onProgress?.(p.offset + p.length, chain.size);
+  }
+  return copied;
+}
+
+/** Point the top at the base (rebase -u): the base alone now shows what the layers between showed. */
+async function relink(top: Image, base: Image, openStore: StoreOpener, formats?: readonly Format[]): Promise<void> {
+  const topDir = dirname(resolve(top.path));
+  const name = relative(topDir, resolve(base.path)) || base.path;
+  let described: Awaited<ReturnType<typeof describeBacking>>;
+  try {
+    described = await describeBacking(top.path, { path: name, format: base.format }, openStore, false, formats);
+  } catch (e) {
+    if (isBlockError(e)) throw e.withContext({ operation: 'commit: re-pointing the top at the base' });
+    throw e;
+  }
+  try {
+    await top.setBacking!(described.target);
+    await top.flush();
+  } finally {
+    await described.close();
+  }
+}

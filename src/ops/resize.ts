@@ -1,0 +1,86 @@
+import { BlockError, isBlockError } from '../core/errors.js';
+import { openFileStore } from '../io/file-store.js';
+import type { StoreOpener } from '../io/store.js';
+import { openChain, openLayer, resolveParentName, type ChainOpenOptions } from '../chain/open.js';
+import { findFormat } from '../formats/registry.js';
+import type { Image } from '../formats/types.js';
+
+export interface ResizeRequest {
+  path: string;
+  /** The new size in bytes, or a change relative to the current size (`+1G`, `-512M`). */
+  size: number | { delta: number };
+  /** Allow the disk to get smaller (data past the new end is lost). */
+  shrink?: boolean;
+  openOptions?: ChainOpenOptions;
+  openStore?: StoreOpener;
+}
+
+export interface ResizeResult {
+  path: string;
+  format: string;
+  oldSize: number;
+  newSize: number;
+}
+
+/**
+ * Change a disk's virtual size through the format's resize hook. Only the
+ * named layer is opened read-write; its parent is opened (read-only) only to
+ * learn its size, because a differencing layer may take no size but its
+ * parent's (VHD, VHDX) — which is how a child follows a parent that grew.
+ */
+export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const chain = await openChain(req.path, { ...req.openOptions, openStore, readOnly: false, layerOnly: true });
+  try {
+    const top = chain.top;
+    const oldSize = top.size;
+    const newSize = typeof req.size === 'number' ? req.size : oldSize + req.size.delta;
+    const ctx = { path: req.path };
+    if (!top.resize || !top.capabilities.resize) {
+      throw new BlockError('unsupported', `format ${top.format} cannot be resized`, ctx);
+    }
+    if (!Number.isSafeInteger(newSize) || newSize < 0) throw new BlockError('invalid-argument', `invalid new size ${newSize}`, ctx);
+    const unit = top.logicalSectorSize === 1 ? 1 : Math.max(512, top.logicalSectorSize);
+    if (newSize % unit !== 0) {
+      throw new BlockError('invalid-argument', `new size ${newSize} is not a multiple of the ${unit}-byte sector`, ctx);
+    }
+    const max = findFormat(top.format, req.openOptions?.formats).maxSize;
+    if (newSize > max) throw new BlockError('out-of-range', `new size ${newSize} is larger than the ${top.format} format allows (${max} bytes)`, ctx);
+    if (newSize < oldSize && !req.shrink) {
+      throw new BlockError('invalid-argument', `shrinking from ${oldSize} to ${newSize} bytes needs --shrink (data past the new end is lost)`, ctx);
+    }
+    if (top.backing?.sameSize) {
+      const parentSize = await backingSize(top, req.path, req.openOptions, openStore);
+      if (newSize !== parentSize) {
+        throw new BlockError('mismatch', `a differencing ${top.format} image must have its parent's size (${parentSize} bytes), not ${newSize}`, ctx);
+      }
+    }
+    if (newSize !== oldSize) {
+      await top.resize(newSize, { shrink: req.shrink });
+      await top.flush();
+    }
+    return { path: req.path, format: top.format, oldSize, newSize: top.size };
+  } finally {
+    await chain.close();
+  }
+}
+
+/** Size of the layer's parent, opened alone (the chain's own size check would refuse a parent that has already grown). */
+async function backingSize(child: Image, childPath: string, options: ChainOpenOptions | undefined, openStore: StoreOpener): Promise<number> {
+  const ref = child.backing!;
+  for (const name of ref.candidates) {
+    if (!name) continue;
+    try {
+      const parent = await openLayer(resolveParentName(name, childPath), { ...options, format: ref.format, readOnly: true, openStore });
+      try {
+        return parent.size;
+      } finally {
+        await parent.close();
+      }
+    } catch (e) {
+      if (isBlockError(e, 'not-found')) continue;
+      throw e;
+    }
+  }
+  throw new BlockError('not-found', `backing file '${ref.recorded}' not found: a differencing image takes its parent's size`, { path: childPath });
+}
