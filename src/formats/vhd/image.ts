@@ -31,6 +31,8 @@ const ZEROS = new Uint8Array(1 << 20);
 const MAX_DIRTY_BITMAPS = 256;
 /** Largest sector number a 32-bit BAT entry can hold (0xFFFFFFFF means unallocated). */
 const MAX_BLOCK_SECTOR = 0xfffffffe;
+/** BAT entries held in memory at most (256 MiB of table; 128 TiB of disk in 2 MiB blocks). */
+const MAX_BAT_ENTRIES = 64 << 20;
 
 /** Everything decoded at open time; `check` and `resize` reuse it. */
 export interface VhdLayout {
@@ -513,8 +515,12 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
   if (h.maxTableEntries < blocksNeeded) {
     throw new BlockError('corrupt', `VHD max table entries (${h.maxTableEntries}) cannot cover a ${f.currentSize}-byte disk in ${h.blockSize}-byte blocks (needs ${blocksNeeded})`, { path, offset: headerOffset });
   }
-  // readBat bounds-checks the table against the file before allocating it.
-  const bat = await readBat(store, h.tableOffset, h.maxTableEntries, fileSize);
+  // Only the entries covering the disk are kept; readBat bounds-checks them against the file before allocating.
+  checkRange(h.tableOffset, h.maxTableEntries * 4, fileSize, 'VHD block allocation table', path);
+  if (blocksNeeded > MAX_BAT_ENTRIES) {
+    throw new BlockError('unsupported', `VHD BAT of ${blocksNeeded} entries is larger than vdisk keeps in memory (${MAX_BAT_ENTRIES})`, { path });
+  }
+  const bat = await readBat(store, h.tableOffset, blocksNeeded, fileSize);
   layout.bat = bat;
 
   if (f.diskType === 'differencing') {
