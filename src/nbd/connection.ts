@@ -1,0 +1,195 @@
+import type { Socket } from 'node:net';
+import { encodeGreeting } from './codec.js';
+import type { NbdExport } from './export.js';
+import { Negotiation } from './handshake.js';
+import { NbdParser, NbdProtocolError, type ClientFrame, type RequestFrame } from './parser.js';
+import { CMD_DISC, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES, CMD_TRIM } from './protocol.js';
+import { executeRequest, type TransmissionState } from './transmission.js';
+
+export interface ConnectionLimits {
+  /** Requests of one connection run at the same time; more wait in the socket (TCP backpressure). */
+  maxInFlight: number;
+  /** Bytes of read/write data held for running requests of one connection (one request always may run). */
+  maxInFlightBytes: number;
+  /** Stop reading requests while this much reply data waits to be sent. */
+  maxQueuedReplyBytes: number;
+  /** A client that has not chosen an export after this long is disconnected. */
+  handshakeTimeoutMs: number;
+}
+
+export const DEFAULT_LIMITS: ConnectionLimits = {
+  maxInFlight: 32,
+  maxInFlightBytes: 64 << 20,
+  maxQueuedReplyBytes: 8 << 20,
+  handshakeTimeoutMs: 10_000,
+};
+
+/**
+ * One client: the handshake, then requests run concurrently (replies go out
+ * in completion order, each as one buffer). Reading stops — and TCP pushes
+ * back on the client — while too many requests or bytes are in flight or the
+ * client is slow to take its replies, so memory per connection is bounded by
+ * the limits plus one maximum-size request.
+ */
+export class Connection {
+  private readonly parser: NbdParser;
+  private readonly negotiation: Negotiation;
+  private state: 'handshake' | 'transmission' | 'draining' | 'closed' = 'handshake';
+  private inFlight = 0;
+  private inFlightBytes = 0;
+  private paused = false;
+  private pumping = false;
+  private timer: NodeJS.Timeout | undefined;
+  private transmission: TransmissionState | undefined;
+  private resolveDone!: () => void;
+  /** Settles once the socket is closed and every request that was running has finished. */
+  readonly done: Promise<void>;
+  /** Whether any request could have changed the disk (the server flushes after such a client leaves). */
+  wrote = false;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly exp: NbdExport,
+    private readonly limits: ConnectionLimits,
+    private readonly log: (message: string) => void,
+    readonly id: string,
+  ) {
+    this.done = new Promise((r) => (this.resolveDone = r));
+    this.parser = new NbdParser({ maxPayload: exp.maxBlock });
+    this.negotiation = new Negotiation(exp);
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => {
+      this.parser.push(chunk);
+      this.pump();
+    });
+    socket.on('drain', () => this.pump());
+    socket.on('error', (e) => this.log(`${id}: ${e.message}`));
+    socket.on('close', () => this.onClose());
+    socket.on('end', () => {
+      // The client will send nothing more: finish what runs, then close.
+      if (this.state === 'handshake') socket.destroy();
+      else this.drain();
+    });
+    this.timer = setTimeout(() => {
+      this.log(`${id}: handshake not finished after ${limits.handshakeTimeoutMs} ms, disconnecting`);
+      socket.destroy();
+    }, limits.handshakeTimeoutMs);
+    this.timer.unref?.();
+    this.send(encodeGreeting());
+  }
+
+  /** Stop taking requests, let the running ones answer, then close (server shutdown). */
+  shutdown(): void {
+    if (this.state === 'handshake') this.socket.destroy();
+    else this.drain();
+  }
+
+  private send(b: Buffer): void {
+    if (!this.socket.destroyed && this.socket.writable) this.socket.write(b);
+  }
+
+  private canTakeMore(): boolean {
+    if (this.socket.writableLength > this.limits.maxQueuedReplyBytes) return false;
+    if (this.inFlight === 0) return true;
+    return this.inFlight < this.limits.maxInFlight && this.inFlightBytes < this.limits.maxInFlightBytes;
+  }
+
+  /** Take frames from the parser while there is room; pause the socket when there is not. */
+  private pump(): void {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.state === 'handshake' || this.state === 'transmission') {
+        if (!this.canTakeMore()) {
+          if (!this.paused) {
+            this.paused = true;
+            this.socket.pause();
+          }
+          return;
+        }
+        const frame = this.parser.next();
+        if (!frame) break;
+        this.handle(frame);
+      }
+      if (this.paused && this.state !== 'closed') {
+        this.paused = false;
+        this.socket.resume();
+      }
+    } catch (e) {
+      this.log(`${this.id}: ${e instanceof NbdProtocolError ? 'protocol error' : 'internal error'}: ${(e as Error).message}`);
+      this.socket.destroy();
+    } finally {
+      this.pumping = false;
+    }
+  }
+
+  private handle(frame: ClientFrame): void {
+    if (this.state === 'handshake') {
+      const step = this.negotiation.handle(frame);
+      for (const r of step.replies) this.send(r);
+      if (step.next === 'close') {
+        this.log(`${this.id}: closing during the handshake: ${step.reason}`);
+        this.state = 'draining';
+        this.closeSocket();
+      } else if (step.next === 'transmission') {
+        clearTimeout(this.timer);
+        this.state = 'transmission';
+        this.parser.mode = 'request';
+        this.transmission = {
+          exp: this.exp,
+          structured: this.negotiation.structured,
+          contexts: this.negotiation.contexts,
+          log: (m) => this.log(`${this.id}: ${m}`),
+        };
+      } else if (frame.type === 'client-flags') this.parser.mode = 'option';
+      return;
+    }
+    const req = frame as RequestFrame;
+    if (frame.type !== 'request') throw new NbdProtocolError('unexpected frame');
+    if (req.command === CMD_DISC) {
+      this.drain();
+      return;
+    }
+    this.run(req);
+  }
+
+  private run(req: RequestFrame): void {
+    const bytes = req.command === CMD_READ || req.command === CMD_WRITE ? req.length : 0;
+    if (req.command === CMD_WRITE || req.command === CMD_WRITE_ZEROES || req.command === CMD_TRIM) this.wrote = true;
+    this.inFlight++;
+    this.inFlightBytes += bytes;
+    void executeRequest(this.transmission!, req).then((reply) => {
+      this.inFlight--;
+      this.inFlightBytes -= bytes;
+      this.send(reply);
+      if (this.state === 'transmission') this.pump();
+      else this.finishIfIdle();
+    });
+  }
+
+  /** NBD_CMD_DISC, end of input or shutdown: no new requests; close once the running ones have answered. */
+  private drain(): void {
+    if (this.state === 'closed' || this.state === 'draining') return;
+    this.state = 'draining';
+    this.finishIfIdle();
+  }
+
+  private finishIfIdle(): void {
+    if (this.inFlight > 0) return;
+    if (this.state === 'closed') this.resolveDone();
+    else this.closeSocket();
+  }
+
+  /** Send what is queued, then close (a client that never closes its side is cut off). */
+  private closeSocket(): void {
+    if (!this.socket.destroyed) this.socket.end(() => this.socket.destroy());
+  }
+
+  private onClose(): void {
+    clearTimeout(this.timer);
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    // Requests still running finish (an accepted write lands whole); their replies go nowhere.
+    this.finishIfIdle();
+  }
+}
