@@ -41,7 +41,7 @@ export async function runDemo(print: (s: string) => void, keep: boolean): Promis
       await step(['io', '-c', 'write -P 0x44 700k 3000', cow]);
       top = cow;
     }
-    await step(['io', '-c', 'read -P 0x11 0 512k', '-c', 'read -P 0x22 8M 4k', top]);
+    await step(['io', '-c', 'read -P 0x11 0 512k', '-c', 'read -P 0 8M 4k', '-c', 'read -P 0x22 8196k 4k', top]);
     await step(['info', '--backing-chain', top]);
     await step(['map', top]);
     await step(['map', '--output=json', top]);
