@@ -493,3 +493,22 @@ test('fuzz: mutated headers and bitmaps only ever raise BlockError and never cha
   }
   assert.ok(opened > 20, `some mutants are still valid images (${opened})`);
 });
+
+test('trim clears bits: the backing shows again, also after flush and reopen', async () => {
+  const { fs, base } = await setup({ size: 16 * KiB });
+  let c = await openChain('/d/top.add-cow', { openStore: fs.opener() });
+  await c.write(0, new Uint8Array(16 * KiB).fill(5));
+  await c.flush();
+  await c.trim(1000, 5000); // whole sectors 2..10 only (bytes 1024..5632)
+  const got = new Uint8Array(16 * KiB);
+  await c.read(0, got);
+  const want = new Uint8Array(16 * KiB).fill(5);
+  want.set(base.subarray(1024, 5632), 1024);
+  assert.deepEqual(got, want);
+  await c.close();
+  c = await openChain('/d/top.add-cow', { openStore: fs.opener(), readOnly: true });
+  await c.read(0, got);
+  assert.deepEqual(got, want);
+  assert.equal(c.top.info().specific['allocated-bytes'], 16 * KiB - 4608);
+  await c.close();
+});

@@ -38,7 +38,7 @@ export class AddCowImage implements Image {
   readonly capabilities: Capabilities = {
     write: true,
     writeZeroes: false,
-    trim: false,
+    trim: true,
     resize: true,
     setBacking: true,
     backing: true,
@@ -140,6 +140,17 @@ export class AddCowImage implements Image {
     this.bitmap.setRange(offset / SECTOR, (offset + length) / SECTOR, true);
   }
 
+  /**
+   * Discard clears the bits: the sectors show the backing file again (allowed:
+   * discarded contents are unspecified). A cleared bit may reach the disk at
+   * any time without harm; the image file keeps its bytes (stores cannot
+   * punch holes).
+   */
+  async trim(offset: number, length: number): Promise<void> {
+    this.checkAccess(offset, length, 'trim', true);
+    this.bitmap.setRange(offset / SECTOR, (offset + length) / SECTOR, false);
+  }
+
   flush(): Promise<void> {
     return this.meta.run(() => this.flushLocked());
   }
@@ -180,7 +191,7 @@ export class AddCowImage implements Image {
   info(): FormatInfo {
     return {
       specific: {
-        'backing-file': this.header.backingFile || undefined,
+        ...(this.header.backingFile ? { 'backing-file': this.header.backingFile } : {}),
         'image-file': this.header.imageFile,
         'image-file-path': this.imagePath,
         'allocated-bytes': this.bitmap.countSet() * SECTOR,
