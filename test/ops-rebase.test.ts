@@ -97,14 +97,14 @@ test('crash at every step of a safe rebase and of a flatten: every file opens an
     const before = await chainDigest('/d/top.toy', optsFor(fs0));
     const dry = await fs0.clone();
     dry.used = 0;
-    await rebaseImage({ path: '/d/top.toy', backing: { path: target, format: 'raw' }, openOptions: optsFor(dry), bufferSize: 128 * 1024 });
+    await rebaseImage({ path: '/d/top.toy', backing: { path: target, format: 'raw' }, openOptions: optsFor(dry), bufferSize: 512 * 1024 });
     const total = dry.used;
     for (let k = 0; k < total; k++) {
       const fs = await fs0.clone();
       fs.used = 0;
       fs.budget = k;
-      await assert.rejects(rebaseImage({ path: '/d/top.toy', backing: { path: target, format: 'raw' }, openOptions: optsFor(fs), bufferSize: 128 * 1024 }), kind('io'));
-      for (const [mode, seed] of [['durable', 1], ['all', 1], ['subset', 1], ['subset', 2]] as const) {
+      await assert.rejects(rebaseImage({ path: '/d/top.toy', backing: { path: target, format: 'raw' }, openOptions: optsFor(fs), bufferSize: 512 * 1024 }), kind('io'));
+      for (const [mode, seed] of [['durable', 1], ['all', 1], ['subset', 1]] as const) {
         const after = await fs.clone(mode, seed + k);
         assert.equal(await chainDigest('/d/top.toy', optsFor(after)), before, `crash after ${k} of ${total} operations (${mode} ${seed}) rebasing onto '${target}'`);
       }

@@ -20,11 +20,18 @@ import { toyFormat, writeToy, type ToyCreate } from './toy-format.js';
 
 const enc = new TextEncoder();
 
+/** New sizes that reached the cow format's resize hook. */
+export const resizeCalls: number[] = [];
+
 function withOpsHooks(img: Image, store: Store): Image {
   const mut = img as { -readonly [K in keyof Image]: Image[K] };
   const dataStart = 1024 + Math.ceil(img.size / 512 / 512) * 512;
   const innerWrite = img.write.bind(img);
-  mut.capabilities = { ...img.capabilities, setBacking: true };
+  mut.capabilities = { ...img.capabilities, setBacking: true, resize: true };
+  // The toy cannot change its size; the hook only records what reached it (resize's own checks are under test).
+  mut.resize = async (newSize: number) => {
+    resizeCalls.push(newSize);
+  };
   mut.write = async (offset: number, data: Uint8Array) => {
     // Data first and durable, then the toy's own write (same bytes again, then the map).
     await store.write(dataStart + offset, data);

@@ -1,0 +1,126 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { openChain } from '../src/chain/open.js';
+import { checkExitCode, checkImage, CHECK_EXIT } from '../src/ops/check.js';
+import { TOY_FORMATS } from './helpers/toy-format.js';
+import { COW_FORMATS, CrashFs } from './helpers/ops-fixtures.js';
+import { vdisk } from './helpers/cli.js';
+import { corpusDir } from './helpers/corpus.js';
+import { tempDir } from './helpers/oracle.js';
+
+const MiB = 1 << 20;
+
+async function chainFs(): Promise<CrashFs> {
+  return CrashFs.from({
+    '/d/base.raw': new Uint8Array(MiB),
+    '/d/top.toy': { size: MiB, id: 3, backing: 'base.raw', backingFormat: 'raw' },
+  });
+}
+
+test('check: clean, corrupt and uncheckable layers give qemu-img exit codes and JSON fields', async () => {
+  const fs = await chainFs();
+  const opts = { openStore: fs.opener(), formats: COW_FORMATS };
+  let r = await checkImage({ path: '/d/top.toy', openOptions: opts });
+  assert.equal(r.length, 1, 'only the named image, like qemu-img');
+  assert.deepEqual({ ...r[0], problems: undefined }, { filename: '/d/top.toy', format: 'toy', 'check-errors': 0, problems: undefined });
+  assert.equal(checkExitCode(r), CHECK_EXIT.clean);
+  r = await checkImage({ path: '/d/top.toy', openOptions: opts, backingChain: true });
+  assert.deepEqual(r.map((x) => x.format), ['toy', 'raw']);
+  // A bad map byte: one corruption, exit 2.
+  await fs.stores.get('/d/top.toy')!.write(1024 + 7, new Uint8Array([9]));
+  r = await checkImage({ path: '/d/top.toy', openOptions: opts });
+  assert.equal(r[0].corruptions, 1);
+  assert.equal(r[0].problems[0].offset, 1031);
+  assert.equal(checkExitCode(r), CHECK_EXIT.corruptions);
+  // A format without a check hook: "does not support checks", exit 63.
+  r = await checkImage({ path: '/d/top.toy', openOptions: { openStore: fs.opener(), formats: TOY_FORMATS } });
+  assert.equal(r[0].unsupported, true);
+  assert.equal(checkExitCode(r), 63);
+  // The parent need not exist to check the child.
+  const lone = await fs.clone();
+  lone.stores.delete('/d/base.raw');
+  await assert.rejects(openChain('/d/top.toy', { openStore: lone.opener(), formats: COW_FORMATS }));
+  r = await checkImage({ path: '/d/top.toy', openOptions: { openStore: lone.opener(), formats: COW_FORMATS } });
+  assert.equal(r[0].corruptions, 1);
+});
+
+test('check through the CLI: JSON like qemu-img, exit codes, repair of add-cow stray bits', () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const raw = join(dir, 'a.raw');
+    vdisk('create', '-f', 'raw', raw, '1M');
+    let r = vdisk('check', '--output=json', raw);
+    assert.equal(r.status, 0, r.stderr);
+    const j = JSON.parse(r.stdout);
+    assert.equal(j['check-errors'], 0);
+    assert.equal(j['image-end-offset'], MiB);
+    assert.equal(j.format, 'raw');
+    assert.equal(j.filename, raw);
+    const cow = join(dir, 'c.add-cow');
+    r = vdisk('create', '-f', 'add-cow', '-b', 'a.raw', '-F', 'raw', cow);
+    assert.equal(r.status, 0, r.stderr);
+    r = vdisk('check', cow);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /No errors were found on the image/);
+    r = vdisk('check', '--backing-chain', '--output=json', cow);
+    assert.deepEqual(JSON.parse(r.stdout).map((x: { format: string }) => x.format), ['add-cow', 'raw']);
+    // A bit set past the last sector (2047 sectors: bit 7 of the last byte): a warning, repaired by -r all.
+    const odd = join(dir, 'odd.add-cow');
+    assert.equal(vdisk('create', '-f', 'add-cow', odd, String(MiB - 512)).status, 0);
+    const last = 2068 + 255;
+    const bytes = readFileSync(odd);
+    bytes[last] |= 0x80;
+    writeFileSync(odd, bytes);
+    r = vdisk('check', odd);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /Warning: bits are set past the last sector/);
+    r = vdisk('check', '-r', 'all', odd);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /Repaired Warning/);
+    assert.equal(readFileSync(odd)[last] & 0x80, 0);
+    r = vdisk('check', '-r', 'bogus', odd);
+    assert.notEqual(r.status, 0);
+    r = vdisk('check', join(dir, 'missing.vhd'));
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /^vdisk: /);
+  } finally {
+    cleanup();
+  }
+});
+
+/** Corpus files that are damaged on purpose (MANIFEST: "bad input"). */
+const DELIBERATELY_BAD = new Set(['dfvfs/image.vhd', 'dfvfs/image-differential.vhd']);
+
+test('every corpus image whose format has a check checks clean, except the deliberately bad ones', async (t) => {
+  const root = corpusDir();
+  let checked = 0;
+  for (const sub of readdirSync(root)) {
+    if (!statSync(join(root, sub)).isDirectory()) continue;
+    for (const name of readdirSync(join(root, sub))) {
+      const rel = `${sub}/${name}`;
+      if (!/\.(vhd|vhdx|avhdx)$/.test(name)) continue;
+      let reports;
+      try {
+        reports = await checkImage({ path: join(root, rel) });
+      } catch (e) {
+        // Not openable at all: only the deliberately bad ones may do that.
+        assert.ok(DELIBERATELY_BAD.has(rel), `${rel}: ${(e as Error).message}`);
+        continue;
+      }
+      const want = name.endsWith('.vhd') ? 'vhd' : 'vhdx';
+      if (reports[0].format !== want || reports[0].unsupported) continue; // that format's check has not landed yet
+      checked++;
+      const code = checkExitCode(reports);
+      if (DELIBERATELY_BAD.has(rel)) assert.notEqual(code, 0, rel);
+      else {
+        // Leaks (space used by nothing, e.g. Windows-made files) are reported but are no damage.
+        assert.ok(code === CHECK_EXIT.clean || code === CHECK_EXIT.leaks, `${rel}: ${JSON.stringify(reports[0].problems)}`);
+        if (code === CHECK_EXIT.leaks) t.diagnostic(`${rel}: ${reports[0].problems.map((p) => p.message).join('; ')}`);
+      }
+    }
+  }
+  // How much of the corpus was covered (0 until a VHD/VHDX check hook exists).
+  t.diagnostic(`${checked} corpus images checked`);
+});
