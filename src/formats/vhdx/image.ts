@@ -430,8 +430,15 @@ export class VhdxImage implements Image {
         if (readsZero) {
           // Nothing to do: this layer already reads zeros here.
         } else if (whole && !this.state.params.leaveBlocksAllocated && (!allocated || options.mayUnmap)) {
-          // 2.5.1 PAYLOAD_BLOCK_ZERO: the block reads as zeros, whatever the parent holds.
-          await this.setBatEntry(updates, i, PAYLOAD_ZERO, 0, fresh);
+          if (this.hasParent) {
+            // 2.5.1 allows PAYLOAD_BLOCK_ZERO here too, but libvhdi (20210425) reads a ZERO block of a
+            // differencing disk from the parent. Fresh file space reads as zeros for every reader and
+            // costs nothing on a sparse host file: point the block there instead.
+            await this.setBatEntry(updates, i, PAYLOAD_FULLY_PRESENT, this.allocate(bs), fresh);
+          } else {
+            // 2.5.1 PAYLOAD_BLOCK_ZERO: the block reads as zeros without any file space.
+            await this.setBatEntry(updates, i, PAYLOAD_ZERO, 0, fresh);
+          }
           if (updates.size >= COMMIT_BATCH) await this.commit(updates);
         } else {
           if (updates.size) await this.commit(updates);

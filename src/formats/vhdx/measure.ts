@@ -1,0 +1,38 @@
+import { BlockError } from '../../core/errors.js';
+import { parseSize } from '../../core/size.js';
+import { isPowerOfTwo } from '../../core/u64.js';
+import { blocksTouched } from '../measure-helpers.js';
+import type { MeasureInput, MeasureResult } from '../types.js';
+import { batGeometry, batRegionLength } from './bat.js';
+import { DEFAULT_BLOCK_SIZE } from './create.js';
+import { HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MiB, MIN_BLOCK_SIZE } from './layout.js';
+
+/** createVhdx's metadata region: one MiB (table and items). */
+const METADATA_REGION_LENGTH = MiB;
+
+/**
+ * File size of a VHDX holding `allocated` (qemu-img measure). Mirrors
+ * createVhdx's layout, every piece 1 MiB aligned (VHDX 1.00, 2 "File Layout"):
+ *
+ *   header section (1 MiB) | log (log_size) | metadata (1 MiB) | BAT region
+ *   (entries incl. sector-bitmap entries, rounded up to 1 MiB) | blocks
+ *
+ * A base disk (what convert makes without -B) has no sector bitmap blocks;
+ * every touched payload block costs a whole block (the last one too).
+ */
+export function measureVhdx(input: MeasureInput): MeasureResult {
+  const o = input.options;
+  const size = (v: string | undefined, what: string) => (v === undefined || v === '' ? 0 : parseSize(v, what));
+  const blockSize = size(o.block_size, 'block_size') || DEFAULT_BLOCK_SIZE;
+  if (!isPowerOfTwo(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE) {
+    throw new BlockError('invalid-argument', `block_size must be a power of two from 1 MiB to 256 MiB (got ${blockSize})`);
+  }
+  const logSize = size(o.log_size, 'log_size') || MiB;
+  if (logSize % MiB !== 0) throw new BlockError('invalid-argument', `log_size must be a multiple of 1 MiB (got ${logSize})`);
+  const lss = o.logical_sector_size ? Number(o.logical_sector_size) : 512;
+  const g = batGeometry(input.size, blockSize, lss, false);
+  const dataStart = HEADER_SECTION_SIZE + logSize + METADATA_REGION_LENGTH + batRegionLength(g);
+  const full = dataStart + g.dataBlocks * blockSize;
+  if (o.subformat === 'fixed') return { required: full, fullyAllocated: full };
+  return { required: dataStart + blocksTouched(input.allocated, blockSize) * blockSize, fullyAllocated: full };
+}
