@@ -6,7 +6,8 @@ import { Mutex } from '../../core/mutex.js';
 import { alignUp, checkRange } from '../../core/u64.js';
 import type { Store } from '../../io/store.js';
 import { readExact, readOrZero } from '../../io/store.js';
-import type { BackingRef, Capabilities, FormatInfo, Image, OpenContext } from '../types.js';
+import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image, OpenContext } from '../types.js';
+import { checkVhd, resizeVhd, setVhdBacking } from './maintenance.js';
 import { UNALLOCATED, batBytes, encodeBatSector, readBat } from './bat.js';
 import { type Batmap, decodeBatmapHeader, isBatmapHeader, batmapChecksum } from './batmap.js';
 import { DYNAMIC_HEADER_SIZE, type VhdDynamicHeader, decodeDynamicHeader } from './dynamic-header.js';
@@ -97,7 +98,8 @@ export class VhdImage implements Image {
   private closed = false;
 
   constructor(
-    private readonly store: Store,
+    /** The file (maintenance.ts works on it directly, under the image's lock). */
+    readonly store: Store,
     readonly layout: VhdLayout,
     readonly readOnly: boolean,
   ) {
@@ -342,6 +344,39 @@ export class VhdImage implements Image {
   async flush(): Promise<void> {
     if (this.readOnly) return;
     await this.lock.run(() => this.writeMetadata());
+  }
+
+  // -------------------------------------------------------------------------
+  // maintenance (maintenance.ts), each with the metadata written out first and the lock held
+
+  private maintain<T>(fn: () => Promise<T>, writes: boolean): Promise<T> {
+    if (writes && this.readOnly) return Promise.reject(new BlockError('read-only', 'image is open read-only', { path: this.path }));
+    return this.lock.run(async () => {
+      if (!this.readOnly) await this.writeMetadata();
+      try {
+        return await fn();
+      } finally {
+        this.bitmaps.clear();
+      }
+    });
+  }
+
+  check(options: { repair?: 'leaks' | 'all' } = {}): Promise<CheckResult> {
+    return this.maintain(() => checkVhd(this, options.repair), options.repair !== undefined);
+  }
+
+  resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+    return this.maintain(async () => {
+      await resizeVhd(this, newSize, options.shrink ?? false);
+      this.size = this.layout.footer.currentSize;
+    }, true);
+  }
+
+  setBacking(parent: BackingTarget | null): Promise<void> {
+    return this.maintain(async () => {
+      await setVhdBacking(this, parent);
+      this.backing = backingRef(this.layout.header!, this.layout.locators);
+    }, true);
   }
 
   async close(): Promise<void> {
