@@ -32,34 +32,24 @@ class Power {
   }
 }
 
-class PoweredStore implements Store {
-  readonly readOnly = false;
-  constructor(
-    readonly inner: FaultStore,
-    private readonly power: Power,
-  ) {}
-  get path(): string {
-    return this.inner.path;
-  }
-  size(): Promise<number> {
-    return this.inner.size();
-  }
-  read(offset: number, into: Uint8Array): Promise<number> {
-    return this.inner.read(offset, into);
-  }
-  write(offset: number, data: Uint8Array): Promise<void> {
-    this.power.tick();
-    return this.inner.write(offset, data);
-  }
-  truncate(size: number): Promise<void> {
-    this.power.tick();
-    return this.inner.truncate(size);
-  }
-  flush(): Promise<void> {
-    this.power.tick();
-    return this.inner.flush();
-  }
-  async close(): Promise<void> {}
+/** The fault store with every mutating operation first counted on the shared power supply. */
+function poweredStore(inner: FaultStore, power: Power): Store {
+  const counted =
+    <A extends unknown[]>(op: (...a: A) => Promise<void>) =>
+    (...a: A) => {
+      power.tick();
+      return op(...a);
+    };
+  return {
+    path: inner.path,
+    readOnly: false,
+    size: () => inner.size(),
+    read: (offset, into) => inner.read(offset, into),
+    write: counted((offset: number, data: Uint8Array) => inner.write(offset, data)),
+    truncate: counted((size: number) => inner.truncate(size)),
+    flush: counted(() => inner.flush()),
+    close: async () => {},
+  };
 }
 
 interface World {
@@ -94,7 +84,7 @@ function powered(world: World, crashAt: number) {
   const plain = world.fs.opener();
   const opener = async (path: string, o: OpenStoreOptions): Promise<Store> => {
     const f = faults.get(path);
-    return f ? new PoweredStore(f, power) : plain(path, o);
+    return f ? poweredStore(f, power) : plain(path, o);
   };
   return { power, faults, opener };
 }
