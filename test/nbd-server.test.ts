@@ -1,0 +1,292 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { startNbdServer, type NbdServer, type NbdServerOptions } from '../src/nbd/server.js';
+import { NbdClient, NbdRequestError, SocketReader, optionFrame, requestFrame } from '../src/nbd/client.js';
+import * as P from '../src/nbd/protocol.js';
+import { tempDir } from './helpers/oracle.js';
+import { createImage } from '../src/ops/create.js';
+import { FORMATS } from '../src/formats/registry.js';
+import { rng, randomBytes, randInt } from './helpers/random.js';
+
+/*
+ * The server over real loopback sockets, driven by vdisk's small client and
+ * by hand-made frames: every command, the errors the protocol names, several
+ * clients at once, and clients that misbehave while others are served.
+ */
+
+const MiB = 1 << 20;
+
+async function withServer(
+  size: number,
+  options: Partial<NbdServerOptions>,
+  body: (server: NbdServer, path: string, dir: string) => Promise<void>,
+  format = 'raw',
+): Promise<void> {
+  const d = tempDir('vdisk-nbd-');
+  const path = join(d.dir, `disk.${format}`);
+  if (format === 'raw') {
+    writeFileSync(path, new Uint8Array(0));
+    truncateSync(path, size);
+  } else await createImage({ path, format, size });
+  const server = await startNbdServer({ path, format, port: 0, exportName: 'disk', persistent: true, shared: 8, ...options });
+  try {
+    await body(server, path, d.dir);
+  } finally {
+    await server.close();
+    d.cleanup();
+  }
+}
+
+function client(server: NbdServer, extra: Partial<Parameters<typeof NbdClient.connect>[0]> = {}): Promise<NbdClient> {
+  return NbdClient.connect({ port: server.port, socketPath: server.socketPath, exportName: 'disk', ...extra });
+}
+
+async function errnoOf(p: Promise<unknown>): Promise<number> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof NbdRequestError, `not a request error: ${(e as Error).stack}`);
+    return e.errno;
+  }
+  assert.fail('request succeeded but should have failed');
+}
+
+/** A raw socket that has read the greeting and sent the client flags. */
+async function rawClient(server: NbdServer, flags = P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES): Promise<{ socket: Socket; reader: SocketReader }> {
+  const socket = connect(server.port!, '127.0.0.1');
+  const reader = new SocketReader(socket);
+  await new Promise<void>((r, j) => socket.once('connect', r).once('error', j));
+  const greeting = await reader.read(18);
+  assert.equal(greeting.subarray(0, 8).toString('latin1'), 'NBDMAGIC');
+  assert.equal(greeting.readUInt16BE(16), P.FLAG_FIXED_NEWSTYLE | P.FLAG_NO_ZEROES);
+  const f = Buffer.alloc(4);
+  f.writeUInt32BE(flags);
+  socket.write(f);
+  return { socket, reader };
+}
+
+/** Enter transmission with NBD_OPT_EXPORT_NAME on a raw socket (simple replies only). */
+async function rawTransmission(server: NbdServer): Promise<{ socket: Socket; reader: SocketReader }> {
+  const c = await rawClient(server);
+  c.socket.write(optionFrame(P.OPT_EXPORT_NAME, Buffer.from('disk')));
+  const info = await c.reader.read(10);
+  assert.equal(Number(info.readBigUInt64BE(0)), server.export.size);
+  return c;
+}
+
+test('commands: write, read, FUA, flush, write zeroes, block status — structured and simple replies', async () => {
+  const size = 8 * MiB;
+  await withServer(size, {}, async (server, path) => {
+    const model = Buffer.alloc(size);
+    for (const structured of [true, false]) {
+      const c = await client(server, { structured });
+      assert.equal(c.size, size);
+      assert.equal(c.structured, structured);
+      const r = rng(structured ? 1 : 2);
+      for (let i = 0; i < 40; i++) {
+        const off = randInt(r, 0, size - 200_000);
+        const len = randInt(r, 1, 200_000);
+        const data = Buffer.from(randomBytes(r, len));
+        await c.write(off, data, i % 3 === 0 ? P.CMD_FLAG_FUA : 0);
+        data.copy(model, off);
+        if (i % 7 === 0) {
+          const zoff = randInt(r, 0, size - 100_000);
+          const zlen = randInt(r, 1, 100_000);
+          await c.writeZeroes(zoff, zlen, i % 2 ? P.CMD_FLAG_NO_HOLE : 0);
+          model.fill(0, zoff, zoff + zlen);
+        }
+      }
+      await c.flush();
+      for (let off = 0; off < size; off += 3 * MiB) {
+        const n = Math.min(3 * MiB, size - off);
+        assert.ok((await c.read(off, n, structured ? P.CMD_FLAG_DF : 0)).equals(model.subarray(off, off + n)), `read at ${off}`);
+      }
+      assert.equal((await c.read(100, 0)).length, 0, 'zero-length read');
+      if (structured) {
+        const bs = (await c.blockStatus(0, size)).get('base:allocation')!;
+        const expected = (await server.export.chain.blockStatus(0, size)).map((e) => (e.kind === 'data' ? 0 : P.STATE_HOLE | P.STATE_ZERO));
+        assert.equal(bs.reduce((n, e) => n + e.length, 0), size, 'extents cover the request');
+        // Adjacent chain extents with the same flags are merged in the reply.
+        const merged = expected.filter((f, i) => i === 0 || f !== expected[i - 1]);
+        assert.deepEqual(bs.map((e) => e.flags), merged);
+        const one = (await c.blockStatus(0, size, P.CMD_FLAG_REQ_ONE)).get('base:allocation')!;
+        assert.equal(one.length, 1);
+      }
+      await c.disconnect();
+    }
+    await server.close();
+    assert.ok(readFileSync(path).equals(model), 'the image file holds what the clients wrote');
+  });
+});
+
+test('errors: out of range, oversize, unknown commands and flags, not offered — and the connection goes on', async () => {
+  const size = 4 * MiB;
+  await withServer(size, {}, async (server) => {
+    for (const structured of [true, false]) {
+      const c = await client(server, { structured });
+      assert.equal(await errnoOf(c.read(size - 10, 20)), P.NBD_EINVAL, 'read past the end');
+      assert.equal(await errnoOf(c.read(2 ** 60, 1)), P.NBD_EINVAL, 'offset beyond 2^53');
+      assert.equal(await errnoOf(c.write(size - 10, Buffer.alloc(20))), P.NBD_ENOSPC, 'write past the end');
+      assert.equal(await errnoOf(c.writeZeroes(size, 512)), P.NBD_ENOSPC);
+      assert.equal(await errnoOf(c.read(0, 33 * MiB)), P.NBD_EINVAL, 'read over the maximum block size');
+      // An oversize write: the server skips the payload and stays in step.
+      assert.equal(await errnoOf(c.write(0, Buffer.alloc(33 * MiB, 1))), P.NBD_EINVAL, 'write over the maximum block size');
+      assert.equal(await errnoOf(c.request(42, 0, 0, 512)), P.NBD_EINVAL, 'unknown command');
+      assert.equal(await errnoOf(c.request(P.CMD_CACHE, 0, 0, 512)), P.NBD_EINVAL, 'cache is not offered');
+      assert.equal(await errnoOf(c.read(0, 512, 1 << 9)), P.NBD_EINVAL, 'unknown flag');
+      assert.equal(await errnoOf(c.read(0, 512, P.CMD_FLAG_NO_HOLE)), P.NBD_EINVAL, 'flag of another command');
+      assert.equal(await errnoOf(c.trim(0, 512)), P.NBD_EINVAL, 'raw cannot trim, so trim is not offered');
+      assert.equal(await errnoOf(c.writeZeroes(0, 512, P.CMD_FLAG_FAST_ZERO)), P.NBD_EINVAL, 'fast zero not offered for raw');
+      if (structured) assert.equal(await errnoOf(c.blockStatus(0, 0)), P.NBD_EINVAL, 'empty block status');
+      else assert.equal(await errnoOf(c.request(P.CMD_BLOCK_STATUS, 0, 0, 512)), P.NBD_EINVAL, 'no context selected');
+      if (structured) assert.equal((await c.read(0, 512, P.CMD_FLAG_DF)).length, 512);
+      else assert.equal(await errnoOf(c.read(0, 512, P.CMD_FLAG_DF)), P.NBD_EINVAL, 'DF without structured replies');
+      await c.write(512, Buffer.alloc(512, 9));
+      assert.ok((await c.read(512, 512)).equals(Buffer.alloc(512, 9)), 'still served after all those errors');
+      await c.disconnect();
+    }
+  });
+  await withServer(MiB, { readOnly: true }, async (server) => {
+    const c = await client(server);
+    assert.ok(c.flags & P.FLAG_READ_ONLY);
+    assert.equal(await errnoOf(c.write(0, Buffer.alloc(512))), P.NBD_EPERM);
+    assert.equal(await errnoOf(c.writeZeroes(0, 512)), P.NBD_EPERM);
+    assert.equal(await errnoOf(c.trim(0, 512)), P.NBD_EPERM);
+    await c.flush();
+    assert.equal((await c.read(0, 512)).length, 512);
+    await c.disconnect();
+  });
+});
+
+for (const format of ['raw', ...FORMATS.filter((f) => f.name === 'vhdx' || f.name === 'vhd').map((f) => f.name)]) {
+test(`two connections writing overlapping ranges: every write lands whole (${format})`, async () => {
+  const size = 16 * MiB;
+  await withServer(size, { shared: 2 }, async (server) => {
+    const a = await client(server);
+    const b = await client(server);
+    assert.ok(a.flags & P.FLAG_CAN_MULTI_CONN, 'multi-conn offered when clients share the chain');
+    const len = 4 * MiB;
+    // B's range starts inside A's at an unaligned offset, so its edges need read-modify-write.
+    const aOff = 0;
+    const bOff = MiB + 100;
+    for (let round = 0; round < 12; round++) {
+      const pa = 2 * round + 1;
+      const pb = 2 * round + 2;
+      await Promise.all([a.write(aOff, Buffer.alloc(len, pa)), b.write(bOff, Buffer.alloc(len, pb)), a.write(aOff + 8 * MiB, Buffer.alloc(len, pa)), b.write(aOff + 8 * MiB, Buffer.alloc(len, pb))]);
+      const all = await a.read(0, 16 * MiB);
+      const region = (from: number, to: number) => all.subarray(from, to);
+      const uniform = (buf: Buffer) => buf.every((x) => x === buf[0]);
+      assert.ok(region(aOff, bOff).every((x) => x === pa), `round ${round}: A alone`);
+      assert.ok(region(aOff + len, bOff + len).every((x) => x === pb), `round ${round}: B alone`);
+      const overlap = region(bOff, aOff + len);
+      assert.ok(uniform(overlap) && (overlap[0] === pa || overlap[0] === pb), `round ${round}: overlap torn`);
+      const same = region(8 * MiB, 8 * MiB + len);
+      assert.ok(uniform(same) && (same[0] === pa || same[0] === pb), `round ${round}: same range torn`);
+    }
+    await a.flush();
+    await Promise.all([a.disconnect(), b.disconnect()]);
+  }, format);
+});
+}
+
+test('misbehaving clients: mid-request disconnects, garbage, lies and silence — others keep being served', async () => {
+  await withServer(4 * MiB, { handshakeTimeoutMs: 300, shared: 64 }, async (server, path) => {
+    const good = await client(server);
+    await good.write(0, Buffer.alloc(4096, 0x11), P.CMD_FLAG_FUA);
+
+    // A write header and half its payload, then the client vanishes.
+    const half = await rawTransmission(server);
+    half.socket.write(requestFrame(P.CMD_WRITE, 0, 7n, MiB, 65536, Buffer.alloc(65536, 0x22)).subarray(0, 28 + 30000));
+    half.socket.destroy();
+
+    // Acknowledged writes, then an abrupt disconnect: they stay.
+    const abrupt = await rawTransmission(server);
+    abrupt.socket.write(requestFrame(P.CMD_WRITE, 0, 8n, 65536, 4096, Buffer.alloc(4096, 0x33)));
+    const reply = await abrupt.reader.read(16);
+    assert.equal(reply.readUInt32BE(4), 0, 'write acknowledged');
+    // Then a read whose reply it never takes.
+    abrupt.socket.write(requestFrame(P.CMD_READ, 0, 9n, 0, 1 << 20));
+    abrupt.socket.destroy();
+
+    // A client that never finishes the handshake is dropped after the timeout.
+    const silent = await rawClient(server);
+    // A client that lies about its option length (declares more than it sends) also waits into the timeout.
+    const liar = await rawClient(server);
+    liar.socket.write(optionFrame(P.OPT_GO, Buffer.alloc(10)).subarray(0, 20));
+    // A client whose option declares 1 GiB gets NBD_REP_ERR_TOO_BIG once the bytes pass, not an allocation.
+    const big = await rawClient(server);
+    const hdr = optionFrame(P.OPT_INFO);
+    hdr.writeUInt32BE(200_000, 12);
+    big.socket.write(Buffer.concat([hdr, Buffer.alloc(200_000)]));
+    const bigReply = await big.reader.read(20);
+    assert.equal(bigReply.readUInt32BE(12), P.REP_ERR_TOO_BIG);
+    big.socket.destroy();
+    // Unknown client flags: closed at once.
+    const flagged = await rawClient(server, 0x80);
+    assert.equal(await flagged.reader.closed(), true);
+    // A transmission-phase client that breaks the request magic is cut off.
+    const broken = await rawTransmission(server);
+    broken.socket.write(Buffer.alloc(28, 0xee));
+    assert.equal(await broken.reader.closed(), true);
+
+    assert.equal(await silent.reader.closed(), true, 'silent client dropped by the handshake timeout');
+    assert.equal(await liar.reader.closed(), true, 'lying client dropped by the handshake timeout');
+
+    // Random bytes after the greeting, from many clients.
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ minLength: 1, maxLength: 300 }), async (bytes) => {
+        const g = await rawClient(server);
+        g.socket.write(Buffer.concat([optionFrame(P.OPT_LIST).subarray(0, 8), Buffer.from(bytes)]));
+        g.socket.end();
+        await g.reader.closed();
+      }),
+      { numRuns: 40 },
+    );
+
+    assert.ok((await good.read(0, 4096)).equals(Buffer.alloc(4096, 0x11)), 'the good client is still served');
+    await good.disconnect();
+    await server.close();
+    const file = readFileSync(path);
+    assert.ok(file.subarray(65536, 65536 + 4096).equals(Buffer.alloc(4096, 0x33)), 'acknowledged write of a vanished client kept');
+    assert.ok(file.subarray(MiB, MiB + 65536).every((x) => x === 0), 'the half-sent write did not land');
+  });
+});
+
+test('shared cap, non-persistent stop, unix socket, close with a client attached', async () => {
+  const d = tempDir('vdisk-nbd-');
+  try {
+    const path = join(d.dir, 'disk.raw');
+    writeFileSync(path, Buffer.alloc(MiB, 5));
+    const socketPath = join(d.dir, 'nbd.sock');
+    const server = await startNbdServer({ path, socketPath, exportName: 'disk' });
+    assert.equal(server.address, `nbd+unix:///disk?socket=${socketPath}`);
+    const first = await NbdClient.connect({ socketPath, exportName: 'disk' });
+    assert.equal(first.flags & P.FLAG_CAN_MULTI_CONN, 0, 'one client at a time: no multi-conn');
+    await assert.rejects(NbdClient.connect({ socketPath, exportName: 'disk' }), 'second client refused with --shared 1');
+    assert.ok((await first.read(0, 512)).equals(Buffer.alloc(512, 5)));
+    await first.write(0, Buffer.alloc(512, 6));
+    await first.disconnect();
+    // Not persistent: the server stops once the last client has left, flushing the image.
+    await server.closed;
+    assert.ok(readFileSync(path).subarray(0, 512).equals(Buffer.alloc(512, 6)));
+
+    const persistent = await startNbdServer({ path, port: 0, persistent: true, exportName: 'disk' });
+    const c = await NbdClient.connect({ port: persistent.port, exportName: 'disk' });
+    await c.disconnect();
+    const again = await NbdClient.connect({ port: persistent.port, exportName: '' });
+    const pending = again.read(0, 4 * 512).then(
+      (b) => b.subarray(0, 512).equals(Buffer.alloc(512, 6)),
+      () => 'not taken',
+    );
+    await persistent.close();
+    // A request the server had taken is answered correctly; one still in the socket is dropped with the connection.
+    assert.notEqual(await pending, false);
+    await assert.rejects(again.read(0, 512));
+  } finally {
+    d.cleanup();
+  }
+});
