@@ -512,3 +512,22 @@ test('trim clears bits: the backing shows again, also after flush and reopen', a
   assert.equal(c.top.info().specific['allocated-bytes'], 16 * KiB - 4608);
   await c.close();
 });
+
+test('grow after an interrupted shrink: stale bitmap bytes past the end never come back as set bits', async () => {
+  const { fs, base } = await setup({ size: 8 * KiB });
+  // As a shrink from 64 to 16 sectors leaves the file when it stops after the size field: old bytes remain.
+  const s = fs.files.get('/d/top.add-cow')!;
+  await s.write(2060, new Uint8Array([0, 0, 0, 0, 0, 0, 0x20, 0])); // size 8192
+  await s.write(HEADER_SIZE, new Uint8Array(8).fill(0xff).fill(0, 0, 2)); // sectors 16..63 marked written
+  await fs.files.get('/d/data.raw')!.write(0, new Uint8Array(32 * KiB).fill(0x99));
+  const img = await openLayer('/d/top.add-cow', { openStore: fs.opener() });
+  await img.resize!(32 * KiB, {});
+  await img.close();
+  const c = await openChain('/d/top.add-cow', { openStore: fs.opener(), readOnly: true });
+  const got = new Uint8Array(32 * KiB);
+  await c.read(0, got);
+  const want = new Uint8Array(32 * KiB);
+  want.set(base.subarray(0, 8 * KiB));
+  assert.deepEqual(got, want);
+  await c.close();
+});

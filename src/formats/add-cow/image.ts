@@ -276,8 +276,11 @@ export class AddCowImage implements Image {
       await this.imageStore.flush();
     }
     await this.clearTailOnDisk();
+    // Bytes past the bitmap may be left from an interrupted shrink, with bits still set:
+    // cut them off first, so the new part of the bitmap is all clear.
+    await this.store.truncate(this.bitmapEnd);
     this.bitmap.resize(newSize / SECTOR);
-    if ((await this.store.size()) < this.bitmapEnd) await this.store.truncate(this.bitmapEnd);
+    await this.store.truncate(this.bitmapEnd);
     await this.store.flush();
     await this.writeSize(newSize);
   }
