@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import { FORMATS } from '../src/formats/registry.js';
 import type { Inputs } from './inputs.js';
-import { formatAvailable, VDISK, WORKER } from './peers.js';
+import { formatAvailable, vdiskBin, workerJs } from './peers.js';
 
 /**
  * The case table (plain data, like the CLI's command table). A case runs
@@ -23,6 +23,11 @@ export interface Tool {
   bytes?: number;
   /** Take the process's own timing (open excluded) instead of its wall time. */
   inner?: boolean;
+  /**
+   * A server started before the case's runs and stopped after them (NBD);
+   * argv is then the client. The tool's peak RSS is the server's (VmHWM).
+   */
+  server?: { argv: string[]; socket: string };
 }
 
 export interface Case {
@@ -33,6 +38,8 @@ export interface Case {
   bytes: number;
   /** Part of the --quick subset. */
   quick?: boolean;
+  /** Fewer runs than asked (long cases). */
+  maxRuns?: number;
   /** The whole case cannot run (its feature has not landed yet). */
   unavailable?: string;
   tools: Tool[];
@@ -53,8 +60,8 @@ export interface CaseOptions {
 }
 
 const node = process.execPath;
-const vdiskCli = (...args: string[]) => [node, VDISK, ...args];
-const worker = (op: string, job: object) => [node, WORKER, op, JSON.stringify(job)];
+const vdiskCli = (...args: string[]) => [node, vdiskBin(), ...args];
+const worker = (op: string, job: object) => [node, workerJs(), op, JSON.stringify(job)];
 
 /** Only the create options a vdisk format declares (so a case keeps working while a format grows). */
 function vdiskOptions(format: string, wanted: Record<string, string>): string[] {
@@ -95,7 +102,21 @@ function vdiskConvert(src: string, srcFmt: string, dst: string, dstFmt: string):
   };
 }
 
-export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | null): Case[] {
+/** convert() through the library in one worker, timed inside (Node start-up and module loading excluded). */
+function vdiskLibConvert(src: string, srcFmt: string, dst: string, dstFmt: string): Tool {
+  const missing = formatAvailable(srcFmt) ?? formatAvailable(dstFmt, true);
+  const opts = Object.fromEntries(Object.entries(TARGET_OPTS[dstFmt]).filter(([k]) => vdiskOptions(dstFmt, { [k]: '' }).length));
+  return {
+    name: 'vdisk lib',
+    role: 'vdisk',
+    unavailable: missing ?? undefined,
+    inner: true,
+    argv: worker('convert', { src, srcFormat: srcFmt, dst, dstFormat: dstFmt, options: opts }),
+    outputs: [dst],
+  };
+}
+
+export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | null, serveMissing: string | null): Case[] {
   const w = (name: string) => join(inp.dir, name);
   const size = inp.scale.size;
   const cases: Case[] = [];
@@ -133,7 +154,7 @@ export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | 
   ];
   for (const [sf, src, df, label, quick] of pairs) {
     const dst = w(`out-convert.${df}`);
-    const tools = [vdiskConvert(src, sf, dst, df), qemuConvert(src, sf, dst, df)];
+    const tools = [vdiskConvert(src, sf, dst, df), vdiskLibConvert(src, sf, dst, df), qemuConvert(src, sf, dst, df)];
     if (sf === 'raw' && df === 'vhd') {
       tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-from-raw', { src, dst }), outputs: [dst] });
     }
@@ -264,6 +285,36 @@ export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | 
       { name: 'qemu-img', role: 'peer', argv: ['qemu-img', 'info', '-f', 'vhdx', inp.hugeVhdx ?? ''] },
     ],
   });
+
+  // --- NBD: nbdcopy through vdisk serve vs qemu-nbd ------------------------
+  for (const [fmt, path] of [['vhdx', inp.vhdx!], ['vhd', inp.vhd!]] as const) {
+    for (const clients of [1, 16]) {
+      const sock = (who: string) => w(`nbd-${who}-${fmt}-${clients}.sock`);
+      const uri = (who: string) => `nbd+unix:///?socket=${sock(who)}`;
+      // One nbdcopy, or 16 at once (each waited for, so a failing client fails the run).
+      const client = (who: string) =>
+        clients === 1
+          ? ['nbdcopy', uri(who), 'null:']
+          : ['sh', '-c', `pids=; for i in $(seq ${clients}); do nbdcopy "$1" null: & pids="$pids $!"; done; for p in $pids; do wait $p || exit 1; done`, 'sh', uri(who)];
+      cases.push({
+        id: `nbd-${fmt}-${clients === 1 ? 'nbdcopy' : `${clients}-clients`}`,
+        group: 'nbd',
+        title: clients === 1 ? `nbdcopy ← ${fmt} server → null:` : `${clients} parallel nbdcopy ← ${fmt} server`,
+        bytes: size * clients,
+        quick: clients === 1 && fmt === 'vhdx',
+        maxRuns: clients === 1 ? undefined : 2,
+        unavailable: serveMissing ?? formatAvailable(fmt) ?? undefined,
+        goal: clients === 1 ? 'vdisk/qemu-nbd <= 1.25 (at least 0.8x the speed)' : 'server peak RSS bounded (< 256 MiB)',
+        limits: clients === 1 ? { 'vdisk serve/qemu-nbd': 1.25 } : undefined,
+        rssLimit: clients === 1 ? undefined : 256 << 20,
+        note: 'both servers read-only, persistent, 16 clients allowed (multi-conn); peak RSS is the server\'s',
+        tools: [
+          { name: 'vdisk serve', role: 'vdisk', argv: client('vdisk'), server: { socket: sock('vdisk'), argv: vdiskCli('serve', '-f', fmt, '-r', '-t', '-e', '16', '-k', sock('vdisk'), path) } },
+          { name: 'qemu-nbd', role: 'peer', argv: client('qemu'), server: { socket: sock('qemu'), argv: ['qemu-nbd', '-f', QEMU_FMT[fmt], '-r', '-t', '-e', '16', '-k', sock('qemu'), path] } },
+        ],
+      });
+    }
+  }
 
   // --- add-cow ----------------------------------------------------------------
   const addCow = formatAvailable('add-cow', true);

@@ -4,11 +4,22 @@ import { fileURLToPath } from 'node:url';
 import { FORMATS } from '../src/formats/registry.js';
 import { run } from './measure.js';
 
-/** The repository root (dist/bench/peers.js → ../..). */
-export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const VDISK = join(REPO, 'bin', 'vdisk.js');
-export const WORKER = join(REPO, 'dist', 'bench', 'worker.js');
+/** The repository root (dist/bench/peers.js → ../..; a snapshot's children are told by run.js). */
+export const REPO = process.env.VDISK_BENCH_REPO ?? resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const PEERS_DIR = join(REPO, 'bench', '.peers');
+
+/**
+ * Where the code under test lives: run.js copies dist/ and bin/ into its
+ * scratch folder first, so that other people rebuilding dist/ in the same
+ * tree during a run cannot change (or break) what is measured.
+ */
+let appRoot = REPO;
+export function useApp(root: string): void {
+  appRoot = root;
+}
+export const appDir = (): string => appRoot;
+export const vdiskBin = (): string => join(appRoot, 'bin', 'vdisk.js');
+export const workerJs = (): string => join(appRoot, 'dist', 'bench', 'worker.js');
 export const VHD_LIB_VERSION = '0.7.2';
 
 /** null when vdisk has the format (and can create it, if asked); otherwise why not. */
@@ -23,8 +34,8 @@ let serveChecked: string | null | undefined;
 /** null when `vdisk serve` exists. */
 export async function serveAvailable(): Promise<string | null> {
   if (serveChecked === undefined) {
-    const r = await run([process.execPath, VDISK, 'serve', '--help']);
-    serveChecked = r.code === 0 && /serve/.test(r.stdout) ? null : 'not available yet: vdisk has no `serve` command';
+    const r = await run([process.execPath, vdiskBin(), 'serve', '--help']);
+    serveChecked = r.code === 0 && /Usage: vdisk serve/.test(r.stdout) ? null : 'not available yet: vdisk has no `serve` command';
   }
   return serveChecked;
 }

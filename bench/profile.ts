@@ -1,6 +1,6 @@
 import { readdir, readFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import { REPO } from './peers.js';
+import { appDir } from './peers.js';
 
 /**
  * Where a V8 CPU profile (`node --cpu-prof`) spends its time: self time per
@@ -36,7 +36,7 @@ export interface ProfileSummary {
 function where(url: string): string {
   if (!url) return '(native)';
   const path = url.replace(/^file:\/\//, '');
-  return path.startsWith('/') ? relative(REPO, path) : path;
+  return path.startsWith('/') ? relative(appDir(), path) : path;
 }
 
 export function summarize(p: CpuProfile, top = 12): ProfileSummary {

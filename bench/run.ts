@@ -1,10 +1,12 @@
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { buildCases, type Case, type CaseOptions, type Tool } from './cases.js';
 import { buildInputs, FULL_SCALE, SMOKE_SCALE } from './inputs.js';
 import { CommandError, hasGnuTime, measure, median } from './measure.js';
-import { ensureVhdLib, REPO, toolVersion, VHD_LIB_VERSION } from './peers.js';
+import { ensureVhdLib, REPO, serveAvailable, toolVersion, useApp, VHD_LIB_VERSION } from './peers.js';
 import { formatSummary, summarizeDir, type ProfileSummary } from './profile.js';
 
 /**
@@ -110,10 +112,78 @@ async function runTool(t: Tool, scratch: string): Promise<{ seconds: number; rss
   }
 }
 
+/** The informative lines of a failed command's stderr (no stack frames, no Node banner). */
+function shortError(e: CommandError): string {
+  const lines = e.stderr.split('\n').filter((l) => l.trim() && !/^\s+at /.test(l) && !/^Node\.js v/.test(l) && !/^\s*\^+\s*$/.test(l));
+  return `exit ${e.code}: ${lines.slice(0, 3).join(' / ').slice(0, 300)}`;
+}
+
+interface Server {
+  child: ChildProcess;
+  exited: Promise<void>;
+  stderr: string;
+}
+
+async function startServer(argv: string[], socket: string): Promise<Server> {
+  await rm(socket, { force: true });
+  const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  const srv: Server = { child, stderr: '', exited: new Promise((resolve) => child.once('exit', () => resolve())) };
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (srv.stderr += d));
+  let gone = false;
+  void srv.exited.then(() => (gone = true));
+  for (let i = 0; i < 200 && !gone; i++) {
+    if (existsSync(socket)) return srv;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill('SIGTERM');
+  throw new Error(`server did not listen on ${socket}: ${srv.stderr.trim().split('\n').pop() ?? ''}`);
+}
+
+/** The server's peak resident set (Linux VmHWM), then stop it. */
+async function stopServer(srv: Server): Promise<number | undefined> {
+  let rss: number | undefined;
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(await readFile(`/proc/${srv.child.pid}/status`, 'utf8'));
+    if (m) rss = Number(m[1]) * 1024;
+  } catch {
+    // not Linux, or already gone
+  }
+  srv.child.kill('SIGTERM');
+  await srv.exited;
+  return rss;
+}
+
 async function runCase(c: Case, runs: number, scratch: string): Promise<CaseResult> {
   const res: CaseResult = { id: c.id, group: c.group, title: c.title, goal: c.goal, note: c.note, unavailable: c.unavailable, tools: [], ratios: [], rssLimit: c.rssLimit };
   res.tools = c.tools.map((t) => ({ name: t.name, role: t.role, unavailable: c.unavailable ?? t.unavailable, seconds: [], rss: [], bytes: t.bytes ?? c.bytes }));
   if (c.unavailable) return res;
+  const servers = new Map<number, Server>();
+  for (const [i, t] of c.tools.entries()) {
+    if (!t.server || res.tools[i].unavailable) continue;
+    try {
+      servers.set(i, await startServer(t.server.argv, t.server.socket));
+    } catch (e) {
+      res.tools[i].error = String(e instanceof Error ? e.message : e);
+    }
+  }
+  try {
+    await runRounds(c, res, Math.min(runs, c.maxRuns ?? runs), scratch);
+  } finally {
+    for (const [i, srv] of servers) {
+      const rss = await stopServer(srv);
+      if (rss !== undefined) res.tools[i].rss = [rss];
+    }
+  }
+  for (const tr of res.tools) {
+    if (!tr.seconds.length || tr.error) continue;
+    tr.median = median(tr.seconds);
+    tr.mbps = tr.bytes ? tr.bytes / tr.median / 1e6 : undefined;
+    tr.peakRss = tr.rss.length ? Math.max(...tr.rss) : undefined;
+  }
+  return res;
+}
+
+async function runRounds(c: Case, res: CaseResult, runs: number, scratch: string): Promise<void> {
   for (let r = 0; r < runs; r++) {
     // Alternate: each round starts with a different tool.
     for (let k = 0; k < c.tools.length; k++) {
@@ -123,19 +193,12 @@ async function runCase(c: Case, runs: number, scratch: string): Promise<CaseResu
       try {
         const m = await runTool(c.tools[i], scratch);
         tr.seconds.push(m.seconds);
-        if (m.rss !== undefined) tr.rss.push(m.rss);
+        if (m.rss !== undefined && !c.tools[i].server) tr.rss.push(m.rss);
       } catch (e) {
-        tr.error = e instanceof CommandError ? e.message : String(e);
+        tr.error = e instanceof CommandError ? shortError(e) : String(e);
       }
     }
   }
-  for (const tr of res.tools) {
-    if (!tr.seconds.length) continue;
-    tr.median = median(tr.seconds);
-    tr.mbps = tr.bytes ? tr.bytes / tr.median / 1e6 : undefined;
-    tr.peakRss = tr.rss.length ? Math.max(...tr.rss) : undefined;
-  }
-  return res;
 }
 
 /** Time-per-byte ratios of each subject against each peer (and the cp reference for converts). */
@@ -197,6 +260,7 @@ async function machine(): Promise<Record<string, string>> {
     kernel: release(),
     node: process.version,
     'qemu-img': (await toolVersion(['qemu-img', '--version'])) ?? 'missing',
+    nbdcopy: (await toolVersion(['nbdcopy', '--version'])) ?? 'missing',
     'vhd-lib': VHD_LIB_VERSION,
     date: new Date().toISOString(),
   };
@@ -225,6 +289,13 @@ async function main(): Promise<number> {
   await rm(work, { recursive: true, force: true });
   await mkdir(work, { recursive: true });
   try {
+    // Snapshot the built code (see peers.ts useApp); children find the repo through the environment.
+    const app = join(work, 'app');
+    await cp(join(REPO, 'dist'), join(app, 'dist'), { recursive: true });
+    await cp(join(REPO, 'bin'), join(app, 'bin'), { recursive: true });
+    await symlink(join(REPO, 'node_modules'), join(app, 'node_modules'));
+    useApp(app);
+    process.env.VDISK_BENCH_REPO = REPO;
     const vhdLibMissing = await ensureVhdLib(args.install, log);
     const scale = args.smoke ? SMOKE_SCALE : FULL_SCALE;
     log(`building inputs in ${work}`);
@@ -236,7 +307,7 @@ async function main(): Promise<number> {
       : args.quick
         ? { readCount: (bs) => (bs <= 4096 ? 32768 : 8192), addCowWrite: { batched: 32 * MiB, perWrite: 2 * MiB } }
         : { readCount: (bs) => (bs <= 4096 ? 65536 : 16384), addCowWrite: { batched: 64 * MiB, perWrite: 4 * MiB } };
-    let cases = buildCases(inputs, opts, vhdLibMissing);
+    let cases = buildCases(inputs, opts, vhdLibMissing, await serveAvailable());
     if (args.quick) cases = cases.filter((c) => c.quick);
     if (args.only.length) cases = cases.filter((c) => c.group === 'reference' || args.only.some((o) => c.id.includes(o)));
 
@@ -270,7 +341,7 @@ async function main(): Promise<number> {
     const md = [
       `Command: \`npm run bench${args.quick ? ' -- --quick' : ''}\` (${args.runs} runs per tool, alternating; median shown).`,
       '',
-      `Machine: ${facts.cores} cores (${facts.cpu}), ${facts.memory} RAM, Linux ${facts.kernel}, Node ${facts.node}, ${facts['qemu-img']}, vhd-lib ${facts['vhd-lib']}; run ${facts.date}.`,
+      `Machine: ${facts.cores} cores (${facts.cpu}), ${facts.memory} RAM, Linux ${facts.kernel}, Node ${facts.node}, ${facts['qemu-img']}, ${facts.nbdcopy}, vhd-lib ${facts['vhd-lib']}; run ${facts.date}.`,
       '',
       markdownTable(results),
     ].join('\n');

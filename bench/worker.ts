@@ -4,7 +4,7 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { FileStore, createImage, openChain } from '../src/index.js';
+import { FileStore, convert, createImage, openChain } from '../src/index.js';
 import { PEERS_DIR } from './peers.js';
 
 /**
@@ -15,9 +15,12 @@ import { PEERS_DIR } from './peers.js';
  *       bench uses (offset_i = i * step mod size), `depth` requests in flight
  *   node dist/bench/worker.js vhdlib-to-raw|vhdlib-from-raw|vhdlib-flatten '{"src":..,"dst":..}'
  *       the same jobs done by Xen Orchestra's vhd-lib (the peer)
+ *   node dist/bench/worker.js convert '{"src":..,"srcFormat":..,"dst":..,"dstFormat":..}'
+ *       vdisk's convert() without the CLI (start-up cost shown apart)
+ *   node dist/bench/worker.js addcow-write '{...}'
  *
- * Prints `BENCH {"seconds":..}` for the timed part (opening excluded, as
- * qemu-img bench excludes it).
+ * Prints `BENCH {"seconds":..}` for the timed part (for reads, opening is
+ * excluded, as qemu-img bench excludes it).
  */
 
 interface ReadJob {
@@ -162,8 +165,16 @@ async function addCowWrite(j: { dir: string; backing: string; total: number; bs:
   }
 }
 
+/** The library's convert(), as the CLI calls it, timed from open to the final flush. */
+async function convertJob(j: { src: string; srcFormat: string; dst: string; dstFormat: string; options: Record<string, string> }): Promise<void> {
+  const t0 = process.hrtime.bigint();
+  await convert({ source: j.src, sourceOptions: { format: j.srcFormat }, target: j.dst, targetFormat: j.dstFormat, options: j.options });
+  console.log(`BENCH ${JSON.stringify({ seconds: Number(process.hrtime.bigint() - t0) / 1e9 })}`);
+}
+
 const OPS: Record<string, (j: any) => Promise<void>> = {
   read: readJob,
+  convert: convertJob,
   'vhdlib-to-raw': vhdlibToRaw,
   'vhdlib-from-raw': vhdlibFromRaw,
   'vhdlib-flatten': vhdlibFlatten,

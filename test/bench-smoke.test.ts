@@ -44,7 +44,7 @@ test('bench --smoke runs every case once on tiny inputs', { timeout: 180_000 }, 
 
   const { results } = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as { results: CaseResult[] };
   const ids = results.map((r) => r.id);
-  for (const want of ['ref-cp', 'ref-cat', 'convert-raw-vhd', 'convert-vhd-raw', 'convert-vhdx-raw', 'read-raw-seq-4k-qd1', 'read-vhd-rand-4k-qd16', 'chain-read-seq', 'memory-big-vhd', 'memory-open-huge-vhdx', 'addcow-write-flush']) {
+  for (const want of ['ref-cp', 'ref-cat', 'convert-raw-vhd', 'convert-vhd-raw', 'convert-vhdx-raw', 'read-raw-seq-4k-qd1', 'read-vhd-rand-4k-qd16', 'chain-read-seq', 'memory-big-vhd', 'memory-open-huge-vhdx', 'nbd-vhdx-nbdcopy', 'nbd-vhd-16-clients', 'addcow-write-flush', 'addcow-read-rand-4k-qd1']) {
     assert.ok(ids.includes(want), `case ${want} missing from the results (${ids.join(', ')})`);
   }
   for (const r of results) {
