@@ -22,7 +22,7 @@ import {
   hasFooterCookie,
   hostOsName,
 } from './footer.js';
-import { type ParentLocator, PlatformCode, decodeLocatorData, decodeLocatorEntries } from './parent-locator.js';
+import { type ParentLocator, PlatformCode, readLocators } from './parent-locator.js';
 import { BitmapCache, bitmapBytes, forEachRun, setBits } from './sector-bitmap.js';
 
 const SECTOR = 512;
@@ -559,12 +559,7 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
   layout.bat = bat;
 
   if (f.diskType === 'differencing') {
-    layout.locators = decodeLocatorEntries(h.parentLocators, fileSize, path);
-    for (const l of layout.locators) {
-      if (l.dataLength === 0) continue;
-      const data = await readExact(store, l.dataOffset, new Uint8Array(l.dataLength), `parent locator ${l.index}`);
-      l.path = decodeLocatorData(l.platformCode, data);
-    }
+    layout.locators = await readLocators(store, h.parentLocators, fileSize);
   }
 
   // Metadata regions, to keep blocks off them and to place new blocks after them.

@@ -8,7 +8,7 @@ import { VHD_MAX_SIZE, layoutLocators, parentRecord } from './create.js';
 import { DYNAMIC_HEADER_SIZE, encodeDynamicHeader } from './dynamic-header.js';
 import { FOOTER_SIZE, chsForSectors, encodeFooter } from './footer.js';
 import type { VhdImage } from './image.js';
-import { decodeLocatorData, decodeLocatorEntries } from './parent-locator.js';
+import { readLocators } from './parent-locator.js';
 import { bitmapBytes, findBit } from './sector-bitmap.js';
 
 const SECTOR = 512;
@@ -252,10 +252,5 @@ export async function setVhdBacking(img: VhdImage, parent: BackingTarget | null)
   h.parentLocators = l.table;
   await store.write(layout.headerOffset, encodeDynamicHeader(h));
   await store.flush();
-  const fileSize = await store.size();
-  layout.locators = decodeLocatorEntries(h.parentLocators, fileSize, img.path);
-  for (const loc of layout.locators) {
-    const data = await readExact(store, loc.dataOffset, new Uint8Array(loc.dataLength), `parent locator ${loc.index}`);
-    loc.path = decodeLocatorData(loc.platformCode, data);
-  }
+  layout.locators = await readLocators(store, h.parentLocators, await store.size());
 }

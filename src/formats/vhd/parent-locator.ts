@@ -2,6 +2,8 @@ import { defineStruct } from '../../codec/struct.js';
 import { BlockError } from '../../core/errors.js';
 import { u64ToNumber, checkRange } from '../../core/u64.js';
 import { decodeUtf16, encodeUtf16 } from '../../core/utf16.js';
+import type { Store } from '../../io/store.js';
+import { readExact } from '../../io/store.js';
 
 /**
  * One parent locator entry (VHD spec 2006, "Dynamic Disk Header Format",
@@ -116,4 +118,15 @@ export function encodeLocatorData(platformCode: number, path: string): Uint8Arra
     default:
       return new TextEncoder().encode(path);
   }
+}
+
+/** Decode the locator table and read each locator's path (entries already bounds-checked by decodeLocatorEntries). */
+export async function readLocators(store: Store, table: Uint8Array, fileSize: number): Promise<ParentLocator[]> {
+  const locators = decodeLocatorEntries(table, fileSize, store.path);
+  for (const l of locators) {
+    if (l.dataLength === 0) continue;
+    const data = await readExact(store, l.dataOffset, new Uint8Array(l.dataLength), `parent locator ${l.index}`);
+    l.path = decodeLocatorData(l.platformCode, data);
+  }
+  return locators;
 }
