@@ -95,24 +95,22 @@ export function encodeInfoString(type: number, s: string): Buffer {
   return b;
 }
 
+/** A 32-bit number followed by UTF-8 texts: the shape of NBD_REP_SERVER and NBD_REP_META_CONTEXT data. */
+function u32ThenText(value: number, ...texts: string[]): Buffer {
+  const parts = texts.map((t) => Buffer.from(t, 'utf8'));
+  const head = Buffer.allocUnsafe(4);
+  head.writeUInt32BE(value, 0);
+  return Buffer.concat([head, ...parts]);
+}
+
 /** NBD_REP_SERVER data: 32-bit name length, name, then a description for humans. */
 export function encodeServerEntry(name: string, description: string): Buffer {
-  const n = Buffer.from(name, 'utf8');
-  const d = Buffer.from(description, 'utf8');
-  const b = Buffer.allocUnsafe(4 + n.length + d.length);
-  b.writeUInt32BE(n.length, 0);
-  n.copy(b, 4);
-  d.copy(b, 4 + n.length);
-  return b;
+  return u32ThenText(Buffer.byteLength(name, 'utf8'), name, description);
 }
 
 /** NBD_REP_META_CONTEXT data: 32-bit context id, then the context name. */
 export function encodeMetaContext(id: number, name: string): Buffer {
-  const n = Buffer.from(name, 'utf8');
-  const b = Buffer.allocUnsafe(4 + n.length);
-  b.writeUInt32BE(id, 0);
-  n.copy(b, 4);
-  return b;
+  return u32ThenText(id, name);
 }
 
 /** Reply to NBD_OPT_EXPORT_NAME: size, transmission flags, and 124 zeros unless the client asked for none. */
