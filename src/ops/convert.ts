@@ -110,6 +110,9 @@ async function copy(
   // Two buffers: one being filled by the next read while the other is written out.
   const bufs = [new Uint8Array(bufferSize), new Uint8Array(bufferSize)];
   const theirs = mode === 'diff' ? new Uint8Array(bufferSize) : undefined;
+  // What the target shows where the source is zero (-B, -n), read to find what needs zeroing.
+  const scratch = mode === 'fresh' ? undefined : new Uint8Array(bufferSize);
+  const zeroGranule = sparse || 4096;
   let which = 0;
   let zeroBuf: Uint8Array | undefined;
 
@@ -137,10 +140,10 @@ async function copy(
       if (i + 1 < pieces.length) next = readPiece(i + 1);
       if (p.zero) {
         if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length, (zeroBuf ??= new Uint8Array(bufferSize)));
-        else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length);
+        else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length, scratch!, zeroGranule);
       } else {
         const data = await current!;
-        written += await writeData(dst, p.offset, data, mode, sparse, granule, theirs);
+        written += await writeData(dst, p.offset, data, mode, sparse, granule, theirs, scratch);
       }
       done += p.length;
       onProgress?.(done, total);
@@ -156,10 +159,22 @@ async function writeZeroData(dst: Chain, offset: number, length: number, zeros: 
   return length;
 }
 
-/** Make [offset, offset+length) of the target read as zero, touching only ranges that do not already. */
-async function zeroWhereNeeded(dst: Chain, offset: number, length: number): Promise<void> {
+/**
+ * Make [offset, offset+length) of the target read as zero, touching only
+ * ranges that do not already: data extents are read and only their non-zero
+ * granules zeroed, so -B leaves out ranges where the backing holds zeros.
+ */
+async function zeroWhereNeeded(dst: Chain, offset: number, length: number, scratch: Uint8Array, granule: number): Promise<void> {
   for (const e of await dst.blockStatus(offset, length)) {
-    if (e.kind === 'data') await dst.writeZeroes(e.offset, e.length);
+    if (e.kind !== 'data') continue;
+    for (let o = 0; o < e.length; o += scratch.length) {
+      const at = e.offset + o;
+      const part = scratch.subarray(0, Math.min(scratch.length, e.length - o));
+      await dst.read(at, part);
+      for (const run of granuleRuns(part, at, granule, (a, b) => isZero(part.subarray(a, b)))) {
+        if (!run.same) await dst.writeZeroes(at + run.from, run.to - run.from);
+      }
+    }
   }
 }
 
@@ -171,6 +186,7 @@ async function writeData(
   sparse: number,
   granule: number,
   theirs: Uint8Array | undefined,
+  scratch: Uint8Array | undefined,
 ): Promise<number> {
   let written = 0;
   if (mode === 'diff') {
@@ -189,7 +205,7 @@ async function writeData(
     return data.length;
   }
   if (isZero(data)) {
-    if (mode === 'overwrite') await zeroWhereNeeded(dst, offset, data.length);
+    if (mode === 'overwrite') await zeroWhereNeeded(dst, offset, data.length, scratch!, granule);
     return 0;
   }
   for (const run of granuleRuns(data, offset, granule, (a, b) => isZero(data.subarray(a, b)))) {

@@ -1,0 +1,141 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { openChain } from '../src/chain/open.js';
+import { convert } from '../src/ops/convert.js';
+import { mapChain } from '../src/ops/map.js';
+import { vdisk } from './helpers/cli.js';
+import { REPO_ROOT } from './helpers/corpus.js';
+import { pyvhdiDigest, qemuDigest, qemuImg, qemuIo, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
+
+const MiB = 1 << 20;
+
+/** Bytes of the disk the top layer itself holds as data. */
+async function topData(path: string): Promise<number> {
+  const c = await openChain(path, { readOnly: true });
+  try {
+    let n = 0;
+    for await (const e of mapChain(c)) if (e.depth === 0 && e.present && e.data) n += e.length;
+    return n;
+  } finally {
+    await c.close();
+  }
+}
+
+/** base.vhd (made by qemu-img) and src.raw = the same disk with a few changes. */
+function baseAndSource(dir: string): { base: string; src: string } {
+  const base = join(dir, 'base.vhd');
+  qemuImg('create', '-f', 'vpc', '-o', 'subformat=dynamic,force_size=on', base, '8M');
+  qemuIo('vpc', base, 'write -P 0x5a 0 6M', 'write -P 0x6b 7M 1M');
+  const src = join(dir, 'src.raw');
+  qemuImg('convert', '-f', 'vpc', '-O', 'raw', base, src);
+  qemuIo('raw', src, `write -P 0x01 ${MiB} 64k`, `write -z ${4 * MiB} 4k`, `write -P 0x02 ${6.5 * MiB} 8k`);
+  return { base, src };
+}
+
+test('convert -B: a VHD child holding only the differences; vdisk, libvhdi and qemu-img agree', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io') || !requireTool(t, 'pyvhdi')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const { base, src } = baseAndSource(dir);
+    const want = await qemuDigest(src, 'raw');
+    const child = join(dir, 'child.vhd');
+    const r = vdisk('convert', '-O', 'vhd', '-B', 'base.vhd', '-F', 'vhd', src, child);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(JSON.parse(vdisk('info', '--output=json', child).stdout)['backing-filename'], 'base.vhd');
+    assert.equal((await vdiskDigest(child)).digest, want.digest);
+    assert.equal(pyvhdiDigest([child, base]).digest, want.digest);
+    // Only the changed ranges: 64 KiB + 4 KiB of zeros + 8 KiB (zeros are data in a VHD child).
+    assert.equal(await topData(child), 64 * 1024 + 4096 + 8192);
+    assert.equal(vdisk('compare', src, child).status, 0);
+  } finally {
+    cleanup();
+  }
+});
+
+test('convert -B with add-cow over raw, checked by the independent reader', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const { base, src } = baseAndSource(dir);
+    const rawBase = join(dir, 'base.raw');
+    qemuImg('convert', '-f', 'vpc', '-O', 'raw', base, rawBase);
+    const child = join(dir, 'child.add-cow');
+    const r = vdisk('convert', '-O', 'add-cow', '-B', 'base.raw', '-F', 'raw', src, child);
+    assert.equal(r.status, 0, r.stderr);
+    const want = await qemuDigest(src, 'raw');
+    const [digest] = run('/usr/bin/python3', [join(REPO_ROOT, 'test', 'oracles', 'addcow_reader.py'), child]).stdout.trim().split(/\s+/);
+    assert.equal(digest, want.digest);
+    assert.equal(await topData(child), 64 * 1024 + 4096 + 8192);
+  } finally {
+    cleanup();
+  }
+});
+
+test('converting a chain flattens it into every writable format; qemu-img compares the results', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const { src } = baseAndSource(dir);
+    const child = join(dir, 'child.vhd');
+    assert.equal(vdisk('create', '-f', 'vhd', '-b', 'base.vhd', child).status, 0);
+    assert.equal(vdisk('io', '-c', `write -P 0x01 ${MiB} 64k`, '-c', `write -z ${4 * MiB} 4k`, '-c', `write -P 0x02 ${6.5 * MiB} 8k`, child).status, 0);
+    const want = await qemuDigest(src, 'raw');
+    assert.equal((await vdiskDigest(child)).digest, want.digest);
+    const qemuName: Record<string, string> = { raw: 'raw', vhd: 'vpc', vhdx: 'vhdx' };
+    for (const fmt of ['raw', 'vhd', 'vhdx', 'add-cow']) {
+      const out = join(dir, `flat.${fmt}`);
+      const progress: number[][] = [];
+      await convert({ source: child, target: out, targetFormat: fmt, onProgress: (d, n) => progress.push([d, n]) });
+      assert.deepEqual(progress[progress.length - 1], [8 * MiB, 8 * MiB], `${fmt}: progress reaches the end`);
+      const info = JSON.parse(vdisk('info', '--output=json', out).stdout);
+      assert.equal(info['backing-filename'], undefined, `${fmt}: flattened`);
+      // (A VHD is rounded up to whole CHS geometry: compare, not digests, allows the zero tail.)
+      assert.equal(vdisk('compare', src, out).status, 0, `vdisk compare ${fmt}`);
+      if (qemuName[fmt]) {
+        assert.equal(run('qemu-img', ['compare', '-f', 'raw', '-F', qemuName[fmt], src, out], { allowFail: true }).status, 0, `qemu-img compare ${fmt}`);
+      }
+    }
+  } finally {
+    cleanup();
+  }
+});
+
+test('convert -n overwrites an existing image (stale data zeroed); zero detection keeps targets sparse', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const src = join(dir, 'src.raw');
+    qemuImg('create', '-f', 'raw', src, '16M');
+    // Allocated but zero data in the middle: 8 MiB of written zeros.
+    qemuIo('raw', src, 'write -P 0x44 0 1M', `write -P 0 ${4 * MiB} 8M`, `write -P 0x45 ${15 * MiB} 1M`);
+    const target = join(dir, 'old.vhdx');
+    qemuImg('create', '-f', 'vhdx', target, '16M');
+    qemuIo('vhdx', target, 'write -P 0x99 0 16M');
+    let r = vdisk('convert', '-n', '-O', 'vhdx', src, target);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(run('qemu-img', ['compare', '-f', 'raw', '-F', 'vhdx', src, target], { allowFail: true }).status, 0);
+    // The written zeros are not stored: a VHD of 2 MiB blocks holds only the two data blocks.
+    const out = join(dir, 'out.vhd');
+    r = vdisk('convert', '-O', 'vhd', src, out);
+    assert.equal(r.status, 0, r.stderr);
+    const blocks = (statSync(out).size - 512 - 1024 - 512 - 512) / (2 * MiB + 512);
+    assert.equal(blocks, 2);
+    assert.equal(run('qemu-img', ['compare', '-f', 'raw', '-F', 'vpc', src, out], { allowFail: true }).status, 0);
+    // -S 0 stores everything.
+    const full = join(dir, 'full.vhd');
+    assert.equal(vdisk('convert', '-S', '0', '-O', 'vhd', '-o', 'force_size=on', src, full).status, 0);
+    assert.equal((statSync(full).size - 2560) / (2 * MiB + 512), 8);
+    // -n with -B is refused; a target too small is refused and left alone.
+    r = vdisk('convert', '-n', '-B', src, '-O', 'vhd', src, out);
+    assert.equal(r.status, 1);
+    const small = join(dir, 'small.raw');
+    qemuImg('create', '-f', 'raw', small, '1M');
+    r = vdisk('convert', '-n', '-O', 'raw', src, small);
+    assert.equal(r.status, 1);
+    assert.equal(statSync(small).size, MiB);
+  } finally {
+    cleanup();
+  }
+});
