@@ -82,6 +82,13 @@ export class Chain {
       into.fill(0, inside);
       into = into.subarray(0, inside);
     }
+    // The bottom layer needs no map: below it everything reads as zeros, and
+    // a layer reads what it does not hold as zeros too (Image.read). One read
+    // instead of a blockStatus (for raw, two lseeks) then a read per extent.
+    if (depth === this.layers.length - 1) {
+      await layer.read(offset, into);
+      return;
+    }
     const extents = await layer.blockStatus(offset, into.length);
     for (const e of extents) {
       const part = into.subarray(e.offset - offset, e.offset - offset + e.length);
