@@ -290,3 +290,24 @@ test('shared cap, non-persistent stop, unix socket, close with a client attached
     d.cleanup();
   }
 });
+
+test('tight in-flight budgets: pipelined requests from several clients all complete, in any order', async () => {
+  const size = 4 * MiB;
+  const content = Buffer.from(randomBytes(rng(9), size));
+  await withServer(size, { maxServerInFlightBytes: 256 * 1024, limits: { maxInFlight: 3, maxInFlightBytes: 300 * 1024, maxQueuedReplyBytes: 64 * 1024 } }, async (server) => {
+    const setup = await client(server);
+    await setup.write(0, content.subarray(0, 2 * MiB));
+    await setup.write(2 * MiB, content.subarray(2 * MiB));
+    const clients = [setup, await client(server), await client(server)];
+    const r = rng(10);
+    const jobs: Promise<void>[] = [];
+    for (let i = 0; i < 150; i++) {
+      const c = clients[i % 3];
+      const off = randInt(r, 0, size - 200_000);
+      const len = randInt(r, 1, 200_000);
+      jobs.push(c.read(off, len).then((b) => assert.ok(b.equals(content.subarray(off, off + len)), `read ${i}`)));
+    }
+    await Promise.all(jobs);
+    await Promise.all(clients.map((c) => c.disconnect()));
+  });
+});

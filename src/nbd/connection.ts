@@ -19,10 +19,42 @@ export interface ConnectionLimits {
 
 export const DEFAULT_LIMITS: ConnectionLimits = {
   maxInFlight: 32,
-  maxInFlightBytes: 64 << 20,
-  maxQueuedReplyBytes: 8 << 20,
+  maxInFlightBytes: 32 << 20,
+  maxQueuedReplyBytes: 4 << 20,
   handshakeTimeoutMs: 10_000,
 };
+
+/**
+ * Read/write bytes in flight over all connections of a server, so memory does
+ * not grow with the number of clients. A connection with nothing running may
+ * always take one request (no client starves); others wait until bytes free up.
+ */
+export class SharedBudget {
+  used = 0;
+  private readonly waiting = new Set<() => void>();
+
+  constructor(readonly max: number) {}
+
+  full(): boolean {
+    return this.used >= this.max;
+  }
+
+  wait(wake: () => void): void {
+    this.waiting.add(wake);
+  }
+
+  take(n: number): void {
+    this.used += n;
+  }
+
+  release(n: number): void {
+    this.used -= n;
+    if (this.waiting.size === 0 || this.full()) return;
+    const wake = [...this.waiting];
+    this.waiting.clear();
+    for (const w of wake) w();
+  }
+}
 
 /**
  * One client: the handshake, then requests run concurrently (replies go out
@@ -51,6 +83,7 @@ export class Connection {
     private readonly socket: Socket,
     private readonly exp: NbdExport,
     private readonly limits: ConnectionLimits,
+    private readonly budget: SharedBudget,
     private readonly log: (message: string) => void,
     readonly id: string,
   ) {
@@ -59,6 +92,8 @@ export class Connection {
     this.negotiation = new Negotiation(exp);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
+      // After NBD_CMD_DISC or a refused handshake nothing more is read: a client flooding then cannot fill memory.
+      if (this.state !== 'handshake' && this.state !== 'transmission') return;
       this.parser.push(chunk);
       this.pump();
     });
@@ -91,8 +126,14 @@ export class Connection {
   private canTakeMore(): boolean {
     if (this.socket.writableLength > this.limits.maxQueuedReplyBytes) return false;
     if (this.inFlight === 0) return true;
+    if (this.budget.full()) {
+      this.budget.wait(this.wake);
+      return false;
+    }
     return this.inFlight < this.limits.maxInFlight && this.inFlightBytes < this.limits.maxInFlightBytes;
   }
+
+  private readonly wake = () => this.pump();
 
   /** Take frames from the parser while there is room; pause the socket when there is not. */
   private pump(): void {
@@ -158,9 +199,11 @@ export class Connection {
     if (req.command === CMD_WRITE || req.command === CMD_WRITE_ZEROES || req.command === CMD_TRIM) this.wrote = true;
     this.inFlight++;
     this.inFlightBytes += bytes;
+    this.budget.take(bytes);
     void executeRequest(this.transmission!, req).then((reply) => {
       this.inFlight--;
       this.inFlightBytes -= bytes;
+      this.budget.release(bytes);
       this.send(reply);
       if (this.state === 'transmission') this.pump();
       else this.finishIfIdle();

@@ -2,7 +2,7 @@ import { createServer, isIPv6, type AddressInfo, type Server, type Socket } from
 import type { Chain } from '../chain/chain.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import { BlockError, fromSystemError } from '../core/errors.js';
-import { Connection, DEFAULT_LIMITS, type ConnectionLimits } from './connection.js';
+import { Connection, DEFAULT_LIMITS, SharedBudget, type ConnectionLimits } from './connection.js';
 import { makeExport, type NbdExport } from './export.js';
 
 export const DEFAULT_NBD_PORT = 10809;
@@ -38,6 +38,8 @@ export interface NbdServerOptions {
   maxBlock?: number;
   /** Per-connection limits on work in flight. */
   limits?: Partial<Omit<ConnectionLimits, 'handshakeTimeoutMs'>>;
+  /** Read/write bytes in flight over all clients together (default 256 MiB). */
+  maxServerInFlightBytes?: number;
   /** Where connection events and client errors are reported (default: nowhere). */
   log?: (message: string) => void;
 }
@@ -93,6 +95,7 @@ class ServerRunner implements NbdServer {
   private readonly server: Server;
   private readonly live = new Set<Connection>();
   private readonly limits: ConnectionLimits;
+  private readonly budget: SharedBudget;
   private readonly log: (message: string) => void;
   private closing: Promise<void> | undefined;
   private settle!: { resolve: () => void; reject: (e: unknown) => void };
@@ -107,6 +110,7 @@ class ServerRunner implements NbdServer {
   ) {
     this.log = options.log ?? (() => {});
     this.limits = { ...DEFAULT_LIMITS, ...options.limits, handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_LIMITS.handshakeTimeoutMs };
+    this.budget = new SharedBudget(options.maxServerInFlightBytes ?? 256 << 20);
     this.closed = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
     this.closed.catch(() => {}); // callers that never look at it do not get an unhandled rejection
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
@@ -155,7 +159,7 @@ class ServerRunner implements NbdServer {
       socket.destroy();
       return;
     }
-    const conn = new Connection(socket, this.exp, this.limits, this.log, id);
+    const conn = new Connection(socket, this.exp, this.limits, this.budget, this.log, id);
     this.live.add(conn);
     this.log(`${id}: connected`);
     void conn.done.then(async () => {
