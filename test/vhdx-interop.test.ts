@@ -131,7 +131,7 @@ test('libvhdi reads vdisk differencing chains of depth 1, 2 and 5 identically', 
       }
     }
     const info = JSON.parse(vdisk('info', '--output=json', files[5]).stdout);
-    assert.equal(info['backing-filename'], 'child4.vhdx');
+    assert.equal(info['backing-filename'], '.\\child4.vhdx');
   } finally {
     d.cleanup();
   }

@@ -42,7 +42,8 @@ export function locatorFor(childPath: string, target: NonNullable<CreateContext[
   const loc: ParentLocator = new Map();
   loc.set('parent_linkage', `{${target.identity}}`);
   const rel = relative(dirname(resolve(childPath)), target.absolutePath);
-  if (rel && !isAbsolute(rel)) loc.set('relative_path', rel.split('/').join('\\'));
+  // Hyper-V writes ".\\name" for a parent in the child's folder; do the same.
+  if (rel && !isAbsolute(rel)) loc.set('relative_path', (rel.startsWith('..') ? '' : '.\\') + rel.split('/').join('\\'));
   loc.set('absolute_win32_path', target.absolutePath.split('/').join('\\'));
   return loc;
 }
