@@ -19,3 +19,4 @@ export { convert, type ConvertRequest, type ConvertResult } from './ops/convert.
 export { compareImages, compareChains, type CompareResult } from './ops/compare.js';
 export { mapChain, type MapEntry } from './ops/map.js';
 export { runIoCommand } from './ops/io.js';
+export { startNbdServer, DEFAULT_NBD_PORT, type NbdServer, type NbdServerOptions } from './nbd/index.js';

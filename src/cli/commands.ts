@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { opsCommands } from './ops-commands.js';
+import { registerServe } from './serve.js';
 
 /**
  * Commands contributed by other modules (serve, check, commit, ...): each
@@ -9,4 +10,5 @@ export type RegisterCommand = (program: Command, print: (s: string) => void) => 
 
 export const extraCommands: RegisterCommand[] = [
   ...opsCommands,
+  registerServe,
 ];
