@@ -91,19 +91,7 @@ export async function createImage(req: CreateRequest): Promise<CreateResult> {
   }
   delete options.backing_file;
   delete options.backing_fmt;
-  for (const key of Object.keys(options)) {
-    const spec = format.createOptions.find((o) => o.name === key);
-    if (!spec) {
-      const known = format.createOptions.map((o) => o.name).join(', ') || 'none';
-      throw new BlockError('invalid-argument', `format ${format.name} has no option '${key}' (options: ${known})`);
-    }
-    if (spec.type === 'enum' && spec.values && !spec.values.includes(options[key])) {
-      throw new BlockError('invalid-argument', `option ${key} must be one of ${spec.values.join(', ')} (got '${options[key]}')`);
-    }
-    if (spec.type === 'bool' && !['on', 'off', 'true', 'false', 'yes', 'no'].includes(options[key])) {
-      throw new BlockError('invalid-argument', `option ${key} must be on or off (got '${options[key]}')`);
-    }
-  }
+  checkCreateOptions(format, options);
 
   let described: Awaited<ReturnType<typeof describeBacking>> | undefined;
   try {
@@ -123,6 +111,23 @@ export async function createImage(req: CreateRequest): Promise<CreateResult> {
     return { path: req.path, format: format.name, size: img.size, requestedSize: req.size ?? img.size };
   } finally {
     await img.close();
+  }
+}
+
+/** Every `-o` key must be one of the format's createOptions, with a valid value (create, measure). */
+export function checkCreateOptions(format: Format, options: Record<string, string>): void {
+  for (const key of Object.keys(options)) {
+    const spec = format.createOptions.find((o) => o.name === key);
+    if (!spec) {
+      const known = format.createOptions.map((o) => o.name).join(', ') || 'none';
+      throw new BlockError('invalid-argument', `format ${format.name} has no option '${key}' (options: ${known})`);
+    }
+    if (spec.type === 'enum' && spec.values && !spec.values.includes(options[key])) {
+      throw new BlockError('invalid-argument', `option ${key} must be one of ${spec.values.join(', ')} (got '${options[key]}')`);
+    }
+    if (spec.type === 'bool' && !['on', 'off', 'true', 'false', 'yes', 'no'].includes(options[key])) {
+      throw new BlockError('invalid-argument', `option ${key} must be on or off (got '${options[key]}')`);
+    }
   }
 }
 

@@ -4,7 +4,7 @@ import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
 import type { Format } from '../formats/types.js';
-import { validateSize } from './create.js';
+import { checkCreateOptions, validateSize } from './create.js';
 
 export interface MeasureRequest {
   /** Target format (`-O`). */
@@ -46,7 +46,10 @@ export async function measureImage(req: MeasureRequest): Promise<MeasureResult> 
     throw new BlockError('invalid-argument', 'give either a source image or --size, not both or neither');
   }
   const options = { ...(req.options ?? {}) };
-  checkOptions(format, options);
+  for (const key of ['backing_file', 'backing_fmt']) {
+    if (key in options) throw new BlockError('invalid-argument', `option ${key} is not accepted by measure (a backing file changes nothing it computes)`);
+  }
+  checkCreateOptions(format, options);
   let size: number;
   const allocated: { offset: number; length: number }[] = [];
   if (req.size !== undefined) {
@@ -70,20 +73,4 @@ export async function measureImage(req: MeasureRequest): Promise<MeasureResult> 
   validateSize(size, format.maxSize, format.name);
   const r = format.measure({ size, allocated, options });
   return { required: r.required, 'fully-allocated': r.fullyAllocated, size };
-}
-
-function checkOptions(format: Format, options: Record<string, string>): void {
-  for (const key of Object.keys(options)) {
-    if (key === 'backing_file' || key === 'backing_fmt') {
-      throw new BlockError('invalid-argument', `option ${key} is not accepted by measure (a backing file changes nothing it computes)`);
-    }
-    const spec = format.createOptions.find((o) => o.name === key);
-    if (!spec) {
-      const known = format.createOptions.map((o) => o.name).join(', ') || 'none';
-      throw new BlockError('invalid-argument', `format ${format.name} has no option '${key}' (options: ${known})`);
-    }
-    if (spec.type === 'enum' && spec.values && !spec.values.includes(options[key])) {
-      throw new BlockError('invalid-argument', `option ${key} must be one of ${spec.values.join(', ')} (got '${options[key]}')`);
-    }
-  }
 }

@@ -1,5 +1,3 @@
-import { realpath } from 'node:fs/promises';
-import { resolve } from 'node:path';
 import { BlockError } from '../core/errors.js';
 import { openFileStore } from '../io/file-store.js';
 import type { StoreOpener } from '../io/store.js';
@@ -7,7 +5,7 @@ import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
 import type { BackingTarget } from '../formats/types.js';
 import { backingAbsolute, describeBacking } from './create.js';
-import { chainPieces } from './walk.js';
+import { chainPieces, fileKey } from './walk.js';
 import { granuleRuns, isZero } from './zero.js';
 
 export interface RebaseRequest {
@@ -84,13 +82,7 @@ export async function rebaseImage(req: RebaseRequest): Promise<RebaseResult> {
 }
 
 async function refuseLoop(childPath: string, newChain: Chain): Promise<void> {
-  const key = async (p: string) => {
-    try {
-      return await realpath(p);
-    } catch {
-      return resolve(p);
-    }
-  };
+  const key = fileKey;
   const self = await key(childPath);
   for (const l of newChain.layers) {
     if ((await key(l.path)) === self) throw new BlockError('loop', `the new backing chain contains this image itself (${l.path})`, { path: childPath });
