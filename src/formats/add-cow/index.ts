@@ -8,6 +8,7 @@ import { Bitmap } from './bitmap.js';
 import { HEADER_SIZE, SECTOR, bitmapBytes, decodeHeader, encodeHeader, hasMagic } from './header.js';
 import { AddCowImage } from './image.js';
 import { nameToStore, resolveName, samePath } from './paths.js';
+import { measureAddCow } from './measure.js';
 
 /**
  * add-cow (docs/formats/add-cow.md): copy-on-write for a raw image file, from
@@ -141,6 +142,7 @@ export const addCowFormat: Format = {
   probe: ({ head }) => (hasMagic(head) ? 100 : 0),
   open,
   create,
+  measure: measureAddCow,
   createOptions: [
     {
       name: 'image_file',

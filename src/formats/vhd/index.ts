@@ -2,6 +2,7 @@ import type { Format, ProbeInput } from '../types.js';
 import { FOOTER_SIZE, hasFooterCookie } from './footer.js';
 import { openVhd } from './image.js';
 import { VHD_MAX_SIZE, createOptions, createVhd } from './create.js';
+import { measureVhd } from './measure.js';
 
 export { VhdImage } from './image.js';
 
@@ -24,4 +25,5 @@ export const vhdFormat: Format = {
   open: openVhd,
   create: createVhd,
   createOptions,
+  measure: measureVhd,
 };
