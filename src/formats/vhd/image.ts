@@ -23,7 +23,7 @@ import {
   hostOsName,
 } from './footer.js';
 import { type ParentLocator, PlatformCode, readLocators } from './parent-locator.js';
-import { BitmapCache, bitmapBytes, forEachRun, setBits } from './sector-bitmap.js';
+import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sector-bitmap.js';
 
 const SECTOR = 512;
 /** Zeros for writeZeroes, shared (never written to). */
@@ -112,7 +112,7 @@ export class VhdImage implements Image {
     this.capabilities = {
       write: true,
       writeZeroes: f.diskType === 'dynamic',
-      trim: false,
+      trim: f.diskType === 'differencing',
       resize: f.diskType !== 'differencing',
       setBacking: f.diskType === 'differencing',
       backing: f.diskType === 'differencing',
@@ -255,6 +255,34 @@ export class VhdImage implements Image {
     // Dynamic: unallocated blocks already read as zeros and stay unallocated.
     // Differencing: zeros must hide the parent, so they are written like data.
     await this.lock.run(() => this.writeBlocks(offset, length, null, !this.differencing));
+  }
+
+  /**
+   * Discard (differencing disks only): clear the sector bits so the parent
+   * shows through again. Blocks stay allocated (VHD cannot free space inside
+   * the file); the bitmaps reach the disk with the next metadata write, and a
+   * cleared bit is safe to lose or to land early — either way the sector reads
+   * a value it legitimately had. Dynamic and fixed disks ignore discards.
+   */
+  async trim(offset: number, length: number): Promise<void> {
+    this.checkWrite(offset, length, 'trim');
+    if (!this.differencing || length === 0) return;
+    await this.lock.run(async () => {
+      const bat = this.layout.bat!;
+      const bs = this.blockSize;
+      const end = offset + length;
+      for (let pos = offset; pos < end; ) {
+        const b = Math.floor(pos / bs);
+        const blockStart = b * bs;
+        const pieceEnd = Math.min(blockStart + bs, end);
+        if (bat[b] !== UNALLOCATED) {
+          const bits = await this.bitmap(b);
+          if (clearBits(bits, (pos - blockStart) / SECTOR, (pieceEnd - blockStart) / SECTOR)) this.bitmaps.markDirty(b);
+        }
+        pos = pieceEnd;
+      }
+      if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
+    });
   }
 
   /**

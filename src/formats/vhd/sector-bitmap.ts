@@ -48,22 +48,29 @@ export function forEachRun(bitmap: Uint8Array, from: number, to: number, fn: (st
 
 /** Set the bits of sectors [from, to); returns whether anything changed. */
 export function setBits(bitmap: Uint8Array, from: number, to: number): boolean {
-  if (findBit(bitmap, from, to, false) === to) return false;
+  return assignBits(bitmap, from, to, true);
+}
+
+/** Clear the bits of sectors [from, to) (discard: the parent shows through again); returns whether anything changed. */
+export function clearBits(bitmap: Uint8Array, from: number, to: number): boolean {
+  return assignBits(bitmap, from, to, false);
+}
+
+function assignBits(bitmap: Uint8Array, from: number, to: number, value: boolean): boolean {
+  if (findBit(bitmap, from, to, !value) === to) return false;
+  const put = (sector: number) => {
+    if (value) bitmap[sector >>> 3] |= 0x80 >>> (sector & 7);
+    else bitmap[sector >>> 3] &= ~(0x80 >>> (sector & 7));
+  };
   let s = from;
   // Partial first byte, whole bytes, partial last byte.
-  while (s < to && (s & 7) !== 0) {
-    bitmap[s >>> 3] |= 0x80 >>> (s & 7);
-    s++;
-  }
+  while (s < to && (s & 7) !== 0) put(s++);
   const wholeEnd = to & ~7;
   if (s < wholeEnd) {
-    bitmap.fill(0xff, s >>> 3, wholeEnd >>> 3);
+    bitmap.fill(value ? 0xff : 0, s >>> 3, wholeEnd >>> 3);
     s = wholeEnd;
   }
-  while (s < to) {
-    bitmap[s >>> 3] |= 0x80 >>> (s & 7);
-    s++;
-  }
+  while (s < to) put(s++);
   return true;
 }
 
