@@ -89,6 +89,9 @@ export function decodeRegionTables(
       length: e.length,
       required: (e.flags & 1) !== 0,
     };
+    if (r.required && r.guid !== GUIDS.batRegion && r.guid !== GUIDS.metadataRegion) {
+      throw new BlockError('unsupported', `unknown required region ${r.guid}`, ctx);
+    }
     if (r.offset % MiB !== 0 || r.length % MiB !== 0 || r.length === 0) {
       throw new BlockError('corrupt', `region ${r.guid} at ${r.offset} (length ${r.length}) is not 1 MiB aligned`, ctx);
     }
@@ -100,9 +103,6 @@ export function decodeRegionTables(
     for (const o of all) {
       if (o.guid === r.guid) throw new BlockError('corrupt', `region ${r.guid} appears twice`, ctx);
       if (overlaps(r.offset, r.length, o.offset, o.length)) throw new BlockError('corrupt', `regions ${r.guid} and ${o.guid} overlap`, ctx);
-    }
-    if (r.required && r.guid !== GUIDS.batRegion && r.guid !== GUIDS.metadataRegion) {
-      throw new BlockError('unsupported', `unknown required region ${r.guid}`, ctx);
     }
     all.push(r);
   }
