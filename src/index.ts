@@ -20,3 +20,8 @@ export { compareImages, compareChains, type CompareResult } from './ops/compare.
 export { mapChain, type MapEntry } from './ops/map.js';
 export { runIoCommand } from './ops/io.js';
 export { startNbdServer, DEFAULT_NBD_PORT, type NbdServer, type NbdServerOptions } from './nbd/index.js';
+export { checkImage, checkExitCode, type CheckRequest, type CheckReport } from './ops/check.js';
+export { commitImage, type CommitRequest, type CommitResult } from './ops/commit.js';
+export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
+export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
+export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
