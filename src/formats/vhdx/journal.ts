@@ -88,8 +88,9 @@ export class Journal {
       this.position = 0;
       this.sequence = 1n;
     }
-    const all = [...updates].sort((a, b) => a[0] - b[0]);
-    // Large commits (resize) go in several rounds; each round is atomic on its own.
+    // In insertion order: when a large commit (resize) needs several rounds, each atomic on its
+    // own, the caller puts the sectors that must land first first.
+    const all = [...updates];
     for (let i = 0; i < all.length; i += this.capacity) {
       const round = all.slice(i, i + this.capacity);
       // Makes the data the new metadata points at, and the previous round's in-place writes, durable.

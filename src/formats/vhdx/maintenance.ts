@@ -1,13 +1,154 @@
 import { BlockError } from '../../core/errors.js';
+import { alignDown, alignUp } from '../../core/u64.js';
+import { readExact } from '../../io/store.js';
 import type { BackingTarget } from '../types.js';
+import { Bat, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT } from './bat.js';
+import { locatorFor } from './create.js';
+import type { SectorUpdates } from './journal.js';
+import { GUIDS, LOG_SECTOR, MAX_VIRTUAL_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
+import { encodeMetadataTable, METADATA_TABLE_SIZE } from './metadata-table.js';
+import { VirtualDiskSize } from './metadata-items.js';
+import { backingFromLocator } from './open.js';
+import { encodeParentLocator } from './parent-locator.js';
+import { encodeRegionTable } from './region-table.js';
 import type { VhdxImage } from './image.js';
 
-export async function resizeVhdx(image: VhdxImage, newSize: number, options: { shrink?: boolean }): Promise<void> {
-  void options;
-  throw new BlockError('unsupported', `resize to ${newSize} not implemented yet`, { path: image.path });
+/** Put `bytes` at file offset `at` into the transaction, sector by sector, reading sectors it only partly covers. */
+async function stage(image: VhdxImage, updates: SectorUpdates, at: number, bytes: Uint8Array): Promise<void> {
+  for (let s = alignDown(at, LOG_SECTOR); s < at + bytes.length; s += LOG_SECTOR) {
+    let img = updates.get(s);
+    if (!img) {
+      img = await readExact(image.store, s, new Uint8Array(LOG_SECTOR), 'metadata sector');
+      updates.set(s, img);
+    }
+    const a = Math.max(at, s);
+    const b = Math.min(at + bytes.length, s + LOG_SECTOR);
+    img.set(bytes.subarray(a - at, b - at), a - s);
+  }
 }
 
+/**
+ * Change the virtual size (VHDX spec 2.6.2.2). The new BAT is built in memory;
+ * when it outgrows its region, it is written whole to new space at the end of
+ * the file (unreferenced until the region table names it). Then one journaled
+ * transaction switches everything: changed BAT sectors first, the region
+ * tables and the size item last, so a crash leaves either disk.
+ */
+export async function resizeVhdx(image: VhdxImage, newSize: number, options: { shrink?: boolean }): Promise<void> {
+  const s = image.state;
+  const p = s.params;
+  const ctx = { path: image.path };
+  if (!Number.isSafeInteger(newSize) || newSize <= 0 || newSize % p.logicalSectorSize !== 0) {
+    throw new BlockError('invalid-argument', `new size ${newSize} is not a positive multiple of the ${p.logicalSectorSize}-byte sector`, ctx);
+  }
+  if (newSize > MAX_VIRTUAL_SIZE) throw new BlockError('out-of-range', `VHDX disks hold at most 64 TiB (asked for ${newSize})`, ctx);
+  if (newSize < p.virtualSize && !options.shrink) {
+    throw new BlockError('invalid-argument', 'shrinking needs --shrink (data past the new end is lost)', ctx);
+  }
+  if (p.hasParent) throw new BlockError('unsupported', 'a differencing VHDX must keep its parent\'s size', ctx);
+  if (newSize === p.virtualSize) return;
+
+  const old = s.bat;
+  const g = batGeometry(newSize, p.blockSize, p.logicalSectorSize, false);
+  const bytes = new Uint8Array(Bat.loadLength(g));
+  bytes.set(old.bytes.subarray(0, Math.min(bytes.length, old.bytes.length)));
+  const bat = new Bat(g, bytes);
+  const dv = new DataView(bytes.buffer);
+  // Entries past the new end describe nothing: clear them, so a later grow starts from absent blocks.
+  for (let i = g.entryCount; i < bytes.length / 8; i++) dv.setBigUint64(i * 8, 0n, true);
+  for (let b = g.dataBlocks; b < old.geometry.dataBlocks; b++) {
+    const i = old.payloadIndex(b);
+    if (i < g.entryCount) Bat.encode(dv, i * 8, 0, 0);
+  }
+  // On grow, the old last block may hold stale bytes past the old end (left by a shrink): zero them.
+  if (newSize > p.virtualSize && p.virtualSize % p.blockSize !== 0) {
+    const last = Math.floor(p.virtualSize / p.blockSize);
+    const i = old.payloadIndex(last);
+    const st = old.state(i);
+    if (st === PAYLOAD_FULLY_PRESENT || st === PAYLOAD_PARTIALLY_PRESENT) {
+      const from = p.virtualSize - last * p.blockSize;
+      const to = Math.min(p.blockSize, newSize - last * p.blockSize);
+      await image.store.write(old.offset(i) + from, new Uint8Array(to - from));
+    }
+  }
+  // A fixed disk keeps every block allocated (LeaveBlocksAllocated).
+  if (p.leaveBlocksAllocated) {
+    for (let b = old.geometry.dataBlocks; b < g.dataBlocks; b++) {
+      const off = s.fileEnd;
+      s.fileEnd += p.blockSize;
+      Bat.encode(dv, bat.payloadIndex(b) * 8, PAYLOAD_FULLY_PRESENT, off);
+    }
+  }
+
+  const updates: SectorUpdates = new Map();
+  let region = s.regions.bat;
+  if (g.entryCount * 8 > region.length) {
+    const length = batRegionLength(g);
+    const offset = s.fileEnd;
+    s.fileEnd = alignUp(offset + length, MiB);
+    await image.store.truncate(Math.max(s.fileEnd, s.fileSize));
+    s.fileSize = Math.max(s.fileEnd, s.fileSize);
+    await image.store.write(offset, bytes);
+    region = { ...region, offset, length };
+    const table = encodeRegionTable(s.regions.all.map((r) => (r === s.regions.bat ? region : r)));
+    for (const at of REGION_TABLE_OFFSETS) await stage(image, updates, at, table);
+  } else {
+    if (s.fileSize < s.fileEnd) {
+      await image.store.truncate(s.fileEnd);
+      s.fileSize = s.fileEnd;
+    }
+    const n = Math.max(bytes.length, old.bytes.length);
+    for (let at = 0; at < n; at += LOG_SECTOR) {
+      const a = bytes.subarray(at, at + LOG_SECTOR);
+      const b = old.bytes.subarray(at, at + LOG_SECTOR);
+      if (a.length === LOG_SECTOR && Buffer.compare(a, b) !== 0) updates.set(region.offset + at, a.slice());
+    }
+  }
+  const sizeItem = s.metadataEntries.find((e) => e.id === GUIDS.virtualDiskSize)!;
+  // Map order is the commit order: the BAT sectors above, then the size.
+  const sized = new Map(updates);
+  updates.clear();
+  for (const [k, v] of sized) if (k >= s.regions.bat.offset) updates.set(k, v);
+  for (const [k, v] of sized) if (k < s.regions.bat.offset) updates.set(k, v);
+  await stage(image, updates, s.regions.metadata.offset + sizeItem.offset, VirtualDiskSize.encode({ size: BigInt(newSize) }));
+  await image.commitSectors(updates, () => {});
+  s.regions = { ...s.regions, bat: region, all: s.regions.all.map((r) => (r === s.regions.bat ? region : r)) };
+  s.bat = bat;
+  s.params = { ...p, virtualSize: newSize };
+  image.dropCaches();
+}
+
+/**
+ * Rewrite the parent locator (2.6.2.6) — rebase -u: no data moves. The new
+ * locator goes where the old one was when it fits, else after the last item
+ * of the metadata region; the table entry and the item change in one
+ * journaled transaction.
+ */
 export async function setBackingVhdx(image: VhdxImage, parent: BackingTarget | null): Promise<void> {
-  void parent;
-  throw new BlockError('unsupported', 'set backing not implemented yet', { path: image.path });
+  const s = image.state;
+  const ctx = { path: image.path };
+  if (!s.params.hasParent) throw new BlockError('unsupported', 'only a differencing VHDX can change its parent (this disk has none)', ctx);
+  if (!parent) {
+    throw new BlockError('unsupported', 'removing the parent of a differencing VHDX is not supported (convert the chain instead)', ctx);
+  }
+  const locator = locatorFor(image.path, parent);
+  const raw = encodeParentLocator(locator);
+  const entries = s.metadataEntries.map((e) => ({ ...e }));
+  const entry = entries.find((e) => e.id === GUIDS.parentLocator)!;
+  let offset = entry.offset;
+  if (raw.length > entry.length) {
+    offset = alignUp(Math.max(METADATA_TABLE_SIZE, ...entries.map((e) => e.offset + e.length)), 8);
+    if (offset + raw.length > s.regions.metadata.length) throw new BlockError('unsupported', 'the new parent locator does not fit the metadata region', ctx);
+  }
+  entry.offset = offset;
+  entry.length = raw.length;
+  const updates: SectorUpdates = new Map();
+  await stage(image, updates, s.regions.metadata.offset + offset, raw);
+  const table = encodeMetadataTable(entries);
+  // Only the part holding entries changes; the rest of the table stays as it is on disk.
+  await stage(image, updates, s.regions.metadata.offset, table.subarray(0, alignUp(32 + entries.length * 32, LOG_SECTOR)));
+  await image.commitSectors(updates, () => {});
+  s.metadataEntries = entries;
+  s.parentLocator = locator;
+  s.backing = backingFromLocator(locator, image.path);
 }
