@@ -53,10 +53,11 @@ const ZERO_CHUNK = 4 * MiB;
 /** Sectors one metadata commit may hold before it is committed (well under a 1 MiB log's 254). */
 const COMMIT_BATCH = 64;
 
-/** One contiguous run of a read: either file bytes or zeros. */
+/** One contiguous run of the disk as this layer holds it; `host` is set for data. */
 interface Piece {
   at: number;
   length: number;
+  kind: Extent['kind'];
   host: number | null;
 }
 
@@ -140,9 +141,14 @@ export class VhdxImage implements Image {
     });
   }
 
-  /** Walk [offset, offset+length) block by block, as pieces of file data or zeros. */
+  /**
+   * Walk [offset, offset+length) block by block as pieces: file data (with its
+   * host offset), zero, or unallocated (absent here: zeros, or the parent's
+   * data in a differencing disk).
+   */
   private async pieces(offset: number, length: number, emit: (p: Piece) => void): Promise<void> {
     const bs = this.blockSize;
+    const absent = this.hasParent ? 'unallocated' : 'zero';
     let pos = offset;
     const end = offset + length;
     while (pos < end) {
@@ -151,11 +157,13 @@ export class VhdxImage implements Image {
       const n = Math.min(end - pos, blockStart + bs - pos);
       const i = this.bat.payloadIndex(block);
       const state = this.bat.state(i);
-      if (state === PAYLOAD_FULLY_PRESENT) emit({ at: pos, length: n, host: this.bat.offset(i) + (pos - blockStart) });
+      if (state === PAYLOAD_FULLY_PRESENT) emit({ at: pos, length: n, kind: 'data', host: this.bat.offset(i) + (pos - blockStart) });
       else if (state === PAYLOAD_PARTIALLY_PRESENT) {
         const host = this.bat.offset(i) - blockStart;
-        await this.partialRuns(block, pos, n, (a, len, present) => emit({ at: a, length: len, host: present ? host + a : null }));
-      } else emit({ at: pos, length: n, host: null });
+        await this.partialRuns(block, pos, n, (a, len, present) =>
+          emit(present ? { at: a, length: len, kind: 'data', host: host + a } : { at: a, length: len, kind: 'unallocated', host: null }),
+        );
+      } else emit({ at: pos, length: n, kind: state === PAYLOAD_ZERO ? 'zero' : absent, host: null });
       pos += n;
     }
   }
@@ -190,26 +198,9 @@ export class VhdxImage implements Image {
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     this.checkRange(offset, length, 'block status');
     const out: Extent[] = [];
-    const absent = this.hasParent ? 'unallocated' : 'zero';
-    const bs = this.blockSize;
-    let pos = offset;
-    const end = offset + length;
-    while (pos < end) {
-      const block = Math.floor(pos / bs);
-      const blockStart = block * bs;
-      const n = Math.min(end - pos, blockStart + bs - pos);
-      const i = this.bat.payloadIndex(block);
-      const state = this.bat.state(i);
-      if (state === PAYLOAD_FULLY_PRESENT) pushExtent(out, { offset: pos, length: n, kind: 'data', hostOffset: this.bat.offset(i) + (pos - blockStart) });
-      else if (state === PAYLOAD_PARTIALLY_PRESENT) {
-        const host = this.bat.offset(i) - blockStart;
-        await this.partialRuns(block, pos, n, (a, len, present) =>
-          pushExtent(out, present ? { offset: a, length: len, kind: 'data', hostOffset: host + a } : { offset: a, length: len, kind: 'unallocated' }),
-        );
-      } else if (state === PAYLOAD_ZERO) pushExtent(out, { offset: pos, length: n, kind: 'zero' });
-      else pushExtent(out, { offset: pos, length: n, kind: absent });
-      pos += n;
-    }
+    await this.pieces(offset, length, (p) =>
+      pushExtent(out, p.host === null ? { offset: p.at, length: p.length, kind: p.kind } : { offset: p.at, length: p.length, kind: 'data', hostOffset: p.host }),
+    );
     return out;
   }
 
