@@ -66,7 +66,10 @@ export async function checkVhdx(image: VhdxImage, options: { repair?: 'leaks' | 
     if (prev && sp.offset < prev.offset + prev.length) {
       problems.push({ severity: 'corruption', message: `${sp.what} (offset ${sp.offset}) overlaps ${prev.what}`, offset: sp.offset });
     }
-    if (sp.offset > covered) leaks.push({ offset: covered, length: sp.offset - covered, what: 'unused' });
+    // A gap smaller than a block cannot be a lost block: writers pad structures
+    // to alignments of their own (Windows to 1 MiB, QEMU puts the first block
+    // on a block-size boundary), and that padding is not a leak.
+    if (sp.offset - covered >= g.blockSize) leaks.push({ offset: covered, length: sp.offset - covered, what: 'unused' });
     covered = Math.max(covered, Math.min(sp.offset + (sp.extent ?? sp.length), Math.max(fileSize, sp.offset + sp.length)));
     if (!prev || sp.offset + sp.length > prev.offset + prev.length) prev = sp;
   }

@@ -3,6 +3,7 @@ import { hasFileSignature } from './file-identifier.js';
 import { MAX_VIRTUAL_SIZE } from './layout.js';
 import { openVhdx } from './open.js';
 import { createVhdx, VHDX_CREATE_OPTIONS } from './create.js';
+import { measureVhdx } from './measure.js';
 
 export { VhdxImage } from './image.js';
 
@@ -22,4 +23,5 @@ export const vhdxFormat: Format = {
     return createVhdx(ctx);
   },
   createOptions: VHDX_CREATE_OPTIONS,
+  measure: measureVhdx,
 };
