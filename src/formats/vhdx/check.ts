@@ -84,9 +84,12 @@ export async function checkVhdx(image: VhdxImage, options: { repair?: 'leaks' | 
     repairedTail = true;
   }
   for (const l of [...leaks, ...(tailLeak ? [tailLeak] : [])]) {
+    // Less than a block past the last structure is trailing padding (Disk2VHD
+    // leaves 512 bytes there), worth a note but not a lost block.
+    const small = l === tailLeak && fileSize - covered < g.blockSize;
     problems.push({
-      severity: 'leak',
-      message: `${l.length} bytes at ${l.offset} belong to no structure`,
+      severity: small ? 'info' : 'leak',
+      message: small ? `${fileSize - covered} bytes past the last structure (trailing padding)` : `${l.length} bytes at ${l.offset} belong to no structure`,
       offset: l.offset,
       repaired: l === tailLeak ? repairedTail : false,
     });
