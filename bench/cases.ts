@@ -80,30 +80,37 @@ const TARGET_OPTS: Record<string, Record<string, string>> = {
   vhdx: { subformat: 'dynamic' },
 };
 
-function qemuConvert(src: string, srcFmt: string, dst: string, dstFmt: string): Tool {
+/**
+ * How converts treat the target's durability, the same for every tool of a
+ * case: 'unsafe' = no sync (qemu-img convert's default, and vdisk's once its
+ * convert has `-t`); 'writeback' = one fdatasync at the end (what vdisk
+ * convert did before it had `-t`).
+ */
+export type CacheMode = 'unsafe' | 'writeback';
+
+function qemuConvert(src: string, srcFmt: string, dst: string, dstFmt: string, cache: CacheMode): Tool {
   const opts = Object.entries(TARGET_OPTS[dstFmt]).map(([k, v]) => `${k}=${v}`);
   return {
     name: 'qemu-img',
     role: 'peer',
-    // -t writeback: flush the target at the end, as vdisk does (convert's default, unsafe, never flushes).
-    argv: ['qemu-img', 'convert', '-t', 'writeback', '-f', QEMU_FMT[srcFmt], '-O', QEMU_FMT[dstFmt], ...(opts.length ? ['-o', opts.join(',')] : []), src, dst],
+    argv: ['qemu-img', 'convert', '-t', cache, '-f', QEMU_FMT[srcFmt], '-O', QEMU_FMT[dstFmt], ...(opts.length ? ['-o', opts.join(',')] : []), src, dst],
     outputs: [dst],
   };
 }
 
-function vdiskConvert(src: string, srcFmt: string, dst: string, dstFmt: string): Tool {
+function vdiskConvert(src: string, srcFmt: string, dst: string, dstFmt: string, cache: CacheMode, hasCacheOption: boolean): Tool {
   const missing = formatAvailable(srcFmt) ?? formatAvailable(dstFmt, true);
   return {
     name: 'vdisk',
     role: 'vdisk',
     unavailable: missing ?? undefined,
-    argv: vdiskCli('convert', '-f', srcFmt, '-O', dstFmt, ...vdiskOptions(dstFmt, TARGET_OPTS[dstFmt]), src, dst),
+    argv: vdiskCli('convert', ...(hasCacheOption ? ['-t', cache] : []), '-f', srcFmt, '-O', dstFmt, ...vdiskOptions(dstFmt, TARGET_OPTS[dstFmt]), src, dst),
     outputs: [dst],
   };
 }
 
 /** convert() through the library in one worker, timed inside (Node start-up and module loading excluded). */
-function vdiskLibConvert(src: string, srcFmt: string, dst: string, dstFmt: string): Tool {
+function vdiskLibConvert(src: string, srcFmt: string, dst: string, dstFmt: string, cache: CacheMode): Tool {
   const missing = formatAvailable(srcFmt) ?? formatAvailable(dstFmt, true);
   const opts = Object.fromEntries(Object.entries(TARGET_OPTS[dstFmt]).filter(([k]) => vdiskOptions(dstFmt, { [k]: '' }).length));
   return {
@@ -111,12 +118,23 @@ function vdiskLibConvert(src: string, srcFmt: string, dst: string, dstFmt: strin
     role: 'vdisk',
     unavailable: missing ?? undefined,
     inner: true,
-    argv: worker('convert', { src, srcFormat: srcFmt, dst, dstFormat: dstFmt, options: opts }),
+    argv: worker('convert', { src, srcFormat: srcFmt, dst, dstFormat: dstFmt, options: opts, cache }),
     outputs: [dst],
   };
 }
 
-export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | null, serveMissing: string | null): Case[] {
+export interface Environment {
+  vhdLibMissing: string | null;
+  serveMissing: string | null;
+  /** vdisk convert accepts `-t unsafe|writeback`. */
+  convertCache: boolean;
+}
+
+export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[] {
+  const { vhdLibMissing, serveMissing } = env;
+  // Before vdisk convert had -t it always synced the target once: then everyone syncs.
+  const cache: CacheMode = env.convertCache ? 'unsafe' : 'writeback';
+  const sync = cache === 'writeback';
   const w = (name: string) => join(inp.dir, name);
   const size = inp.scale.size;
   const cases: Case[] = [];
@@ -126,11 +144,11 @@ export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | 
   cases.push({
     id: 'ref-cp',
     group: 'reference',
-    title: 'cp --sparse=always in.raw (+ sync -d)',
+    title: `cp --sparse=always in.raw${sync ? ' (+ sync -d)' : ''}`,
     bytes: size,
     quick: true,
-    note: 'copies the half-full 1 GiB raw file keeping holes, then fdatasync: what the disk and page cache allow for a convert',
-    tools: [{ name: 'cp', role: 'peer', argv: ['sh', '-c', 'cp --sparse=always "$1" "$2" && sync -d "$2"', 'sh', inp.raw, cpOut], outputs: [cpOut] }],
+    note: `copies the half-full 1 GiB raw file keeping holes${sync ? ', then fdatasync' : ''}: what the disk and page cache allow for a convert`,
+    tools: [{ name: 'cp', role: 'peer', argv: ['sh', '-c', `cp --sparse=always "$1" "$2"${sync ? ' && sync -d "$2"' : ''}`, 'sh', inp.raw, cpOut], outputs: [cpOut] }],
   });
   cases.push({
     id: 'ref-cat',
@@ -154,12 +172,12 @@ export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | 
   ];
   for (const [sf, src, df, label, quick] of pairs) {
     const dst = w(`out-convert.${df}`);
-    const tools = [vdiskConvert(src, sf, dst, df), vdiskLibConvert(src, sf, dst, df), qemuConvert(src, sf, dst, df)];
+    const tools = [vdiskConvert(src, sf, dst, df, cache, env.convertCache), vdiskLibConvert(src, sf, dst, df, cache), qemuConvert(src, sf, dst, df, cache)];
     if (sf === 'raw' && df === 'vhd') {
-      tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-from-raw', { src, dst }), outputs: [dst] });
+      tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-from-raw', { src, dst, sync }), outputs: [dst] });
     }
     if (sf === 'vhd' && df === 'raw') {
-      tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-to-raw', { src, dst }), outputs: [dst] });
+      tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-to-raw', { src, dst, sync }), outputs: [dst] });
     }
     cases.push({ id: `convert-${sf}-${df}`, group: 'convert', title: `convert ${label} → ${df}`, bytes: size, quick, goal: convertGoal,
       limits: convertLimits, tools });
@@ -179,7 +197,7 @@ export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | 
       goal: convertGoal,
       limits: convertLimits,
       note: 'qemu-img does not follow VHD parents (it reads a differencing VHD as a standalone disk); vhd-lib 0.7.2 has no chain-to-raw, see the next case',
-      tools: [{ name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', '-O', 'raw', top ?? '', dstRaw), outputs: [dstRaw] }],
+      tools: [{ name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', ...(env.convertCache ? ['-t', cache] : []), '-O', 'raw', top ?? '', dstRaw), outputs: [dstRaw] }],
     });
     const dstVhd = w('out-chain.vhd');
     cases.push({
@@ -191,8 +209,8 @@ export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | 
       goal: convertGoal,
       limits: convertLimits,
       tools: [
-        { name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', '-O', 'vhd', ...vdiskOptions('vhd', TARGET_OPTS.vhd), top ?? '', dstVhd), outputs: [dstVhd] },
-        { name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-flatten', { src: top, dst: dstVhd }), outputs: [dstVhd] },
+        { name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', ...(env.convertCache ? ['-t', cache] : []), '-O', 'vhd', ...vdiskOptions('vhd', TARGET_OPTS.vhd), top ?? '', dstVhd), outputs: [dstVhd] },
+        { name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-flatten', { src: top, dst: dstVhd, sync }), outputs: [dstVhd] },
       ],
     });
   }
@@ -270,7 +288,7 @@ export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | 
       quick: df === 'vhd',
       rssLimit: 256 << 20,
       goal: 'vdisk peak RSS < 256 MiB',
-      tools: [vdiskConvert(inp.bigRaw, 'raw', dst, df), qemuConvert(inp.bigRaw, 'raw', dst, df)],
+      tools: [vdiskConvert(inp.bigRaw, 'raw', dst, df, cache, env.convertCache), qemuConvert(inp.bigRaw, 'raw', dst, df, cache)],
     });
   }
   cases.push({
@@ -291,11 +309,13 @@ export function buildCases(inp: Inputs, o: CaseOptions, vhdLibMissing: string | 
     for (const clients of [1, 16]) {
       const sock = (who: string) => w(`nbd-${who}-${fmt}-${clients}.sock`);
       const uri = (who: string) => `nbd+unix:///?socket=${sock(who)}`;
-      // One nbdcopy, or 16 at once (each waited for, so a failing client fails the run).
+      // One nbdcopy (its default: up to 4 connections when the server offers
+      // multi-conn), or 16 at once with one connection each (the servers take
+      // 16 clients), each waited for so that a failing client fails the run.
       const client = (who: string) =>
         clients === 1
           ? ['nbdcopy', uri(who), 'null:']
-          : ['sh', '-c', `pids=; for i in $(seq ${clients}); do nbdcopy "$1" null: & pids="$pids $!"; done; for p in $pids; do wait $p || exit 1; done`, 'sh', uri(who)];
+          : ['sh', '-c', `pids=; for i in $(seq ${clients}); do nbdcopy -C 1 "$1" null: & pids="$pids $!"; done; for p in $pids; do wait $p || exit 1; done`, 'sh', uri(who)];
       cases.push({
         id: `nbd-${fmt}-${clients === 1 ? 'nbdcopy' : `${clients}-clients`}`,
         group: 'nbd',

@@ -40,6 +40,12 @@ export async function serveAvailable(): Promise<string | null> {
   return serveChecked;
 }
 
+/** vdisk convert takes `-t unsafe|writeback` (qemu-img's cache modes). */
+export async function convertHasCache(): Promise<boolean> {
+  const r = await run([process.execPath, vdiskBin(), 'convert', '--help']);
+  return r.code === 0 && /--cache/.test(r.stdout);
+}
+
 export async function toolVersion(argv: string[]): Promise<string | null> {
   try {
     const r = await run(argv);

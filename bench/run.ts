@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { buildCases, type Case, type CaseOptions, type Tool } from './cases.js';
 import { buildInputs, FULL_SCALE, SMOKE_SCALE } from './inputs.js';
 import { CommandError, hasGnuTime, measure, median } from './measure.js';
-import { ensureVhdLib, REPO, serveAvailable, toolVersion, useApp, VHD_LIB_VERSION } from './peers.js';
+import { convertHasCache, ensureVhdLib, REPO, serveAvailable, toolVersion, useApp, VHD_LIB_VERSION } from './peers.js';
 import { formatSummary, summarizeDir, type ProfileSummary } from './profile.js';
 
 /**
@@ -307,7 +307,9 @@ async function main(): Promise<number> {
       : args.quick
         ? { readCount: (bs) => (bs <= 4096 ? 32768 : 8192), addCowWrite: { batched: 32 * MiB, perWrite: 2 * MiB } }
         : { readCount: (bs) => (bs <= 4096 ? 65536 : 16384), addCowWrite: { batched: 64 * MiB, perWrite: 4 * MiB } };
-    let cases = buildCases(inputs, opts, vhdLibMissing, await serveAvailable());
+    const env = { vhdLibMissing, serveMissing: await serveAvailable(), convertCache: await convertHasCache() };
+    log(`converts: target cache ${env.convertCache ? 'unsafe (no sync, every tool)' : 'writeback (one sync at the end, every tool)'}`);
+    let cases = buildCases(inputs, opts, env);
     if (args.quick) cases = cases.filter((c) => c.quick);
     if (args.only.length) cases = cases.filter((c) => c.group === 'reference' || args.only.some((o) => c.id.includes(o)));
 

@@ -91,23 +91,30 @@ const handler = {
 };
 const rel = (p: string) => p.replace(/^\/+/, '');
 
-/** Write a stream to a file and make it durable (vdisk and qemu-img -t writeback flush too). */
-async function toFile(stream: Readable, dst: string): Promise<void> {
+/** Write a stream to a file, made durable when the other tools of the case sync too. */
+async function toFile(stream: Readable, dst: string, sync: boolean): Promise<void> {
   await pipeline(stream, createWriteStream(dst));
+  if (!sync) return;
   const fh = await open(dst, 'r+');
   await fh.datasync();
   await fh.close();
 }
 
-async function vhdlibToRaw(j: { src: string; dst: string }): Promise<void> {
+interface CopyJob {
+  src: string;
+  dst: string;
+  sync: boolean;
+}
+
+async function vhdlibToRaw(j: CopyJob): Promise<void> {
   const t0 = process.hrtime.bigint();
-  await toFile(await vhdLib().createContentStream(handler, rel(j.src)), j.dst);
+  await toFile(await vhdLib().createContentStream(handler, rel(j.src)), j.dst, j.sync);
   console.log(`BENCH ${JSON.stringify({ seconds: Number(process.hrtime.bigint() - t0) / 1e9 })}`);
 }
 
-async function vhdlibFlatten(j: { src: string; dst: string }): Promise<void> {
+async function vhdlibFlatten(j: CopyJob): Promise<void> {
   const t0 = process.hrtime.bigint();
-  await toFile(await vhdLib().createSyntheticStream(handler, rel(j.src)), j.dst);
+  await toFile(await vhdLib().createSyntheticStream(handler, rel(j.src)), j.dst, j.sync);
   console.log(`BENCH ${JSON.stringify({ seconds: Number(process.hrtime.bigint() - t0) / 1e9 })}`);
 }
 
@@ -117,7 +124,7 @@ async function vhdlibFlatten(j: { src: string; dst: string }): Promise<void> {
  * own map), so the raw file's holes are asked of the file system
  * (SEEK_DATA/SEEK_HOLE, the same source vdisk uses), then each block is read.
  */
-async function vhdlibFromRaw(j: { src: string; dst: string }): Promise<void> {
+async function vhdlibFromRaw(j: CopyJob): Promise<void> {
   const t0 = process.hrtime.bigint();
   const BLOCK = 2 << 20;
   const store = await FileStore.open(j.src, { readOnly: true });
@@ -134,7 +141,7 @@ async function vhdlibFromRaw(j: { src: string; dst: string }): Promise<void> {
     }
   }
   const stream = await vhdLib().createReadableSparseStream(size, BLOCK, list.map((b) => b * BLOCK), fragments());
-  await toFile(stream, j.dst);
+  await toFile(stream, j.dst, j.sync);
   await store.close();
   console.log(`BENCH ${JSON.stringify({ seconds: Number(process.hrtime.bigint() - t0) / 1e9 })}`);
 }
@@ -166,9 +173,11 @@ async function addCowWrite(j: { dir: string; backing: string; total: number; bs:
 }
 
 /** The library's convert(), as the CLI calls it, timed from open to the final flush. */
-async function convertJob(j: { src: string; srcFormat: string; dst: string; dstFormat: string; options: Record<string, string> }): Promise<void> {
+async function convertJob(j: { src: string; srcFormat: string; dst: string; dstFormat: string; options: Record<string, string>; cache: string }): Promise<void> {
   const t0 = process.hrtime.bigint();
-  await convert({ source: j.src, sourceOptions: { format: j.srcFormat }, target: j.dst, targetFormat: j.dstFormat, options: j.options });
+  // `cache` reaches convert() only once it knows the option (older builds always synced).
+  const req = { source: j.src, sourceOptions: { format: j.srcFormat }, target: j.dst, targetFormat: j.dstFormat, options: j.options, cache: j.cache } as unknown as Parameters<typeof convert>[0];
+  await convert(req);
   console.log(`BENCH ${JSON.stringify({ seconds: Number(process.hrtime.bigint() - t0) / 1e9 })}`);
 }
 
