@@ -130,3 +130,23 @@ test('demo runs end to end', () => {
   assert.match(r.stdout, /Images are identical/);
   assert.match(r.stdout, /demo done/);
 });
+
+test('convert -t: unsafe (default) and writeback both produce the same image; bad modes are refused', () => {
+  const t = tempDir();
+  try {
+    const img = join(t.dir, 'a.raw');
+    vdisk('create', '-f', 'raw', img, '8M');
+    vdisk('io', '-c', 'write -P 9 1M 3M', img);
+    for (const mode of ['unsafe', 'writeback']) {
+      const out = join(t.dir, `${mode}.vhd`);
+      const r = vdisk('convert', '-t', mode, '-O', 'vhd', img, out);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(vdisk('compare', img, out).status, 0);
+    }
+    const r = vdisk('convert', '-t', 'none', '-O', 'raw', img, join(t.dir, 'x.raw'));
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /^vdisk: option '-t, --cache <mode>' argument 'none' is invalid/);
+  } finally {
+    t.cleanup();
+  }
+});

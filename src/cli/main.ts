@@ -105,6 +105,7 @@ export function buildProgram(print: (s: string) => void): Command {
       .option('-S, --sparse-size <size>', 'skip zero runs of at least this size (0: write everything)', '4k')
       .option('-n, --no-create', 'write into an existing target')
       .option('-p, --progress', 'show a progress bar')
+      .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback']).default('unsafe'))
       .argument('<source>')
       .argument('<target>'),
   ).action(async (source: string, target: string, o) => {
@@ -119,6 +120,7 @@ export function buildProgram(print: (s: string) => void): Command {
         backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
         sparseSize: parseSize(o.sparseSize, 'sparse size'),
         existing: o.create === false,
+        cache: o.cache,
         onProgress: bar?.update,
       });
     } finally {

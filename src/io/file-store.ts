@@ -33,6 +33,7 @@ export class FileStore implements Store {
     readonly path: string,
     readonly readOnly: boolean,
     private readonly fh: FileHandle,
+    private readonly noSync: boolean,
   ) {}
 
   static async open(path: string, options: OpenStoreOptions = {}): Promise<FileStore> {
@@ -49,7 +50,7 @@ export class FileStore implements Store {
         if (st.isDirectory()) throw new BlockError('invalid-argument', 'is a directory, not an image file', { path });
       }
       const fh = await open(path, flags, 0o644);
-      return new FileStore(path, readOnly && !options.create, fh);
+      return new FileStore(path, readOnly && !options.create, fh, options.noSync ?? false);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
         throw new BlockError('invalid-argument', 'file already exists', { path, operation: 'create' }, { cause: e });
@@ -103,7 +104,7 @@ export class FileStore implements Store {
   }
 
   async flush(): Promise<void> {
-    if (this.readOnly) return;
+    if (this.readOnly || this.noSync) return;
     try {
       await this.fh.datasync();
     } catch (e) {

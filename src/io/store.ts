@@ -35,6 +35,11 @@ export interface OpenStoreOptions {
   /** Create the file (failing if it exists unless `truncate`). */
   create?: boolean;
   truncate?: boolean;
+  /**
+   * Make flush() a no-op (qemu-img's cache=unsafe): for writing a fresh copy
+   * whose every byte can be rewritten from its source, where syncs buy nothing.
+   */
+  noSync?: boolean;
 }
 
 /** How a format (or the chain) opens another file: a file path, or anything a test substitutes. */

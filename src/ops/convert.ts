@@ -23,6 +23,13 @@ export interface ConvertRequest {
   existing?: boolean;
   onProgress?: (done: number, total: number) => void;
   openStore?: StoreOpener;
+  /**
+   * Target cache mode, as qemu-img's `-t`: 'unsafe' (default, as qemu-img
+   * convert) never syncs the new target — a fresh copy can always be made
+   * again from its source; 'writeback' syncs wherever the format orders its
+   * writes and once at the end.
+   */
+  cache?: 'unsafe' | 'writeback';
   /** Copy buffer size (default 4 MiB). */
   bufferSize?: number;
 }
@@ -35,6 +42,8 @@ export interface ConvertResult {
 
 /** Extents asked of the source at once; bounded so huge sparse disks use bounded memory. */
 const WINDOW = 1 << 30;
+/** Data pieces read ahead of the one being written. */
+const READ_AHEAD = 4;
 
 /**
  * Copy a disk (flattening its chain) into a new or existing image. Zero
@@ -44,6 +53,10 @@ const WINDOW = 1 << 30;
  */
 export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   const openStore = req.openStore ?? openFileStore;
+  const cache = req.cache ?? 'unsafe';
+  if (cache !== 'unsafe' && cache !== 'writeback') throw new BlockError('invalid-argument', `unknown cache mode '${cache}' (unsafe or writeback)`);
+  // Only the target's own files go without syncs; its backing (-B) is only read.
+  const targetStore: StoreOpener = cache === 'unsafe' ? (p, o) => openStore(p, o.readOnly ? o : { ...o, noSync: true }) : openStore;
   const sparse = req.sparseSize ?? 4096;
   if (!Number.isSafeInteger(sparse) || sparse < 0 || (sparse > 0 && sparse % 512 !== 0)) {
     throw new BlockError('invalid-argument', `sparse size must be 0 or a multiple of 512 (got ${sparse})`);
@@ -60,7 +73,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
         size: src.size,
         options: req.options,
         backing: req.backing,
-        openStore,
+        openStore: targetStore,
       });
       created = true;
       if (r.size < src.size) {
@@ -71,7 +84,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     } else if (req.backing) {
       throw new BlockError('invalid-argument', '-B and -n cannot be combined (an existing target keeps its own backing)');
     }
-    dst = await openChain(req.target, { format: req.targetFormat, openStore });
+    dst = await openChain(req.target, { format: req.targetFormat, openStore: targetStore });
     if (dst.size < src.size) {
       throw new BlockError('out-of-range', `target is ${dst.size} bytes, smaller than the source (${src.size})`, { path: req.target });
     }
@@ -107,13 +120,16 @@ async function copy(
   let written = 0;
   let done = 0;
   const granule = sparse || bufferSize;
-  // Two buffers: one being filled by the next read while the other is written out.
-  const bufs = [new Uint8Array(bufferSize), new Uint8Array(bufferSize)];
+  // Reads run up to READ_AHEAD data pieces ahead of the write in progress, so
+  // the source and the target are busy at the same time. READ_AHEAD+1 buffers
+  // serve them round-robin: the pieces in flight are always the most recent
+  // ones handed out, so the next buffer is never one still in use.
+  const pool = Array.from({ length: READ_AHEAD + 1 }, () => new Uint8Array(bufferSize));
+  let slot = 0;
   const theirs = mode === 'diff' ? new Uint8Array(bufferSize) : undefined;
   // What the target shows where the source is zero (-B, -n), read to find what needs zeroing.
   const scratch = mode === 'fresh' ? undefined : new Uint8Array(bufferSize);
   const zeroGranule = sparse || 4096;
-  let which = 0;
   let zeroBuf: Uint8Array | undefined;
 
   for (let wOff = 0; wOff < total; wOff += WINDOW) {
@@ -124,26 +140,27 @@ async function copy(
       if (e.kind === 'zero') pieces.push({ offset: e.offset, length: e.length, zero: true });
       else for (let o = 0; o < e.length; o += bufferSize) pieces.push({ offset: e.offset + o, length: Math.min(bufferSize, e.length - o), zero: false });
     }
-    const readPiece = (i: number): Promise<Uint8Array> | undefined => {
-      const p = pieces[i];
-      if (!p || p.zero) return undefined;
-      const buf = bufs[which].subarray(0, p.length);
-      which ^= 1;
-      return src.read(p.offset, buf).then(() => buf);
-    };
-    let next = readPiece(0);
+    const inflight = new Map<number, Promise<Uint8Array>>();
+    let issued = 0;
     for (let i = 0; i < pieces.length; i++) {
+      while (issued < pieces.length && inflight.size < READ_AHEAD) {
+        const p = pieces[issued];
+        if (!p.zero) {
+          const buf = pool[slot++ % pool.length].subarray(0, p.length);
+          const pending = src.read(p.offset, buf).then(() => buf);
+          pending.catch(() => {}); // awaited below; never an unhandled rejection
+          inflight.set(issued, pending);
+        }
+        issued++;
+      }
       const p = pieces[i];
-      const current = next;
-      // Find the next data piece to prefetch while this one is written.
-      next = undefined;
-      if (i + 1 < pieces.length) next = readPiece(i + 1);
       if (p.zero) {
         if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length, (zeroBuf ??= new Uint8Array(bufferSize)));
         else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length, scratch!, zeroGranule);
       } else {
-        const data = await current!;
+        const data = await inflight.get(i)!;
         written += await writeData(dst, p.offset, data, mode, sparse, granule, theirs, scratch);
+        inflight.delete(i);
       }
       done += p.length;
       onProgress?.(done, total);
