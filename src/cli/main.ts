@@ -1,17 +1,15 @@
 import { Command, CommanderError, Option } from 'commander';
 import { BlockError, isBlockError } from '../core/errors.js';
 import { parseSize, formatSize } from '../core/size.js';
-import { openChain, type ChainOpenOptions } from '../chain/open.js';
-import { imageInfo } from '../ops/info.js';
-import { createImage, parseOptions } from '../ops/create.js';
-import { convert } from '../ops/convert.js';
-import { compareImages } from '../ops/compare.js';
-import { mapChain, type MapEntry } from '../ops/map.js';
-import { runIoCommand } from '../ops/io.js';
-import { humanInfo, humanMap, jsonMap } from './output.js';
+import type { ChainOpenOptions } from '../chain/open.js';
+import type { MapEntry } from '../ops/map.js';
+import { parseOptions } from '../ops/options.js';
 import { progressBar } from './progress.js';
-import { runDemo } from './demo.js';
 import { extraCommands } from './commands.js';
+
+// Each command loads what it needs when it runs (dynamic imports below), so
+// start-up pays only for the command line itself: a short convert should not
+// wait for the NBD server or the chain operations to load.
 
 /** Exit status a command asks for (compare: 1 = different). */
 export class Exit extends Error {
@@ -64,6 +62,8 @@ export function buildProgram(print: (s: string) => void): Command {
       .option('--backing-chain', 'show every layer of the backing chain')
       .argument('<image>'),
   ).action(async (image: string, o) => {
+    const { imageInfo } = await import('../ops/info.js');
+    const { humanInfo } = await import('./output.js');
     const infos = await imageInfo(image, { ...openOptions(o, o.format), backingChain: Boolean(o.backingChain) });
     if (o.output === 'json') print(JSON.stringify(o.backingChain ? infos : infos[0], null, 4));
     else print(infos.map(humanInfo).join('\n\n'));
@@ -80,6 +80,7 @@ export function buildProgram(print: (s: string) => void): Command {
     .argument('<image>')
     .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size')
     .action(async (image: string, size: string | undefined, o) => {
+      const { createImage } = await import('../ops/create.js');
       const r = await createImage({
         path: image,
         format: o.format,
@@ -109,6 +110,7 @@ export function buildProgram(print: (s: string) => void): Command {
       .argument('<source>')
       .argument('<target>'),
   ).action(async (source: string, target: string, o) => {
+    const { convert } = await import('../ops/convert.js');
     const bar = o.progress ? progressBar() : undefined;
     try {
       await convert({
@@ -139,6 +141,7 @@ export function buildProgram(print: (s: string) => void): Command {
     .argument('<a>')
     .argument('<b>')
     .action(async (a: string, b: string, o) => {
+      const { compareImages } = await import('../ops/compare.js');
       const r = await compareImages(a, b, {
         a: { format: o.format, ignoreChecksums: o.ignoreChecksums },
         b: { format: o.secondFormat, ignoreChecksums: o.ignoreChecksums },
@@ -159,6 +162,9 @@ export function buildProgram(print: (s: string) => void): Command {
       .addOption(outputOption())
       .argument('<image>'),
   ).action(async (image: string, o) => {
+    const { openChain } = await import('../chain/open.js');
+    const { mapChain } = await import('../ops/map.js');
+    const { humanMap, jsonMap } = await import('./output.js');
     const chain = await openChain(image, { ...openOptions(o, o.format), readOnly: true });
     try {
       const entries: MapEntry[] = [];
@@ -181,6 +187,8 @@ export function buildProgram(print: (s: string) => void): Command {
     const cmds: string[] = o.cmd ?? [];
     if (cmds.length === 0) throw new BlockError('invalid-argument', 'no command given (use -c "read 0 512")');
     const readOnly = Boolean(o.readOnly) || cmds.every((c) => /^\s*read\b/.test(c));
+    const { openChain } = await import('../chain/open.js');
+    const { runIoCommand } = await import('../ops/io.js');
     const chain = await openChain(image, { ...openOptions(o, o.format), readOnly });
     try {
       for (const c of cmds) print(await runIoCommand(chain, c));
@@ -195,7 +203,7 @@ export function buildProgram(print: (s: string) => void): Command {
     .description('make a small chain in a temporary folder, write to it, and show info, map, convert and compare')
     .option('--keep', 'keep the temporary folder')
     .action(async (o) => {
-      await runDemo(print, Boolean(o.keep));
+      await (await import('./demo.js')).runDemo(print, Boolean(o.keep));
     });
 
   for (const register of extraCommands) register(program, print);

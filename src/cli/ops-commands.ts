@@ -1,12 +1,7 @@
 import { Option, type Command } from 'commander';
 import { BlockError } from '../core/errors.js';
 import { parseSize } from '../core/size.js';
-import { checkExitCode, checkImage, humanCheck, CHECK_EXIT } from '../ops/check.js';
-import { commitImage } from '../ops/commit.js';
-import { rebaseImage } from '../ops/rebase.js';
-import { resizeImage } from '../ops/resize.js';
-import { measureImage } from '../ops/measure.js';
-import { parseOptions } from '../ops/create.js';
+import { parseOptions } from '../ops/options.js';
 import type { RegisterCommand } from './commands.js';
 import { Exit, openOptions, outputOption, withOpenOptions } from './main.js';
 import { progressBar } from './progress.js';
@@ -41,6 +36,7 @@ const registerCheck: RegisterCommand = (program, print) => {
       .option('-q, --quiet', 'print nothing (the exit status tells)')
       .argument('<image>'),
   ).action(async (image: string, o) => {
+    const { checkImage, checkExitCode, humanCheck, CHECK_EXIT } = await import('../ops/check.js');
     const reports = await checkImage({ path: image, openOptions: openOptions(o, o.format), repair: o.repair, backingChain: Boolean(o.backingChain) });
     if (!o.quiet) {
       if (o.output === 'json') print(JSON.stringify(o.backingChain ? reports : reports[0], null, 4));
@@ -63,6 +59,7 @@ const registerCommit: RegisterCommand = (program, print) => {
       .option('-q, --quiet', 'print nothing')
       .argument('<image>'),
   ).action(async (image: string, o) => {
+    const { commitImage } = await import('../ops/commit.js');
     const r = await withProgress(Boolean(o.progress), (onProgress) =>
       commitImage({ path: image, base: o.base, keepTop: Boolean(o.keep), openOptions: openOptions(o, o.format), onProgress }),
     );
@@ -87,6 +84,7 @@ const registerRebase: RegisterCommand = (program, print) => {
       .option('-q, --quiet', 'print nothing')
       .argument('<image>'),
   ).action(async (image: string, o) => {
+    const { rebaseImage } = await import('../ops/rebase.js');
     const r = await withProgress(Boolean(o.progress), (onProgress) =>
       rebaseImage({
         path: image,
@@ -116,6 +114,7 @@ const registerResize: RegisterCommand = (program, print) => {
     const m = /^([+-]?)(.*)$/.exec(sizeText)!;
     const n = parseSize(m[2], 'size');
     const size = m[1] === '' ? n : { delta: m[1] === '+' ? n : -n };
+    const { resizeImage } = await import('../ops/resize.js');
     const r = await resizeImage({ path: image, size, shrink: Boolean(o.shrink), openOptions: openOptions(o, o.format) });
     if (!o.quiet) print(r.newSize === r.oldSize ? `Image already has ${r.newSize} bytes.` : `Image resized from ${r.oldSize} to ${r.newSize} bytes.`);
   });
@@ -134,6 +133,7 @@ const registerMeasure: RegisterCommand = (program, print) => {
       .argument('[source]'),
   ).action(async (source: string | undefined, o) => {
     if ((source === undefined) === (o.size === undefined)) throw new BlockError('invalid-argument', 'give either SRC or --size N');
+    const { measureImage } = await import('../ops/measure.js');
     const r = await measureImage({
       format: o.outputFormat,
       options: parseOptions(o.options),

@@ -1,8 +1,11 @@
-import cliProgress from 'cli-progress';
+import { createRequire } from 'node:module';
+import type cliProgressModule from 'cli-progress';
 
 /** A progress bar on a terminal; silent when stderr is not a TTY (logs, pipes, CI). */
 export function progressBar(): { update: (done: number, total: number) => void; stop: () => void } {
   if (!process.stderr.isTTY) return { update: () => {}, stop: () => {} };
+  // Loaded only when a bar is really drawn (start-up stays short otherwise).
+  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof cliProgressModule;
   const bar = new cliProgress.SingleBar(
     { stream: process.stderr, format: '  {bar} {percentage}% | {value}/{total} MiB', hideCursor: true },
     cliProgress.Presets.shades_classic,

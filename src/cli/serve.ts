@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { BlockError } from '../core/errors.js';
-import { DEFAULT_NBD_PORT, startNbdServer } from '../nbd/server.js';
+import { DEFAULT_NBD_PORT } from '../nbd/port.js';
 
 /**
  * `vdisk serve`: export an image chain over NBD, like qemu-nbd. Binds
@@ -31,7 +31,7 @@ export function registerServe(program: Command, print: (s: string) => void = (s)
       const shared = wholeNumber(o.shared, '--shared', 1);
       const timeout = Number(o.handshakeTimeout);
       if (!(timeout > 0)) throw new BlockError('invalid-argument', `--handshake-timeout must be a positive number of seconds (got ${o.handshakeTimeout})`);
-      const server = await startNbdServer({
+      const server = await (await import('../nbd/server.js')).startNbdServer({
         path: image,
         format: o.format,
         openOptions: { ignoreParentId: Boolean(o.ignoreParentId), ignoreChecksums: Boolean(o.ignoreChecksums) },

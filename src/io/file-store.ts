@@ -1,5 +1,5 @@
 import { open, stat, type FileHandle } from 'node:fs/promises';
-import { constants } from 'node:fs';
+import { constants, read as fsRead, write as fsWrite } from 'node:fs';
 import { BlockError, fromSystemError } from '../core/errors.js';
 import { createRequire } from 'node:module';
 import type { HostRange, OpenStoreOptions, Store } from './store.js';
@@ -24,6 +24,18 @@ function lseek(): SeekFn | null {
     }
   }
   return seekFn;
+}
+
+// Positional I/O through the callback API on the FileHandle's descriptor:
+// per call it costs markedly less than FileHandle.read/write (no FileHandle
+// bookkeeping or promise plumbing in Node's fs/promises), which shows on
+// small requests (4 KiB reads, NBD).
+function preadOnce(fd: number, buf: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fsRead(fd, buf, at, len, pos, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+function pwriteOnce(fd: number, buf: Uint8Array, at: number, len: number, pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fsWrite(fd, buf, at, len, pos, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
 /** A host file, through one FileHandle with positional reads and writes. */
@@ -71,9 +83,9 @@ export class FileStore implements Store {
     let done = 0;
     try {
       while (done < into.length) {
-        const { bytesRead } = await this.fh.read(into, done, into.length - done, offset + done);
-        if (bytesRead === 0) break;
-        done += bytesRead;
+        const n = await preadOnce(this.fh.fd, into, done, into.length - done, offset + done);
+        if (n === 0) break;
+        done += n;
       }
     } catch (e) {
       throw fromSystemError(e, { path: this.path, offset, length: into.length, operation: 'read' });
@@ -86,8 +98,7 @@ export class FileStore implements Store {
     let done = 0;
     try {
       while (done < data.length) {
-        const { bytesWritten } = await this.fh.write(data, done, data.length - done, offset + done);
-        done += bytesWritten;
+        done += await pwriteOnce(this.fh.fd, data, done, data.length - done, offset + done);
       }
     } catch (e) {
       throw fromSystemError(e, { path: this.path, offset, length: data.length, operation: 'write' });

@@ -19,7 +19,7 @@ export interface ConnectionLimits {
 
 export const DEFAULT_LIMITS: ConnectionLimits = {
   maxInFlight: 32,
-  maxInFlightBytes: 32 << 20,
+  maxInFlightBytes: 16 << 20,
   maxQueuedReplyBytes: 4 << 20,
   handshakeTimeoutMs: 10_000,
 };

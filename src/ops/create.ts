@@ -1,6 +1,9 @@
 import { stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError } from '../core/errors.js';
+import { parseOptions } from './options.js';
+
+export { parseOptions };
 import { openFileStore } from '../io/file-store.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, openLayer } from '../chain/open.js';
@@ -26,23 +29,6 @@ export interface CreateResult {
   /** The size the image really has (a format may round the request, e.g. VHD CHS geometry). */
   size: number;
   requestedSize: number;
-}
-
-/** Parse `a=1,b=2` (a doubled comma stands for a literal comma, as in qemu-img). */
-export function parseOptions(text: string | string[] | undefined): Record<string, string> {
-  const out: Record<string, string> = {};
-  const parts = Array.isArray(text) ? text : text ? [text] : [];
-  for (const t of parts) {
-    for (const item of t.replace(/,,/g, '\u0000').split(',')) {
-      if (!item) continue;
-      const eq = item.indexOf('=');
-      const key = (eq < 0 ? item : item.slice(0, eq)).trim();
-      const value = (eq < 0 ? 'on' : item.slice(eq + 1)).replace(/\u0000/g, ',');
-      if (!key) throw new BlockError('invalid-argument', `malformed option '${item}'`);
-      out[key] = value;
-    }
-  }
-  return out;
 }
 
 /**
