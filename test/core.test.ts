@@ -156,3 +156,20 @@ test('mutex runs critical sections one at a time', async () => {
   );
   assert.deepEqual(order, ['in1', 'out1', 'in2', 'out2', 'in3', 'out3']);
 });
+
+test('zero and sameness checkers agree with a byte-level reference on any range', async () => {
+  const { zeroChecker, sameChecker } = await import('../src/ops/zero.js');
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 1, maxLength: 9000 }), fc.nat(), fc.nat(), fc.boolean(), (bytes, x, y, sparse) => {
+      const b = sparse ? bytes.map((v, i) => (i % 97 === 0 ? v : 0)) : bytes;
+      const from = x % b.length;
+      const to = from + (y % (b.length - from + 1));
+      const ref = b.subarray(from, to).every((v) => v === 0);
+      assert.equal(zeroChecker(b)(from, to), ref);
+      const c = b.slice();
+      if (to > from) c[to - 1] ^= 1;
+      assert.equal(sameChecker(b, c)(from, to), to === from);
+      assert.equal(sameChecker(b, b.slice())(from, to), true);
+    }),
+  );
+});

@@ -5,7 +5,7 @@ import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
 import { createImage } from './create.js';
-import { granuleRuns, isZero } from './zero.js';
+import { granuleRuns, isZero, sameChecker, zeroChecker } from './zero.js';
 
 export interface ConvertRequest {
   source: string;
@@ -188,7 +188,7 @@ async function zeroWhereNeeded(dst: Chain, offset: number, length: number, scrat
       const at = e.offset + o;
       const part = scratch.subarray(0, Math.min(scratch.length, e.length - o));
       await dst.read(at, part);
-      for (const run of granuleRuns(part, at, granule, (a, b) => isZero(part.subarray(a, b)))) {
+      for (const run of granuleRuns(part, at, granule, zeroChecker(part))) {
         if (!run.same) await dst.writeZeroes(at + run.from, run.to - run.from);
       }
     }
@@ -210,7 +210,7 @@ async function writeData(
     // -B: only what differs from what the target already shows (its backing).
     const old = theirs!.subarray(0, data.length);
     await dst.read(offset, old);
-    for (const run of granuleRuns(data, offset, granule, (a, b) => Buffer.compare(data.subarray(a, b), old.subarray(a, b)) === 0)) {
+    for (const run of granuleRuns(data, offset, granule, sameChecker(data, old))) {
       if (run.same) continue;
       await dst.write(offset + run.from, data.subarray(run.from, run.to));
       written += run.to - run.from;
@@ -225,7 +225,7 @@ async function writeData(
     if (mode === 'overwrite') await zeroWhereNeeded(dst, offset, data.length, scratch!, granule);
     return 0;
   }
-  for (const run of granuleRuns(data, offset, granule, (a, b) => isZero(data.subarray(a, b)))) {
+  for (const run of granuleRuns(data, offset, granule, zeroChecker(data))) {
     if (run.same) {
       if (mode === 'overwrite') await dst.writeZeroes(offset + run.from, run.to - run.from);
       continue;

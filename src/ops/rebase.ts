@@ -6,7 +6,7 @@ import type { Chain } from '../chain/chain.js';
 import type { BackingTarget } from '../formats/types.js';
 import { backingAbsolute, describeBacking } from './create.js';
 import { chainPieces, fileKey } from './walk.js';
-import { granuleRuns, isZero } from './zero.js';
+import { granuleRuns, isZero, sameChecker } from './zero.js';
 
 export interface RebaseRequest {
   path: string;
@@ -118,7 +118,7 @@ async function copyPiece(
   if (newZero) neu.fill(0);
   else await readNew(newChain!, p.offset, neu);
   let copied = 0;
-  const same = (a: number, b: number) => Buffer.compare(old.subarray(a, b), neu.subarray(a, b)) === 0;
+  const same = sameChecker(old, neu);
   for (const run of granuleRuns(old, p.offset, GRANULE, same)) {
     if (run.same) continue;
     const part = old.subarray(run.from, run.to);
