@@ -5,6 +5,7 @@ import { Negotiation } from './handshake.js';
 import { NbdParser, NbdProtocolError, type ClientFrame, type RequestFrame } from './parser.js';
 import { CMD_DISC, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES, CMD_TRIM } from './protocol.js';
 import { executeRequest, type TransmissionState } from './transmission.js';
+import { replyPool } from './buffer-pool.js';
 
 export interface ConnectionLimits {
   /** Requests of one connection run at the same time; more wait in the socket (TCP backpressure). */
@@ -119,8 +120,15 @@ export class Connection {
     else this.drain();
   }
 
-  private send(b: Buffer): void {
-    if (!this.socket.destroyed && this.socket.writable) this.socket.write(b);
+  /** Queue a reply; `sent` runs once the socket has handed it to the kernel (or could not). */
+  private send(b: Buffer, sent?: () => void): void {
+    if (!this.socket.destroyed && this.socket.writable) {
+      // Once the socket has sent a pooled read reply, its buffer is reused.
+      this.socket.write(b, () => {
+        replyPool.give(b);
+        sent?.();
+      });
+    } else sent?.();
   }
 
   private canTakeMore(): boolean {
@@ -203,8 +211,9 @@ export class Connection {
     void executeRequest(this.transmission!, req).then((reply) => {
       this.inFlight--;
       this.inFlightBytes -= bytes;
-      this.budget.release(bytes);
-      this.send(reply);
+      // The server-wide budget covers replies still queued on the socket too:
+      // with many slow readers, queued read data is what memory is made of.
+      this.send(reply, () => this.budget.release(bytes));
       if (this.state === 'transmission') this.pump();
       else this.finishIfIdle();
     });

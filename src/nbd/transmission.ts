@@ -29,6 +29,7 @@ import {
   STATE_ZERO,
   STRUCTURED_REPLY_SIZE,
 } from './protocol.js';
+import { replyPool } from './buffer-pool.js';
 
 /** What a connection negotiated, as the transmission phase needs it. */
 export interface TransmissionState {
@@ -136,17 +137,28 @@ function validate(st: TransmissionState, req: RequestFrame): void {
 async function read(st: TransmissionState, req: RequestFrame): Promise<Buffer> {
   const { cookieHi, cookieLo, offset, length } = req;
   if (!st.structured) {
-    const b = encodeSimpleReply(cookieHi, cookieLo, 0, length);
-    await st.exp.chain.read(offset, b.subarray(SIMPLE_REPLY_SIZE));
+    const b = replyPool.take(SIMPLE_REPLY_SIZE + length);
+    encodeSimpleReply(cookieHi, cookieLo, 0, 0).copy(b, 0);
+    await readOrRecycle(st, offset, b, SIMPLE_REPLY_SIZE);
     return b;
   }
   if (length === 0) return encodeStructuredDone(cookieHi, cookieLo);
   const head = STRUCTURED_REPLY_SIZE + 8;
-  const b = Buffer.allocUnsafe(head + length);
+  const b = replyPool.take(head + length);
   writeStructuredHeader(b, 0, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookieHi, cookieLo, 8 + length);
   writeU64(b, offset, STRUCTURED_REPLY_SIZE);
-  await st.exp.chain.read(offset, b.subarray(head));
+  await readOrRecycle(st, offset, b, head);
   return b;
+}
+
+/** Read the disk into the reply after its header; a failed read gives the buffer straight back. */
+async function readOrRecycle(st: TransmissionState, offset: number, b: Buffer, head: number): Promise<void> {
+  try {
+    await st.exp.chain.read(offset, b.subarray(head));
+  } catch (e) {
+    replyPool.give(b);
+    throw e;
+  }
 }
 
 /** Status flags of one chain extent in a metadata context. */
