@@ -14,7 +14,7 @@ export class BufferPool {
   private cached = 0;
 
   constructor(
-    private readonly maxCached = 16 << 20,
+    private readonly maxCached = 8 << 20,
     private readonly minClass = 4096,
   ) {}
 

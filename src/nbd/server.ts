@@ -40,7 +40,7 @@ export interface NbdServerOptions {
   maxBlock?: number;
   /** Per-connection limits on work in flight. */
   limits?: Partial<Omit<ConnectionLimits, 'handshakeTimeoutMs'>>;
-  /** Read/write bytes in flight over all clients together (default 64 MiB, replies still queued on sockets included: with Node's own ~60 MiB, 16 busy clients stay well under 256 MiB). */
+  /** Read/write bytes in flight over all clients together (default 32 MiB, replies still queued on sockets included: with Node's own ~60 MiB, 16 busy clients stay well under 256 MiB). */
   maxServerInFlightBytes?: number;
   /** Where connection events and client errors are reported (default: nowhere). */
   log?: (message: string) => void;
@@ -112,7 +112,7 @@ class ServerRunner implements NbdServer {
   ) {
     this.log = options.log ?? (() => {});
     this.limits = { ...DEFAULT_LIMITS, ...options.limits, handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_LIMITS.handshakeTimeoutMs };
-    this.budget = new SharedBudget(options.maxServerInFlightBytes ?? 64 << 20);
+    this.budget = new SharedBudget(options.maxServerInFlightBytes ?? 32 << 20);
     this.closed = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
     this.closed.catch(() => {}); // callers that never look at it do not get an unhandled rejection
     this.server = createServer({ noDelay: true }, (socket) => this.accept(socket));
