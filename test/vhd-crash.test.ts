@@ -1,3 +1,4 @@
+import { readWholeDisk } from './helpers/oracle.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openChain } from '../src/chain/open.js';
@@ -64,15 +65,8 @@ function opener(fs: MemoryFs, top: string, store: Store): StoreOpener {
   return async (path, o) => (path === top ? store : inner(path, o));
 }
 
-async function readAll(fs: MemoryFs, top: string, store: Store): Promise<Uint8Array> {
-  const c = await openChain(top, { openStore: opener(fs, top, store), readOnly: true });
-  try {
-    const out = new Uint8Array(c.size);
-    await c.read(0, out);
-    return out;
-  } finally {
-    await c.close();
-  }
+function readAll(fs: MemoryFs, top: string, store: Store): Promise<Uint8Array> {
+  return readWholeDisk(top, { openStore: opener(fs, top, store), readOnly: true });
 }
 
 async function runOp(fs: MemoryFs, top: string, store: Store, s: Scenario): Promise<void> {

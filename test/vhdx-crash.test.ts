@@ -1,3 +1,4 @@
+import { readWholeDisk } from './helpers/oracle.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openChain } from '../src/chain/open.js';
@@ -41,15 +42,8 @@ async function setup(s: Scenario): Promise<MemoryFs> {
   return fs;
 }
 
-async function diskBytes(fs: MemoryFs, readOnly: boolean): Promise<Uint8Array> {
-  const c = await openChain(TOP, { openStore: fs.opener(), readOnly });
-  try {
-    const out = new Uint8Array(c.size);
-    await c.read(0, out);
-    return out;
-  } finally {
-    await c.close();
-  }
+function diskBytes(fs: MemoryFs, readOnly: boolean): Promise<Uint8Array> {
+  return readWholeDisk(TOP, { openStore: fs.opener(), readOnly });
 }
 
 async function runOp(fs: MemoryFs, bytes: Uint8Array, s: Scenario, failAfter: number): Promise<FaultStore> {

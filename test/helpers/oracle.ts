@@ -87,6 +87,18 @@ export async function vdiskDigest(path: string, options: ChainOpenOptions = {}):
   }
 }
 
+/** A small disk's whole content as vdisk reads it (crash tests compare sectors of it). */
+export async function readWholeDisk(path: string, options: ChainOpenOptions = {}): Promise<Uint8Array> {
+  const c = await openChain(path, options);
+  try {
+    const out = new Uint8Array(c.size);
+    await c.read(0, out);
+    return out;
+  } finally {
+    await c.close();
+  }
+}
+
 /** Digest of a disk as qemu-img reads it (converted to raw in a temporary folder). */
 export async function qemuDigest(path: string, format: string): Promise<{ digest: string; size: number }> {
   const t = tempDir('vdisk-oracle-');
