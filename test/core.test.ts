@@ -173,3 +173,13 @@ test('zero and sameness checkers agree with a byte-level reference on any range'
     }),
   );
 });
+
+test('unitPieces splits a range at unit boundaries, covering it exactly', async () => {
+  const { unitPieces } = await import('../src/core/align.js');
+  assert.deepEqual([...unitPieces(1000, 5000, 2048)], [
+    { index: 0, unitStart: 0, start: 1000, end: 2048 },
+    { index: 1, unitStart: 2048, start: 2048, end: 4096 },
+    { index: 2, unitStart: 4096, start: 4096, end: 6000 },
+  ]);
+  assert.deepEqual([...unitPieces(4096, 0, 2048)], []);
+});

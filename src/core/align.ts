@@ -57,3 +57,23 @@ export async function writeUnaligned(
   if (s.body) await writeAligned(s.body.offset, data.subarray(s.body.offset - offset, s.body.offset - offset + s.body.length));
   if (s.tail) await merge(s.tail);
 }
+
+/**
+ * Split [offset, offset+length) at multiples of `unit` (a format's block):
+ * each piece with its unit index, the unit's start and the piece's bounds.
+ * The one block walk of the block-based formats.
+ */
+export function* unitPieces(
+  offset: number,
+  length: number,
+  unit: number,
+): Generator<{ index: number; unitStart: number; start: number; end: number }> {
+  const end = offset + length;
+  for (let pos = offset; pos < end; ) {
+    const index = Math.floor(pos / unit);
+    const unitStart = index * unit;
+    const pieceEnd = Math.min(unitStart + unit, end);
+    yield { index, unitStart, start: pos, end: pieceEnd };
+    pos = pieceEnd;
+  }
+}

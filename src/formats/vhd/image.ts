@@ -3,6 +3,7 @@ import type { Extent } from '../../core/extent.js';
 import { pushExtent } from '../../core/extent.js';
 import { uuidToString } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
+import { unitPieces } from '../../core/align.js';
 import { alignUp, checkRange } from '../../core/u64.js';
 import type { Store } from '../../io/store.js';
 import { readExact, readOrZero } from '../../io/store.js';
@@ -137,13 +138,8 @@ export class VhdImage implements Image {
       pushExtent(out, { offset, length, kind: 'data', hostOffset: offset });
       return out;
     }
-    const end = offset + length;
     const bs = this.blockSize;
-    let pos = offset;
-    while (pos < end) {
-      const b = Math.floor(pos / bs);
-      const blockStart = b * bs;
-      const pieceEnd = Math.min(blockStart + bs, end);
+    for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
       const entry = b < bat.length ? bat[b] : UNALLOCATED;
       if (entry === UNALLOCATED) {
         // Spec: an unallocated block of a dynamic disk reads as zeros; of a differencing disk, from the parent.
@@ -164,7 +160,6 @@ export class VhdImage implements Image {
           });
         }
       }
-      pos = pieceEnd;
     }
     return out;
   }
@@ -177,12 +172,7 @@ export class VhdImage implements Image {
       return;
     }
     const bs = this.blockSize;
-    let pos = offset;
-    const end = offset + into.length;
-    while (pos < end) {
-      const b = Math.floor(pos / bs);
-      const blockStart = b * bs;
-      const pieceEnd = Math.min(blockStart + bs, end);
+    for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, into.length, bs)) {
       const part = into.subarray(pos - offset, pieceEnd - offset);
       const entry = bat[b];
       if (entry === UNALLOCATED) part.fill(0);
@@ -202,7 +192,6 @@ export class VhdImage implements Image {
           });
         }
       }
-      pos = pieceEnd;
     }
   }
 
@@ -270,16 +259,11 @@ export class VhdImage implements Image {
     await this.lock.run(async () => {
       const bat = this.layout.bat!;
       const bs = this.blockSize;
-      const end = offset + length;
-      for (let pos = offset; pos < end; ) {
-        const b = Math.floor(pos / bs);
-        const blockStart = b * bs;
-        const pieceEnd = Math.min(blockStart + bs, end);
+      for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
         if (bat[b] !== UNALLOCATED) {
           const bits = await this.bitmap(b);
           if (clearBits(bits, (pos - blockStart) / SECTOR, (pieceEnd - blockStart) / SECTOR)) this.bitmaps.markDirty(b);
         }
-        pos = pieceEnd;
       }
       if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
     });
@@ -292,15 +276,9 @@ export class VhdImage implements Image {
   private async writeBlocks(offset: number, length: number, data: Uint8Array | null, skipUnallocated = false): Promise<void> {
     const bat = this.layout.bat!;
     const bs = this.blockSize;
-    const end = offset + length;
-    let pos = offset;
-    while (pos < end) {
-      const b = Math.floor(pos / bs);
-      const blockStart = b * bs;
-      const pieceEnd = Math.min(blockStart + bs, end);
+    for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
       let entry = bat[b];
       if (entry === UNALLOCATED && skipUnallocated) {
-        pos = pieceEnd;
         continue;
       }
       let fresh = false;
@@ -316,7 +294,6 @@ export class VhdImage implements Image {
       }
       const bits = await this.bitmap(b);
       if (setBits(bits, (pos - blockStart) / SECTOR, (pieceEnd - blockStart) / SECTOR)) this.bitmaps.markDirty(b);
-      pos = pieceEnd;
     }
     if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
   }

@@ -23,6 +23,7 @@ import type { Region, RegionTable } from './region-table.js';
 import { bitRuns, SectorBitmapCache, setBits } from './sector-bitmap.js';
 import { checkVhdx } from './check.js';
 import { resizeVhdx, setBackingVhdx } from './maintenance.js';
+import { unitPieces } from '../../core/align.js';
 
 /** Everything open() learned about the file. */
 export interface VhdxState {
@@ -149,12 +150,8 @@ export class VhdxImage implements Image {
   private async pieces(offset: number, length: number, emit: (p: Piece) => void): Promise<void> {
     const bs = this.blockSize;
     const absent = this.hasParent ? 'unallocated' : 'zero';
-    let pos = offset;
-    const end = offset + length;
-    while (pos < end) {
-      const block = Math.floor(pos / bs);
-      const blockStart = block * bs;
-      const n = Math.min(end - pos, blockStart + bs - pos);
+    for (const { index: block, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
+      const n = pieceEnd - pos;
       const i = this.bat.payloadIndex(block);
       const state = this.bat.state(i);
       if (state === PAYLOAD_FULLY_PRESENT) emit({ at: pos, length: n, kind: 'data', host: this.bat.offset(i) + (pos - blockStart) });
@@ -164,7 +161,6 @@ export class VhdxImage implements Image {
           emit(present ? { at: a, length: len, kind: 'data', host: host + a } : { at: a, length: len, kind: 'unallocated', host: null }),
         );
       } else emit({ at: pos, length: n, kind: state === PAYLOAD_ZERO ? 'zero' : absent, host: null });
-      pos += n;
     }
   }
 
@@ -311,13 +307,9 @@ export class VhdxImage implements Image {
     const fresh = new Set<number>();
     /** Bitmap blocks allocated within this call, by chunk. */
     const newBitmaps = new Map<number, number>();
-    const end = offset + data.length;
-    let pos = offset;
-    while (pos < end) {
-      const block = Math.floor(pos / bs);
-      const blockStart = block * bs;
+    for (const { index: block, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, data.length, bs)) {
       const blockLen = Math.min(bs, this.size - blockStart);
-      const n = Math.min(end - pos, blockStart + bs - pos);
+      const n = pieceEnd - pos;
       const slice = data.subarray(pos - offset, pos - offset + n);
       const i = this.bat.payloadIndex(block);
       const state = this.bat.state(i);
@@ -342,7 +334,6 @@ export class VhdxImage implements Image {
         fresh.clear();
         newBitmaps.clear();
       }
-      pos += n;
     }
     if (updates.size) await this.commit(updates);
   }
@@ -407,12 +398,8 @@ export class VhdxImage implements Image {
       const bs = this.blockSize;
       const updates: SectorUpdates = new Map();
       const fresh = new Set<number>();
-      const end = offset + length;
-      let pos = offset;
-      while (pos < end) {
-        const block = Math.floor(pos / bs);
-        const blockStart = block * bs;
-        const n = Math.min(end - pos, blockStart + bs - pos);
+      for (const { index: block, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
+        const n = pieceEnd - pos;
         const i = this.bat.payloadIndex(block);
         const state = this.bat.state(i);
         const readsZero = state === PAYLOAD_ZERO || (!this.hasParent && isUnallocated(state));
@@ -436,7 +423,6 @@ export class VhdxImage implements Image {
           const zeros = new Uint8Array(Math.min(n, ZERO_CHUNK));
           for (let o = 0; o < n; o += zeros.length) await this.writeLocked(pos + o, zeros.subarray(0, Math.min(zeros.length, n - o)));
         }
-        pos += n;
       }
       if (updates.size) await this.commit(updates);
     });
