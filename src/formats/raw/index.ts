@@ -23,11 +23,6 @@ export class RawImage implements Image {
     backing: false,
   };
 
-  /** The host file's length (the same as size for raw, kept apart for clarity). */
-  private get fileSize(): number {
-    return this.size;
-  }
-
   constructor(
     private readonly store: Store,
     public size: number,
@@ -43,13 +38,10 @@ export class RawImage implements Image {
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     // Holes of a sparse file read as zeros: report them so copies skip them
-    // without reading. Past the end of a short file (a backing smaller than
-    // its child) there is nothing either.
-    const inFile = Math.max(0, Math.min(length, this.fileSize - offset));
-    const ranges = inFile > 0 ? ((await this.store.allocation?.(offset, inFile)) ?? [{ offset, length: inFile, data: true }]) : [];
+    // without reading (the chain asks only within the disk, which is the file).
+    const ranges = (await this.store.allocation?.(offset, length)) ?? [{ offset, length, data: true }];
     const out: Extent[] = [];
     for (const r of ranges) pushExtent(out, { offset: r.offset, length: r.length, kind: r.data ? 'data' : 'zero', hostOffset: r.offset });
-    if (inFile < length) pushExtent(out, { offset: offset + inFile, length: length - inFile, kind: 'zero' });
     return out;
   }
 
