@@ -1,4 +1,5 @@
 #!/usr/bin/env node
 // Thin launcher so `npx vdisk` works from the checkout and from an install.
-import { main } from '../dist/src/cli/main.js';
-main(process.argv.slice(2)).then((code) => { process.exitCode = code; });
+// It loads the one-file CLI bundle that `npm run build` writes
+// (scripts/bundle.mjs says why); the library lives in dist/src.
+import '../dist/vdisk.mjs';

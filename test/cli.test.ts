@@ -4,6 +4,7 @@ import { mkdirSync, writeFileSync, chmodSync, statSync, existsSync, readFileSync
 import { join } from 'node:path';
 import { vdisk } from './helpers/cli.js';
 import { tempDir } from './helpers/oracle.js';
+import { REPO_ROOT } from './helpers/corpus.js';
 
 test('create, io, info, map, convert and compare on raw through the CLI', () => {
   const t = tempDir();
@@ -149,4 +150,17 @@ test('convert -t: unsafe (default) and writeback both produce the same image; ba
   } finally {
     t.cleanup();
   }
+});
+
+test('--version prints the package version; the CLI runs from the one-file bundle', () => {
+  const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
+  const r = vdisk('--version');
+  assert.equal(r.status, 0, r.stderr);
+  assert.equal(r.stdout.trim(), pkg.version);
+  // bin/vdisk.js loads dist/vdisk.mjs (scripts/bundle.mjs): make sure the
+  // launcher really points at a bundle that exists, so a stale or missing
+  // bundle cannot hide behind the per-module build.
+  const launcher = readFileSync(join(REPO_ROOT, 'bin', 'vdisk.js'), 'utf8');
+  assert.match(launcher, /dist\/vdisk\.mjs/);
+  assert.ok(existsSync(join(REPO_ROOT, 'dist', 'vdisk.mjs')));
 });

@@ -6,6 +6,7 @@ import type { MapEntry } from '../ops/map.js';
 import { parseOptions } from '../ops/options.js';
 import { progressBar } from './progress.js';
 import { extraCommands } from './commands.js';
+import { packageVersion } from './version.js';
 
 // Each command loads what it needs when it runs (dynamic imports below), so
 // start-up pays only for the command line itself: a short convert should not
@@ -48,6 +49,7 @@ export function outputOption(): Option {
 export function buildProgram(print: (s: string) => void): Command {
   const program = new Command('vdisk')
     .description('virtual disk images (VHD, VHDX, add-cow, raw) with copy-on-write chains')
+    .version(packageVersion(), '-V, --version', 'print the version')
     .option('--verbose', 'print the cause chain of errors')
     .showHelpAfterError()
     .configureOutput({ outputError: (str, write) => write(`vdisk: ${str.replace(/^error: /, '')}`) })
