@@ -1,6 +1,7 @@
 import { writeUnaligned } from '../core/align.js';
 import { BlockError } from '../core/errors.js';
 import { Mutex } from '../core/mutex.js';
+import type { Extent } from '../core/extent.js';
 import type { Image } from '../formats/types.js';
 
 /** An extent of the whole disk: which layer answers for it. */
@@ -66,35 +67,47 @@ export class Chain {
 
   /** Read what layers[depth..] show at offset (the disk as seen from below layer depth-1). */
   async readFrom(depth: number, offset: number, into: Uint8Array): Promise<void> {
-    if (into.length === 0) return;
-    if (depth >= this.layers.length) {
-      into.fill(0);
+    // A loop, not a recursion, while the range is one extent: a small read
+    // through a deep chain then costs one map lookup per layer (synchronous
+    // when the layer's metadata is cached: Image.mapCached) and one read.
+    for (;;) {
+      if (into.length === 0) return;
+      if (depth >= this.layers.length) {
+        into.fill(0);
+        return;
+      }
+      const layer = this.layers[depth];
+      // A backing file may be shorter than its child: past its end the disk reads zeros.
+      if (offset >= layer.size) {
+        into.fill(0);
+        return;
+      }
+      if (offset + into.length > layer.size) {
+        const inside = layer.size - offset;
+        into.fill(0, inside);
+        into = into.subarray(0, inside);
+      }
+      // The bottom layer needs no map: below it everything reads as zeros, and
+      // a layer reads what it does not hold as zeros too (Image.read). One read
+      // instead of a blockStatus (for raw, two lseeks) then a read per extent.
+      if (depth === this.layers.length - 1) return layer.read(offset, into);
+      const extents = layer.mapCached?.(offset, into.length) ?? (await layer.blockStatus(offset, into.length));
+      if (extents.length === 1 && extents[0].kind === 'unallocated') {
+        depth++;
+        continue;
+      }
+      // The extents' reads run at once; all settle before this returns, so
+      // nothing writes into `into` after the caller has seen an error.
+      await settleAll(
+        extents.map((e) => {
+          const part = into.subarray(e.offset - offset, e.offset - offset + e.length);
+          if (e.kind === 'data') return readData(layer, e, part);
+          if (e.kind === 'zero') part.fill(0);
+          else return this.readFrom(depth + 1, e.offset, part);
+          return undefined;
+        }),
+      );
       return;
-    }
-    const layer = this.layers[depth];
-    // A backing file may be shorter than its child: past its end the disk reads zeros.
-    if (offset >= layer.size) {
-      into.fill(0);
-      return;
-    }
-    if (offset + into.length > layer.size) {
-      const inside = layer.size - offset;
-      into.fill(0, inside);
-      into = into.subarray(0, inside);
-    }
-    // The bottom layer needs no map: below it everything reads as zeros, and
-    // a layer reads what it does not hold as zeros too (Image.read). One read
-    // instead of a blockStatus (for raw, two lseeks) then a read per extent.
-    if (depth === this.layers.length - 1) {
-      await layer.read(offset, into);
-      return;
-    }
-    const extents = await layer.blockStatus(offset, into.length);
-    for (const e of extents) {
-      const part = into.subarray(e.offset - offset, e.offset - offset + e.length);
-      if (e.kind === 'data') await layer.read(e.offset, part);
-      else if (e.kind === 'zero') part.fill(0);
-      else await this.readFrom(depth + 1, e.offset, part);
     }
   }
 
@@ -191,5 +204,15 @@ function push(out: ChainExtent[], e: ChainExtent): void {
   const hostOk = last?.hostOffset !== undefined && e.hostOffset !== undefined ? last.hostOffset + last.length === e.hostOffset : last?.hostOffset === e.hostOffset;
   if (last && last.kind === e.kind && last.depth === e.depth && last.offset + last.length === e.offset && hostOk) {
     last.length += e.length;
-  } else out.push({ ...e });
+  } else out.push(e);
+}
+
+/** One data extent of a layer into `part`, which covers exactly that extent. */
+function readData(layer: Image, e: Extent, part: Uint8Array): Promise<void> {
+  return e.hostOffset !== undefined && layer.readHost ? layer.readHost(e.hostOffset, part) : layer.read(e.offset, part);
+}
+
+async function settleAll(work: (Promise<void> | undefined)[]): Promise<void> {
+  const results = await Promise.allSettled(work);
+  for (const r of results) if (r.status === 'rejected') throw r.reason;
 }

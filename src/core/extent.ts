@@ -14,12 +14,12 @@ export interface Extent {
   hostOffset?: number;
 }
 
-/** Append an extent, merging it with the previous one when contiguous and of the same kind. */
+/** Append an extent (the list takes the object), merging it with the previous one when contiguous and of the same kind. */
 export function pushExtent(list: Extent[], e: Extent): void {
   if (e.length <= 0) return;
   const last = list[list.length - 1];
   const hostContiguous =
     last?.hostOffset === undefined ? e.hostOffset === undefined : e.hostOffset === last.hostOffset + last.length;
   if (last && last.kind === e.kind && last.offset + last.length === e.offset && hostContiguous) last.length += e.length;
-  else list.push({ ...e });
+  else list.push(e);
 }

@@ -75,8 +75,21 @@ export interface Image {
 
   /** Extents covering exactly [offset, offset+length), merged, in order: this layer only. */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
+  /**
+   * What blockStatus would answer, if the layer can tell from metadata it
+   * already holds in memory; undefined when it would have to read (a sector
+   * bitmap not cached). Optional: it spares the chain an await per layer per
+   * request, which is most of the cost of a small read through a deep chain.
+   */
+  mapCached?(offset: number, length: number): Extent[] | undefined;
   /** Read this layer's bytes; any alignment. Ranges the layer does not hold read as zeros. */
   read(offset: number, into: Uint8Array): Promise<void>;
+  /**
+   * Read bytes that blockStatus/mapCached reported as `data`, by the extent's
+   * hostOffset (plus how far into the extent `into` starts). Optional: it
+   * lets the chain read a data extent without the layer mapping it again.
+   */
+  readHost?(hostOffset: number, into: Uint8Array): Promise<void>;
   /** Write whole logical sectors. */
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Make whole logical sectors read as zero in this layer (never exposing the backing). */

@@ -107,6 +107,11 @@ export class AddCowImage implements Image {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
+    return this.mapCached(offset, length);
+  }
+
+  /** The whole bitmap is in memory: the map never needs a read. */
+  mapCached(offset: number, length: number): Extent[] {
     this.checkAccess(offset, length, 'block status', false);
     const out: Extent[] = [];
     const clear = this.backing ? 'unallocated' : 'zero';
@@ -124,6 +129,11 @@ export class AddCowImage implements Image {
       if (r.set) await this.data.read(r.offset, part);
       else part.fill(0);
     }
+  }
+
+  /** Data extents are the image file's bytes at the same offset (hostOffset = disk offset). */
+  readHost(hostOffset: number, into: Uint8Array): Promise<void> {
+    return this.data.read(hostOffset, into);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

@@ -133,35 +133,60 @@ export class VhdImage implements Image {
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     const out: Extent[] = [];
+    for (let at = offset, end = offset + length; ; ) {
+      const miss = this.walkCached(at, end, out);
+      if (miss === null) return out;
+      // A differencing block whose bitmap is not cached: load it, go on from there.
+      await this.bitmap(miss.block);
+      at = miss.at;
+    }
+  }
+
+  mapCached(offset: number, length: number): Extent[] | undefined {
+    const out: Extent[] = [];
+    return this.walkCached(offset, offset + length, out) === null ? out : undefined;
+  }
+
+  /**
+   * The extents of [at, end) appended to `out`, as far as cached bitmaps
+   * allow. Returns null when done, or where it stopped and the block whose
+   * bitmap it needs (nothing of that block has been appended).
+   */
+  private walkCached(at: number, end: number, out: Extent[]): { at: number; block: number } | null {
     const bat = this.layout.bat;
     if (!bat) {
-      pushExtent(out, { offset, length, kind: 'data', hostOffset: offset });
-      return out;
+      pushExtent(out, { offset: at, length: end - at, kind: 'data', hostOffset: at });
+      return null;
     }
     const bs = this.blockSize;
-    for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
+    for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(at, end - at, bs)) {
       const entry = b < bat.length ? bat[b] : UNALLOCATED;
       if (entry === UNALLOCATED) {
         // Spec: an unallocated block of a dynamic disk reads as zeros; of a differencing disk, from the parent.
         pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: this.differencing ? 'unallocated' : 'zero' });
-      } else {
-        const dataBase = entry * SECTOR + this.bitmapSize;
-        if (!this.differencing) {
-          // Dynamic disks: the whole block is this layer's data (unwritten sectors hold zeros).
-          pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: 'data', hostOffset: dataBase + (pos - blockStart) });
-        } else {
-          const bits = await this.bitmap(b);
-          const s0 = Math.floor((pos - blockStart) / SECTOR);
-          const s1 = Math.ceil((pieceEnd - blockStart) / SECTOR);
-          forEachRun(bits, s0, s1, (a, z, set) => {
-            const from = Math.max(pos, blockStart + a * SECTOR);
-            const to = Math.min(pieceEnd, blockStart + z * SECTOR);
-            pushExtent(out, set ? { offset: from, length: to - from, kind: 'data', hostOffset: dataBase + (from - blockStart) } : { offset: from, length: to - from, kind: 'unallocated' });
-          });
-        }
+        continue;
       }
+      const dataBase = entry * SECTOR + this.bitmapSize;
+      if (!this.differencing) {
+        // Dynamic disks: the whole block is this layer's data (unwritten sectors hold zeros).
+        pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: 'data', hostOffset: dataBase + (pos - blockStart) });
+        continue;
+      }
+      const bits = this.bitmaps.get(b);
+      if (!bits) return { at: pos, block: b };
+      const s0 = Math.floor((pos - blockStart) / SECTOR);
+      const s1 = Math.ceil((pieceEnd - blockStart) / SECTOR);
+      forEachRun(bits, s0, s1, (a, z, set) => {
+        const from = Math.max(pos, blockStart + a * SECTOR);
+        const to = Math.min(pieceEnd, blockStart + z * SECTOR);
+        pushExtent(out, set ? { offset: from, length: to - from, kind: 'data', hostOffset: dataBase + (from - blockStart) } : { offset: from, length: to - from, kind: 'unallocated' });
+      });
     }
-    return out;
+    return null;
+  }
+
+  readHost(hostOffset: number, into: Uint8Array): Promise<void> {
+    return readOrZero(this.store, hostOffset, into);
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {

@@ -4,6 +4,7 @@ import { randomGuid } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { Store } from '../../io/store.js';
+import { readOrZero } from '../../io/store.js';
 import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image } from '../types.js';
 import {
   Bat,
@@ -53,6 +54,10 @@ function isUnallocated(state: number): boolean {
 const ZERO_CHUNK = 4 * MiB;
 /** Sectors one metadata commit may hold before it is committed (well under a 1 MiB log's 254). */
 const COMMIT_BATCH = 64;
+
+function pieceExtent(p: Piece): Extent {
+  return p.host === null ? { offset: p.at, length: p.length, kind: p.kind } : { offset: p.at, length: p.length, kind: 'data', hostOffset: p.host };
+}
 
 /** One contiguous run of the disk as this layer holds it; `host` is set for data. */
 interface Piece {
@@ -122,9 +127,10 @@ export class VhdxImage implements Image {
 
   /**
    * Split [offset, offset+length) of one PARTIALLY_PRESENT block into runs of
-   * sectors this layer holds (set bits) and does not (clear bits).
+   * sectors this layer holds (set bits) and does not (clear bits), if its
+   * bitmap bytes are cached; otherwise return the bitmap sector to load.
    */
-  private async partialRuns(block: number, offset: number, length: number, emit: (at: number, len: number, present: boolean) => void): Promise<void> {
+  private partialRuns(block: number, offset: number, length: number, emit: (at: number, len: number, present: boolean) => void): number | null {
     const lss = this.logicalSectorSize;
     const blockStart = block * this.blockSize;
     const firstSector = Math.floor((offset - blockStart) / lss);
@@ -133,35 +139,53 @@ export class VhdxImage implements Image {
     const firstBit = loc.firstBit + firstSector;
     const byteStart = Math.floor(firstBit / 8);
     const byteEnd = Math.ceil((loc.firstBit + endSector) / 8);
-    const bits = await this.bitmaps.bytes(loc.fileOffset + byteStart, byteEnd - byteStart);
+    const bits = this.bitmaps.cachedBytes(loc.fileOffset + byteStart, byteEnd - byteStart);
+    if (typeof bits === 'number') return bits;
     bitRuns(bits, firstBit - byteStart * 8, endSector - firstSector, (first, n, set) => {
       const s = blockStart + (firstSector + (first - (firstBit - byteStart * 8))) * lss;
       const a = Math.max(offset, s);
       const b = Math.min(offset + length, s + n * lss);
       if (b > a) emit(a, b - a, set);
     });
+    return null;
   }
 
   /**
    * Walk [offset, offset+length) block by block as pieces: file data (with its
    * host offset), zero, or unallocated (absent here: zeros, or the parent's
-   * data in a differencing disk).
+   * data in a differencing disk). Bitmap sectors are loaded as needed.
    */
   private async pieces(offset: number, length: number, emit: (p: Piece) => void): Promise<void> {
+    for (let at = offset, end = offset + length; ; ) {
+      const miss = this.walkCached(at, end, emit);
+      if (miss === null) return;
+      await this.bitmaps.sector(miss.sector);
+      at = miss.at;
+    }
+  }
+
+  /**
+   * The pieces of [at, end) as far as cached bitmap sectors allow: null when
+   * done, or where it stopped and the bitmap sector it needs (nothing of
+   * that block piece has been emitted).
+   */
+  private walkCached(at: number, end: number, emit: (p: Piece) => void): { at: number; sector: number } | null {
     const bs = this.blockSize;
     const absent = this.hasParent ? 'unallocated' : 'zero';
-    for (const { index: block, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
+    for (const { index: block, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(at, end - at, bs)) {
       const n = pieceEnd - pos;
       const i = this.bat.payloadIndex(block);
       const state = this.bat.state(i);
       if (state === PAYLOAD_FULLY_PRESENT) emit({ at: pos, length: n, kind: 'data', host: this.bat.offset(i) + (pos - blockStart) });
       else if (state === PAYLOAD_PARTIALLY_PRESENT) {
         const host = this.bat.offset(i) - blockStart;
-        await this.partialRuns(block, pos, n, (a, len, present) =>
+        const need = this.partialRuns(block, pos, n, (a, len, present) =>
           emit(present ? { at: a, length: len, kind: 'data', host: host + a } : { at: a, length: len, kind: 'unallocated', host: null }),
         );
+        if (need !== null) return { at: pos, sector: need };
       } else emit({ at: pos, length: n, kind: state === PAYLOAD_ZERO ? 'zero' : absent, host: null });
     }
+    return null;
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
@@ -171,8 +195,7 @@ export class VhdxImage implements Image {
     const flushRun = async () => {
       if (!run) return;
       const part = into.subarray(run.at - offset, run.at - offset + run.length);
-      const n = await this.store.read(run.host!, part);
-      if (n < part.length) part.fill(0, n);
+      await readOrZero(this.store, run.host!, part);
       run = null;
     };
     const list: Piece[] = [];
@@ -194,10 +217,18 @@ export class VhdxImage implements Image {
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     this.checkRange(offset, length, 'block status');
     const out: Extent[] = [];
-    await this.pieces(offset, length, (p) =>
-      pushExtent(out, p.host === null ? { offset: p.at, length: p.length, kind: p.kind } : { offset: p.at, length: p.length, kind: 'data', hostOffset: p.host }),
-    );
+    await this.pieces(offset, length, (p) => pushExtent(out, pieceExtent(p)));
     return out;
+  }
+
+  mapCached(offset: number, length: number): Extent[] | undefined {
+    this.checkRange(offset, length, 'block status');
+    const out: Extent[] = [];
+    return this.walkCached(offset, offset + length, (p) => pushExtent(out, pieceExtent(p))) === null ? out : undefined;
+  }
+
+  readHost(hostOffset: number, into: Uint8Array): Promise<void> {
+    return readOrZero(this.store, hostOffset, into);
   }
 
   // ---- writing -------------------------------------------------------------

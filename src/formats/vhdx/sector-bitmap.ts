@@ -22,12 +22,8 @@ export class SectorBitmapCache {
 
   /** The 4 KiB bitmap sector at file offset `sectorOffset` (aligned), from the cache or the file. */
   async sector(sectorOffset: number): Promise<Uint8Array> {
-    const hit = this.cache.get(sectorOffset);
-    if (hit) {
-      this.cache.delete(sectorOffset);
-      this.cache.set(sectorOffset, hit);
-      return hit;
-    }
+    const hit = this.touch(sectorOffset);
+    if (hit) return hit;
     const data = await readExact(this.store, sectorOffset, new Uint8Array(LOG_SECTOR), 'sector bitmap');
     this.put(sectorOffset, data);
     return data;
@@ -40,21 +36,36 @@ export class SectorBitmapCache {
     if (this.cache.size > this.capacity) this.cache.delete(this.cache.keys().next().value as number);
   }
 
-  /** Bytes [fileOffset, fileOffset+length) of bitmap content, through the sector cache. */
-  async bytes(fileOffset: number, length: number): Promise<Uint8Array> {
+  /**
+   * Bytes [fileOffset, fileOffset+length) of bitmap content if every sector
+   * they lie in is cached; otherwise the file offset of the first sector
+   * that is not (load it with sector() and ask again).
+   */
+  cachedBytes(fileOffset: number, length: number): Uint8Array | number {
     const first = Math.floor(fileOffset / LOG_SECTOR) * LOG_SECTOR;
     if (fileOffset + length <= first + LOG_SECTOR) {
-      const s = await this.sector(first);
-      return s.subarray(fileOffset - first, fileOffset - first + length);
+      const s = this.touch(first);
+      return s ? s.subarray(fileOffset - first, fileOffset - first + length) : first;
     }
+    for (let s = first; s < fileOffset + length; s += LOG_SECTOR) if (!this.cache.has(s)) return s;
     const out = new Uint8Array(length);
     for (let s = first; s < fileOffset + length; s += LOG_SECTOR) {
-      const data = await this.sector(s);
+      const data = this.touch(s)!;
       const a = Math.max(fileOffset, s);
       const b = Math.min(fileOffset + length, s + LOG_SECTOR);
       out.set(data.subarray(a - s, b - s), a - fileOffset);
     }
     return out;
+  }
+
+  /** A cached sector, marked most recently used. */
+  private touch(sectorOffset: number): Uint8Array | undefined {
+    const hit = this.cache.get(sectorOffset);
+    if (hit) {
+      this.cache.delete(sectorOffset);
+      this.cache.set(sectorOffset, hit);
+    }
+    return hit;
   }
 
   clear(): void {
