@@ -10,6 +10,7 @@ import { optionFrame, requestFrame } from '../src/nbd/client.js';
 import { NBD_ERRNO, nbdErrno } from '../src/nbd/errno.js';
 import { BlockError } from '../src/core/errors.js';
 import * as P from '../src/nbd/protocol.js';
+import { BufferPool } from '../src/nbd/buffer-pool.js';
 
 /*
  * The protocol without sockets: the incremental parser fed streams cut at
@@ -296,4 +297,24 @@ test('errno table: every BlockError kind maps to an error value NBD allows', () 
   assert.equal(nbdErrno(new BlockError('read-only', 'x')), P.NBD_EPERM);
   assert.equal(nbdErrno(new BlockError('io', 'x', {}, { cause: Object.assign(new Error('full'), { code: 'ENOSPC' }) })), P.NBD_ENOSPC);
   assert.equal(nbdErrno(new Error('bug')), P.NBD_EIO);
+});
+
+test('reply buffer pool: a 256 KiB read reply fits a 256 KiB class, buffers are reused, the cache is bounded', () => {
+  const pool = new BufferPool(1 << 20);
+  const header = P.STRUCTURED_REPLY_SIZE + 8;
+  const a = pool.take(header + (256 << 10));
+  assert.equal(a.length, header + (256 << 10));
+  // Power-of-two data plus its header stays in the power-of-two class (not twice its size).
+  assert.ok(a.buffer.byteLength < 257 << 10, `class of ${a.buffer.byteLength} bytes`);
+  pool.give(a);
+  const b = pool.take(200 << 10);
+  assert.equal(b.buffer, a.buffer, 'a returned buffer of the same class is reused');
+  assert.equal(b.length, 200 << 10);
+  // Buffers the pool did not make are ignored; beyond maxCached nothing is kept.
+  pool.give(Buffer.alloc(4096));
+  const many = Array.from({ length: 8 }, () => pool.take(256 << 10));
+  for (const m of many) pool.give(m);
+  const reused = new Set(Array.from({ length: 8 }, () => pool.take(256 << 10).buffer));
+  const kept = many.filter((m) => reused.has(m.buffer)).length;
+  assert.ok(kept >= 1 && kept <= 4, `kept ${kept} of 8 buffers of 256 KiB under a 1 MiB cap`);
 });
