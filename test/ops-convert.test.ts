@@ -4,6 +4,8 @@ import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { openChain } from '../src/chain/open.js';
 import { convert } from '../src/ops/convert.js';
+import { openFileStore } from '../src/io/file-store.js';
+import type { Store, StoreOpener } from '../src/io/store.js';
 import { mapChain } from '../src/ops/map.js';
 import { vdisk } from './helpers/cli.js';
 import { REPO_ROOT } from './helpers/corpus.js';
@@ -135,6 +137,72 @@ test('convert -n overwrites an existing image (stale data zeroed); zero detectio
     r = vdisk('convert', '-n', '-O', 'raw', src, small);
     assert.equal(r.status, 1);
     assert.equal(statSync(small).size, MiB);
+  } finally {
+    cleanup();
+  }
+});
+
+test('convert with several pieces in flight: odd-sized source, small buffers; raw and add-cow written at once, VHD in disk order', async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    // 5 MiB + 1000 bytes: the last piece ends inside a sector and is copied alone.
+    const size = 5 * MiB + 1000;
+    const src = join(dir, 'src.raw');
+    const content = new Uint8Array(size);
+    let seed = 12345;
+    const next = () => (seed = (seed * 1103515245 + 12345) >>> 0);
+    for (let i = 0; i < 40; i++) {
+      const len = 1 + (next() % 70000);
+      const off = next() % (size - len);
+      for (let j = 0; j < len; j++) content[off + j] = next() & 0xff;
+    }
+    content.fill(0x77, size - 300); // data up to the odd end
+    const { writeFileSync, readFileSync } = await import('node:fs');
+    writeFileSync(src, content);
+    for (const [fmt, options] of [
+      ['raw', {}],
+      ['add-cow', { image_file: join(dir, 'out.add-cow.img') }],
+      ['vhd', { subformat: 'dynamic', block_size: '512K' }],
+    ] as const) {
+      const out = join(dir, `out.${fmt}`);
+      // Reads of every other 512 KiB piece (one VHD block) finish late, so
+      // pieces complete out of disk order: fixed-layout targets take them
+      // as they come, a VHD must still allocate its blocks in disk order.
+      const openStore: StoreOpener = async (path, o) => {
+        const store = await openFileStore(path, o);
+        if (path !== src) return store;
+        return Object.assign(Object.create(store) as Store, {
+          read: async (offset: number, into: Uint8Array) => {
+            if (Math.floor(offset / (512 * 1024)) % 2 === 0) await new Promise((r) => setTimeout(r, 5));
+            return store.read(offset, into);
+          },
+        });
+      };
+      await convert({ source: src, target: out, targetFormat: fmt, options, bufferSize: 512 * 1024, openStore });
+      const c = await openChain(out, { readOnly: true });
+      try {
+        const got = new Uint8Array(size);
+        await c.read(0, got);
+        assert.ok(Buffer.from(got).equals(content), `${fmt}: content`);
+        if (fmt === 'vhd') {
+          // Blocks allocated in the order of the disk: host offsets grow with disk offsets.
+          let last = -1;
+          for await (const e of mapChain(c)) {
+            if (!e.data || e.offset === undefined) continue;
+            assert.ok(e.offset > last, `vhd: extent at ${e.start} lies at ${e.offset}, before the previous one (${last})`);
+            last = e.offset;
+          }
+        }
+      } finally {
+        await c.close();
+      }
+      if (fmt === 'raw') {
+        // Whole sectors, as qemu-img convert makes them: the odd tail is padded with zeros.
+        const file = readFileSync(out);
+        assert.equal(file.length, Math.ceil(size / 512) * 512);
+        assert.ok(file.subarray(0, size).equals(content) && file.subarray(size).every((b) => b === 0));
+      }
+    }
   } finally {
     cleanup();
   }

@@ -134,14 +134,22 @@ export class Chain {
     if (inside < length) push(out, { offset: offset + inside, length: length - inside, kind: 'zero', depth: this.layers.length });
   }
 
-  /** Write to the top layer. Writes are serialised so that each lands whole (NBD multi-conn relies on it). */
-  async write(offset: number, data: Uint8Array): Promise<void> {
+  /**
+   * Write to the top layer. Writes are serialised so that each lands whole
+   * (NBD multi-conn relies on it). A caller whose writes in flight never
+   * share a logical sector (convert: disjoint pieces of a copy) passes
+   * `disjoint` so that its sector-aligned writes run side by side; the
+   * layer's own lock, if it has one, still orders its metadata.
+   */
+  async write(offset: number, data: Uint8Array, options: { disjoint?: boolean } = {}): Promise<void> {
     this.checkWritable('write');
     this.checkRange(offset, data.length, 'write');
     if (data.length === 0) return;
     const top = this.top;
+    const align = top.logicalSectorSize;
+    if (options.disjoint && offset % align === 0 && data.length % align === 0) return top.write(offset, data);
     await this.writeLock.run(() =>
-      writeUnaligned(offset, data, top.logicalSectorSize, (u, buf) => this.readFrom(0, u, buf), (o, d) => top.write(o, d)),
+      writeUnaligned(offset, data, align, (u, buf) => this.readFrom(0, u, buf), (o, d) => top.write(o, d)),
     );
   }
 

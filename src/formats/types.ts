@@ -36,6 +36,13 @@ export interface Capabilities {
   setBacking: boolean;
   /** The format can have a backing file at all. */
   backing: boolean;
+  /**
+   * Every disk offset has a fixed place in the file (raw; add-cow's image
+   * file): writes never allocate, so writes to disjoint ranges may run in
+   * any order and at once. Absent or false: a copy writes in disk order, so
+   * that allocating formats lay out the file like the disk.
+   */
+  fixedLayout?: boolean;
 }
 
 export interface CheckProblem {

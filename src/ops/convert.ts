@@ -42,14 +42,34 @@ export interface ConvertResult {
 
 /** Extents asked of the source at once; bounded so huge sparse disks use bounded memory. */
 const WINDOW = 1 << 30;
-/** Data pieces read ahead of the one being written. */
-const READ_AHEAD = 4;
+const SECTOR = 512;
+/**
+ * Pieces copied at once, each with its own buffer: reads always overlap
+ * (they run ahead of the writes), and so do writes into a target whose
+ * layout is fixed (raw, add-cow). Four matches libuv's thread pool; on the
+ * bench's 1 GiB vhd→raw it took the copy from ~0.17 s (one write at a time)
+ * to ~0.14 s.
+ */
+const LANES = 4;
+
+interface Piece {
+  offset: number;
+  length: number;
+  zero: boolean;
+}
+
+/** One lane's buffers: the data read, and what the target shows there (-B, -n). */
+interface Lane {
+  data: Uint8Array;
+  theirs?: Uint8Array;
+  scratch?: Uint8Array;
+}
 
 /**
  * Copy a disk (flattening its chain) into a new or existing image. Zero
  * extents reported by the source are skipped without reading; data extents
- * are read in big buffers (the next read overlaps the current write) and
- * their zero granules skipped too, so the target stays sparse.
+ * are read in big buffers, several at once, and their zero granules skipped
+ * too, so the target stays sparse.
  */
 export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   const openStore = req.openStore ?? openFileStore;
@@ -70,7 +90,9 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
       const r = await createImage({
         path: req.target,
         format: req.targetFormat,
-        size: src.size,
+        // A source of an odd size (a raw file) gets a target of whole
+        // sectors, the tail reading as zeros — as qemu-img convert does.
+        size: Math.ceil(src.size / SECTOR) * SECTOR,
         options: req.options,
         backing: req.backing,
         openStore: targetStore,
@@ -120,59 +142,95 @@ async function copy(
   let written = 0;
   let done = 0;
   const granule = sparse || bufferSize;
-  // Reads run up to READ_AHEAD data pieces ahead of the write in progress, so
-  // the source and the target are busy at the same time. READ_AHEAD+1 buffers
-  // serve them round-robin: the pieces in flight are always the most recent
-  // ones handed out, so the next buffer is never one still in use.
-  const pool = Array.from({ length: READ_AHEAD + 1 }, () => new Uint8Array(bufferSize));
-  let slot = 0;
-  const theirs = mode === 'diff' ? new Uint8Array(bufferSize) : undefined;
-  // What the target shows where the source is zero (-B, -n), read to find what needs zeroing.
-  const scratch = mode === 'fresh' ? undefined : new Uint8Array(bufferSize);
   const zeroGranule = sparse || 4096;
   let zeroBuf: Uint8Array | undefined;
+  const lanes: Lane[] = Array.from({ length: LANES }, () => ({
+    data: new Uint8Array(bufferSize),
+    theirs: mode === 'diff' ? new Uint8Array(bufferSize) : undefined,
+    scratch: mode === 'fresh' ? undefined : new Uint8Array(bufferSize),
+  }));
+  // Allocating targets (VHD, VHDX) get their writes one at a time in disk
+  // order, as qemu-img convert does without -W: the file is then laid out
+  // like the disk. Fixed-layout targets take them in any order, at once.
+  const ordered = !dst.top.capabilities.fixedLayout;
+  const align = dst.logicalSectorSize;
+  let writeTurn: Promise<void> = Promise.resolve();
+  const running = new Set<Promise<void>>();
+  let failure: { error: unknown } | undefined;
 
-  for (let wOff = 0; wOff < total; wOff += WINDOW) {
-    const extents = await src.blockStatus(wOff, Math.min(WINDOW, total - wOff));
-    // Split data extents into buffer-sized pieces; zero extents stay whole.
-    const pieces: { offset: number; length: number; zero: boolean }[] = [];
-    for (const e of extents) {
-      if (e.kind === 'zero') pieces.push({ offset: e.offset, length: e.length, zero: true });
-      else for (let o = 0; o < e.length; o += bufferSize) pieces.push({ offset: e.offset + o, length: Math.min(bufferSize, e.length - o), zero: false });
+  const copyPiece = async (p: Piece, lane: Lane, turn: Promise<void>): Promise<void> => {
+    if (p.zero) {
+      await turn;
+      if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length, (zeroBuf ??= new Uint8Array(bufferSize)));
+      else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length, lane.scratch!, zeroGranule);
+      return;
     }
-    const inflight = new Map<number, Promise<Uint8Array>>();
-    let issued = 0;
-    for (let i = 0; i < pieces.length; i++) {
-      while (issued < pieces.length && inflight.size < READ_AHEAD) {
-        const p = pieces[issued];
-        if (!p.zero) {
-          const buf = pool[slot++ % pool.length].subarray(0, p.length);
-          const pending = src.read(p.offset, buf).then(() => buf);
-          pending.catch(() => {}); // awaited below; never an unhandled rejection
-          inflight.set(issued, pending);
-        }
-        issued++;
+    const data = lane.data.subarray(0, p.length);
+    await src.read(p.offset, data);
+    await turn;
+    written += await writeData(dst, p.offset, data, mode, sparse, granule, lane.theirs, lane.scratch);
+  };
+  const drain = async () => {
+    while (running.size) await Promise.race(running);
+  };
+
+  for (let wOff = 0; wOff < total && !failure; wOff += WINDOW) {
+    for (const p of pieces(await src.blockStatus(wOff, Math.min(WINDOW, total - wOff)), bufferSize)) {
+      if (p.zero && mode === 'fresh' && sparse !== 0) {
+        // A fresh target without backing already reads as zeros.
+        done += p.length;
+        onProgress?.(done, total);
+        continue;
       }
-      const p = pieces[i];
-      if (p.zero) {
-        if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length, (zeroBuf ??= new Uint8Array(bufferSize)));
-        else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length, scratch!, zeroGranule);
-      } else {
-        const data = await inflight.get(i)!;
-        written += await writeData(dst, p.offset, data, mode, sparse, granule, theirs, scratch);
-        inflight.delete(i);
-      }
-      done += p.length;
-      onProgress?.(done, total);
+      // A piece that shares a sector with its neighbours is copied alone, so
+      // no two writes in flight ever touch the same sector (Chain.write's
+      // `disjoint`). Extents are sector-aligned except at an odd disk end.
+      const alone = p.offset % align !== 0 || (p.offset + p.length) % align !== 0;
+      if (alone) await drain();
+      while (running.size >= LANES) await Promise.race(running);
+      if (failure) break;
+      const lane = lanes.pop()!;
+      const turn = writeTurn;
+      let finished!: () => void;
+      const mine = new Promise<void>((r) => (finished = r));
+      if (ordered) writeTurn = mine;
+      const task: Promise<void> = copyPiece(p, lane, ordered ? turn : Promise.resolve())
+        .then(
+          () => {
+            done += p.length;
+            onProgress?.(done, total);
+          },
+          (e: unknown) => {
+            failure ??= { error: e };
+          },
+        )
+        .finally(() => {
+          finished();
+          lanes.push(lane);
+          running.delete(task);
+        });
+      running.add(task);
+      if (alone) await drain();
     }
   }
+  // Every write has settled before convert() returns or removes the target.
+  await drain();
+  if (failure) throw failure.error;
   return written;
+}
+
+/** Data extents split into buffer-sized pieces; zero extents stay whole. */
+function* pieces(extents: { offset: number; length: number; kind: string }[], bufferSize: number): Generator<Piece> {
+  for (const e of extents) {
+    if (e.kind === 'zero') yield { offset: e.offset, length: e.length, zero: true };
+    else for (let o = 0; o < e.length; o += bufferSize) yield { offset: e.offset + o, length: Math.min(bufferSize, e.length - o), zero: false };
+  }
 }
 
 /** `-S 0`: fully allocate, writing real zero bytes (a zero buffer, one write per buffer). */
 async function writeZeroData(dst: Chain, offset: number, length: number, zeros: Uint8Array): Promise<number> {
   const scratch = zeros;
-  for (let o = 0; o < length; o += scratch.length) await dst.write(offset + o, scratch.subarray(0, Math.min(scratch.length, length - o)));
+  for (let o = 0; o < length; o += scratch.length) await dst.write(offset + o, scratch.subarray(0, Math.min(scratch.length, length - o)), { disjoint: true });
   return length;
 }
 
@@ -212,13 +270,13 @@ async function writeData(
     await dst.read(offset, old);
     for (const run of granuleRuns(data, offset, granule, sameChecker(data, old))) {
       if (run.same) continue;
-      await dst.write(offset + run.from, data.subarray(run.from, run.to));
+      await dst.write(offset + run.from, data.subarray(run.from, run.to), { disjoint: true });
       written += run.to - run.from;
     }
     return written;
   }
   if (sparse === 0) {
-    await dst.write(offset, data);
+    await dst.write(offset, data, { disjoint: true });
     return data.length;
   }
   if (isZero(data)) {
@@ -230,7 +288,7 @@ async function writeData(
       if (mode === 'overwrite') await dst.writeZeroes(offset + run.from, run.to - run.from);
       continue;
     }
-    await dst.write(offset + run.from, data.subarray(run.from, run.to));
+    await dst.write(offset + run.from, data.subarray(run.from, run.to), { disjoint: true });
     written += run.to - run.from;
   }
   return written;

@@ -42,6 +42,7 @@ export class AddCowImage implements Image {
     resize: true,
     setBacking: true,
     backing: true,
+    fixedLayout: true,
   };
   backing: BackingRef | null;
   /** Serialises flush, resize and setBacking (the v4 patch updated the bitmap without a lock). */

@@ -21,6 +21,7 @@ export class RawImage implements Image {
     resize: true,
     setBacking: false,
     backing: false,
+    fixedLayout: true,
   };
 
   constructor(
