@@ -68,7 +68,8 @@ export interface VhdLayout {
  *      open falls back to the footer copy at offset 0 (the BAT does not point
  *      at the block yet, so every sector still reads its old contents).
  *   2. write the data sectors in place inside the new block (the rest of the
- *      block is a hole, so it reads as zeros).
+ *      block is a hole, so it reads as zeros). 1 and 2 are issued together:
+ *      nothing orders them, and what is said under 1 holds for either order.
  *      The BAT entry and the sector bitmap stay in memory (dirty) until flush:
  *   3. flush: data and the new footer become durable;
  *   4. write the dirty sector bitmaps (a new block's bitmap goes where the
@@ -302,19 +303,18 @@ export class VhdImage implements Image {
     const bat = this.layout.bat!;
     const bs = this.blockSize;
     for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
-      let entry = bat[b];
+      const entry = bat[b];
       if (entry === UNALLOCATED && skipUnallocated) {
         continue;
       }
-      let fresh = false;
+      const piece = data?.subarray(pos - offset, pieceEnd - offset);
       if (entry === UNALLOCATED) {
-        entry = await this.allocate(b);
-        fresh = true;
-      }
-      const host = entry * SECTOR + this.bitmapSize - blockStart;
-      if (data) await this.store.write(host + pos, data.subarray(pos - offset, pieceEnd - offset));
-      else if (!fresh) {
-        // A fresh block's data area is a hole and reads as zeros already.
+        // Zeros need no data write: a fresh block's data area is a hole and reads as zeros already.
+        await this.allocate(b, piece && { at: pos - blockStart, data: piece });
+      } else if (piece) {
+        await this.store.write(entry * SECTOR + this.bitmapSize + (pos - blockStart), piece);
+      } else {
+        const host = entry * SECTOR + this.bitmapSize - blockStart;
         for (let p = pos; p < pieceEnd; p += ZEROS.length) await this.store.write(host + p, ZEROS.subarray(0, Math.min(ZEROS.length, pieceEnd - p)));
       }
       const bits = await this.bitmap(b);
@@ -328,15 +328,24 @@ export class VhdImage implements Image {
     return this.layout.footerOffset;
   }
 
-  /** Steps 1 of the write order (see the class comment): new footer at the new end; BAT and bitmap in memory. */
-  private async allocate(block: number): Promise<number> {
+  /**
+   * Steps 1 and 2 of the write order (see the class comment): the new footer
+   * at the new end and the first data of the block, issued together (either
+   * may land first: the comment covers both orders), then the BAT entry and
+   * the bitmap in memory. The in-memory state changes only once both writes
+   * have settled, so a failed write leaves the image as it was, with no
+   * write of this allocation still in flight.
+   */
+  private async allocate(block: number, first?: { at: number; data: Uint8Array }): Promise<void> {
     const off = this.nextBlockOffset();
     const sector = off / SECTOR;
     if (sector > MAX_BLOCK_SECTOR) {
       throw new BlockError('out-of-range', 'the VHD file cannot grow further: block offsets are limited to 32-bit sector numbers', { path: this.path, offset: off });
     }
     const newFooterOffset = off + this.bitmapSize + this.blockSize;
-    await this.store.write(newFooterOffset, encodeFooter(this.layout.footer));
+    const writes = [this.store.write(newFooterOffset, encodeFooter(this.layout.footer))];
+    if (first) writes.push(this.store.write(off + this.bitmapSize + first.at, first.data));
+    for (const r of await Promise.allSettled(writes)) if (r.status === 'rejected') throw r.reason;
     this.layout.footerOffset = newFooterOffset;
     this.layout.endFooterDamaged = null;
     const bits = new Uint8Array(this.bitmapSize);
@@ -345,7 +354,6 @@ export class VhdImage implements Image {
     this.layout.bat![block] = sector;
     this.dirtyBatSectors.add(Math.floor(block / 128));
     this.bitmaps.put(block, bits, true);
-    return sector;
   }
 
   /** Steps 3-5 of the write order. */
