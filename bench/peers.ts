@@ -18,7 +18,7 @@ export function useApp(root: string): void {
   appRoot = root;
 }
 export const appDir = (): string => appRoot;
-export const vdiskBin = (): string => join(appRoot, 'bin', 'vdisk.js');
+export const vdiskBin = (): string => join(appRoot, 'bin', 'vdisk.cjs');
 export const workerJs = (): string => join(appRoot, 'dist', 'bench', 'worker.js');
 export const VHD_LIB_VERSION = '0.7.2';
 

@@ -152,15 +152,29 @@ test('convert -t: unsafe (default) and writeback both produce the same image; ba
   }
 });
 
-test('--version prints the package version; the CLI runs from the one-file bundle', () => {
+test('--version prints the package version; the CLI runs from the one-file bundle and its code cache', () => {
   const pkg = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
   const r = vdisk('--version');
   assert.equal(r.status, 0, r.stderr);
   assert.equal(r.stdout.trim(), pkg.version);
-  // bin/vdisk.js loads dist/vdisk.mjs (scripts/bundle.mjs): make sure the
-  // launcher really points at a bundle that exists, so a stale or missing
-  // bundle cannot hide behind the per-module build.
-  const launcher = readFileSync(join(REPO_ROOT, 'bin', 'vdisk.js'), 'utf8');
-  assert.match(launcher, /dist\/vdisk\.mjs/);
-  assert.ok(existsSync(join(REPO_ROOT, 'dist', 'vdisk.mjs')));
+  // bin/vdisk.cjs runs dist/vdisk.cjs (scripts/bundle.mjs) with a code
+  // cache: make sure the launcher points at a bundle that exists, that the
+  // build left a cache V8 accepts, and that a stale cache is only a slower
+  // start (rejected, then rewritten), never a failure.
+  const launcher = readFileSync(join(REPO_ROOT, 'bin', 'vdisk.cjs'), 'utf8');
+  assert.match(launcher, /'dist', 'vdisk\.cjs'/);
+  const bundle = join(REPO_ROOT, 'dist', 'vdisk.cjs');
+  assert.ok(existsSync(bundle));
+  const cache = `${bundle}.v8-cache`;
+  assert.ok(existsSync(cache), 'the build writes the code cache');
+  const good = readFileSync(cache);
+  try {
+    writeFileSync(cache, Buffer.from('not a V8 code cache'));
+    const again = vdisk('--version');
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal(again.stdout.trim(), pkg.version);
+    assert.notDeepEqual(readFileSync(cache), Buffer.from('not a V8 code cache'), 'a rejected cache is rewritten');
+  } finally {
+    writeFileSync(cache, good);
+  }
 });

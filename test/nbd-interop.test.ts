@@ -267,7 +267,7 @@ for (const format of FORMATS.filter((f) => f.name !== 'raw' && f.create).map((f)
 
 /** Start `vdisk serve` in a child process through the real launcher and wait for its address. */
 function serveProcess(args: string[]): Promise<{ address: string; exit: Promise<number>; kill: (sig: NodeJS.Signals) => void }> {
-  const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'vdisk.js'), ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'vdisk.cjs'), ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const exit = new Promise<number>((r) => child.on('exit', (code) => r(code ?? -1)));
   let out = '';
   let err = '';
@@ -302,7 +302,7 @@ test('vdisk serve: prints its address, serves, stops on SIGTERM after flushing; 
     await ok('nbdinfo', ['--json', q.address]);
     assert.equal(await q.exit, 0, 'not persistent: exits after the client leaves');
 
-    const bad = await runAsync(process.execPath, [join(REPO_ROOT, 'bin', 'vdisk.js'), 'serve', '--port', '99999', path]);
+    const bad = await runAsync(process.execPath, [join(REPO_ROOT, 'bin', 'vdisk.cjs'), 'serve', '--port', '99999', path]);
     assert.notEqual(bad.status, 0);
     assert.match(bad.stderr, /^vdisk: port must be 0\.\.65535/);
   } finally {

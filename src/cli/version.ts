@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 /**
  * vdisk's version from its package.json, found by walking up from this
  * module: the CLI runs both as dist/src/cli/*.js and bundled as
- * dist/vdisk.mjs, at different depths below the package root.
+ * dist/vdisk.cjs, at different depths below the package root.
  */
 export function packageVersion(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
