@@ -59,5 +59,5 @@ test('bench --smoke runs every case once on tiny inputs', { timeout: 180_000 }, 
   }
   // The human table names every case.
   const md = readFileSync(join(out, 'latest.md'), 'utf8');
-  assert.match(md, /\| case \| tool \| median \| MB\/s \| peak RSS \|/);
+  assert.match(md, /\| case \| tool \| median \| best \| MB\/s \| peak RSS \|/);
 });
