@@ -342,7 +342,7 @@ async function main(): Promise<number> {
       ? { readCount: () => 64, addCowWrite: { batched: 2 * MiB, perWrite: 64 << 10 } }
       : args.quick
         ? { readCount: (bs) => (bs <= 4096 ? 32768 : 8192), addCowWrite: { batched: 32 * MiB, perWrite: 2 * MiB } }
-        : { readCount: (bs) => (bs <= 4096 ? 65536 : 16384), addCowWrite: { batched: 64 * MiB, perWrite: 4 * MiB } };
+        : { readCount: (bs) => (bs <= 4096 ? 65536 : 16384), chainWholeDisk: true, addCowWrite: { batched: 64 * MiB, perWrite: 4 * MiB } };
     const env = { vhdLibMissing, serveMissing: await serveAvailable(), convertCache: await convertHasCache() };
     log(`converts: target cache ${env.convertCache ? 'unsafe (no sync, every tool)' : 'writeback (one sync at the end, every tool)'}`);
     let cases = buildCases(inputs, opts, env);

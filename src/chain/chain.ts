@@ -60,55 +60,83 @@ export class Chain {
   }
 
   /** Read the disk's content at offset into `into`. */
-  async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkRange(offset, into.length, 'read');
-    await this.readFrom(0, offset, into);
+  read(offset: number, into: Uint8Array): Promise<void> {
+    try {
+      this.checkRange(offset, into.length, 'read');
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.readFrom(0, offset, into);
   }
 
-  /** Read what layers[depth..] show at offset (the disk as seen from below layer depth-1). */
-  async readFrom(depth: number, offset: number, into: Uint8Array): Promise<void> {
-    // A loop, not a recursion, while the range is one extent: a small read
-    // through a deep chain then costs one map lookup per layer (synchronous
-    // when the layer's metadata is cached: Image.mapCached) and one read.
-    for (;;) {
-      if (into.length === 0) return;
-      if (depth >= this.layers.length) {
-        into.fill(0);
-        return;
+  /**
+   * Read what layers[depth..] show at offset (the disk as seen from below
+   * layer depth-1).
+   *
+   * Not an async function, on purpose: a small read through a chain is one
+   * synchronous map lookup per layer (Image.mapCached, when the layer's
+   * metadata is cached) and then the one layer read, whose promise is handed
+   * back as it is. Each async frame on the way would add microtask turns to
+   * every request; at queue depth 16 they were a third of the cost of a
+   * 4 KiB read through a two-layer add-cow chain.
+   */
+  readFrom(depth: number, offset: number, into: Uint8Array): Promise<void> {
+    try {
+      for (;;) {
+        if (into.length === 0) return RESOLVED;
+        if (depth >= this.layers.length) {
+          into.fill(0);
+          return RESOLVED;
+        }
+        const layer = this.layers[depth];
+        // A backing file may be shorter than its child: past its end the disk reads zeros.
+        if (offset >= layer.size) {
+          into.fill(0);
+          return RESOLVED;
+        }
+        if (offset + into.length > layer.size) {
+          const inside = layer.size - offset;
+          into.fill(0, inside);
+          into = into.subarray(0, inside);
+        }
+        // The bottom layer needs no map: below it everything reads as zeros, and
+        // a layer reads what it does not hold as zeros too (Image.read). One read
+        // instead of a blockStatus (for raw, two lseeks) then a read per extent.
+        if (depth === this.layers.length - 1) return layer.read(offset, into);
+        const extents = layer.mapCached?.(offset, into.length);
+        if (!extents) return this.readMapped(depth, offset, into, layer.blockStatus(offset, into.length));
+        if (extents.length === 1) {
+          const e = extents[0];
+          if (e.kind === 'unallocated') {
+            depth++;
+            continue;
+          }
+          if (e.kind === 'data') return readData(layer, e, into);
+          into.fill(0);
+          return RESOLVED;
+        }
+        return this.readMapped(depth, offset, into, extents);
       }
-      const layer = this.layers[depth];
-      // A backing file may be shorter than its child: past its end the disk reads zeros.
-      if (offset >= layer.size) {
-        into.fill(0);
-        return;
-      }
-      if (offset + into.length > layer.size) {
-        const inside = layer.size - offset;
-        into.fill(0, inside);
-        into = into.subarray(0, inside);
-      }
-      // The bottom layer needs no map: below it everything reads as zeros, and
-      // a layer reads what it does not hold as zeros too (Image.read). One read
-      // instead of a blockStatus (for raw, two lseeks) then a read per extent.
-      if (depth === this.layers.length - 1) return layer.read(offset, into);
-      const extents = layer.mapCached?.(offset, into.length) ?? (await layer.blockStatus(offset, into.length));
-      if (extents.length === 1 && extents[0].kind === 'unallocated') {
-        depth++;
-        continue;
-      }
-      // The extents' reads run at once; all settle before this returns, so
-      // nothing writes into `into` after the caller has seen an error.
-      await settleAll(
-        extents.map((e) => {
-          const part = into.subarray(e.offset - offset, e.offset - offset + e.length);
-          if (e.kind === 'data') return readData(layer, e, part);
-          if (e.kind === 'zero') part.fill(0);
-          else return this.readFrom(depth + 1, e.offset, part);
-          return undefined;
-        }),
-      );
-      return;
+    } catch (e) {
+      return Promise.reject(e);
     }
+  }
+
+  /** Read [offset, offset+into.length) of layers[depth..] by the extents layer `depth` gave for it. */
+  private async readMapped(depth: number, offset: number, into: Uint8Array, map: Extent[] | Promise<Extent[]>): Promise<void> {
+    const layer = this.layers[depth];
+    const extents = await map;
+    // The extents' reads run at once; all settle before this returns, so
+    // nothing writes into `into` after the caller has seen an error.
+    await settleAll(
+      extents.map((e) => {
+        const part = into.subarray(e.offset - offset, e.offset - offset + e.length);
+        if (e.kind === 'data') return readData(layer, e, part);
+        if (e.kind === 'zero') part.fill(0);
+        else return this.readFrom(depth + 1, e.offset, part);
+        return undefined;
+      }),
+    );
   }
 
   /** Which layer answers for each part of [offset, offset+length); adjacent extents from the same layer merge. */
@@ -206,6 +234,8 @@ export class Chain {
     if (first) throw first;
   }
 }
+
+const RESOLVED: Promise<void> = Promise.resolve();
 
 function push(out: ChainExtent[], e: ChainExtent): void {
   const last = out[out.length - 1];

@@ -154,36 +154,45 @@ export class VhdImage implements Image {
    * bitmap it needs (nothing of that block has been appended).
    */
   private walkCached(at: number, end: number, out: Extent[]): { at: number; block: number } | null {
-    const bat = this.layout.bat;
-    if (!bat) {
+    if (!this.layout.bat) {
       pushExtent(out, { offset: at, length: end - at, kind: 'data', hostOffset: at });
       return null;
     }
     const bs = this.blockSize;
+    // Most requests lie in one block: no block walk (a generator) for them.
+    const first = Math.floor(at / bs);
+    if (end <= (first + 1) * bs) return this.walkBlock(first, first * bs, at, end, out) ? null : { at, block: first };
     for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(at, end - at, bs)) {
-      const entry = b < bat.length ? bat[b] : UNALLOCATED;
-      if (entry === UNALLOCATED) {
-        // Spec: an unallocated block of a dynamic disk reads as zeros; of a differencing disk, from the parent.
-        pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: this.differencing ? 'unallocated' : 'zero' });
-        continue;
-      }
-      const dataBase = entry * SECTOR + this.bitmapSize;
-      if (!this.differencing) {
-        // Dynamic disks: the whole block is this layer's data (unwritten sectors hold zeros).
-        pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: 'data', hostOffset: dataBase + (pos - blockStart) });
-        continue;
-      }
-      const bits = this.bitmaps.get(b);
-      if (!bits) return { at: pos, block: b };
-      const s0 = Math.floor((pos - blockStart) / SECTOR);
-      const s1 = Math.ceil((pieceEnd - blockStart) / SECTOR);
-      forEachRun(bits, s0, s1, (a, z, set) => {
-        const from = Math.max(pos, blockStart + a * SECTOR);
-        const to = Math.min(pieceEnd, blockStart + z * SECTOR);
-        pushExtent(out, set ? { offset: from, length: to - from, kind: 'data', hostOffset: dataBase + (from - blockStart) } : { offset: from, length: to - from, kind: 'unallocated' });
-      });
+      if (!this.walkBlock(b, blockStart, pos, pieceEnd, out)) return { at: pos, block: b };
     }
     return null;
+  }
+
+  /** The extents of [pos, pieceEnd) inside block b, appended to `out`; false (nothing appended) when its bitmap is not cached. */
+  private walkBlock(b: number, blockStart: number, pos: number, pieceEnd: number, out: Extent[]): boolean {
+    const bat = this.layout.bat!;
+    const entry = b < bat.length ? bat[b] : UNALLOCATED;
+    if (entry === UNALLOCATED) {
+      // Spec: an unallocated block of a dynamic disk reads as zeros; of a differencing disk, from the parent.
+      pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: this.differencing ? 'unallocated' : 'zero' });
+      return true;
+    }
+    const dataBase = entry * SECTOR + this.bitmapSize;
+    if (!this.differencing) {
+      // Dynamic disks: the whole block is this layer's data (unwritten sectors hold zeros).
+      pushExtent(out, { offset: pos, length: pieceEnd - pos, kind: 'data', hostOffset: dataBase + (pos - blockStart) });
+      return true;
+    }
+    const bits = this.bitmaps.get(b);
+    if (!bits) return false;
+    const s0 = Math.floor((pos - blockStart) / SECTOR);
+    const s1 = Math.ceil((pieceEnd - blockStart) / SECTOR);
+    forEachRun(bits, s0, s1, (a, z, set) => {
+      const from = Math.max(pos, blockStart + a * SECTOR);
+      const to = Math.min(pieceEnd, blockStart + z * SECTOR);
+      pushExtent(out, set ? { offset: from, length: to - from, kind: 'data', hostOffset: dataBase + (from - blockStart) } : { offset: from, length: to - from, kind: 'unallocated' });
+    });
+    return true;
   }
 
   readHost(hostOffset: number, into: Uint8Array): Promise<void> {
@@ -192,34 +201,46 @@ export class VhdImage implements Image {
 
   async read(offset: number, into: Uint8Array): Promise<void> {
     this.checkRange(offset, into.length, 'read');
-    const bat = this.layout.bat;
-    if (!bat) {
+    if (!this.layout.bat) {
       await readOrZero(this.store, offset, into);
       return;
     }
     const bs = this.blockSize;
+    const end = offset + into.length;
+    // Most requests lie in one block: no block walk (a generator) for them.
+    const first = Math.floor(offset / bs);
+    if (end <= (first + 1) * bs) {
+      await this.readBlock(first, first * bs, offset, into);
+      return;
+    }
     for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, into.length, bs)) {
-      const part = into.subarray(pos - offset, pieceEnd - offset);
-      const entry = bat[b];
-      if (entry === UNALLOCATED) part.fill(0);
-      else {
-        // One read per block piece, straight into the caller's buffer.
-        await readOrZero(this.store, entry * SECTOR + this.bitmapSize + (pos - blockStart), part);
-        if (this.differencing) {
-          // Sectors this layer does not hold read as zeros here (the chain reads them from the parent).
-          const bits = await this.bitmap(b);
-          const s0 = Math.floor((pos - blockStart) / SECTOR);
-          const s1 = Math.ceil((pieceEnd - blockStart) / SECTOR);
-          forEachRun(bits, s0, s1, (a, z, set) => {
-            if (set) return;
-            const from = Math.max(pos, blockStart + a * SECTOR);
-            const to = Math.min(pieceEnd, blockStart + z * SECTOR);
-            part.fill(0, from - pos, to - pos);
-          });
-        }
-      }
+      await this.readBlock(b, blockStart, pos, into.subarray(pos - offset, pieceEnd - offset));
     }
   }
+
+  /** Read `part`, which starts at disk offset pos inside block b. */
+  private async readBlock(b: number, blockStart: number, pos: number, part: Uint8Array): Promise<void> {
+    const entry = this.layout.bat![b];
+    if (entry === UNALLOCATED) {
+      part.fill(0);
+      return;
+    }
+    // One read per block piece, straight into the caller's buffer.
+    await readOrZero(this.store, entry * SECTOR + this.bitmapSize + (pos - blockStart), part);
+    if (this.differencing) {
+      // Sectors this layer does not hold read as zeros here (the chain reads them from the parent).
+      const bits = await this.bitmap(b);
+      const s0 = Math.floor((pos - blockStart) / SECTOR);
+      const s1 = Math.ceil((pos + part.length - blockStart) / SECTOR);
+      forEachRun(bits, s0, s1, (a, z, set) => {
+        if (set) return;
+        const from = Math.max(pos, blockStart + a * SECTOR);
+        const to = Math.min(pos + part.length, blockStart + z * SECTOR);
+        part.fill(0, from - pos, to - pos);
+      });
+    }
+  }
+
 
   /** A block's sector bitmap, from the cache or with one read. */
   private async bitmap(block: number): Promise<Uint8Array> {

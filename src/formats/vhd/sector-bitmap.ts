@@ -80,25 +80,32 @@ function assignBits(bitmap: Uint8Array, from: number, to: number, value: boolean
  * the next flush writes them; clean ones are evicted least recently used first.
  */
 export class BitmapCache {
-  private readonly map = new Map<number, { bits: Uint8Array; dirty: boolean }>();
+  private readonly map = new Map<number, { bits: Uint8Array; dirty: boolean; used: number }>();
+  /** Use counter: a hit only stamps its entry (a lookup per layer per read must stay cheap); eviction looks for the oldest stamp. */
+  private clock = 0;
   constructor(private readonly capacity = 64) {}
 
   get(block: number): Uint8Array | undefined {
     const e = this.map.get(block);
     if (!e) return undefined;
-    this.map.delete(block);
-    this.map.set(block, e); // most recently used last
+    e.used = ++this.clock;
     return e.bits;
   }
 
   put(block: number, bits: Uint8Array, dirty = false): void {
     const old = this.map.get(block);
-    this.map.delete(block);
-    this.map.set(block, { bits, dirty: dirty || (old?.dirty ?? false) });
-    if (this.map.size <= this.capacity) return;
-    for (const [k, v] of this.map) {
-      if (this.map.size <= this.capacity) break;
-      if (!v.dirty) this.map.delete(k);
+    this.map.set(block, { bits, dirty: dirty || (old?.dirty ?? false), used: ++this.clock });
+    while (this.map.size > this.capacity) {
+      let victim: number | undefined;
+      let oldest = Infinity;
+      for (const [k, v] of this.map) {
+        if (!v.dirty && v.used < oldest) {
+          oldest = v.used;
+          victim = k;
+        }
+      }
+      if (victim === undefined) return; // all dirty: pinned until the next flush
+      this.map.delete(victim);
     }
   }
 
