@@ -174,6 +174,32 @@ test('zero and sameness checkers agree with a byte-level reference on any range'
   );
 });
 
+test('granuleRuns (with its gallop over same granules) equals a granule-by-granule reference', async () => {
+  const { granuleRuns, zeroChecker } = await import('../src/ops/zero.js');
+  // Buffers of zero and non-zero granules in random patterns, at random disk offsets.
+  const pattern = fc.array(fc.record({ zero: fc.boolean(), n: fc.integer({ min: 1, max: 40 }) }), { minLength: 1, maxLength: 12 });
+  fc.assert(
+    fc.property(pattern, fc.integer({ min: 0, max: 7 }), fc.constantFrom(512, 4096), (runs, shift, granule) => {
+      const unit = 512;
+      const parts = runs.map((r) => (r.zero ? new Uint8Array(r.n * unit) : new Uint8Array(r.n * unit).fill(7)));
+      const buf = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+      let at = 0;
+      for (const p of parts) (buf.set(p, at), (at += p.length));
+      const diskOffset = shift * unit;
+      const ref: { from: number; to: number; same: boolean }[] = [];
+      for (let pos = 0; pos < buf.length; ) {
+        const next = Math.min(buf.length, (Math.floor((diskOffset + pos) / granule) + 1) * granule - diskOffset);
+        const same = buf.subarray(pos, next).every((v) => v === 0);
+        const last = ref[ref.length - 1];
+        if (last && last.same === same) last.to = next;
+        else ref.push({ from: pos, to: next, same });
+        pos = next;
+      }
+      assert.deepEqual([...granuleRuns(buf, diskOffset, granule, zeroChecker(buf))], ref);
+    }),
+  );
+});
+
 test('unitPieces splits a range at unit boundaries, covering it exactly', async () => {
   const { unitPieces } = await import('../src/core/align.js');
   assert.deepEqual([...unitPieces(1000, 5000, 2048)], [

@@ -26,11 +26,16 @@ interface Scenario {
   differencing: boolean;
   /** Unaligned write: partial sectors, an unallocated block and an allocated one. */
   writes: Array<[number, number]>;
+  /** Issue all writes at once (sector-aligned, disjoint): several allocations in flight together. */
+  concurrent?: boolean;
 }
 
 const SCENARIOS: Scenario[] = [
   { name: 'dynamic: new block + existing block, unaligned', differencing: false, writes: [[MiB - 700, 5000], [3 * MiB + 100, 3000]] },
   { name: 'differencing: new block (partial, parent shows around it) + existing block', differencing: true, writes: [[MiB - 700, 5000], [2 * MiB + 333, 70000]] },
+  // Two new blocks, a second write into one of them while its allocation is in flight, and an existing block.
+  { name: 'dynamic: concurrent writes, two new blocks', differencing: false, concurrent: true, writes: [[MiB + 4096, 65536], [2 * MiB, 8192], [MiB + 512 * 1024, 4096], [3 * MiB + 8192, 4096]] },
+  { name: 'differencing: concurrent writes, two new blocks', differencing: true, concurrent: true, writes: [[0, 4096], [MiB + 1024, 8192], [MiB + 512 * 1024, 512], [2 * MiB + 16384, 4096]] },
 ];
 
 async function prepare(s: Scenario): Promise<{ fs: MemoryFs; top: string }> {
@@ -73,7 +78,8 @@ async function runOp(fs: MemoryFs, top: string, store: Store, s: Scenario): Prom
   const c = await openChain(top, { openStore: opener(fs, top, store) });
   try {
     const r = rng(99);
-    for (const [off, len] of s.writes) await c.write(off, randomBytes(r, len));
+    if (s.concurrent) await Promise.all(s.writes.map(([off, len]) => c.write(off, randomBytes(r, len), { disjoint: true })));
+    else for (const [off, len] of s.writes) await c.write(off, randomBytes(r, len));
     await c.flush();
   } finally {
     await c.close().catch(() => {});

@@ -1,6 +1,7 @@
 import { writeUnaligned } from '../core/align.js';
 import { BlockError } from '../core/errors.js';
 import { Mutex } from '../core/mutex.js';
+import { settleAll } from '../core/settle.js';
 import type { Extent } from '../core/extent.js';
 import type { Image } from '../formats/types.js';
 
@@ -250,7 +251,3 @@ function readData(layer: Image, e: Extent, part: Uint8Array): Promise<void> {
   return e.hostOffset !== undefined && layer.readHost ? layer.readHost(e.hostOffset, part) : layer.read(e.offset, part);
 }
 
-async function settleAll(work: (Promise<void> | undefined)[]): Promise<void> {
-  const results = await Promise.allSettled(work);
-  for (const r of results) if (r.status === 'rejected') throw r.reason;
-}

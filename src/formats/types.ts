@@ -43,6 +43,13 @@ export interface Capabilities {
    * that allocating formats lay out the file like the disk.
    */
   fixedLayout?: boolean;
+  /**
+   * Writes to disjoint ranges may be in flight at once, and new blocks are
+   * placed in the order write() is called (not the order writes finish): a
+   * copy may issue its writes in disk order without waiting for each one
+   * and still get a file laid out like the disk.
+   */
+  orderedAllocation?: boolean;
 }
 
 export interface CheckProblem {

@@ -41,7 +41,13 @@ export function sameChecker(a: Uint8Array, b: Uint8Array): (from: number, to: nu
   return (from: number, to: number) => ba.compare(bb, from, to, from, to) === 0;
 }
 
-/** Runs of granules (aligned to absolute disk offsets) that are all-zero or not. */
+/**
+ * Runs of granules (aligned to absolute disk offsets) that are all-zero (or
+ * equal) or not. A granule that is the same starts a gallop: spans of 2, 4,
+ * 8... granules are tested in one call each, so a long zero run costs a few
+ * native compares instead of one per granule; where a span fails, the walk
+ * goes on granule by granule (and a later same granule gallops again).
+ */
 export function* granuleRuns(
   buf: Uint8Array,
   diskOffset: number,
@@ -52,8 +58,15 @@ export function* granuleRuns(
   let runSame: boolean | undefined;
   let pos = 0;
   while (pos < buf.length) {
-    const next = Math.min(buf.length, (Math.floor((diskOffset + pos) / granule) + 1) * granule - diskOffset);
+    let next = Math.min(buf.length, (Math.floor((diskOffset + pos) / granule) + 1) * granule - diskOffset);
     const same = isSame(pos, next);
+    if (same) {
+      for (let span = granule; next < buf.length; span *= 2) {
+        const to = Math.min(buf.length, next + span);
+        if (!isSame(next, to)) break;
+        next = to;
+      }
+    }
     if (runSame === undefined) runSame = same;
     else if (same !== runSame) {
       yield { from: runStart, to: pos, same: runSame };

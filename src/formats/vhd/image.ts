@@ -3,6 +3,7 @@ import type { Extent } from '../../core/extent.js';
 import { pushExtent } from '../../core/extent.js';
 import { uuidToString } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
+import { settleAll } from '../../core/settle.js';
 import { unitPieces } from '../../core/align.js';
 import { alignUp, checkRange } from '../../core/u64.js';
 import type { Store } from '../../io/store.js';
@@ -29,6 +30,10 @@ import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sect
 const SECTOR = 512;
 /** Zeros for writeZeroes, shared (never written to). */
 const ZEROS = new Uint8Array(1 << 20);
+
+async function writeZeroData(store: Store, offset: number, length: number): Promise<void> {
+  for (let done = 0; done < length; done += ZEROS.length) await store.write(offset + done, ZEROS.subarray(0, Math.min(ZEROS.length, length - done)));
+}
 /** Dirty sector bitmaps kept before the metadata is written out without waiting for a flush. */
 const MAX_DIRTY_BITMAPS = 256;
 /** Largest sector number a 32-bit BAT entry can hold (0xFFFFFFFF means unallocated). */
@@ -83,6 +88,19 @@ export interface VhdLayout {
  * the parent's old contents show through). The footer contents never change
  * on a write (the footer records no file size), so the copy at offset 0
  * stays in step without being rewritten.
+ *
+ * Concurrency: the lock covers only the planning of a write — reserving the
+ * place of each new block (the end moves at once, so blocks are laid out in
+ * the order writes are called) and issuing its file writes. The data then
+ * lands outside the lock, several writes at once, and only when a write has
+ * landed does the in-memory state say so (BAT entry, bitmap bits): until
+ * then a read sees the old contents. Steps 3-5 and every maintenance
+ * operation first wait for all writes in flight. Several allocations in
+ * flight keep the crash argument of 1-2: every one of their footers sits in
+ * a sector no landed write covers (the next block's bitmap sector, written
+ * only in step 4), and no BAT entry on disk points at any of them. A failed
+ * allocation leaves its space unused (a leak `check` reports) and has the
+ * footer written again at the end by the next metadata write.
  */
 export class VhdImage implements Image {
   readonly format = 'vhd';
@@ -95,6 +113,12 @@ export class VhdImage implements Image {
   private readonly lock = new Mutex();
   private readonly bitmaps = new BitmapCache(64);
   private readonly dirtyBatSectors = new Set<number>();
+  /** File writes issued under the lock and not yet settled (with their in-memory updates). */
+  private readonly inflight = new Set<Promise<void>>();
+  /** Blocks being allocated: a later write into one waits until its BAT entry is known. */
+  private readonly allocating = new Map<number, Promise<void>>();
+  /** An allocation failed after the end moved: the end footer is written again before the metadata. */
+  private footerStale = false;
   private readonly blockSize: number;
   private readonly bitmapSize: number;
   private closed = false;
@@ -118,6 +142,9 @@ export class VhdImage implements Image {
       resize: f.diskType !== 'differencing',
       setBacking: f.diskType === 'differencing',
       backing: f.diskType === 'differencing',
+      // A fixed disk's sectors have their place in the file; the others allocate in call order (see the class comment).
+      fixedLayout: f.diskType === 'fixed',
+      orderedAllocation: true,
     };
   }
 
@@ -248,6 +275,9 @@ export class VhdImage implements Image {
     if (cached) return cached;
     const entry = this.layout.bat![block];
     const bits = await readExact(this.store, entry * SECTOR, new Uint8Array(this.bitmapSize), `sector bitmap of block ${block}`);
+    // Someone else may have loaded (and changed) it meanwhile: theirs is newer than what the file holds.
+    const raced = this.bitmaps.get(block);
+    if (raced) return raced;
     this.bitmaps.put(block, bits);
     return bits;
   }
@@ -276,21 +306,19 @@ export class VhdImage implements Image {
       await this.store.write(offset, data);
       return;
     }
-    await this.lock.run(() => this.writeBlocks(offset, data.length, data));
+    await settleAll(await this.lock.run(() => this.issueBlocks(offset, data.length, data)));
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
     this.checkWrite(offset, length, 'write zeroes');
     if (length === 0) return;
     if (!this.layout.bat) {
-      for (let done = 0; done < length; done += ZEROS.length) {
-        await this.store.write(offset + done, ZEROS.subarray(0, Math.min(ZEROS.length, length - done)));
-      }
+      await writeZeroData(this.store, offset, length);
       return;
     }
     // Dynamic: unallocated blocks already read as zeros and stay unallocated.
     // Differencing: zeros must hide the parent, so they are written like data.
-    await this.lock.run(() => this.writeBlocks(offset, length, null, !this.differencing));
+    await settleAll(await this.lock.run(() => this.issueBlocks(offset, length, null, !this.differencing)));
   }
 
   /**
@@ -307,6 +335,7 @@ export class VhdImage implements Image {
       const bat = this.layout.bat!;
       const bs = this.blockSize;
       for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
+        await this.allocating.get(b)?.catch(() => {});
         if (bat[b] !== UNALLOCATED) {
           const bits = await this.bitmap(b);
           if (clearBits(bits, (pos - blockStart) / SECTOR, (pieceEnd - blockStart) / SECTOR)) this.bitmaps.markDirty(b);
@@ -317,68 +346,105 @@ export class VhdImage implements Image {
   }
 
   /**
-   * Write [offset, offset+length) block by block: `data`, or zeros when null
-   * (`skipUnallocated`: leave unallocated blocks alone, they read as zeros already).
+   * Issue the writes of [offset, offset+length) block by block: `data`, or
+   * zeros when null (`skipUnallocated`: leave unallocated blocks alone, they
+   * read as zeros already). Runs under the lock; returns the writes, which
+   * settle outside it (see the class comment).
    */
-  private async writeBlocks(offset: number, length: number, data: Uint8Array | null, skipUnallocated = false): Promise<void> {
+  private async issueBlocks(offset: number, length: number, data: Uint8Array | null, skipUnallocated = false): Promise<Promise<void>[]> {
     const bat = this.layout.bat!;
     const bs = this.blockSize;
-    for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
-      const entry = bat[b];
-      if (entry === UNALLOCATED && skipUnallocated) {
-        continue;
+    const issued: Promise<void>[] = [];
+    try {
+      for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
+        // A block still being allocated: its BAT entry (or the failure) decides where this piece goes.
+        await this.allocating.get(b)?.catch(() => {});
+        const entry = bat[b];
+        if (entry === UNALLOCATED && skipUnallocated) continue;
+        const piece = data?.subarray(pos - offset, pieceEnd - offset) ?? null;
+        const s0 = (pos - blockStart) / SECTOR;
+        const s1 = (pieceEnd - blockStart) / SECTOR;
+        const work =
+          entry === UNALLOCATED
+            ? this.allocate(b, pos - blockStart, piece, s0, s1)
+            : this.writeInPlace(b, entry * SECTOR + this.bitmapSize + (pos - blockStart), piece, pieceEnd - pos, s0, s1);
+        this.inflight.add(work);
+        const forget = () => void this.inflight.delete(work);
+        work.then(forget, forget);
+        issued.push(work);
       }
-      const piece = data?.subarray(pos - offset, pieceEnd - offset);
-      if (entry === UNALLOCATED) {
-        // Zeros need no data write: a fresh block's data area is a hole and reads as zeros already.
-        await this.allocate(b, piece && { at: pos - blockStart, data: piece });
-      } else if (piece) {
-        await this.store.write(entry * SECTOR + this.bitmapSize + (pos - blockStart), piece);
-      } else {
-        const host = entry * SECTOR + this.bitmapSize - blockStart;
-        for (let p = pos; p < pieceEnd; p += ZEROS.length) await this.store.write(host + p, ZEROS.subarray(0, Math.min(ZEROS.length, pieceEnd - p)));
-      }
-      const bits = await this.bitmap(b);
-      if (setBits(bits, (pos - blockStart) / SECTOR, (pieceEnd - blockStart) / SECTOR)) this.bitmaps.markDirty(b);
+      if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
+    } catch (e) {
+      // Nothing issued may outlive the caller's error unseen.
+      await Promise.allSettled(issued);
+      throw e;
     }
-    if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
+    return issued;
   }
 
-  /** Where the next block goes: over the end footer (which moves behind it), never over metadata. */
-  private nextBlockOffset(): number {
-    return this.layout.footerOffset;
+  /** Data (or zeros) into an allocated block, then its bits set: a bit never claims a sector before its data is there. */
+  private async writeInPlace(b: number, host: number, piece: Uint8Array | null, length: number, s0: number, s1: number): Promise<void> {
+    if (piece) await this.store.write(host, piece);
+    else await writeZeroData(this.store, host, length);
+    const bits = await this.bitmap(b);
+    if (setBits(bits, s0, s1)) this.bitmaps.markDirty(b);
   }
 
   /**
-   * Steps 1 and 2 of the write order (see the class comment): the new footer
-   * at the new end and the first data of the block, issued together (either
-   * may land first: the comment covers both orders), then the BAT entry and
-   * the bitmap in memory. The in-memory state changes only once both writes
-   * have settled, so a failed write leaves the image as it was, with no
-   * write of this allocation still in flight.
+   * Steps 1 and 2 of the write order (see the class comment). The block's
+   * place is taken at once — the end moves before anything is written, so
+   * the next allocation goes behind it — then the new footer and the first
+   * data are issued together (either may land first: the comment covers both
+   * orders). The BAT entry and the bitmap change in memory only once both
+   * have landed, so a failed allocation leaves the block unallocated.
    */
-  private async allocate(block: number, first?: { at: number; data: Uint8Array }): Promise<void> {
-    const off = this.nextBlockOffset();
+  private allocate(block: number, at: number, first: Uint8Array | null, s0: number, s1: number): Promise<void> {
+    const off = this.layout.footerOffset;
     const sector = off / SECTOR;
     if (sector > MAX_BLOCK_SECTOR) {
       throw new BlockError('out-of-range', 'the VHD file cannot grow further: block offsets are limited to 32-bit sector numbers', { path: this.path, offset: off });
     }
     const newFooterOffset = off + this.bitmapSize + this.blockSize;
-    const writes = [this.store.write(newFooterOffset, encodeFooter(this.layout.footer))];
-    if (first) writes.push(this.store.write(off + this.bitmapSize + first.at, first.data));
-    for (const r of await Promise.allSettled(writes)) if (r.status === 'rejected') throw r.reason;
     this.layout.footerOffset = newFooterOffset;
-    this.layout.endFooterDamaged = null;
-    const bits = new Uint8Array(this.bitmapSize);
-    // Dynamic: the whole new block is valid (zeros where not written). Differencing: nothing yet, parent shows through.
-    if (!this.differencing) setBits(bits, 0, this.blockSize / SECTOR);
-    this.layout.bat![block] = sector;
-    this.dirtyBatSectors.add(Math.floor(block / 128));
-    this.bitmaps.put(block, bits, true);
+    const done = (async () => {
+      const writes = [this.store.write(newFooterOffset, encodeFooter(this.layout.footer))];
+      // Zeros need no data write: a fresh block's data area is a hole and reads as zeros already.
+      if (first) writes.push(this.store.write(off + this.bitmapSize + at, first));
+      try {
+        await settleAll(writes);
+      } catch (e) {
+        this.footerStale = true;
+        throw e;
+      }
+      if (this.layout.footerOffset === newFooterOffset) this.layout.endFooterDamaged = null;
+      const bits = new Uint8Array(this.bitmapSize);
+      // Dynamic: the whole new block is valid (zeros where not written). Differencing: only what was written.
+      if (!this.differencing) setBits(bits, 0, this.blockSize / SECTOR);
+      else setBits(bits, s0, s1);
+      this.layout.bat![block] = sector;
+      this.dirtyBatSectors.add(Math.floor(block / 128));
+      this.bitmaps.put(block, bits, true);
+    })();
+    this.allocating.set(block, done);
+    const forget = () => void this.allocating.delete(block);
+    done.then(forget, forget);
+    return done;
+  }
+
+  /** Until every write issued so far has settled (failures are their callers' to report). */
+  private async drain(): Promise<void> {
+    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
   }
 
   /** Steps 3-5 of the write order. */
   private async writeMetadata(): Promise<void> {
+    await this.drain();
+    if (this.footerStale) {
+      // A failed allocation may have left no footer at the end: put one where the next block would go.
+      await this.store.write(this.layout.footerOffset, encodeFooter(this.layout.footer));
+      this.footerStale = false;
+      this.layout.endFooterDamaged = null;
+    }
     const dirtyBitmaps = this.bitmaps.dirty();
     if (dirtyBitmaps.length === 0 && this.dirtyBatSectors.size === 0) {
       await this.store.flush();
