@@ -141,14 +141,21 @@ export class Chain {
   }
 
   /** Which layer answers for each part of [offset, offset+length); adjacent extents from the same layer merge. */
-  async blockStatus(offset: number, length: number): Promise<ChainExtent[]> {
+  /**
+   * What each range reads from: the layer that holds it (`depth`) and
+   * whether it is data or zeros. `findZeroes` (qemu's "want zero", for
+   * convert) also reports as zero the parts of data extents that lie in
+   * holes of their layer's file — a VHDX block another tool allocated but
+   * wrote only in part, say — at the cost of a few lseeks per extent.
+   */
+  async blockStatus(offset: number, length: number, options: { findZeroes?: boolean } = {}): Promise<ChainExtent[]> {
     this.checkRange(offset, length, 'block status');
     const out: ChainExtent[] = [];
-    await this.statusFrom(0, offset, length, out);
+    await this.statusFrom(0, offset, length, out, options.findZeroes ?? false);
     return out;
   }
 
-  private async statusFrom(depth: number, offset: number, length: number, out: ChainExtent[]): Promise<void> {
+  private async statusFrom(depth: number, offset: number, length: number, out: ChainExtent[], findZeroes: boolean): Promise<void> {
     if (length === 0) return;
     const layer = this.layers[depth];
     if (!layer || offset >= layer.size) {
@@ -157,7 +164,8 @@ export class Chain {
     }
     const inside = Math.min(length, layer.size - offset);
     for (const e of await layer.blockStatus(offset, inside)) {
-      if (e.kind === 'unallocated') await this.statusFrom(depth + 1, e.offset, e.length, out);
+      if (e.kind === 'unallocated') await this.statusFrom(depth + 1, e.offset, e.length, out, findZeroes);
+      else if (findZeroes && e.kind === 'data' && e.hostOffset !== undefined && layer.hostAllocation) await pushHostRanges(layer, e, depth, out);
       else push(out, { offset: e.offset, length: e.length, kind: e.kind, depth, hostOffset: e.hostOffset });
     }
     if (inside < length) push(out, { offset: offset + inside, length: length - inside, kind: 'zero', depth: this.layers.length });
@@ -244,6 +252,20 @@ function push(out: ChainExtent[], e: ChainExtent): void {
   if (last && last.kind === e.kind && last.depth === e.depth && last.offset + last.length === e.offset && hostOk) {
     last.length += e.length;
   } else out.push(e);
+}
+
+/** A data extent split where its bytes lie in holes of the layer's file (those read as zeros). */
+async function pushHostRanges(layer: Image, e: Extent, depth: number, out: ChainExtent[]): Promise<void> {
+  const host = e.hostOffset!;
+  const ranges = await layer.hostAllocation!(host, e.length);
+  if (!ranges) {
+    push(out, { offset: e.offset, length: e.length, kind: 'data', depth, hostOffset: host });
+    return;
+  }
+  for (const r of ranges) {
+    const offset = e.offset + (r.offset - host);
+    push(out, r.data ? { offset, length: r.length, kind: 'data', depth, hostOffset: r.offset } : { offset, length: r.length, kind: 'zero', depth });
+  }
 }
 
 /** One data extent of a layer into `part`, which covers exactly that extent. */

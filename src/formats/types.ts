@@ -1,5 +1,5 @@
 import type { Extent } from '../core/extent.js';
-import type { Store, StoreOpener } from '../io/store.js';
+import type { HostRange, Store, StoreOpener } from '../io/store.js';
 
 /**
  * The contracts every format implements. A format answers only for its own
@@ -104,6 +104,14 @@ export interface Image {
    * lets the chain read a data extent without the layer mapping it again.
    */
   readHost?(hostOffset: number, into: Uint8Array): Promise<void>;
+  /**
+   * Where the file behind data extents' hostOffsets has data and where holes
+   * (SEEK_DATA/SEEK_HOLE), or undefined when the host cannot tell. A hole
+   * reads as zeros, so a caller that wants zero ranges found without reading
+   * them (convert) can refine a data extent with it. Absent for raw, whose
+   * blockStatus asks the host already.
+   */
+  hostAllocation?(hostOffset: number, length: number): Promise<HostRange[] | undefined>;
   /** Write whole logical sectors. */
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Make whole logical sectors read as zero in this layer (never exposing the backing). */

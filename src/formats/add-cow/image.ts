@@ -1,7 +1,7 @@
 import { BlockError } from '../../core/errors.js';
 import { pushExtent, type Extent } from '../../core/extent.js';
 import { Mutex } from '../../core/mutex.js';
-import type { Store } from '../../io/store.js';
+import type { HostRange, Store } from '../../io/store.js';
 import { readExact } from '../../io/store.js';
 import { RawImage } from '../raw/index.js';
 import type { BackingRef, BackingTarget, Capabilities, CheckProblem, CheckResult, FormatInfo, Image } from '../types.js';
@@ -142,6 +142,11 @@ export class AddCowImage implements Image {
   /** Data extents are the image file's bytes at the same offset (hostOffset = disk offset). */
   readHost(hostOffset: number, into: Uint8Array): Promise<void> {
     return this.data.read(hostOffset, into);
+  }
+
+  /** The image file is raw: its blockStatus is the host's allocation (holes read as zeros). */
+  async hostAllocation(hostOffset: number, length: number): Promise<HostRange[] | undefined> {
+    return (await this.data.blockStatus(hostOffset, length)).map((e) => ({ offset: e.offset, length: e.length, data: e.kind === 'data' }));
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

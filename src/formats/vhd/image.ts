@@ -6,7 +6,7 @@ import { Mutex } from '../../core/mutex.js';
 import { settleAll } from '../../core/settle.js';
 import { unitPieces } from '../../core/align.js';
 import { alignUp, checkRange } from '../../core/u64.js';
-import type { Store } from '../../io/store.js';
+import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero } from '../../io/store.js';
 import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image, OpenContext } from '../types.js';
 import { checkVhd, resizeVhd, setVhdBacking } from './maintenance.js';
@@ -224,6 +224,10 @@ export class VhdImage implements Image {
 
   readHost(hostOffset: number, into: Uint8Array): Promise<void> {
     return readOrZero(this.store, hostOffset, into);
+  }
+
+  hostAllocation(hostOffset: number, length: number): Promise<HostRange[] | undefined> {
+    return this.store.allocation ? this.store.allocation(hostOffset, length) : Promise.resolve(undefined);
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {

@@ -3,7 +3,7 @@ import { pushExtent, type Extent } from '../../core/extent.js';
 import { randomGuid } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
 import { alignDown, alignUp } from '../../core/u64.js';
-import type { Store } from '../../io/store.js';
+import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
 import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image } from '../types.js';
 import {
@@ -229,6 +229,10 @@ export class VhdxImage implements Image {
 
   readHost(hostOffset: number, into: Uint8Array): Promise<void> {
     return readOrZero(this.store, hostOffset, into);
+  }
+
+  hostAllocation(hostOffset: number, length: number): Promise<HostRange[] | undefined> {
+    return this.store.allocation ? this.store.allocation(hostOffset, length) : Promise.resolve(undefined);
   }
 
   // ---- writing -------------------------------------------------------------
