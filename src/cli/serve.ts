@@ -1,4 +1,4 @@
-import v8 from 'node:v8';
+import { createRequire } from 'node:module';
 import type { Command } from 'commander';
 import { BlockError } from '../core/errors.js';
 import { DEFAULT_NBD_PORT } from '../nbd/port.js';
@@ -34,7 +34,9 @@ export function registerServe(program: Command, print: (s: string) => void = (s)
       // cheaper, and peak RSS under nbdcopy drops by about a third with no
       // loss of speed (measured: BENCHMARKS.md). Only this process is
       // affected — the library API leaves V8's settings to its host.
-      v8.setFlagsFromString('--max-semi-space-size=1');
+      // node:v8 is loaded here, not at start-up (other commands never need
+      // it); by require, which the CLI bundle's vm.Script supports and import() not.
+      (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString('--max-semi-space-size=1');
       const port = wholeNumber(o.port, '--port', 0);
       const shared = wholeNumber(o.shared, '--shared', 1);
       const timeout = Number(o.handshakeTimeout);

@@ -1,5 +1,3 @@
-import { randomBytes } from 'node:crypto';
-
 /**
  * GUIDs as VHDX (and Windows) store them: the first three fields little-endian,
  * the last 8 bytes as-is (MS-VHDX 2.2.2 refers to [MS-DTYP] GUID packet
@@ -32,7 +30,9 @@ export function uuidToString(b: Uint8Array): string {
 
 /** A fresh random (version 4) GUID/UUID in storage order. */
 export function randomGuid(): Uint8Array {
-  const b = new Uint8Array(randomBytes(16));
+  // Web Crypto's global (Node >= 19), loaded on first use: importing
+  // node:crypto would cost every CLI start-up ~2.5 ms, making a GUID or not.
+  const b = globalThis.crypto.getRandomValues(new Uint8Array(16));
   b[7] = (b[7] & 0x0f) | 0x40; // version 4 in the GUID layout (Data3 high nibble, little-endian)
   b[8] = (b[8] & 0x3f) | 0x80;
   return b;
