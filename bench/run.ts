@@ -285,6 +285,12 @@ async function machine(): Promise<Record<string, string>> {
   };
 }
 
+/** The options this run was given, as typed after `npm run bench --` (so the results say exactly how they were made). */
+function commandArgs(): string {
+  const given = process.argv.slice(2);
+  return given.length ? ` -- ${given.join(' ')}` : '';
+}
+
 async function updateMarkdown(md: string): Promise<void> {
   const path = join(REPO, 'BENCHMARKS.md');
   const START = '<!-- bench:results:start -->';
@@ -377,7 +383,7 @@ async function main(): Promise<number> {
     }
 
     const md = [
-      `Command: \`npm run bench${args.quick ? ' -- --quick' : ''}\` (${args.runs} runs per tool, alternating; median shown).`,
+      `Command: \`npm run bench${commandArgs()}\` (${args.runs} runs per tool, alternating; median shown).`,
       '',
       `Machine: ${facts.cores} cores (${facts.cpu}), ${facts.memory} RAM, Linux ${facts.kernel}, Node ${facts.node}, ${facts['qemu-img']}, ${facts.nbdcopy}, vhd-lib ${facts['vhd-lib']}${facts.env ? `; ${facts.env}` : ''}; run ${facts.date}.`,
       '',
