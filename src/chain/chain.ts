@@ -140,10 +140,10 @@ export class Chain {
     );
   }
 
-  /** Which layer answers for each part of [offset, offset+length); adjacent extents from the same layer merge. */
   /**
-   * What each range reads from: the layer that holds it (`depth`) and
-   * whether it is data or zeros. `findZeroes` (qemu's "want zero", for
+   * Which layer answers for each part of [offset, offset+length) (`depth`)
+   * and whether it is data or zeros; adjacent extents from the same layer
+   * merge. `findZeroes` (qemu's "want zero", for
    * convert) also reports as zero the parts of data extents that lie in
    * holes of their layer's file — a VHDX block another tool allocated but
    * wrote only in part, say — at the cost of a few lseeks per extent.

@@ -151,14 +151,14 @@ async function copy(
     theirs: mode === 'diff' ? new Uint8Array(bufferSize) : undefined,
     scratch: mode === 'fresh' ? undefined : new Uint8Array(bufferSize),
   }));
-  // Allocating targets (VHD, VHDX) get their writes one at a time in disk
-  // order, as qemu-img convert does without -W: the file is then laid out
-  // like the disk. Fixed-layout targets take them in any order, at once.
+  // Allocating targets get their writes in disk order, as qemu-img convert
+  // does without -W, so the file is laid out like the disk: a VHDX target
+  // one piece at a time; one that places blocks in call order (VHD) takes
+  // the next piece's writes as soon as this piece's are issued, not
+  // finished, so several run at once. Fixed-layout targets take them in any
+  // order, at once.
   const caps = dst.top.capabilities;
   const ordered = !caps.fixedLayout;
-  // A target that places blocks in call order (VHD) takes the next piece's
-  // writes as soon as this piece's are issued, not finished: the layout
-  // stays in disk order while several writes run at once.
   const issueAll = mode === 'fresh' && sparse !== 0 && (caps.fixedLayout === true || caps.orderedAllocation === true);
   const align = dst.logicalSectorSize;
   let writeTurn: Promise<void> = Promise.resolve();

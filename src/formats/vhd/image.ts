@@ -31,6 +31,7 @@ const SECTOR = 512;
 /** Zeros for writeZeroes, shared (never written to). */
 const ZEROS = new Uint8Array(1 << 20);
 
+/** Zero bytes written over [offset, offset+length) of the file (fixed disks, allocated blocks of differencing ones). */
 async function writeZeroData(store: Store, offset: number, length: number): Promise<void> {
   for (let done = 0; done < length; done += ZEROS.length) await store.write(offset + done, ZEROS.subarray(0, Math.min(ZEROS.length, length - done)));
 }
