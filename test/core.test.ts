@@ -157,6 +157,26 @@ test('mutex runs critical sections one at a time', async () => {
   assert.deepEqual(order, ['in1', 'out1', 'in2', 'out2', 'in3', 'out3']);
 });
 
+test('range lock: disjoint ranges run at once, overlapping ones one at a time in arrival order', async () => {
+  const { RangeLock } = await import('../src/core/range-lock.js');
+  const lock = new RangeLock();
+  const order: string[] = [];
+  const job = (name: string, start: number, end: number) =>
+    lock.run(start, end, async () => {
+      order.push(`in ${name}`);
+      await new Promise((r) => setTimeout(r, 5));
+      order.push(`out ${name}`);
+    });
+  // a and b are disjoint; c overlaps both; d overlaps c only (and must wait for it, though a and b are done first).
+  await Promise.all([job('a', 0, 10), job('b', 10, 20), job('c', 5, 15), job('d', 14, 30)]);
+  assert.deepEqual(order.slice(0, 2).sort(), ['in a', 'in b']);
+  assert.ok(order.indexOf('in c') > Math.max(order.indexOf('out a'), order.indexOf('out b')));
+  assert.ok(order.indexOf('in d') > order.indexOf('out c'));
+  // A failing holder releases its range.
+  await assert.rejects(lock.run(0, 5, async () => Promise.reject(new Error('boom'))), /boom/);
+  assert.equal(await lock.run(0, 5, async () => 7), 7);
+});
+
 test('zero and sameness checkers agree with a byte-level reference on any range', async () => {
   const { zeroChecker, sameChecker } = await import('../src/ops/zero.js');
   fc.assert(

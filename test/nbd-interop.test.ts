@@ -198,6 +198,37 @@ test('qemu-io writes patterns through nbd:// that vdisk then reads from the imag
   }
 });
 
+for (const format of ['vhd', 'vhdx']) {
+  test(`nbdcopy over several connections writes a disk into a fresh dynamic ${format} behind the server; qemu-img agrees`, async (t) => {
+    if (!tools(t, 'nbdcopy', 'qemu-img')) return;
+    const d = tempDir('vdisk-nbd-');
+    try {
+      const size = 32 * MiB;
+      const src = sparseRaw(d.dir, 'src.raw', size, 11);
+      // Unaligned edits on top, so requests that share blocks (and zero runs) arrive together.
+      const fd = openSync(src, 'r+');
+      writeSync(fd, new Uint8Array(70_000).fill(0x5c), 0, 70_000, 3 * MiB + 1000);
+      closeSync(fd);
+      const target = join(d.dir, `t.${format}`);
+      await createImage({ path: target, format, size, options: format === 'vhd' ? { force_size: 'on' } : {} });
+      const server = await serve(target, { shared: 4 });
+      try {
+        // nbdcopy opens up to 4 connections when the server offers multi-conn, 64 requests each.
+        await ok('nbdcopy', ['--flush', '--connections=4', src, server.address]);
+      } finally {
+        await server.close();
+      }
+      const fmt = format === 'vhd' ? 'vpc' : 'vhdx';
+      const cmp = await runAsync('qemu-img', ['compare', '-f', fmt, '-F', 'raw', target, src]);
+      assert.equal(cmp.status, 0, cmp.stdout + cmp.stderr);
+      if (format === 'vhdx') await ok('qemu-img', ['check', '-f', 'vhdx', target]);
+      assert.equal((await vdiskDigest(target)).digest, (await vdiskDigest(src)).digest);
+    } finally {
+      d.cleanup();
+    }
+  });
+}
+
 /** Make base + child in one format through the library; content written through the chain. */
 async function differencingChain(dir: string, format: string, size: number): Promise<string | undefined> {
   const base = join(dir, `base.${format}`);

@@ -1,6 +1,6 @@
 import { writeUnaligned } from '../core/align.js';
 import { BlockError } from '../core/errors.js';
-import { Mutex } from '../core/mutex.js';
+import { RangeLock } from '../core/range-lock.js';
 import { settleAll } from '../core/settle.js';
 import type { Extent } from '../core/extent.js';
 import type { Image } from '../formats/types.js';
@@ -24,7 +24,15 @@ export interface ChainExtent {
  * partial sectors completed from what the chain reads there (copy-up).
  */
 export class Chain {
-  private readonly writeLock = new Mutex();
+  /**
+   * Writes, zero writes and discards take the sectors they touch (their
+   * range rounded out to whole logical sectors): overlapping ones run one
+   * at a time, so each lands whole — NBD multi-conn relies on it — and a
+   * partial sector's read-modify-write cannot interleave with another write
+   * of that sector. Disjoint ones run at once; the layer's own lock, if it
+   * has one, still orders its metadata.
+   */
+  private readonly writeLock = new RangeLock();
 
   constructor(
     readonly layers: Image[],
@@ -172,11 +180,9 @@ export class Chain {
   }
 
   /**
-   * Write to the top layer. Writes are serialised so that each lands whole
-   * (NBD multi-conn relies on it). A caller whose writes in flight never
-   * share a logical sector (convert: disjoint pieces of a copy) passes
-   * `disjoint` so that its sector-aligned writes run side by side; the
-   * layer's own lock, if it has one, still orders its metadata.
+   * Write to the top layer (see writeLock). A caller whose writes in flight
+   * never share a logical sector (convert: disjoint pieces of a copy) passes
+   * `disjoint` to skip the range lock for its sector-aligned writes.
    */
   async write(offset: number, data: Uint8Array, options: { disjoint?: boolean } = {}): Promise<void> {
     this.checkWritable('write');
@@ -185,7 +191,8 @@ export class Chain {
     const top = this.top;
     const align = top.logicalSectorSize;
     if (options.disjoint && offset % align === 0 && data.length % align === 0) return top.write(offset, data);
-    await this.writeLock.run(() =>
+    const [from, to] = sectorsOf(offset, data.length, align);
+    await this.writeLock.run(from, to, () =>
       writeUnaligned(offset, data, align, (u, buf) => this.readFrom(0, u, buf), (o, d) => top.write(o, d)),
     );
   }
@@ -197,7 +204,8 @@ export class Chain {
     if (length === 0) return;
     const top = this.top;
     const align = top.logicalSectorSize;
-    await this.writeLock.run(async () => {
+    const [from, to] = sectorsOf(offset, length, align);
+    await this.writeLock.run(from, to, async () => {
       const end = offset + length;
       const alignedStart = Math.ceil(offset / align) * align;
       const alignedEnd = Math.floor(end / align) * align;
@@ -223,7 +231,7 @@ export class Chain {
     const align = top.logicalSectorSize;
     const start = Math.ceil(offset / align) * align;
     const end = Math.floor((offset + length) / align) * align;
-    if (end > start) await this.writeLock.run(() => top.trim!(start, end - start));
+    if (end > start) await this.writeLock.run(start, end, () => top.trim!(start, end - start));
   }
 
   /** Make every write durable. */
@@ -252,6 +260,11 @@ function push(out: ChainExtent[], e: ChainExtent): void {
   if (last && last.kind === e.kind && last.depth === e.depth && last.offset + last.length === e.offset && hostOk) {
     last.length += e.length;
   } else out.push(e);
+}
+
+/** [offset, offset+length) rounded out to whole units of `align` bytes. */
+function sectorsOf(offset: number, length: number, align: number): [number, number] {
+  return [Math.floor(offset / align) * align, Math.ceil((offset + length) / align) * align];
 }
 
 /** A data extent split where its bytes lie in holes of the layer's file (those read as zeros). */

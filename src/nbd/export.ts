@@ -21,7 +21,7 @@ export interface NbdExport {
   readonly chain: Chain;
   readonly size: number;
   readonly readOnly: boolean;
-  /** All connections share this one Chain (its write mutex and flush), so multi-conn is safe. */
+  /** All connections share this one Chain (its write range lock and flush), so multi-conn is safe. */
   readonly multiConn: boolean;
   /** The top layer can discard (Image.trim exists and capabilities.trim). */
   readonly canTrim: boolean;
