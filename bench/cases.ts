@@ -343,6 +343,57 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
     }
   }
 
+  // --- NBD writes: nbdcopy of in.raw into a fresh dynamic VHD behind each server ---
+  {
+    const target = (who: string) => w(`nbd-write-${who}.vhd`);
+    const sock = (who: string) => w(`nbd-write-${who}.sock`);
+    // Create the image, start the server (it exits when its last client
+    // leaves), wait for its socket, copy with a final flush, wait for the
+    // server's exit: timed end to end, the same steps for both.
+    const quote = (argv: string[]) => argv.map((x) => `'${x}'`).join(' ');
+    const run = (who: string, create: string[], serve: string[]) => [
+      'env',
+      `T=${target(who)}`,
+      `S=${sock(who)}`,
+      `SRC=${inp.raw}`,
+      'sh',
+      '-c',
+      [
+        'set -e',
+        'rm -f "$T" "$S"',
+        quote(create),
+        `${quote(serve)} & pid=$!`,
+        'i=0; while [ ! -S "$S" ]; do i=$((i+1)); [ $i -lt 1000 ] || exit 1; sleep 0.01; done',
+        'nbdcopy --flush "$SRC" "nbd+unix:///?socket=$S"',
+        'wait $pid',
+      ].join('\n'),
+    ];
+    cases.push({
+      id: 'nbd-write-vhd',
+      group: 'nbd',
+      title: 'nbdcopy in.raw → fresh dynamic VHD behind the server',
+      bytes: size,
+      unavailable: serveMissing ?? formatAvailable('vhd') ?? undefined,
+      goal: 'vdisk/qemu-nbd <= 1.25 (at least 0.8x the speed)',
+      limits: { 'vdisk serve/qemu-nbd': 1.25 },
+      note: 'timed end to end: create the image, start the server (8 clients allowed), nbdcopy with a final flush, server exit; peak RSS is the whole script\'s largest process',
+      tools: [
+        {
+          name: 'vdisk serve',
+          role: 'vdisk',
+          outputs: [target('vdisk')],
+          argv: run('vdisk', vdiskCli('create', '-q', '-f', 'vhd', '-o', 'subformat=dynamic,force_size=on', target('vdisk'), String(size)), vdiskCli('serve', '-f', 'vhd', '-e', '8', '-k', sock('vdisk'), target('vdisk'))),
+        },
+        {
+          name: 'qemu-nbd',
+          role: 'peer',
+          outputs: [target('qemu')],
+          argv: run('qemu', ['qemu-img', 'create', '-q', '-f', 'vpc', '-o', 'subformat=dynamic,force_size=on', target('qemu'), String(size)], ['qemu-nbd', '-f', 'vpc', '-e', '8', '-k', sock('qemu'), target('qemu')]),
+        },
+      ],
+    });
+  }
+
   // --- add-cow ----------------------------------------------------------------
   const addCow = formatAvailable('add-cow', true);
   const acDir = w('addcow-write');
