@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync, chmodSync, statSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { vdisk } from './helpers/cli.js';
 import { tempDir } from './helpers/oracle.js';
 import { REPO_ROOT } from './helpers/corpus.js';
@@ -123,6 +124,16 @@ test('create refuses to overwrite an existing file', () => {
   } finally {
     t.cleanup();
   }
+});
+
+test("README's set-up command, after `npm ci`, runs the demo as written", () => {
+  // The first line of the README's first code block: `npm ci && <command>  # comment`.
+  const line = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8').split('\n').find((l) => l.startsWith('npm ci && '));
+  assert.ok(line, 'README starts with the set-up command');
+  const command = line.replace(/^npm ci && /, '').replace(/\s+#.*$/, '');
+  const r = spawnSync('sh', ['-c', command], { cwd: REPO_ROOT, encoding: 'utf8' });
+  assert.equal(r.status, 0, `${command}: ${r.stderr}${r.stdout}`);
+  assert.match(r.stdout, /demo done/);
 });
 
 test('demo runs end to end', () => {
