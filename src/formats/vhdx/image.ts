@@ -2,6 +2,7 @@ import { BlockError } from '../../core/errors.js';
 import { pushExtent, type Extent } from '../../core/extent.js';
 import { randomGuid } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
+import { settleAll } from '../../core/settle.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
@@ -70,7 +71,15 @@ interface Piece {
 export class VhdxImage implements Image {
   readonly format = 'vhdx';
   readonly capabilities: Capabilities = { write: true, writeZeroes: true, trim: false, resize: true, setBacking: true, backing: true };
+  /**
+   * Metadata changes (allocation, the log, headers) run one at a time under
+   * this lock. Writes into FULLY_PRESENT blocks touch no metadata: they are
+   * decided under the lock but land outside it, side by side (`inflight`);
+   * whatever could move or free such a block (unmapping zero writes, resize,
+   * backing changes), flush and close first wait for them (`exclusive`).
+   */
   private readonly lock = new Mutex();
+  private readonly inflight = new Set<Promise<void>>();
   private readonly bitmaps: SectorBitmapCache;
   private fileGuidChanged = false;
   private dataGuidChanged = false;
@@ -315,9 +324,28 @@ export class VhdxImage implements Image {
     this.checkRange(offset, data.length, 'write');
     this.checkSectors(offset, data.length, 'write');
     if (data.length === 0) return;
-    await this.lock.run(async () => {
+    const issued = await this.lock.run(async () => {
       await this.beginWrite(true);
-      await this.writeLocked(offset, data);
+      const inPlace: Array<[number, Uint8Array]> = [];
+      await this.writeLocked(offset, data, inPlace);
+      // Issued and counted in flight before the lock is released, so no exclusive section can miss them.
+      const work = inPlace.map(([host, slice]) => this.store.write(host, slice));
+      for (const w of work) {
+        this.inflight.add(w);
+        const forget = () => void this.inflight.delete(w);
+        w.then(forget, forget);
+      }
+      // An array, not a promise: returning a promise would keep the lock until it settled.
+      return work;
+    });
+    await settleAll(issued);
+  }
+
+  /** Run `fn` under the lock once every write in flight outside it has settled. */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.lock.run(async () => {
+      while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+      return fn();
     });
   }
 
@@ -334,9 +362,10 @@ export class VhdxImage implements Image {
    * (and flushed by the commit) before the BAT entry naming it is logged and
    * applied. In a differencing disk a block only partly written becomes
    * PARTIALLY_PRESENT with the written sectors' bitmap bits set, so the rest
-   * still reads from the parent.
+   * still reads from the parent. With `deferred`, writes into FULLY_PRESENT
+   * blocks are handed back to be issued outside the lock instead.
    */
-  private async writeLocked(offset: number, data: Uint8Array): Promise<void> {
+  private async writeLocked(offset: number, data: Uint8Array, deferred?: Array<[number, Uint8Array]>): Promise<void> {
     const bs = this.blockSize;
     const updates: SectorUpdates = new Map();
     const fresh = new Set<number>();
@@ -349,7 +378,8 @@ export class VhdxImage implements Image {
       const i = this.bat.payloadIndex(block);
       const state = this.bat.state(i);
       if (state === PAYLOAD_FULLY_PRESENT) {
-        await this.store.write(this.bat.offset(i) + (pos - blockStart), slice);
+        if (deferred) deferred.push([this.bat.offset(i) + (pos - blockStart), slice]);
+        else await this.store.write(this.bat.offset(i) + (pos - blockStart), slice);
       } else if (state === PAYLOAD_PARTIALLY_PRESENT) {
         await this.store.write(this.bat.offset(i) + (pos - blockStart), slice);
         await this.markSectors(updates, block, pos, n, fresh, newBitmaps, i, this.bat.offset(i));
@@ -428,7 +458,7 @@ export class VhdxImage implements Image {
     this.checkRange(offset, length, 'write zeroes');
     this.checkSectors(offset, length, 'write zeroes');
     if (length === 0) return;
-    await this.lock.run(async () => {
+    await this.exclusive(async () => {
       await this.beginWrite(true);
       const bs = this.blockSize;
       const updates: SectorUpdates = new Map();
@@ -465,14 +495,14 @@ export class VhdxImage implements Image {
 
   async flush(): Promise<void> {
     if (this.readOnly) return;
-    await this.lock.run(() => this.store.flush());
+    await this.exclusive(() => this.store.flush());
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     try {
       if (!this.readOnly) {
-        await this.lock.run(async () => {
+        await this.exclusive(async () => {
           await this.store.flush();
           await this.state.journal.close();
         });
@@ -508,12 +538,12 @@ export class VhdxImage implements Image {
   // ---- maintenance (check.ts, maintenance.ts) ------------------------------
 
   check(options: { repair?: 'leaks' | 'all' }): Promise<CheckResult> {
-    return this.lock.run(() => checkVhdx(this, options));
+    return this.exclusive(() => checkVhdx(this, options));
   }
 
   resize(newSize: number, options: { shrink?: boolean }): Promise<void> {
     this.checkWritable('resize');
-    return this.lock.run(async () => {
+    return this.exclusive(async () => {
       await this.beginWrite(true);
       await resizeVhdx(this, newSize, options);
     });
@@ -521,7 +551,7 @@ export class VhdxImage implements Image {
 
   setBacking(parent: BackingTarget | null): Promise<void> {
     this.checkWritable('set backing');
-    return this.lock.run(async () => {
+    return this.exclusive(async () => {
       await this.beginWrite(false);
       await setBackingVhdx(this, parent);
     });

@@ -8,9 +8,10 @@ import { randInt, randomBytes, rng } from './helpers/random.js';
 
 /**
  * VHD writes land outside the image lock, several at once (class comment of
- * src/formats/vhd/image.ts): these tests hold it to what a serial writer
- * would give — contents, layout in call order, metadata that checks clean —
- * and to the bitmap race a concurrent read used to win.
+ * src/formats/vhd/image.ts), and so do VHDX writes into blocks that already
+ * hold data (src/formats/vhdx/image.ts): these tests hold both to what a
+ * serial writer would give — contents, layout in call order, metadata that
+ * checks clean — and VHD to the bitmap race a concurrent read used to win.
  */
 const MiB = 1 << 20;
 const SIZE = 64 * MiB;
@@ -157,4 +158,91 @@ test('differencing VHD: a read loading a bitmap cannot undo the bits a concurren
   await again.close();
   assert.ok(Buffer.compare(got.subarray(MiB, MiB + 4096), b) === 0, 'the concurrent write survives (its bits were kept)');
   assert.ok(Buffer.compare(got, model) === 0);
+});
+
+for (const differencing of [false, true]) {
+  const kind = differencing ? 'differencing' : 'dynamic';
+  test(`${kind} VHDX: concurrent disjoint writes, many into blocks that already hold data, read back as a serial model and check clean`, async () => {
+    const fs = new MemoryFs();
+    const openStore = fs.opener();
+    const r = rng(differencing ? 21 : 20);
+    const model = new Uint8Array(SIZE);
+    const top = '/x/top.vhdx';
+    if (differencing) {
+      await createImage({ path: '/x/base.vhdx', format: 'vhdx', size: SIZE, options: { block_size: '1M' }, openStore });
+      const base = await openChain('/x/base.vhdx', { openStore });
+      for (let off = 0; off < SIZE; off += 4 * MiB) {
+        const d = randomBytes(r, MiB + 4096);
+        await base.write(off, d);
+        model.set(d, off);
+      }
+      await base.close();
+      await createImage({ path: top, format: 'vhdx', backing: { path: 'base.vhdx', format: 'vhdx' }, options: { block_size: '1M' }, openStore });
+    } else await createImage({ path: top, format: 'vhdx', size: SIZE, options: { block_size: '1M' }, openStore });
+
+    const c = await openChain(top, { openStore });
+    // Whole 1 MiB blocks first (FULLY_PRESENT), so the batches below mostly write in place beside new allocations.
+    for (let b = 0; b < SIZE / MiB; b += 3) {
+      const d = randomBytes(r, MiB);
+      model.set(d, b * MiB);
+      await c.write(b * MiB, d);
+    }
+    for (let batch = 0; batch < 10; batch++) {
+      const taken: Array<[number, number]> = [];
+      const work: Promise<void>[] = [];
+      for (let i = 0; i < 16; i++) {
+        const len = randInt(r, 1, 300) * 512;
+        const off = Math.min(SIZE - len, randInt(r, 0, SIZE / 512 - 1) * 512);
+        if (taken.some(([a, z]) => off < z && off + len > a)) continue;
+        taken.push([off, off + len]);
+        const d = randomBytes(r, len);
+        model.set(d, off);
+        work.push(c.write(off, d, { disjoint: true }));
+      }
+      // A flush issued with the writes still in flight must not return before they land.
+      work.push(c.flush());
+      await Promise.all(work);
+    }
+    const got = new Uint8Array(SIZE);
+    await c.read(0, got);
+    assert.ok(Buffer.compare(got, model) === 0, 'contents while open');
+    await c.close();
+
+    const again = await openChain(top, { openStore, readOnly: true });
+    await again.read(0, got);
+    assert.ok(Buffer.compare(got, model) === 0, 'contents after reopening');
+    const checked = await again.top.check!({});
+    assert.deepEqual(checked.problems.filter((p) => p.severity === 'corruption'), [], 'check finds no corruption');
+    await again.close();
+  });
+}
+
+test('VHDX: flush and close wait for writes landing outside the lock', async () => {
+  const fs = new MemoryFs();
+  const inner = fs.opener();
+  const top = '/y/a.vhdx';
+  await createImage({ path: top, format: 'vhdx', size: SIZE, options: { block_size: '1M' }, openStore: inner });
+  let c = await openChain(top, { openStore: inner });
+  await c.write(0, new Uint8Array(MiB).fill(1)); // block 0 FULLY_PRESENT
+  await c.close();
+  // 4 KiB writes (the in-place ones below) take 40 ms to land.
+  const openStore: StoreOpener = async (path, o) => slowed(await inner(path, o), (op, _offset) => op === 'write', 40);
+  c = await openChain(top, { openStore });
+  await c.write(8192, new Uint8Array(4096).fill(2)); // the first write also updates the headers; let it finish
+  let landed = false;
+  const writing = c.write(4096, new Uint8Array(4096).fill(3)).then(() => (landed = true));
+  await new Promise((r) => setImmediate(r));
+  await c.flush();
+  assert.ok(landed, 'flush returned only after the write in flight had landed');
+  await writing;
+  const tail = c.write(65536, new Uint8Array(4096).fill(4)).then(() => (landed = true));
+  landed = false;
+  await c.close();
+  assert.ok(landed, 'close returned only after the write in flight had landed');
+  await tail;
+  const again = await openChain(top, { openStore: inner, readOnly: true });
+  const got = new Uint8Array(69632);
+  await again.read(0, got);
+  await again.close();
+  assert.ok(got.subarray(4096, 8192).every((x) => x === 3) && got.subarray(65536).every((x) => x === 4));
 });
