@@ -3,7 +3,7 @@ import type { Extent } from '../../core/extent.js';
 import { pushExtent } from '../../core/extent.js';
 import { uuidToString } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
-import { settleAll } from '../../core/settle.js';
+import { InFlight, settleAll } from '../../core/settle.js';
 import { unitPieces } from '../../core/align.js';
 import { alignUp, checkRange } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
@@ -115,7 +115,7 @@ export class VhdImage implements Image {
   private readonly bitmaps = new BitmapCache(64);
   private readonly dirtyBatSectors = new Set<number>();
   /** File writes issued under the lock and not yet settled (with their in-memory updates). */
-  private readonly inflight = new Set<Promise<void>>();
+  private readonly inflight = new InFlight();
   /** Blocks being allocated: a later write into one waits until its BAT entry is known. */
   private readonly allocating = new Map<number, Promise<void>>();
   /** An allocation failed after the end moved: the end footer is written again before the metadata. */
@@ -373,10 +373,7 @@ export class VhdImage implements Image {
           entry === UNALLOCATED
             ? this.allocate(b, pos - blockStart, piece, s0, s1)
             : this.writeInPlace(b, entry * SECTOR + this.bitmapSize + (pos - blockStart), piece, pieceEnd - pos, s0, s1);
-        this.inflight.add(work);
-        const forget = () => void this.inflight.delete(work);
-        work.then(forget, forget);
-        issued.push(work);
+        issued.push(this.inflight.track(work));
       }
       if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
     } catch (e) {
@@ -436,14 +433,9 @@ export class VhdImage implements Image {
     return done;
   }
 
-  /** Until every write issued so far has settled (failures are their callers' to report). */
-  private async drain(): Promise<void> {
-    while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
-  }
-
   /** Steps 3-5 of the write order. */
   private async writeMetadata(): Promise<void> {
-    await this.drain();
+    await this.inflight.drain();
     if (this.footerStale) {
       // A failed allocation may have left no footer at the end: put one where the next block would go.
       await this.store.write(this.layout.footerOffset, encodeFooter(this.layout.footer));

@@ -2,7 +2,7 @@ import { BlockError } from '../../core/errors.js';
 import { pushExtent, type Extent } from '../../core/extent.js';
 import { randomGuid } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
-import { settleAll } from '../../core/settle.js';
+import { InFlight, settleAll } from '../../core/settle.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
@@ -79,7 +79,7 @@ export class VhdxImage implements Image {
    * backing changes), flush and close first wait for them (`exclusive`).
    */
   private readonly lock = new Mutex();
-  private readonly inflight = new Set<Promise<void>>();
+  private readonly inflight = new InFlight();
   private readonly bitmaps: SectorBitmapCache;
   private fileGuidChanged = false;
   private dataGuidChanged = false;
@@ -329,14 +329,8 @@ export class VhdxImage implements Image {
       const inPlace: Array<[number, Uint8Array]> = [];
       await this.writeLocked(offset, data, inPlace);
       // Issued and counted in flight before the lock is released, so no exclusive section can miss them.
-      const work = inPlace.map(([host, slice]) => this.store.write(host, slice));
-      for (const w of work) {
-        this.inflight.add(w);
-        const forget = () => void this.inflight.delete(w);
-        w.then(forget, forget);
-      }
       // An array, not a promise: returning a promise would keep the lock until it settled.
-      return work;
+      return inPlace.map(([host, slice]) => this.inflight.track(this.store.write(host, slice)));
     });
     await settleAll(issued);
   }
@@ -344,7 +338,7 @@ export class VhdxImage implements Image {
   /** Run `fn` under the lock once every write in flight outside it has settled. */
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
     return this.lock.run(async () => {
-      while (this.inflight.size > 0) await Promise.allSettled([...this.inflight]);
+      await this.inflight.drain();
       return fn();
     });
   }
