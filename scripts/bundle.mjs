@@ -57,6 +57,17 @@ await build({
   plugins: [lazyChildProcess],
 });
 
-// A fresh code cache for the new bundle (bin/vdisk.cjs writes it on exit).
+// A fresh code cache for the new bundle (bin/vdisk.cjs writes it on exit,
+// with every function the run compiled). The demo runs create, io, info,
+// map, convert and compare over VHDX, VHD, add-cow and raw, so the cache
+// holds most of what a command runs, not only the argument parser: a
+// convert then reaches its first read ~1.5 ms sooner than with a cache made
+// by `--help` (431 KB of cache against 158 KB; loading it costs ~0.4 ms more).
 rmSync(`${outfile}.v8-cache`, { force: true });
-execFileSync(process.execPath, [join(root, 'bin/vdisk.cjs'), '--help'], { stdio: 'ignore' });
+try {
+  execFileSync(process.execPath, [join(root, 'bin/vdisk.cjs'), 'demo'], { stdio: 'ignore' });
+} catch {
+  // No temporary folder to run the demo in: a cache of the parser is still worth having.
+  rmSync(`${outfile}.v8-cache`, { force: true });
+  execFileSync(process.execPath, [join(root, 'bin/vdisk.cjs'), '--help'], { stdio: 'ignore' });
+}
