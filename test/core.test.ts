@@ -242,3 +242,52 @@ test('unitPieces splits a range at unit boundaries, covering it exactly', async 
   ]);
   assert.deepEqual([...unitPieces(4096, 0, 2048)], []);
 });
+
+test('prefetch view answers every read as the store would (bytes and short reads at the end)', async () => {
+  const { prefetch } = await import('../src/io/prefetch.js');
+  const ranges = fc.array(fc.tuple(fc.nat(3000), fc.nat(1500)), { maxLength: 3 });
+  const reads = fc.array(fc.tuple(fc.nat(3500), fc.nat(900)), { minLength: 1, maxLength: 12 });
+  await fc.assert(
+    fc.asyncProperty(fc.nat(3000), ranges, reads, async (size, held, asked) => {
+      const bytes = new Uint8Array(size).map((_, i) => (i * 31 + 7) & 255);
+      const store = new MemoryStore('m', bytes, true);
+      const view = await prefetch(store, held);
+      // Besides the random reads, every read that starts or ends at a held range's edge or one byte off it.
+      const edges = held.flatMap(([o, l]) =>
+        [o - 1, o, o + 1, o + l - 1, o + l, o + l + 1].flatMap((a) => [o + l + 1, o + l, o + l - 1, o + 1].filter((z) => a >= 0 && z > a).map((z) => [a, z - a] as [number, number])),
+      );
+      for (const [offset, length] of [...asked, ...edges]) {
+        const want = new Uint8Array(length);
+        const got = new Uint8Array(length).fill(0xee);
+        const n = await store.read(offset, want);
+        assert.equal(await view.read(offset, got), n);
+        assert.deepEqual(got.subarray(0, n), want.subarray(0, n));
+      }
+    }),
+  );
+});
+
+test('slots run at most N tasks at once, the rest in the order they asked', async () => {
+  const { Slots } = await import('../src/core/mutex.js');
+  const slots = new Slots(2);
+  let running = 0;
+  let peak = 0;
+  const started: number[] = [];
+  const gates: (() => void)[] = [];
+  const tasks = [0, 1, 2, 3, 4].map((i) =>
+    slots.run(async () => {
+      started.push(i);
+      peak = Math.max(peak, ++running);
+      await new Promise<void>((r) => gates.push(r));
+      running--;
+      return i;
+    }),
+  );
+  for (let k = 0; k < 5; k++) {
+    await new Promise((r) => setImmediate(r));
+    gates.shift()!();
+  }
+  assert.deepEqual(await Promise.all(tasks), [0, 1, 2, 3, 4]);
+  assert.deepEqual(started, [0, 1, 2, 3, 4]);
+  assert.equal(peak, 2);
+});
