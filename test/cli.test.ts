@@ -189,3 +189,21 @@ test('--version prints the package version; the CLI runs from the one-file bundl
     writeFileSync(cache, good);
   }
 });
+
+test('a run defines only the command it names, and help still reaches every command', () => {
+  // Command help, after a global option: the one command defined is enough.
+  const one = vdisk('--verbose', 'convert', '--help');
+  assert.equal(one.status, 0, one.stderr);
+  assert.match(one.stdout, /Usage: vdisk convert \[options\] <source> <target>/);
+  // `help CMD`, the program's help and a misspelt command get the whole program.
+  const viaHelp = vdisk('help', 'measure');
+  assert.equal(viaHelp.status, 0, viaHelp.stderr);
+  assert.match(viaHelp.stdout, /Usage: vdisk measure/);
+  const all = vdisk('--help');
+  for (const name of ['info', 'create', 'convert', 'compare', 'map', 'io', 'demo', 'check', 'commit', 'rebase', 'resize', 'measure', 'serve']) {
+    assert.match(all.stdout, new RegExp(`^  ${name} `, 'm'), `${name} is listed`);
+  }
+  const typo = vdisk('conver', 'a', 'b');
+  assert.equal(typo.status, 2);
+  assert.match(typo.stderr, /unknown command 'conver'[\s\S]*Did you mean convert\?/);
+});

@@ -8,7 +8,13 @@ import { registerServe } from './serve.js';
  */
 export type RegisterCommand = (program: Command, print: (s: string) => void) => void;
 
-export const extraCommands: RegisterCommand[] = [
+/** A command by name, so that a run can define only the command it runs. */
+export interface CommandEntry {
+  name: string;
+  register: RegisterCommand;
+}
+
+export const extraCommands: CommandEntry[] = [
   ...opsCommands,
-  registerServe,
+  { name: 'serve', register: registerServe },
 ];

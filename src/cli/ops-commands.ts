@@ -2,7 +2,7 @@ import { Option, type Command } from 'commander';
 import { BlockError } from '../core/errors.js';
 import { parseSize } from '../core/size.js';
 import { parseOptions } from '../ops/options.js';
-import type { RegisterCommand } from './commands.js';
+import type { CommandEntry, RegisterCommand } from './commands.js';
 import { Exit, openOptions, outputOption, withOpenOptions } from './main.js';
 import { progressBar } from './progress.js';
 
@@ -146,4 +146,10 @@ const registerMeasure: RegisterCommand = (program, print) => {
   });
 };
 
-export const opsCommands: RegisterCommand[] = [registerCheck, registerCommit, registerRebase, registerResize, registerMeasure];
+export const opsCommands: CommandEntry[] = [
+  { name: 'check', register: registerCheck },
+  { name: 'commit', register: registerCommit },
+  { name: 'rebase', register: registerRebase },
+  { name: 'resize', register: registerResize },
+  { name: 'measure', register: registerMeasure },
+];
