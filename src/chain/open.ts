@@ -91,7 +91,9 @@ export async function openChain(path: string, options: ChainOpenOptions = {}): P
   try {
     const top = await openLayer(path, options);
     layers.push(top);
-    seen.add(await identityKey(path));
+    // The loop check needs the top's real path only when there are parents
+    // to follow: a single layer skips a round trip to the thread pool.
+    if (!options.layerOnly && top.backing) seen.add(await identityKey(path));
     let child = top;
     let childPath = path;
     while (!options.layerOnly && child.backing) {

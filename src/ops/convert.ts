@@ -3,7 +3,7 @@ import { BlockError } from '../core/errors.js';
 import { openFileStore } from '../io/file-store.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
-import type { Chain } from '../chain/chain.js';
+import type { Chain, ChainExtent } from '../chain/chain.js';
 import { createImage } from './create.js';
 import { granuleRuns, isZero, sameChecker, zeroChecker } from './zero.js';
 import { settleAll } from '../core/settle.js';
@@ -91,6 +91,10 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   }
   const bufferSize = req.bufferSize ?? 4 << 20;
   const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore });
+  // The source's first map is asked for now, while the target is made:
+  // copy() starts from it without waiting.
+  const firstMap = src.blockStatus(0, Math.min(WINDOW, src.size), { findZeroes: true });
+  firstMap.catch(() => {}); // an error surfaces when copy() awaits it; until then it must not count as unhandled
   let dst: Chain | undefined;
   let created = false;
   try {
@@ -120,7 +124,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     }
     // A fresh target without backing already reads as zeros: nothing to write there.
     const mode: Mode = req.existing ? 'overwrite' : req.backing ? 'diff' : 'fresh';
-    const written = await copy(src, dst, mode, sparse, bufferSize, req.onProgress);
+    const written = await copy(src, dst, mode, sparse, bufferSize, firstMap, req.onProgress);
     await dst.flush();
     return { size: src.size, written };
   } catch (e) {
@@ -132,6 +136,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     throw e;
   } finally {
     await dst?.close();
+    await firstMap.catch(() => {});
     await src.close();
   }
 }
@@ -144,6 +149,7 @@ async function copy(
   mode: Mode,
   sparse: number,
   bufferSize: number,
+  firstMap: Promise<ChainExtent[]>,
   onProgress?: (done: number, total: number) => void,
 ): Promise<number> {
   const total = src.size;
@@ -196,7 +202,8 @@ async function copy(
   };
 
   for (let wOff = 0; wOff < total && !failure; wOff += WINDOW) {
-    for (const p of pieces(await src.blockStatus(wOff, Math.min(WINDOW, total - wOff), { findZeroes: true }), bufferSize)) {
+    const map = wOff === 0 ? firstMap : src.blockStatus(wOff, Math.min(WINDOW, total - wOff), { findZeroes: true });
+    for (const p of pieces(await map, bufferSize)) {
       if (p.zero && mode === 'fresh' && sparse !== 0) {
         // A fresh target without backing already reads as zeros.
         done += p.length;
