@@ -291,3 +291,29 @@ test('slots run at most N tasks at once, the rest in the order they asked', asyn
   assert.deepEqual(started, [0, 1, 2, 3, 4]);
   assert.equal(peak, 2);
 });
+
+test('file store: writev puts the parts back to back, like one write of their concatenation', async () => {
+  const { FileStore } = await import('../src/io/file-store.js');
+  const { writeParts } = await import('../src/io/store.js');
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'vdisk-writev-'));
+  try {
+    const store = await FileStore.open(join(dir, 'f'), { create: true });
+    const mem = new MemoryStore('m');
+    const parts = [new Uint8Array(512).fill(1), new Uint8Array(0), new Uint8Array(3000).fill(2), new Uint8Array(7).fill(3)];
+    for (const s of [store, mem]) {
+      await writeParts(s, 1000, parts);
+      await writeParts(s, 200, [new Uint8Array(10).fill(9)]);
+    }
+    assert.equal(await store.size(), 1000 + 512 + 3000 + 7);
+    const a = new Uint8Array(5000);
+    const b = new Uint8Array(5000);
+    assert.equal(await store.read(0, a), await mem.read(0, b));
+    assert.deepEqual(a, b);
+    await store.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

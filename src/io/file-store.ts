@@ -1,5 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { constants, read as fsRead, write as fsWrite } from 'node:fs';
+import { constants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { BlockError, fromSystemError, isBlockError } from '../core/errors.js';
 import { createRequire } from 'node:module';
 import type { HostRange, OpenStoreOptions, Store } from './store.js';
@@ -36,6 +36,10 @@ function preadOnce(fd: number, buf: Uint8Array, at: number, len: number, pos: nu
 
 function pwriteOnce(fd: number, buf: Uint8Array, at: number, len: number, pos: number): Promise<number> {
   return new Promise((resolve, reject) => fsWrite(fd, buf, at, len, pos, (err, n) => (err ? reject(err) : resolve(n))));
+}
+
+function pwritevOnce(fd: number, bufs: Uint8Array[], pos: number): Promise<number> {
+  return new Promise((resolve, reject) => fsWritev(fd, bufs, pos, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
 /** A host file, through one FileHandle with positional reads and writes. */
@@ -114,6 +118,27 @@ export class FileStore implements Store {
       }
     } catch (e) {
       throw fromSystemError(e, { path: this.path, offset, length: data.length, operation: 'write' });
+    }
+  }
+
+  async writev(offset: number, parts: readonly Uint8Array[]): Promise<void> {
+    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, offset, operation: 'write' });
+    this.knownSize = undefined;
+    let rest = parts.filter((p) => p.length > 0);
+    const length = rest.reduce((n, p) => n + p.length, 0);
+    let at = offset;
+    try {
+      while (rest.length > 0) {
+        let n = await pwritevOnce(this.fh.fd, rest, at);
+        if (n === 0) throw new BlockError('io', 'the host accepted none of a write', { path: this.path, offset: at, operation: 'write' });
+        at += n;
+        // A short write (rare: a signal, a full disk on the way to ENOSPC) goes on from where it stopped.
+        while (rest.length > 0 && n >= rest[0].length) n -= rest.shift()!.length;
+        if (n > 0) rest[0] = rest[0].subarray(n);
+      }
+    } catch (e) {
+      if (isBlockError(e)) throw e;
+      throw fromSystemError(e, { path: this.path, offset, length, operation: 'write' });
     }
   }
 

@@ -13,6 +13,13 @@ export interface Store {
   /** Read up to into.length bytes at offset; returns the count read (short only at end of file). */
   read(offset: number, into: Uint8Array): Promise<number>;
   write(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * Optional: write `parts` back to back from `offset` as one request (a
+   * vectored write). Like separate writes, the parts may land in any order
+   * or not at all if the host crashes. Use writeParts(), which falls back to
+   * one write per part.
+   */
+  writev?(offset: number, parts: readonly Uint8Array[]): Promise<void>;
   truncate(size: number): Promise<void>;
   /** Make every completed write durable. */
   flush(): Promise<void>;
@@ -62,4 +69,18 @@ export async function readExact(store: Store, offset: number, into: Uint8Array, 
 export async function readOrZero(store: Store, offset: number, into: Uint8Array): Promise<void> {
   const n = await store.read(offset, into);
   if (n < into.length) into.fill(0, n);
+}
+
+/**
+ * Write `parts` back to back from `offset`: one vectored write where the
+ * store has it (a format joins structures that lie next to each other in
+ * the file — a VHD block's bitmap, data and the footer after it — and pays
+ * one request instead of three), else one write per part, in order.
+ */
+export async function writeParts(store: Store, offset: number, parts: readonly Uint8Array[]): Promise<void> {
+  if (store.writev) return store.writev(offset, parts);
+  for (const p of parts) {
+    await store.write(offset, p);
+    offset += p.length;
+  }
 }
