@@ -7,7 +7,7 @@ import { InFlight, settleAll } from '../../core/settle.js';
 import { unitPieces } from '../../core/align.js';
 import { alignUp, checkRange } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
-import { readExact, readOrZero } from '../../io/store.js';
+import { readExact, readOrZero, writeParts } from '../../io/store.js';
 import { prefetch } from '../../io/prefetch.js';
 import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image, OpenContext } from '../types.js';
 import { checkVhd, resizeVhd, setVhdBacking } from './maintenance.js';
@@ -77,11 +77,20 @@ export interface VhdLayout {
  *   2. write the data sectors in place inside the new block (the rest of the
  *      block is a hole, so it reads as zeros). 1 and 2 are issued together:
  *      nothing orders them, and what is said under 1 holds for either order.
- *      The BAT entry and the sector bitmap stay in memory (dirty) until flush:
+ *      Where the data starts at the block's first sector, the new bitmap goes
+ *      in the same request, just before it (over the old footer); where it
+ *      reaches the block's end, so does the new footer, just after it (one
+ *      request for a whole-block write instead of three). Parts of a request
+ *      may land without the others: a landed bitmap without its footer is
+ *      the case above (the last sector is not a footer; the copy at 0 is
+ *      used), and a bitmap on disk means nothing until the BAT points at
+ *      its block.
+ *      The BAT entry (and any bitmap not yet written) stays in memory
+ *      (dirty) until flush:
  *   3. flush: data and the new footer become durable;
  *   4. write the dirty sector bitmaps (a new block's bitmap goes where the
- *      old footer was); flush, so no BAT entry can reach the disk before the
- *      bitmap of its block;
+ *      old footer was, unless step 2 took it); flush, so no BAT entry can
+ *      reach the disk before the bitmap of its block;
  *   5. write the dirty BAT sectors; flush.
  *
  * Writes into allocated blocks write the data in place and set the bitmap
@@ -98,9 +107,10 @@ export interface VhdLayout {
  * landed does the in-memory state say so (BAT entry, bitmap bits): until
  * then a read sees the old contents. Steps 3-5 and every maintenance
  * operation first wait for all writes in flight. Several allocations in
- * flight keep the crash argument of 1-2: every one of their footers sits in
- * a sector no landed write covers (the next block's bitmap sector, written
- * only in step 4), and no BAT entry on disk points at any of them. A failed
+ * flight keep the crash argument of 1-2: a footer is overwritten only by the
+ * next block's bitmap (step 2 or 4), which leaves the case of a last sector
+ * that is not a footer (the copy at 0 is used), and no BAT entry on disk
+ * points at any of their blocks. A failed
  * allocation leaves its space unused (a leak `check` reports) and has the
  * footer written again at the end by the next metadata write.
  */
@@ -409,10 +419,26 @@ export class VhdImage implements Image {
     }
     const newFooterOffset = off + this.bitmapSize + this.blockSize;
     this.layout.footerOffset = newFooterOffset;
+    const bits = new Uint8Array(this.bitmapSize);
+    // Dynamic: the whole new block is valid (zeros where not written). Differencing: only what was written.
+    if (!this.differencing) setBits(bits, 0, this.blockSize / SECTOR);
+    else setBits(bits, s0, s1);
+    const footer = encodeFooter(this.layout.footer);
+    // Bitmap, data and the new footer lie back to back in the file: what
+    // of them this write touches goes as one request (a whole-block write,
+    // as convert and large NBD writes make, is one request instead of three).
+    // Landing together is safe: nothing points at the block before its BAT
+    // entry, which is written only after them (steps 3-5).
+    const withBits = first !== null && at === 0;
+    const withFooter = first !== null && at + first.length === this.blockSize;
     const done = (async () => {
-      const writes = [this.store.write(newFooterOffset, encodeFooter(this.layout.footer))];
+      const writes: Promise<void>[] = [];
       // Zeros need no data write: a fresh block's data area is a hole and reads as zeros already.
-      if (first) writes.push(this.store.write(off + this.bitmapSize + at, first));
+      if (first) {
+        const parts = [...(withBits ? [bits] : []), first, ...(withFooter ? [footer] : [])];
+        writes.push(writeParts(this.store, withBits ? off : off + this.bitmapSize + at, parts));
+      }
+      if (!withFooter) writes.push(this.store.write(newFooterOffset, footer));
       try {
         await settleAll(writes);
       } catch (e) {
@@ -420,13 +446,9 @@ export class VhdImage implements Image {
         throw e;
       }
       if (this.layout.footerOffset === newFooterOffset) this.layout.endFooterDamaged = null;
-      const bits = new Uint8Array(this.bitmapSize);
-      // Dynamic: the whole new block is valid (zeros where not written). Differencing: only what was written.
-      if (!this.differencing) setBits(bits, 0, this.blockSize / SECTOR);
-      else setBits(bits, s0, s1);
       this.layout.bat![block] = sector;
       this.dirtyBatSectors.add(Math.floor(block / 128));
-      this.bitmaps.put(block, bits, true);
+      this.bitmaps.put(block, bits, !withBits);
     })();
     this.allocating.set(block, done);
     const forget = () => void this.allocating.delete(block);
@@ -449,16 +471,26 @@ export class VhdImage implements Image {
       return;
     }
     await this.store.flush();
-    for (const [block, bits] of dirtyBitmaps) {
-      await this.store.write(this.layout.bat![block] * SECTOR, bits);
-      this.bitmaps.markClean(block);
-    }
+    // Within a step nothing is ordered: the bitmaps go at once, and runs of
+    // neighbouring BAT sectors as one write each.
+    await settleAll(
+      dirtyBitmaps.map(async ([block, bits]) => {
+        await this.store.write(this.layout.bat![block] * SECTOR, bits);
+        this.bitmaps.markClean(block);
+      }),
+    );
     if (this.dirtyBatSectors.size > 0) {
       await this.store.flush();
       const tableOffset = this.layout.header!.tableOffset;
-      for (const s of [...this.dirtyBatSectors].sort((a, b) => a - b)) {
-        await this.store.write(tableOffset + s * SECTOR, encodeBatSector(this.layout.bat!, s, this.layout.header!.maxTableEntries));
+      const sectors = [...this.dirtyBatSectors].sort((a, b) => a - b);
+      const runs: number[][] = [];
+      for (const sec of sectors) {
+        const run = runs[runs.length - 1];
+        if (run && sec === run[run.length - 1] + 1) run.push(sec);
+        else runs.push([sec]);
       }
+      const max = this.layout.header!.maxTableEntries;
+      await settleAll(runs.map((run) => writeParts(this.store, tableOffset + run[0] * SECTOR, run.map((sec) => encodeBatSector(this.layout.bat!, sec, max)))));
       this.dirtyBatSectors.clear();
     }
     await this.store.flush();
