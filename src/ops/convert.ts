@@ -55,7 +55,8 @@ const SECTOR = 512;
  * threads, while spare lanes hold data read ahead for the next writes.
  * Measured on the bench's vhd→raw (1 GiB, half data), in-process medians
  * of 5: 6 lanes with no read cap 160 ms, 8 lanes with 4 reads 152 ms, 10
- * with 4 no better. Eight buffers of 4 MiB cost 32 MiB.
+ * with 4 no better. Eight buffers of 4 MiB cost 32 MiB (two or three times
+ * that with -n and -B, whose lanes also read what the target holds).
  */
 const LANES = 8;
 const READS_AT_ONCE = 4;
