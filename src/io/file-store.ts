@@ -52,7 +52,7 @@ export class FileStore implements Store {
     readonly readOnly: boolean,
     private readonly fh: FileHandle,
     private readonly noSync: boolean,
-    /** The size seen at open, until this store writes or truncates. */
+    /** The size seen at open, for the first size() unless this store wrote or truncated before it. */
     private knownSize: number | undefined,
   ) {}
 
@@ -86,7 +86,12 @@ export class FileStore implements Store {
   }
 
   async size(): Promise<number> {
-    if (this.knownSize !== undefined) return this.knownSize;
+    const known = this.knownSize;
+    if (known !== undefined) {
+      // Once only: later calls ask the file, which another process may have changed.
+      this.knownSize = undefined;
+      return known;
+    }
     try {
       return (await this.fh.stat()).size;
     } catch (e) {
