@@ -248,32 +248,12 @@ async function copy(
   return written;
 }
 
-/**
- * Runs of data split into buffer-sized pieces; zero extents stay whole.
- * Neighbouring data extents join one run whichever layer holds them: a
- * chain whose children hold scattered 64 KiB pieces then copies in whole
- * buffers — one chain read, which reads each layer's part at once, and one
- * write — instead of a read and a write per 64 KiB.
- */
+/** Data extents split into buffer-sized pieces; zero extents stay whole. */
 function* pieces(extents: { offset: number; length: number; kind: string }[], bufferSize: number): Generator<Piece> {
-  let runStart = 0;
-  let runEnd = 0;
-  const flush = function* (): Generator<Piece> {
-    for (let o = runStart; o < runEnd; o += bufferSize) yield { offset: o, length: Math.min(bufferSize, runEnd - o), zero: false };
-    runStart = runEnd = 0;
-  };
   for (const e of extents) {
-    if (e.kind === 'zero') {
-      yield* flush();
-      yield { offset: e.offset, length: e.length, zero: true };
-    } else if (runEnd > runStart && e.offset === runEnd) runEnd += e.length;
-    else {
-      yield* flush();
-      runStart = e.offset;
-      runEnd = e.offset + e.length;
-    }
+    if (e.kind === 'zero') yield { offset: e.offset, length: e.length, zero: true };
+    else for (let o = 0; o < e.length; o += bufferSize) yield { offset: e.offset + o, length: Math.min(bufferSize, e.length - o), zero: false };
   }
-  yield* flush();
 }
 
 /**
