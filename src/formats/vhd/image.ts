@@ -256,9 +256,12 @@ export class VhdImage implements Image {
       await this.readBlock(first, first * bs, offset, into);
       return;
     }
+    // The blocks of a longer read lie apart in the file: read them at once.
+    const reads: Promise<void>[] = [];
     for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, into.length, bs)) {
-      await this.readBlock(b, blockStart, pos, into.subarray(pos - offset, pieceEnd - offset));
+      reads.push(this.readBlock(b, blockStart, pos, into.subarray(pos - offset, pieceEnd - offset)));
     }
+    await settleAll(reads);
   }
 
   /** Read `part`, which starts at disk offset pos inside block b. */
