@@ -199,14 +199,9 @@ export class VhdxImage implements Image {
 
   async read(offset: number, into: Uint8Array): Promise<void> {
     this.checkRange(offset, into.length, 'read');
-    // Adjacent pieces contiguous in the file are merged: one pread per run.
-    let run: Piece | null = null;
-    const flushRun = async () => {
-      if (!run) return;
-      const part = into.subarray(run.at - offset, run.at - offset + run.length);
-      await readOrZero(this.store, run.host!, part);
-      run = null;
-    };
+    // Adjacent pieces contiguous in the file are merged: one pread per run,
+    // and the runs (blocks apart in the file) are read at once.
+    const runs: Piece[] = [];
     const list: Piece[] = [];
     await this.pieces(offset, into.length, (p) => list.push(p));
     for (const p of list) {
@@ -214,13 +209,11 @@ export class VhdxImage implements Image {
         into.fill(0, p.at - offset, p.at - offset + p.length);
         continue;
       }
+      const run = runs[runs.length - 1];
       if (run && run.host! + run.length === p.host && run.at + run.length === p.at) run.length += p.length;
-      else {
-        await flushRun();
-        run = { ...p };
-      }
+      else runs.push({ ...p });
     }
-    await flushRun();
+    await settleAll(runs.map((r) => readOrZero(this.store, r.host!, into.subarray(r.at - offset, r.at - offset + r.length))));
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
