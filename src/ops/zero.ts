@@ -31,7 +31,7 @@ export interface SameChecker {
  * first 16 bytes, so those are looked at first, as words and with no native
  * call or allocation; only granules that pass go to a native compare. A
  * buffer of data is walked by `skipDiffering`, one tight loop over granule
- * heads (a 4 MiB buffer of 4 KiB granules is 1024 loads of 16 bytes), not a
+ * heads (a 2 MiB buffer of 4 KiB granules is 512 loads), not a
  * call per granule.
  */
 export function zeroChecker(b: Uint8Array): SameChecker {
