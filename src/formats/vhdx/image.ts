@@ -213,7 +213,10 @@ export class VhdxImage implements Image {
       if (run && run.host! + run.length === p.host && run.at + run.length === p.at) run.length += p.length;
       else runs.push({ ...p });
     }
-    await settleAll(runs.map((r) => readOrZero(this.store, r.host!, into.subarray(r.at - offset, r.at - offset + r.length))));
+    const readRun = (r: Piece) => readOrZero(this.store, r.host!, into.subarray(r.at - offset, r.at - offset + r.length));
+    // One run (most reads): no settling machinery on the per-request path.
+    if (runs.length === 1) await readRun(runs[0]);
+    else if (runs.length > 1) await settleAll(runs.map(readRun));
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
