@@ -45,7 +45,7 @@ function pwritevOnce(fd: number, bufs: Uint8Array[], pos: number): Promise<numbe
 /** A host file, through one FileHandle with positional reads and writes. */
 export class FileStore implements Store {
   private closed = false;
-  /** Whether the file had no holes when first asked (see allocation); cleared by truncate. */
+  /** Whether the file had no holes when first asked (see allocation); asked again after truncate. */
   private holeless: Promise<boolean> | undefined;
   private constructor(
     readonly path: string,
@@ -170,10 +170,11 @@ export class FileStore implements Store {
   async allocation(offset: number, length: number): Promise<HostRange[] | undefined> {
     // A file whose allocated blocks cover its size has no holes (most image
     // files: qemu-img and vdisk write every block they allocate): one fstat
-    // instead of two lseeks per extent, and no addon to load. Blocks can
-    // over-count (preallocation past the end, extent-tree blocks), which at
-    // worst calls a hole data: safe, the caller reads zeros there. Writes
-    // never make holes; truncate (growing) can, and clears the verdict.
+    // instead of two lseeks per extent, and no addon to load. Calling a hole
+    // data is always safe (the caller reads zeros there), so the verdict may
+    // be wrong that way: blocks can over-count (preallocation past the end,
+    // extent-tree blocks), and a write past the end leaves a hole behind it
+    // while the verdict stands. It is asked again after a truncate.
     this.holeless ??= this.fh.stat().then(
       (st) => st.blocks * 512 >= st.size,
       () => false,
