@@ -119,9 +119,12 @@ export class FileStore implements Store {
     let done = 0;
     try {
       while (done < data.length) {
-        done += await pwriteOnce(this.fh.fd, data, done, data.length - done, offset + done);
+        const n = await pwriteOnce(this.fh.fd, data, done, data.length - done, offset + done);
+        if (n === 0) throw this.noProgress(offset + done);
+        done += n;
       }
     } catch (e) {
+      if (isBlockError(e)) throw e;
       throw fromSystemError(e, { path: this.path, offset, length: data.length, operation: 'write' });
     }
   }
@@ -135,7 +138,7 @@ export class FileStore implements Store {
     try {
       while (rest.length > 0) {
         let n = await pwritevOnce(this.fh.fd, rest, at);
-        if (n === 0) throw new BlockError('io', 'the host accepted none of a write', { path: this.path, offset: at, operation: 'write' });
+        if (n === 0) throw this.noProgress(at);
         at += n;
         // A short write (rare: a signal, a full disk on the way to ENOSPC) goes on from where it stopped.
         while (rest.length > 0 && n >= rest[0].length) n -= rest.shift()!.length;
@@ -145,6 +148,11 @@ export class FileStore implements Store {
       if (isBlockError(e)) throw e;
       throw fromSystemError(e, { path: this.path, offset, length, operation: 'write' });
     }
+  }
+
+  /** A write the host took none of: an error, not a loop that never ends. */
+  private noProgress(at: number): BlockError {
+    return new BlockError('io', 'the host accepted none of a write', { path: this.path, offset: at, operation: 'write' });
   }
 
   async truncate(size: number): Promise<void> {
