@@ -111,6 +111,15 @@ function vdiskConvert(src: string, srcFmt: string, dst: string, dstFmt: string, 
   };
 }
 
+/**
+ * The same CLI run with the native addon turned off (VDISK_NATIVE=0):
+ * converts to raw copy file to file through it, and this shows what it
+ * buys. `env` adds an exec of ~1 ms.
+ */
+function withoutAddon(t: Tool): Tool {
+  return { ...t, name: 'vdisk, no addon', argv: ['env', 'VDISK_NATIVE=0', ...t.argv] };
+}
+
 /** convert() through the library in one worker, timed inside (Node start-up and module loading excluded). */
 function vdiskLibConvert(src: string, srcFmt: string, dst: string, dstFmt: string, cache: CacheMode): Tool {
   const missing = formatAvailable(srcFmt) ?? formatAvailable(dstFmt, true);
@@ -175,6 +184,7 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
   for (const [sf, src, df, label, quick] of pairs) {
     const dst = w(`out-convert.${df}`);
     const tools = [vdiskConvert(src, sf, dst, df, cache, env.convertCache), vdiskLibConvert(src, sf, dst, df, cache), qemuConvert(src, sf, dst, df, cache)];
+    if (df === 'raw') tools.push(withoutAddon(tools[0]));
     if (sf === 'raw' && df === 'vhd') {
       tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-from-raw', { src, dst, sync }), outputs: [dst] });
     }
@@ -189,6 +199,7 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
     const top = inp.chain[depth - 1];
     const noChain = inp.missing.chain ?? (inp.chain.length < 5 ? 'chain inputs missing' : undefined);
     const dstRaw = w('out-chain.raw');
+    const flatten: Tool = { name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', ...(env.convertCache ? ['-t', cache] : []), '-O', 'raw', top ?? '', dstRaw), outputs: [dstRaw] };
     cases.push({
       id: 'convert-chain5-raw',
       group: 'convert',
@@ -199,7 +210,7 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
       goal: convertGoal,
       limits: convertLimits,
       note: 'qemu-img does not follow VHD parents (it reads a differencing VHD as a standalone disk); vhd-lib 0.7.2 has no chain-to-raw, see the next case',
-      tools: [{ name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', ...(env.convertCache ? ['-t', cache] : []), '-O', 'raw', top ?? '', dstRaw), outputs: [dstRaw] }],
+      tools: [flatten, withoutAddon(flatten)],
     });
     const dstVhd = w('out-chain.vhd');
     cases.push({

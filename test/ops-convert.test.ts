@@ -1,15 +1,17 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { statSync } from 'node:fs';
+import { existsSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { openChain } from '../src/chain/open.js';
 import { convert } from '../src/ops/convert.js';
-import { openFileStore } from '../src/io/file-store.js';
+import { FileStore, openFileStore } from '../src/io/file-store.js';
+import { nativeAddon } from '../src/io/native.js';
+import { BlockError } from '../src/core/errors.js';
 import type { Store, StoreOpener } from '../src/io/store.js';
 import { mapChain } from '../src/ops/map.js';
 import { vdisk } from './helpers/cli.js';
 import { REPO_ROOT } from './helpers/corpus.js';
-import { pyvhdiDigest, qemuDigest, qemuImg, qemuIo, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
+import { IN_CI, pyvhdiDigest, qemuDigest, qemuImg, qemuIo, requireTool, run, sha256File, tempDir, vdiskDigest } from './helpers/oracle.js';
 
 const MiB = 1 << 20;
 
@@ -253,7 +255,140 @@ test('convert skips, unread, the parts of a source block that are holes in its f
     }) as Store;
   };
   const out = join(dir, 'out.raw');
-  await convert({ source: src, target: out, targetFormat: 'raw', openStore: counting });
+  // Through JavaScript, whose reads the proxy sees (the native copier reads
+  // the file itself: the next test counts what it is given to read).
+  await convert({ source: src, target: out, targetFormat: 'raw', openStore: counting, native: false });
   assert.ok(bytesRead < 4 * MiB, `convert read ${bytesRead} bytes of a file holding 68 KiB of data`);
   assert.equal(run('qemu-img', ['compare', '-f', 'vhdx', '-F', 'raw', src, out]).status, 0);
+});
+
+/** Host data ranges of a file, as SEEK_DATA/SEEK_HOLE tell (undefined when this machine cannot). */
+async function hostMap(path: string): Promise<string | undefined> {
+  const s = (await openFileStore(path, { readOnly: true })) as FileStore;
+  try {
+    const r = await s.allocation(0, await s.size());
+    return r && JSON.stringify(r);
+  } finally {
+    await s.close();
+  }
+}
+
+/** Calls to the native copier, and the bytes of the ranges it was given, while `body` runs. */
+async function watchNative<T>(body: () => Promise<T>): Promise<{ result: T; calls: number; planned: number }> {
+  const addon = nativeAddon()!;
+  const real = addon.copyRanges;
+  let calls = 0;
+  let planned = 0;
+  addon.copyRanges = (target, plan, ...rest) => {
+    calls++;
+    for (let i = 3; i < plan.length; i += 4) planned += plan[i];
+    return real.call(addon, target, plan, ...rest);
+  };
+  try {
+    return { result: await body(), calls, planned };
+  } finally {
+    addon.copyRanges = real;
+  }
+}
+
+test('convert to raw copies file to file through the native addon: the same file, holes and counts as the JavaScript path', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  if (!nativeAddon()) {
+    assert.ok(!IN_CI, 'the native addon must load in CI');
+    t.skip('native addon not built');
+    return;
+  }
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const { base } = baseAndSource(dir);
+  // A chain (two files in one copy), a VHDX with holes in its blocks, a
+  // sparse raw file with a written run of zeros, and an add-cow layer.
+  const child = join(dir, 'child.vhd');
+  assert.equal(vdisk('create', '-f', 'vhd', '-b', 'base.vhd', child).status, 0);
+  assert.equal(vdisk('io', '-c', `write -P 0x01 ${MiB + 512} 65000`, '-c', `write -z ${4 * MiB} 4k`, '-c', `write -P 0x02 ${6.5 * MiB} 8k`, child).status, 0);
+  const vhdx = join(dir, 'src.vhdx');
+  qemuImg('create', '-f', 'vhdx', '-o', 'block_size=1M', vhdx, '12M');
+  qemuIo('vhdx', vhdx, `write -P 0x33 ${MiB + 4096} 64k`, `write -z ${3 * MiB} 1M`, `write -P 0x44 ${9 * MiB} 1536k`);
+  const sparse = join(dir, 'sparse.raw');
+  qemuImg('create', '-f', 'raw', sparse, '10M');
+  qemuIo('raw', sparse, `write -P 0x55 0 3M`, `write -P 0 ${4 * MiB} 2M`, `write -P 0x66 ${8 * MiB + 512} 700k`);
+  const cow = join(dir, 'top.add-cow');
+  assert.equal(vdisk('create', '-f', 'add-cow', '-b', 'sparse.raw', '-F', 'raw', cow).status, 0);
+  assert.equal(vdisk('io', '-c', `write -P 0x77 ${2 * MiB} 3M`, cow).status, 0);
+
+  for (const [source, fmt] of [[base, 'vhd'], [child, 'vhd'], [vhdx, 'vhdx'], [sparse, 'raw'], [cow, 'add-cow']] as const) {
+    const outJs = join(dir, 'js.raw');
+    const outNative = join(dir, 'native.raw');
+    const progressJs: number[][] = [];
+    const progressNative: number[][] = [];
+    const js = await convert({ source, target: outJs, targetFormat: 'raw', native: false, onProgress: (d, n) => progressJs.push([d, n]) });
+    const nat = await watchNative(() => convert({ source, target: outNative, targetFormat: 'raw', onProgress: (d, n) => progressNative.push([d, n]) }));
+    assert.ok(nat.calls >= 1 && nat.planned > 0, `${fmt}: the native copier was used`);
+    assert.deepEqual(nat.result, js, `${fmt}: same size and bytes written`);
+    assert.equal(await sha256File(outNative), await sha256File(outJs), `${fmt}: same contents`);
+    // qemu-img reads no VHD parent and no add-cow: it checks the single files.
+    if (source !== child && fmt !== 'add-cow') {
+      assert.equal(run('qemu-img', ['compare', '-f', fmt === 'vhd' ? 'vpc' : fmt, '-F', 'raw', source, outNative], { allowFail: true }).status, 0, fmt);
+    }
+    assert.equal(vdisk('compare', source, outNative).status, 0, fmt);
+    assert.equal(await hostMap(outNative), await hostMap(outJs), `${fmt}: same holes`);
+    assert.deepEqual(progressNative.at(-1), progressJs.at(-1), `${fmt}: progress reaches the end`);
+    for (let i = 1; i < progressNative.length; i++) assert.ok(progressNative[i][0] >= progressNative[i - 1][0], `${fmt}: progress only grows`);
+    rmSync(outJs);
+    rmSync(outNative);
+  }
+  // Only what the VHDX's file holds is given to the copier: of its four
+  // 1 MiB blocks, 64 KiB, 1 MiB (of zeros: qemu writes them) and 1.5 MiB;
+  // the rest are holes in its file. The zeros are read but not written.
+  const outVhdx = join(dir, 'vhdx.raw');
+  const w = await watchNative(() => convert({ source: vhdx, target: outVhdx, targetFormat: 'raw' }));
+  if ((await hostMap(vhdx)) === undefined) assert.ok(w.planned <= 4 * MiB, `planned ${w.planned}`);
+  else assert.equal(w.planned, 64 * 1024 + MiB + 1536 * 1024);
+  assert.equal(w.result.written, 64 * 1024 + 1536 * 1024);
+});
+
+test('a failed native copy is a BlockError naming the file and offset, and the new target is removed', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  const addon = nativeAddon();
+  if (!addon) {
+    assert.ok(!IN_CI, 'the native addon must load in CI');
+    t.skip('native addon not built');
+    return;
+  }
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const { base } = baseAndSource(dir);
+  const out = join(dir, 'out.raw');
+  const real = addon.copyRanges;
+  addon.copyRanges = (_target, plan) =>
+    Promise.reject(Object.assign(new Error('read failed at offset 1536: Input/output error'), { code: 'EIO', syscall: 'read', fd: plan[0], offset: 1536 }));
+  try {
+    await assert.rejects(convert({ source: base, target: out, targetFormat: 'raw' }), (e: unknown) => {
+      assert.ok(e instanceof BlockError);
+      assert.equal(e.kind, 'io');
+      assert.equal(e.context.path, base);
+      assert.equal(e.context.offset, 1536);
+      assert.equal(e.context.operation, 'read');
+      return true;
+    });
+  } finally {
+    addon.copyRanges = real;
+  }
+  assert.equal(existsSync(out), false, 'the half-made target is removed');
+});
+
+test('convert checks its buffer size; pieces larger than the native addon takes go through JavaScript', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const { base } = baseAndSource(dir);
+  for (const bufferSize of [0, -512, 1000, 2 ** 31, 0.5]) {
+    await assert.rejects(convert({ source: base, target: join(dir, `bad.raw`), targetFormat: 'raw', bufferSize }), (e: unknown) => e instanceof BlockError && e.kind === 'invalid-argument', String(bufferSize));
+    assert.equal(existsSync(join(dir, 'bad.raw')), false);
+  }
+  const out = join(dir, 'big-pieces.raw');
+  const r = nativeAddon() ? await watchNative(() => convert({ source: base, target: out, targetFormat: 'raw', bufferSize: 128 * MiB })) : undefined;
+  if (r) assert.equal(r.calls, 0, 'pieces of 128 MiB are not given to the addon');
+  else await convert({ source: base, target: out, targetFormat: 'raw', bufferSize: 128 * MiB });
+  assert.equal(run('qemu-img', ['compare', '-f', 'vpc', '-F', 'raw', base, out], { allowFail: true }).status, 0);
 });

@@ -105,6 +105,13 @@ export interface Image {
    */
   readHost?(hostOffset: number, into: Uint8Array): Promise<void>;
   /**
+   * The store readHost reads, where reading it at a data extent's
+   * hostOffset gives exactly the disk's bytes (zeros past its end, as
+   * readHost). Lets a copy go from file to file without the layer (convert's
+   * native path). Absent where that does not hold.
+   */
+  readonly hostStore?: Store;
+  /**
    * Where the file behind data extents' hostOffsets has data and where holes
    * (SEEK_DATA/SEEK_HOLE), or undefined when the host cannot tell. A hole
    * reads as zeros, so a caller that wants zero ranges found without reading

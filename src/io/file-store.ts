@@ -85,6 +85,12 @@ export class FileStore implements Store {
     }
   }
 
+  /** The open descriptor, for vdisk's native I/O (io/native.ts); valid until close(). */
+  get fd(): number {
+    if (this.closed) throw new BlockError('invalid-argument', 'store is closed', { path: this.path });
+    return this.fh.fd;
+  }
+
   async size(): Promise<number> {
     const known = this.knownSize;
     if (known !== undefined) {

@@ -1,6 +1,7 @@
 import { unlink } from 'node:fs/promises';
-import { BlockError } from '../core/errors.js';
-import { openFileStore } from '../io/file-store.js';
+import { BlockError, fromSystemError } from '../core/errors.js';
+import { FileStore, openFileStore } from '../io/file-store.js';
+import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '../io/native.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
@@ -34,6 +35,12 @@ export interface ConvertRequest {
   cache?: 'unsafe' | 'writeback';
   /** Copy buffer size (default 2 MiB; see LANES). */
   bufferSize?: number;
+  /**
+   * false: copy through JavaScript even where the native addon could copy
+   * file to file (see nativeTarget). For comparisons and tests; the
+   * results are the same.
+   */
+  native?: boolean;
 }
 
 export interface ConvertResult {
@@ -70,6 +77,8 @@ interface Piece {
   offset: number;
   length: number;
   zero: boolean;
+  /** Where a data piece lies in a layer's own file, when reading that file there gives its bytes. */
+  host?: { store: FileStore; offset: number };
 }
 
 /** One lane's buffers: the data read, and what the target shows there (-B, -n). */
@@ -96,6 +105,9 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     throw new BlockError('invalid-argument', `sparse size must be 0 or a multiple of 512 (got ${sparse})`);
   }
   const bufferSize = req.bufferSize ?? BUFFER_SIZE;
+  if (!Number.isSafeInteger(bufferSize) || bufferSize < 512 || bufferSize % 512 !== 0 || bufferSize > 1 << 30) {
+    throw new BlockError('invalid-argument', `buffer size must be a multiple of 512 from 512 bytes to 1 GiB (got ${bufferSize})`);
+  }
   const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore });
   // The source's first map is asked for now, while the target is made:
   // copy() starts from it without waiting.
@@ -130,7 +142,8 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     }
     // A fresh target without backing already reads as zeros: nothing to write there.
     const mode: Mode = req.existing ? 'overwrite' : req.backing ? 'diff' : 'fresh';
-    const written = await copy(src, dst, mode, sparse, bufferSize, firstMap, req.onProgress);
+    const direct = req.native === false || bufferSize > NATIVE_MAX_RANGE ? undefined : nativeTarget(dst, mode, sparse);
+    const written = await copy(src, dst, mode, sparse, bufferSize, firstMap, direct, req.onProgress);
     await dst.flush();
     return { size: src.size, written };
   } catch (e) {
@@ -156,6 +169,7 @@ async function copy(
   sparse: number,
   bufferSize: number,
   firstMap: Promise<ChainExtent[]>,
+  direct: NativeTarget | undefined,
   onProgress?: (done: number, total: number) => void,
 ): Promise<number> {
   const total = src.size;
@@ -209,13 +223,32 @@ async function copy(
 
   for (let wOff = 0; wOff < total && !failure; wOff += WINDOW) {
     const map = wOff === 0 ? firstMap : src.blockStatus(wOff, Math.min(WINDOW, total - wOff), { findZeroes: true });
-    for (const p of pieces(await map, bufferSize)) {
+    const jsPieces: Piece[] = [];
+    const plan: Piece[] = [];
+    for (const p of pieces(await map, bufferSize, src)) {
       if (p.zero && mode === 'fresh' && sparse !== 0) {
         // A fresh target without backing already reads as zeros.
         done += p.length;
         onProgress?.(done, total);
-        continue;
-      }
+      } else if (direct && p.host) plan.push(p);
+      else jsPieces.push(p);
+    }
+    // The native copier takes what lies in layers' files, at the same time
+    // as the lanes below copy the rest (disjoint ranges of a raw target).
+    let nativeRun: Promise<void> | undefined;
+    if (plan.length) {
+      nativeRun = copyNative(direct!, plan, sparse, onProgress && ((n) => onProgress(done + n, total))).then(
+        (bytes) => {
+          written += bytes;
+          for (const p of plan) done += p.length;
+          onProgress?.(done, total);
+        },
+        (e: unknown) => {
+          failure ??= { error: e };
+        },
+      );
+    }
+    for (const p of jsPieces) {
       // A piece that shares a sector with its neighbours is copied alone, so
       // no two writes in flight ever touch the same sector (Chain.write's
       // `disjoint`). Extents are sector-aligned except at an odd disk end.
@@ -246,6 +279,7 @@ async function copy(
       running.add(task);
       if (alone) await drain();
     }
+    await nativeRun;
   }
   // Every write has settled before convert() returns or removes the target.
   await drain();
@@ -254,10 +288,67 @@ async function copy(
 }
 
 /** Data extents split into buffer-sized pieces; zero extents stay whole. */
-function* pieces(extents: { offset: number; length: number; kind: string }[], bufferSize: number): Generator<Piece> {
+function* pieces(extents: ChainExtent[], bufferSize: number, src: Chain): Generator<Piece> {
   for (const e of extents) {
-    if (e.kind === 'zero') yield { offset: e.offset, length: e.length, zero: true };
-    else for (let o = 0; o < e.length; o += bufferSize) yield { offset: e.offset + o, length: Math.min(bufferSize, e.length - o), zero: false };
+    if (e.kind === 'zero') {
+      yield { offset: e.offset, length: e.length, zero: true };
+      continue;
+    }
+    const store = e.hostOffset === undefined ? undefined : src.layers[e.depth]?.hostStore;
+    const file = store instanceof FileStore ? store : undefined;
+    for (let o = 0; o < e.length; o += bufferSize) {
+      const length = Math.min(bufferSize, e.length - o);
+      yield { offset: e.offset + o, length, zero: false, host: file && { store: file, offset: e.hostOffset! + o } };
+    }
+  }
+}
+
+interface NativeTarget {
+  addon: NativeAddon;
+  store: FileStore;
+}
+
+/**
+ * The native copier and the target's file, when data can go from the
+ * source's files straight into it (io/native.ts says why that is faster):
+ * a fresh raw target of its own file (no backing: nothing to compare
+ * with), zero granules skipped (-S other than 0). Otherwise undefined and
+ * every piece goes through the lanes.
+ */
+function nativeTarget(dst: Chain, mode: Mode, sparse: number): NativeTarget | undefined {
+  if (mode !== 'fresh' || sparse === 0 || dst.layers.length !== 1 || dst.top.format !== 'raw') return undefined;
+  const store = dst.top.hostStore;
+  const addon = nativeAddon();
+  return addon && store instanceof FileStore && !store.readOnly ? { addon, store } : undefined;
+}
+
+/** How often a running native copy reports progress. */
+const PROGRESS_MS = 100;
+
+/**
+ * Copy pieces that lie in layers' files into a raw target, in one native
+ * call (raw: the target offset is the disk offset). Resolves to the bytes
+ * written; an error names the file and offset it happened at.
+ */
+async function copyNative(target: NativeTarget, plan: Piece[], granule: number, onProgress?: (finished: number) => void): Promise<number> {
+  const ranges = new Float64Array(plan.length * 4);
+  const byFd = new Map<number, FileStore>([[target.store.fd, target.store]]);
+  plan.forEach((p, i) => {
+    const fd = p.host!.store.fd;
+    byFd.set(fd, p.host!.store);
+    ranges.set([fd, p.host!.offset, p.offset, p.length], i * 4);
+  });
+  const progress = new BigUint64Array(1);
+  const timer = onProgress && setInterval(() => onProgress(Number(progress[0])), PROGRESS_MS);
+  timer?.unref();
+  try {
+    return await target.addon.copyRanges(target.store.fd, ranges, granule, copyWorkers(), progress);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & { fd?: number; offset?: number };
+    const store = err.fd === undefined ? undefined : byFd.get(err.fd);
+    throw fromSystemError(e, { path: store?.path, offset: err.offset, operation: err.syscall === 'read' ? 'read' : 'write' });
+  } finally {
+    clearInterval(timer);
   }
 }
 

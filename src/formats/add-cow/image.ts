@@ -139,6 +139,10 @@ export class AddCowImage implements Image {
     }
   }
 
+  get hostStore(): Store | undefined {
+    return this.data.hostStore;
+  }
+
   /** Data extents are the image file's bytes at the same offset (hostOffset = disk offset). */
   readHost(hostOffset: number, into: Uint8Array): Promise<void> {
     return this.data.read(hostOffset, into);

@@ -37,6 +37,11 @@ export class RawImage implements Image {
     return this.store.path;
   }
 
+  /** The file is the disk: hostOffset = disk offset. */
+  get hostStore(): Store {
+    return this.store;
+  }
+
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
     // Holes of a sparse file read as zeros: report them so copies skip them
     // without reading (the chain asks only within the disk, which is the file).

@@ -234,6 +234,10 @@ export class VhdImage implements Image {
     return true;
   }
 
+  get hostStore(): Store {
+    return this.store;
+  }
+
   readHost(hostOffset: number, into: Uint8Array): Promise<void> {
     return readOrZero(this.store, hostOffset, into);
   }

@@ -232,6 +232,10 @@ export class VhdxImage implements Image {
     return this.walkCached(offset, offset + length, (p) => pushExtent(out, pieceExtent(p))) === null ? out : undefined;
   }
 
+  get hostStore(): Store {
+    return this.store;
+  }
+
   readHost(hostOffset: number, into: Uint8Array): Promise<void> {
     return readOrZero(this.store, hostOffset, into);
   }

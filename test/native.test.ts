@@ -1,0 +1,196 @@
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import fc from 'fast-check';
+import { nativeAddon, type NativeAddon } from '../src/io/native.js';
+import { granuleRuns, zeroChecker } from '../src/ops/zero.js';
+import { IN_CI, tempDir } from './helpers/oracle.js';
+
+/** The addon, or a skip outside CI (in CI it must be there: the fast paths are tested through it). */
+function requireAddon(t: TestContext): NativeAddon | null {
+  const a = nativeAddon();
+  if (a) return a;
+  if (IN_CI) throw new Error('the native addon is required in CI but did not load (npm run build: scripts/native.mjs)');
+  t.skip('native addon not built');
+  return null;
+}
+
+/** Bytes the JavaScript path writes for a piece: its runs of non-zero granules (ops/zero.ts). */
+function jsWritten(data: Uint8Array, diskOffset: number, granule: number): number {
+  let n = 0;
+  for (const run of granuleRuns(data, diskOffset, granule, zeroChecker(data))) if (!run.same) n += run.to - run.from;
+  return n;
+}
+
+/** A source file of granule-sized patches, each all zero, all random, or zero but for one byte somewhere. */
+function patchwork(kinds: number[], patch: number, seed: number): Uint8Array {
+  const out = new Uint8Array(kinds.length * patch);
+  let s = seed >>> 0;
+  const next = () => ((s = (Math.imul(s, 1103515245) + 12345) >>> 0) >>> 16) & 0xff;
+  kinds.forEach((k, i) => {
+    const at = i * patch;
+    if (k === 1) for (let j = 0; j < patch; j++) out[at + j] = next() | 1;
+    else if (k === 2) out[at + ((next() * 97) % patch)] = 1 + (next() % 255);
+  });
+  return out;
+}
+
+function firstDifference(a: Uint8Array, b: Uint8Array): number {
+  if (a.length !== b.length) return Math.min(a.length, b.length);
+  if (Buffer.from(a.buffer, a.byteOffset, a.length).equals(b)) return -1;
+  return a.findIndex((x, i) => x !== b[i]);
+}
+
+test('native addon: loaded in CI', (t) => {
+  requireAddon(t);
+});
+
+test('native copyRanges: same bytes and same written count as the JavaScript path, any ranges and granules', async (t) => {
+  const addon = requireAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.integer({ min: 0, max: 2 }), { minLength: 1, maxLength: 48 }),
+        fc.constantFrom(512, 1024, 4096),
+        fc.constantFrom(512, 4096, 65536),
+        fc.array(fc.record({ from: fc.nat(), to: fc.nat(), len: fc.nat() }), { minLength: 1, maxLength: 8 }),
+        fc.integer({ min: 1, max: 4 }),
+        fc.nat(),
+        async (kinds, patch, granule, wanted, workers, seed) => {
+          const src = patchwork(kinds, patch, seed);
+          const srcPath = join(dir, 'src');
+          const dstPath = join(dir, 'dst');
+          writeFileSync(srcPath, src);
+          const size = 1 << 20;
+          writeFileSync(dstPath, new Uint8Array(0));
+          // Disjoint target ranges, in any order; sources may overlap and run past the file's end.
+          const plan: number[] = [];
+          const expect = new Uint8Array(size);
+          let expectWritten = 0;
+          let expectProgress = 0;
+          let cursor = 0;
+          const srcFd = openSync(srcPath, 'r');
+          const dstFd = openSync(dstPath, 'r+');
+          try {
+            for (const w of wanted) {
+              const len = 1 + (w.len % (src.length + 700));
+              const to = cursor + (w.to % 5000);
+              if (to + len > size) break;
+              cursor = to + len;
+              const from = w.from % (src.length + 100);
+              const bytes = new Uint8Array(len);
+              bytes.set(src.subarray(from, Math.min(src.length, from + len)));
+              expect.set(bytes, to);
+              expectWritten += jsWritten(bytes, to, granule);
+              expectProgress += len;
+              plan.push(srcFd, from, to, len);
+            }
+            const progress = new BigUint64Array(1);
+            const written = await addon.copyRanges(dstFd, new Float64Array(plan), granule, workers, progress);
+            assert.equal(written, expectWritten);
+            assert.equal(Number(progress[0]), expectProgress);
+          } finally {
+            closeSync(srcFd);
+            closeSync(dstFd);
+          }
+          const got = readFileSync(dstPath);
+          assert.ok(got.length <= size);
+          const cmp = new Uint8Array(size);
+          cmp.set(got);
+          // (Not deepEqual: its diff of two 1 MiB arrays takes minutes.)
+          assert.equal(firstDifference(cmp, expect), -1, 'first differing byte');
+        },
+      ),
+      { numRuns: 150 },
+    );
+  } finally {
+    cleanup();
+  }
+});
+
+test('native copyRanges: ranges from several files in one call; zero granules leave holes', async (t) => {
+  const addon = requireAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const MiB = 1 << 20;
+    const a = new Uint8Array(4 * MiB).fill(0xaa);
+    const b = new Uint8Array(4 * MiB); // zeros but for its last granule
+    b.fill(0xbb, 4 * MiB - 4096);
+    writeFileSync(join(dir, 'a'), a);
+    writeFileSync(join(dir, 'b'), b);
+    const fa = openSync(join(dir, 'a'), 'r');
+    const fb = openSync(join(dir, 'b'), 'r');
+    const fd = openSync(join(dir, 'out'), 'w+');
+    try {
+      const plan = new Float64Array([fa, 0, 0, 2 * MiB, fb, 0, 2 * MiB, 4 * MiB, fa, 2 * MiB, 6 * MiB, 2 * MiB]);
+      const written = await addon.copyRanges(fd, plan, 4096, 2);
+      assert.equal(written, 4 * MiB + 4096);
+    } finally {
+      [fa, fb, fd].forEach((f) => closeSync(f));
+    }
+    const out = readFileSync(join(dir, 'out'));
+    assert.equal(out.length, 8 * MiB);
+    assert.ok(out.subarray(0, 2 * MiB).every((x) => x === 0xaa));
+    assert.ok(out.subarray(2 * MiB, 6 * MiB - 4096).every((x) => x === 0));
+    assert.ok(out.subarray(6 * MiB - 4096, 6 * MiB).every((x) => x === 0xbb));
+    assert.ok(out.subarray(6 * MiB).every((x) => x === 0xaa));
+    // The zero stretch was never written: the file holds ~4 MiB of data, not 8.
+    assert.ok(statSync(join(dir, 'out')).blocks * 512 <= 5 * MiB, `allocated ${statSync(join(dir, 'out')).blocks * 512}`);
+  } finally {
+    cleanup();
+  }
+});
+
+test('native copyRanges: host errors reject with errno code, call and file; bad arguments throw', async (t) => {
+  const addon = requireAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    writeFileSync(join(dir, 'src'), new Uint8Array(8192).fill(7));
+    const src = openSync(join(dir, 'src'), 'r');
+    const readOnlyTarget = openSync(join(dir, 'src'), 'r');
+    const writeOnly = openSync(join(dir, 'wo'), 'w');
+    try {
+      await assert.rejects(addon.copyRanges(readOnlyTarget, new Float64Array([src, 0, 0, 8192]), 4096, 2), (e: NodeJS.ErrnoException & { fd: number; offset: number }) => {
+        assert.equal(e.code, 'EBADF');
+        assert.equal(e.syscall, 'write');
+        assert.equal(e.fd, readOnlyTarget);
+        assert.equal(e.offset, 0);
+        return true;
+      });
+      await assert.rejects(addon.copyRanges(writeOnly, new Float64Array([writeOnly, 4096, 0, 100]), 4096, 1), (e: NodeJS.ErrnoException & { fd: number; offset: number }) => {
+        assert.equal(e.code, 'EBADF');
+        assert.equal(e.syscall, 'read');
+        assert.equal(e.fd, writeOnly);
+        assert.equal(e.offset, 4096);
+        return true;
+      });
+      // An empty plan resolves to nothing written.
+      assert.equal(await addon.copyRanges(writeOnly, new Float64Array(0), 4096, 2), 0);
+      const bad: unknown[][] = [
+        [writeOnly, [src, 0, 0], 4096, 1], // not whole ranges
+        [writeOnly, [src, -1, 0, 1], 4096, 1], // negative offset
+        [writeOnly, [src, 0.5, 0, 1], 4096, 1], // not an integer
+        [writeOnly, [src, 0, 0, 65 << 20], 4096, 1], // range too large
+        [writeOnly, [2 ** 40, 0, 0, 1], 4096, 1], // not a descriptor
+        [writeOnly, [src, 0, 0, 1], 0, 1], // granule 0
+        [writeOnly, [src, 0, 0, 1], 4096, 0], // no workers
+        [writeOnly, [src, 0, 0, 1], 4096, 9], // too many
+        [-1, [src, 0, 0, 1], 4096, 1],
+      ];
+      for (const [target, plan, granule, workers] of bad) {
+        assert.throws(() => addon.copyRanges(target as number, new Float64Array(plan as number[]), granule as number, workers as number), TypeError, JSON.stringify(plan));
+      }
+      assert.throws(() => addon.copyRanges(writeOnly, [src, 0, 0, 1] as unknown as Float64Array, 4096, 1), TypeError);
+      assert.throws(() => addon.copyRanges(writeOnly, new Float64Array([src, 0, 0, 1]), 4096, 1, new Float64Array(1) as unknown as BigUint64Array), TypeError);
+    } finally {
+      [src, readOnlyTarget, writeOnly].forEach((f) => closeSync(f));
+    }
+  } finally {
+    cleanup();
+  }
+});
