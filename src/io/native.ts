@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
+import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 /**
@@ -37,22 +38,25 @@ export const NATIVE_MAX_RANGE = 64 << 20;
 
 let addon: NativeAddon | null | undefined;
 
-/** Where the addon is found: beside the package root, seen from dist/src/io (the library) or dist/ (the CLI bundle). */
-const CANDIDATES = ['../../../native/build/Release/vdisk_native.node', '../native/build/Release/vdisk_native.node'];
+/**
+ * The package root: this module runs as dist/src/io/native.js (the library)
+ * or inside dist/vdisk.cjs (the CLI bundle, whose import.meta.url is the
+ * bundle's). Only that one place is tried.
+ */
+function packageRoot(): string {
+  const here = fileURLToPath(import.meta.url);
+  return basename(here) === 'vdisk.cjs' ? join(dirname(here), '..') : join(dirname(here), '..', '..', '..');
+}
 
 /** The addon, or null when it is not built or is turned off (VDISK_NATIVE=0). */
 export function nativeAddon(): NativeAddon | null {
   if (addon !== undefined) return addon;
   addon = null;
   if (process.env.VDISK_NATIVE === '0') return addon;
-  const require = createRequire(import.meta.url);
-  for (const rel of CANDIDATES) {
-    try {
-      addon = require(fileURLToPath(new URL(rel, import.meta.url))) as NativeAddon;
-      break;
-    } catch {
-      // not at this place (or not loadable here): the JavaScript path is used
-    }
+  try {
+    addon = createRequire(import.meta.url)(join(packageRoot(), 'native', 'build', 'Release', 'vdisk_native.node')) as NativeAddon;
+  } catch {
+    // not built (or not loadable here): the JavaScript paths are used
   }
   return addon;
 }

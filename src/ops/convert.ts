@@ -253,7 +253,11 @@ async function copy(
       // no two writes in flight ever touch the same sector (Chain.write's
       // `disjoint`). Extents are sector-aligned except at an odd disk end.
       const alone = p.offset % align !== 0 || (p.offset + p.length) % align !== 0;
-      if (alone) await drain();
+      if (alone) {
+        // (The native copy too: this piece's write completes its sectors from what the target holds.)
+        await nativeRun;
+        await drain();
+      }
       while (running.size >= LANES) await Promise.race(running);
       if (failure) break;
       const lane = lanes.pop()!;
