@@ -334,6 +334,10 @@ async function main(): Promise<number> {
     const app = join(work, 'app');
     await cp(join(REPO, 'dist'), join(app, 'dist'), { recursive: true });
     await cp(join(REPO, 'bin'), join(app, 'bin'), { recursive: true });
+    // The native addon, where it is built (README "The native addon"): without it the snapshot would run the JavaScript paths only.
+    const addon = join('native', 'build', 'Release', 'vdisk_native.node');
+    if (existsSync(join(REPO, addon))) await cp(join(REPO, addon), join(app, addon));
+    log(`  native addon: ${existsSync(join(app, addon)) ? 'built' : 'not built (converts to raw use the JavaScript path only)'}`);
     await symlink(join(REPO, 'node_modules'), join(app, 'node_modules'));
     useApp(app);
     process.env.VDISK_BENCH_REPO = REPO;
