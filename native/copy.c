@@ -18,7 +18,9 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -42,6 +44,7 @@ typedef struct {
   const char *op;
   uint64_t err_offset;
   int err_fd;  // the source that failed a read
+  atomic_int no_fallocate;  // the target's file system cannot allocate ahead
   uint64_t *progress;  // optional: bytes of ranges finished, for a progress bar
   napi_ref progress_ref;
   int pending;  // workers not yet completed (main thread only)
@@ -78,7 +81,33 @@ static int read_full(Job *job, int src, uint8_t *buf, uint64_t len, uint64_t off
   return 1;
 }
 
+// Allocating the run's blocks before writing it spares the file system its
+// per-page delayed-allocation work inside the write, which the kernel runs
+// under the file's lock, one write at a time (ext4: the bench's vhd→raw copy
+// in C, 103 → 95 ms with 2 MiB huge-page buffers). Only runs about to be
+// written are allocated, so holes stay holes; a full disk shows here, at
+// once, rather than at writeback.
+static int allocate(Job *job, uint64_t len, uint64_t offset) {
+#ifdef __linux__
+  if (atomic_load(&job->no_fallocate)) return 1;
+  int r;
+  do {
+    r = fallocate(job->dst, 0, (off_t)offset, (off_t)len);
+  } while (r < 0 && errno == EINTR);
+  if (r == 0) return 1;
+  if (errno == ENOSPC || errno == EDQUOT || errno == EIO || errno == EFBIG) {
+    fail(job, errno, "write", offset);
+    return 0;
+  }
+  atomic_store(&job->no_fallocate, 1);  // EOPNOTSUPP and the like: write without it
+#else
+  (void)job, (void)len, (void)offset;
+#endif
+  return 1;
+}
+
 static int write_full(Job *job, const uint8_t *buf, uint64_t len, uint64_t offset) {
+  if (!allocate(job, len, offset)) return 0;
   uint64_t done = 0;
   while (done < len) {
     ssize_t n = pwrite(job->dst, buf + done, len - done, (off_t)(offset + done));
@@ -104,11 +133,17 @@ static int all_zero(const uint8_t *p, uint64_t n) {
 static void execute(napi_env env, void *data) {
   (void)env;
   Job *job = data;
+  // Aligned to 2 MiB and offered huge pages: one fault instead of 512 for a
+  // 2 MiB buffer, and fewer TLB misses while the kernel copies through it.
+  const size_t huge = 2u << 20;
   uint8_t *buf = NULL;
-  if (posix_memalign((void **)&buf, 4096, job->max_len) != 0) {
+  if (posix_memalign((void **)&buf, job->max_len >= huge ? huge : 4096, job->max_len) != 0) {
     fail(job, ENOMEM, "allocate", 0);
     return;
   }
+#ifdef MADV_HUGEPAGE
+  if (job->max_len >= huge) madvise(buf, job->max_len, MADV_HUGEPAGE);
+#endif
   const uint64_t g = job->granule;
   while (!atomic_load(&job->failed)) {
     size_t i = atomic_fetch_add(&job->next, 1);
@@ -286,9 +321,6 @@ static napi_value copy_ranges(napi_env env, napi_callback_info info) {
   return promise;
 }
 
-NAPI_MODULE_INIT() {
-  napi_value fn;
-  napi_create_function(env, "copyRanges", NAPI_AUTO_LENGTH, copy_ranges, NULL, &fn);
-  napi_set_named_property(env, exports, "copyRanges", fn);
-  return exports;
+napi_value vdisk_copy_ranges(napi_env env, napi_callback_info info) {
+  return copy_ranges(env, info);
 }
