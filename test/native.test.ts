@@ -4,6 +4,7 @@ import { closeSync, openSync, readFileSync, statSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { nativeAddon, type NativeAddon } from '../src/io/native.js';
+import { FileStore } from '../src/io/file-store.js';
 import { granuleRuns, zeroChecker } from '../src/ops/zero.js';
 import { IN_CI, tempDir } from './helpers/oracle.js';
 
@@ -191,6 +192,98 @@ test('native copyRanges: host errors reject with errno code, call and file; bad 
       [src, readOnlyTarget, writeOnly].forEach((f) => closeSync(f));
     }
   } finally {
+    cleanup();
+  }
+});
+
+test('native readNoWait: reads what the page cache holds; 0 at the end of the file; errors as -errno; bad arguments throw', async (t) => {
+  const addon = requireAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const data = new Uint8Array(100_000).map((_, i) => (i * 7 + 3) & 0xff);
+    writeFileSync(join(dir, 'f'), data);
+    readFileSync(join(dir, 'f')); // in the page cache now
+    const fd = openSync(join(dir, 'f'), 'r');
+    const wo = openSync(join(dir, 'wo'), 'w');
+    try {
+      const into = new Uint8Array(5000);
+      assert.equal(addon.readNoWait(fd, into, 1234), 5000);
+      assert.deepEqual(into, data.subarray(1234, 6234));
+      assert.equal(addon.readNoWait(fd, into, 98_000), 2000, 'short at the end of the file');
+      assert.deepEqual(into.subarray(0, 2000), data.subarray(98_000));
+      assert.equal(addon.readNoWait(fd, into, 100_000), 0);
+      assert.equal(addon.readNoWait(fd, into, 2 ** 40), 0);
+      const words = new Uint32Array(4);
+      assert.equal(addon.readNoWait(fd, words as unknown as Uint8Array, 0), 16, 'a typed array of any kind reads its whole byte length');
+      assert.ok(addon.readNoWait(wo, into, 0) < 0, 'a write-only descriptor: -EBADF');
+      for (const args of [[-1, into, 0], [fd, [1, 2], 0], [fd, into, -1], [fd, into, 0.5], [fd, into]] as unknown[][]) {
+        assert.throws(() => (addon.readNoWait as (...a: unknown[]) => number)(...args), TypeError);
+      }
+    } finally {
+      closeSync(fd);
+      closeSync(wo);
+    }
+  } finally {
+    cleanup();
+  }
+});
+
+test('file store reads: from memory when the page cache has it, else (or for the rest) through the pool; same bytes either way', async (t) => {
+  const addon = requireAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  const real = addon.readNoWait;
+  try {
+    const size = 300_000;
+    const data = new Uint8Array(size).map((_, i) => (i * 13 + 5) & 0xff);
+    writeFileSync(join(dir, 'f'), data);
+    // What the host answers, by turn: everything, nothing (EAGAIN), part (then the pool), or "cannot" (ENOSYS).
+    const EAGAIN = 11;
+    const ENOSYS = 38;
+    let mode: 'real' | 'again' | 'part' | 'nosys' = 'real';
+    let calls = 0;
+    addon.readNoWait = (fd, into, pos) => {
+      calls++;
+      if (mode === 'again') return -EAGAIN;
+      if (mode === 'nosys') return -ENOSYS;
+      if (mode === 'part') return real.call(addon, fd, into.subarray(0, Math.ceil(into.length / 3)), pos);
+      return real.call(addon, fd, into, pos);
+    };
+    await fc.assert(
+      fc.asyncProperty(fc.constantFrom('real', 'again', 'part'), fc.integer({ min: 0, max: size + 5000 }), fc.integer({ min: 1, max: 100_000 }), async (m, at, len) => {
+        mode = m as typeof mode;
+        const store = await FileStore.open(join(dir, 'f'), { readOnly: true });
+        try {
+          const into = new Uint8Array(len).fill(0xee);
+          const before = calls;
+          const n = await store.read(at, into);
+          const want = data.subarray(Math.min(at, size), Math.min(size, at + len));
+          assert.equal(n, want.length);
+          assert.equal(firstDifference(into.subarray(0, n), want), -1);
+          assert.equal(calls - before, len <= 64 * 1024 ? 1 : 0, 'tried first only for reads up to 64 KiB');
+        } finally {
+          await store.close();
+        }
+      }),
+      { numRuns: 200 },
+    );
+    // A host without RWF_NOWAIT: asked once per store, then never again.
+    mode = 'nosys';
+    const store = await FileStore.open(join(dir, 'f'), { readOnly: true });
+    try {
+      const into = new Uint8Array(4096);
+      const before = calls;
+      for (let i = 0; i < 5; i++) {
+        assert.equal(await store.read(i * 4096, into), 4096);
+        assert.equal(firstDifference(into, data.subarray(i * 4096, (i + 1) * 4096)), -1);
+      }
+      assert.equal(calls - before, 1);
+    } finally {
+      await store.close();
+    }
+  } finally {
+    addon.readNoWait = real;
     cleanup();
   }
 });

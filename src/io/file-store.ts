@@ -3,6 +3,8 @@ import { constants, read as fsRead, write as fsWrite, writev as fsWritev } from 
 import { BlockError, fromSystemError, isBlockError } from '../core/errors.js';
 import { createRequire } from 'node:module';
 import type { HostRange, OpenStoreOptions, Store } from './store.js';
+import { constants as osConstants } from 'node:os';
+import { nativeAddon } from './native.js';
 
 // lseek(2) whence values for sparse files (Linux): SEEK_DATA finds the next
 // data at or after an offset, SEEK_HOLE the next hole. Node's fs has no lseek,
@@ -42,9 +44,26 @@ function pwritevOnce(fd: number, bufs: Uint8Array[], pos: number): Promise<numbe
   return new Promise((resolve, reject) => fsWritev(fd, bufs, pos, (err, n) => (err ? reject(err) : resolve(n))));
 }
 
+/**
+ * Reads up to this size are first tried on the main thread without waiting
+ * (the native addon's readNoWait: preadv2 with RWF_NOWAIT), and go to the
+ * thread pool only for what the page cache does not hold. A read from
+ * memory then costs one copy on the main thread instead of a round trip to
+ * a pool thread (~40 µs here). Where the bound lies: copying 64 KiB takes
+ * the main thread ~6 µs, less than its own share of sending a read to the
+ * pool, so small reads gain at any queue depth (bench: raw 4 KiB reads at
+ * qd1 25x faster, at qd16 7x); bigger ones are better spread over the
+ * pool's threads when many run at once — with a bound of 256 KiB, nbdcopy
+ * (256 KiB requests, many in flight) through `vdisk serve` got 20% slower.
+ */
+const NOWAIT_MAX = 64 * 1024;
+const { EINVAL, ENOSYS, EOPNOTSUPP } = osConstants.errno;
+
 /** A host file, through one FileHandle with positional reads and writes. */
 export class FileStore implements Store {
   private closed = false;
+  /** Whether reads try readNoWait first; off once the host says it cannot (no RWF_NOWAIT there). */
+  private noWait = true;
   /** Whether the file had no holes when first asked (see allocation); asked again after truncate. */
   private holeless: Promise<boolean> | undefined;
   private constructor(
@@ -107,6 +126,11 @@ export class FileStore implements Store {
 
   async read(offset: number, into: Uint8Array): Promise<number> {
     let done = 0;
+    if (this.noWait && into.length <= NOWAIT_MAX && into.length > 0) {
+      const n = this.readFromMemory(offset, into);
+      if (n === into.length || n === 0) return n; // all of it, or the end of the file
+      if (n > 0) done = n; // the rest through the pool (it may also be the end of the file)
+    }
     try {
       while (done < into.length) {
         const n = await preadOnce(this.fh.fd, into, done, into.length - done, offset + done);
@@ -117,6 +141,20 @@ export class FileStore implements Store {
       throw fromSystemError(e, { path: this.path, offset, length: into.length, operation: 'read' });
     }
     return done;
+  }
+
+  /** What readNoWait gives at once: bytes read (0 at end of file), or -1 when the pool must do it. */
+  private readFromMemory(offset: number, into: Uint8Array): number {
+    const readNoWait = nativeAddon()?.readNoWait;
+    if (!readNoWait) {
+      this.noWait = false;
+      return -1;
+    }
+    const n = readNoWait(this.fh.fd, into, offset);
+    if (n >= 0) return n;
+    if (n === -ENOSYS || n === -EOPNOTSUPP || n === -EINVAL) this.noWait = false;
+    // -EAGAIN (not all in memory), or an error the pool's read reports properly.
+    return -1;
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {

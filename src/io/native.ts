@@ -31,6 +31,14 @@ export interface NativeAddon {
    * that file).
    */
   copyRanges(target: number, plan: Float64Array, granule: number, workers: number, progress?: BigUint64Array): Promise<number>;
+  /**
+   * Read into `into` at `position` from what the page cache holds, on this
+   * thread, never waiting for the device (preadv2 with RWF_NOWAIT): the
+   * bytes read (0 at end of file; fewer than asked when only part is in
+   * memory), or minus the errno (-EAGAIN: none of it is in memory;
+   * -ENOSYS, -EOPNOTSUPP, -EINVAL: this host or file cannot do it).
+   */
+  readNoWait(fd: number, into: Uint8Array, position: number): number;
 }
 
 /** The largest range copyRanges takes (each thread reads a range whole into its own buffer). */

@@ -1,0 +1,17 @@
+// The module's exports (one C file per job: copy.c, read.c).
+#include <node_api.h>
+
+napi_value vdisk_copy_ranges(napi_env env, napi_callback_info info);
+napi_value vdisk_read_nowait(napi_env env, napi_callback_info info);
+
+static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback cb) {
+  napi_value fn;
+  napi_create_function(env, name, NAPI_AUTO_LENGTH, cb, NULL, &fn);
+  napi_set_named_property(env, exports, name, fn);
+}
+
+NAPI_MODULE_INIT() {
+  export_fn(env, exports, "copyRanges", vdisk_copy_ranges);
+  export_fn(env, exports, "readNoWait", vdisk_read_nowait);
+  return exports;
+}
