@@ -3,19 +3,10 @@ import assert from 'node:assert/strict';
 import { closeSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
-import { nativeAddon, type NativeAddon } from '../src/io/native.js';
 import { FileStore } from '../src/io/file-store.js';
 import { granuleRuns, zeroChecker } from '../src/ops/zero.js';
-import { IN_CI, tempDir } from './helpers/oracle.js';
+import { requireNativeAddon, tempDir } from './helpers/oracle.js';
 
-/** The addon, or a skip outside CI (in CI it must be there: the fast paths are tested through it). */
-function requireAddon(t: TestContext): NativeAddon | null {
-  const a = nativeAddon();
-  if (a) return a;
-  if (IN_CI) throw new Error('the native addon is required in CI but did not load (npm run build: scripts/native.mjs)');
-  t.skip('native addon not built');
-  return null;
-}
 
 /** Bytes the JavaScript path writes for a piece: its runs of non-zero granules (ops/zero.ts). */
 function jsWritten(data: Uint8Array, diskOffset: number, granule: number): number {
@@ -44,11 +35,11 @@ function firstDifference(a: Uint8Array, b: Uint8Array): number {
 }
 
 test('native addon: loaded in CI', (t) => {
-  requireAddon(t);
+  requireNativeAddon(t);
 });
 
 test('native copyRanges: same bytes and same written count as the JavaScript path, any ranges and granules', async (t) => {
-  const addon = requireAddon(t);
+  const addon = requireNativeAddon(t);
   if (!addon) return;
   const { dir, cleanup } = tempDir();
   try {
@@ -113,7 +104,7 @@ test('native copyRanges: same bytes and same written count as the JavaScript pat
 });
 
 test('native copyRanges: ranges from several files in one call; zero granules leave holes', async (t) => {
-  const addon = requireAddon(t);
+  const addon = requireNativeAddon(t);
   if (!addon) return;
   const { dir, cleanup } = tempDir();
   try {
@@ -147,7 +138,7 @@ test('native copyRanges: ranges from several files in one call; zero granules le
 });
 
 test('native copyRanges: host errors reject with errno code, call and file; bad arguments throw', async (t) => {
-  const addon = requireAddon(t);
+  const addon = requireNativeAddon(t);
   if (!addon) return;
   const { dir, cleanup } = tempDir();
   try {
@@ -197,7 +188,7 @@ test('native copyRanges: host errors reject with errno code, call and file; bad 
 });
 
 test('native readNoWait: reads what the page cache holds; 0 at the end of the file; errors as -errno; bad arguments throw', async (t) => {
-  const addon = requireAddon(t);
+  const addon = requireNativeAddon(t);
   if (!addon) return;
   const { dir, cleanup } = tempDir();
   try {
@@ -230,7 +221,7 @@ test('native readNoWait: reads what the page cache holds; 0 at the end of the fi
 });
 
 test('file store reads: from memory when the page cache has it, else (or for the rest) through the pool; same bytes either way', async (t) => {
-  const addon = requireAddon(t);
+  const addon = requireNativeAddon(t);
   if (!addon) return;
   const { dir, cleanup } = tempDir();
   const real = addon.readNoWait;

@@ -11,7 +11,7 @@ import type { Store, StoreOpener } from '../src/io/store.js';
 import { mapChain } from '../src/ops/map.js';
 import { vdisk } from './helpers/cli.js';
 import { REPO_ROOT } from './helpers/corpus.js';
-import { IN_CI, pyvhdiDigest, qemuDigest, qemuImg, qemuIo, requireTool, run, sha256File, tempDir, vdiskDigest } from './helpers/oracle.js';
+import { pyvhdiDigest, requireNativeAddon, qemuDigest, qemuImg, qemuIo, requireTool, run, sha256File, tempDir, vdiskDigest } from './helpers/oracle.js';
 
 const MiB = 1 << 20;
 
@@ -293,11 +293,7 @@ async function watchNative<T>(body: () => Promise<T>): Promise<{ result: T; call
 
 test('convert to raw copies file to file through the native addon: the same file, holes and counts as the JavaScript path', async (t) => {
   if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
-  if (!nativeAddon()) {
-    assert.ok(!IN_CI, 'the native addon must load in CI');
-    t.skip('native addon not built');
-    return;
-  }
+  if (!requireNativeAddon(t)) return;
   const { dir, cleanup } = tempDir();
   t.after(cleanup);
   const { base } = baseAndSource(dir);
@@ -349,12 +345,8 @@ test('convert to raw copies file to file through the native addon: the same file
 
 test('a failed native copy is a BlockError naming the file and offset, and the new target is removed', async (t) => {
   if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
-  const addon = nativeAddon();
-  if (!addon) {
-    assert.ok(!IN_CI, 'the native addon must load in CI');
-    t.skip('native addon not built');
-    return;
-  }
+  const addon = requireNativeAddon(t);
+  if (!addon) return;
   const { dir, cleanup } = tempDir();
   t.after(cleanup);
   const { base } = baseAndSource(dir);

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { openChain, type ChainOpenOptions } from '../../src/chain/open.js';
+import { nativeAddon, type NativeAddon } from '../../src/io/native.js';
 
 /**
  * Outside oracles: qemu-img / qemu-io, libvhdi (pyvhdi under /usr/bin/python3)
@@ -163,3 +164,12 @@ sys.stdout.buffer.write(files[0].read_buffer_at_offset(n, off))
 }
 
 export { execFileSync, readFileSync };
+
+/** vdisk's native addon, or a skip outside CI (in CI it must load: its paths are tested through it). */
+export function requireNativeAddon(t: TestContext): NativeAddon | null {
+  const a = nativeAddon();
+  if (a) return a;
+  if (IN_CI) throw new Error('the native addon is required in CI but did not load (npm run build: scripts/native.mjs)');
+  t.skip('native addon not built');
+  return null;
+}
