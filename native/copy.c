@@ -43,7 +43,7 @@ typedef struct {
   int err;
   const char *op;
   uint64_t err_offset;
-  int err_fd;  // the source that failed a read
+  int err_fd;  // the file it happened in
   atomic_int no_fallocate;  // the target's file system cannot allocate ahead
   uint64_t *progress;  // optional: bytes of ranges finished, for a progress bar
   napi_ref progress_ref;
@@ -52,12 +52,14 @@ typedef struct {
   napi_async_work works[MAX_WORKERS];
 } Job;
 
-static void fail(Job *job, int err, const char *op, uint64_t offset) {
+// The first failure wins; `fd` is the file it happened in.
+static void fail(Job *job, int err, const char *op, uint64_t offset, int fd) {
   int expected = 0;
   if (atomic_compare_exchange_strong(&job->failed, &expected, 1)) {
     job->err = err;
     job->op = op;
     job->err_offset = offset;
+    job->err_fd = fd;
   }
 }
 
@@ -68,8 +70,7 @@ static int read_full(Job *job, int src, uint8_t *buf, uint64_t len, uint64_t off
     ssize_t n = pread(src, buf + done, len - done, (off_t)(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail(job, errno, "read", offset + done);
-      job->err_fd = src;
+      fail(job, errno, "read", offset + done, src);
       return 0;
     }
     if (n == 0) {
@@ -96,7 +97,7 @@ static int allocate(Job *job, uint64_t len, uint64_t offset) {
   } while (r < 0 && errno == EINTR);
   if (r == 0) return 1;
   if (errno == ENOSPC || errno == EDQUOT || errno == EIO || errno == EFBIG) {
-    fail(job, errno, "write", offset);
+    fail(job, errno, "write", offset, job->dst);
     return 0;
   }
   atomic_store(&job->no_fallocate, 1);  // EOPNOTSUPP and the like: write without it
@@ -113,11 +114,11 @@ static int write_full(Job *job, const uint8_t *buf, uint64_t len, uint64_t offse
     ssize_t n = pwrite(job->dst, buf + done, len - done, (off_t)(offset + done));
     if (n < 0) {
       if (errno == EINTR) continue;
-      fail(job, errno, "write", offset + done);
+      fail(job, errno, "write", offset + done, job->dst);
       return 0;
     }
     if (n == 0) {
-      fail(job, EIO, "write", offset + done);
+      fail(job, EIO, "write", offset + done, job->dst);
       return 0;
     }
     done += (uint64_t)n;
@@ -138,7 +139,7 @@ static void execute(napi_env env, void *data) {
   const size_t huge = 2u << 20;
   uint8_t *buf = NULL;
   if (posix_memalign((void **)&buf, job->max_len >= huge ? huge : 4096, job->max_len) != 0) {
-    fail(job, ENOMEM, "allocate", 0);
+    fail(job, ENOMEM, "allocate", 0, job->dst);
     return;
   }
 #ifdef MADV_HUGEPAGE
@@ -195,7 +196,7 @@ static void finish(napi_env env, Job *job) {
     napi_set_named_property(env, err_v, "errno", errno_v);
     napi_set_named_property(env, err_v, "syscall", syscall_v);
     napi_set_named_property(env, err_v, "offset", offset_v);
-    napi_create_int32(env, job->op[0] == 'r' ? job->err_fd : job->dst, &fd_v);
+    napi_create_int32(env, job->err_fd, &fd_v);
     napi_set_named_property(env, err_v, "fd", fd_v);
     napi_reject_deferred(env, job->deferred, err_v);
   } else {
@@ -315,7 +316,18 @@ static napi_value copy_ranges(napi_env env, napi_callback_info info) {
   napi_create_string_utf8(env, "vdisk.copyRanges", NAPI_AUTO_LENGTH, &name);
   job->pending = workers;
   for (int i = 0; i < workers; i++) {
-    napi_create_async_work(env, NULL, name, execute, complete, job, &job->works[i]);
+    if (napi_create_async_work(env, NULL, name, execute, complete, job, &job->works[i]) != napi_ok) {
+      // Nothing queued yet: undo, and fail the call (a promise that never settles would be worse).
+      for (int k = 0; k < i; k++) napi_delete_async_work(env, job->works[k]);
+      napi_value msg, err;
+      napi_create_string_utf8(env, "could not start the copy threads", NAPI_AUTO_LENGTH, &msg);
+      napi_create_error(env, NULL, msg, &err);
+      napi_reject_deferred(env, job->deferred, err);
+      free(job->plan);
+      if (job->progress_ref) napi_delete_reference(env, job->progress_ref);
+      free(job);
+      return promise;
+    }
   }
   for (int i = 0; i < workers; i++) napi_queue_async_work(env, job->works[i]);
   return promise;
