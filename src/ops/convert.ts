@@ -225,7 +225,7 @@ async function copy(
     const map = wOff === 0 ? firstMap : src.blockStatus(wOff, Math.min(WINDOW, total - wOff), { findZeroes: true });
     const jsPieces: Piece[] = [];
     const plan: Piece[] = [];
-    for (const p of pieces(await map, bufferSize, src)) {
+    for (const p of pieces(await map, bufferSize, direct ? src : undefined)) {
       if (p.zero && mode === 'fresh' && sparse !== 0) {
         // A fresh target without backing already reads as zeros.
         done += p.length;
@@ -291,14 +291,18 @@ async function copy(
   return written;
 }
 
-/** Data extents split into buffer-sized pieces; zero extents stay whole. */
-function* pieces(extents: ChainExtent[], bufferSize: number, src: Chain): Generator<Piece> {
+/**
+ * Data extents split into buffer-sized pieces; zero extents stay whole.
+ * With `src` (a native copy is possible), each data piece that lies as-is
+ * in its layer's own file says where (`host`).
+ */
+function* pieces(extents: ChainExtent[], bufferSize: number, src: Chain | undefined): Generator<Piece> {
   for (const e of extents) {
     if (e.kind === 'zero') {
       yield { offset: e.offset, length: e.length, zero: true };
       continue;
     }
-    const store = e.hostOffset === undefined ? undefined : src.layers[e.depth]?.hostStore;
+    const store = e.hostOffset === undefined ? undefined : src?.layers[e.depth]?.hostStore;
     const file = store instanceof FileStore ? store : undefined;
     for (let o = 0; o < e.length; o += bufferSize) {
       const length = Math.min(bufferSize, e.length - o);
