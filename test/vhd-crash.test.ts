@@ -7,6 +7,7 @@ import { MemoryFs, MemoryStore } from '../src/io/memory-store.js';
 import type { Store, StoreOpener } from '../src/io/store.js';
 import { createImage } from '../src/ops/create.js';
 import { rng, randomBytes } from './helpers/random.js';
+import { reordering } from './helpers/stores.js';
 
 /**
  * Crash safety of allocating writes (write order: src/formats/vhd/image.ts).
@@ -144,44 +145,6 @@ function equal(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.compare(a, b) === 0;
 }
 
-/**
- * A store whose writes land after a random number of event-loop turns, so
- * writes in flight together land in any order (as on a host, where two
- * writes to one file run on two threads and either may take the file
- * first). Reads see what has landed.
- */
-class ReorderingStore implements Store {
-  readonly readOnly = false;
-  constructor(
-    readonly inner: MemoryStore,
-    private readonly r: () => number,
-  ) {}
-  get path(): string {
-    return this.inner.path;
-  }
-  size(): Promise<number> {
-    return this.inner.size();
-  }
-  read(offset: number, into: Uint8Array): Promise<number> {
-    return this.inner.read(offset, into);
-  }
-  private async later(): Promise<void> {
-    for (let n = Math.floor(this.r() * 4); n > 0; n--) await new Promise((resolve) => setImmediate(resolve));
-  }
-  async write(offset: number, data: Uint8Array): Promise<void> {
-    const copy = data.slice();
-    await this.later();
-    await this.inner.write(offset, copy);
-  }
-  truncate(size: number): Promise<void> {
-    return this.inner.truncate(size);
-  }
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-  async close(): Promise<void> {}
-}
-
 test('allocations in flight together: whatever order their writes land in, every new block keeps its bitmap', async () => {
   for (const differencing of [false, true]) {
     for (let seed = 1; seed <= 40; seed++) {
@@ -190,7 +153,7 @@ test('allocations in flight together: whatever order their writes land in, every
       const initial = fs.files.get(top)!.bytes();
       const oldDisk = await readAll(fs, top, new MemoryStore(top, initial));
       const target = new MemoryStore(top, initial);
-      const store = new ReorderingStore(target, rng(seed));
+      const store = reordering(target, rng(seed));
       // All at once: a new block written from its first sector (its bitmap goes with
       // the data, over the sector where the allocation before it, still in flight,
       // writes its footer), the allocation before it, and an allocated block.
