@@ -333,6 +333,22 @@ test('convert to raw copies file to file through the native addon: the same file
     rmSync(outJs);
     rmSync(outNative);
   }
+  // A fixed VHD target is its file's first bytes too (the cloud-upload case): the same copy, the footer left alone.
+  for (const [source, fmt] of [[child, 'vhd'], [vhdx, 'vhdx'], [sparse, 'raw']] as const) {
+    const outJs = join(dir, 'js.vhd');
+    const outNative = join(dir, 'native.vhd');
+    const options = { subformat: 'fixed' };
+    const js = await convert({ source, target: outJs, targetFormat: 'vhd', options, native: false });
+    const nat = await watchNative(() => convert({ source, target: outNative, targetFormat: 'vhd', options }));
+    assert.ok(nat.calls >= 1 && nat.planned > 0, `${fmt} → fixed VHD: the native copier was used`);
+    assert.deepEqual(nat.result, js, `${fmt} → fixed VHD: same size and bytes written`);
+    assert.equal(vdisk('compare', outJs, outNative).status, 0, `${fmt} → fixed VHD: same disk`);
+    assert.equal(vdisk('compare', source, outNative).status, 0, `${fmt} → fixed VHD: the source's disk`);
+    assert.equal(JSON.parse(vdisk('info', '--output=json', outNative).stdout)['format-specific'].data['disk-type'], 'fixed');
+    if (source !== child) assert.equal(run('qemu-img', ['compare', '-f', fmt === 'raw' ? 'raw' : fmt, '-F', 'vpc', source, outNative], { allowFail: true }).status, 0, fmt);
+    rmSync(outJs);
+    rmSync(outNative);
+  }
   // Only what the VHDX's file holds is given to the copier: of its four
   // 1 MiB blocks, 64 KiB, 1 MiB (of zeros: qemu writes them) and 1.5 MiB;
   // the rest are holes in its file. The zeros are read but not written.

@@ -50,6 +50,13 @@ export interface Capabilities {
    * and still get a file laid out like the disk.
    */
   orderedAllocation?: boolean;
+  /**
+   * Disk offset N is byte N of the layer's hostStore, and a write is
+   * nothing more than those bytes written there (raw, fixed VHD): a copy
+   * may write the file directly (convert's native path). Not add-cow, whose
+   * writes also set bitmap bits.
+   */
+  hostIdentity?: boolean;
 }
 
 export interface CheckProblem {

@@ -319,12 +319,13 @@ interface NativeTarget {
 /**
  * The native copier and the target's file, when data can go from the
  * source's files straight into it (io/native.ts says why that is faster):
- * a fresh raw target of its own file (no backing: nothing to compare
+ * a fresh target of one layer whose disk is its file's bytes
+ * (`hostIdentity`: raw, fixed VHD; no backing, so nothing to compare
  * with), zero granules skipped (-S other than 0). Otherwise undefined and
  * every piece goes through the lanes.
  */
 function nativeTarget(dst: Chain, mode: Mode, sparse: number): NativeTarget | undefined {
-  if (mode !== 'fresh' || sparse === 0 || dst.layers.length !== 1 || dst.top.format !== 'raw') return undefined;
+  if (mode !== 'fresh' || sparse === 0 || dst.layers.length !== 1 || !dst.top.capabilities.hostIdentity) return undefined;
   const store = dst.top.hostStore;
   const addon = nativeAddon();
   return addon && store instanceof FileStore && !store.readOnly ? { addon, store } : undefined;
@@ -334,8 +335,8 @@ function nativeTarget(dst: Chain, mode: Mode, sparse: number): NativeTarget | un
 const PROGRESS_MS = 100;
 
 /**
- * Copy pieces that lie in layers' files into a raw target, in one native
- * call (raw: the target offset is the disk offset). Resolves to the bytes
+ * Copy pieces that lie in layers' files into the target's file, in one
+ * native call (`hostIdentity`: the file offset is the disk offset). Resolves to the bytes
  * written; an error names the file and offset it happened at.
  */
 async function copyNative(target: NativeTarget, plan: Piece[], granule: number, onProgress?: (finished: number) => void): Promise<number> {

@@ -22,6 +22,7 @@ export class RawImage implements Image {
     setBacking: false,
     backing: false,
     fixedLayout: true,
+    hostIdentity: true,
   };
 
   constructor(

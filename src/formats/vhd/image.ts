@@ -165,6 +165,8 @@ export class VhdImage implements Image {
       backing: f.diskType === 'differencing',
       // A fixed disk's sectors have their place in the file; the others allocate in call order (see the class comment).
       fixedLayout: f.diskType === 'fixed',
+      // A fixed disk's data is the file's first bytes, written in place (the footer follows it).
+      hostIdentity: f.diskType === 'fixed',
       orderedAllocation: true,
     };
   }
