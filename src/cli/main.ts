@@ -1,50 +1,16 @@
 import { Command, CommanderError, Option } from 'commander';
 import { BlockError, isBlockError } from '../core/errors.js';
 import { parseSize, formatSize } from '../core/size.js';
-import type { ChainOpenOptions } from '../chain/open.js';
 import type { MapEntry } from '../ops/map.js';
 import { parseOptions } from '../ops/options.js';
 import { progressBar } from './progress.js';
 import { extraCommands, type CommandEntry, type RegisterCommand } from './commands.js';
+import { Exit, collect, openOptions, outputOption, withOpenOptions } from './options.js';
 import { packageVersion } from './version.js';
 
 // Each command loads what it needs when it runs (dynamic imports below), so
 // start-up pays only for the command line itself: a short convert should not
 // wait for the NBD server or the chain operations to load.
-
-/** Exit status a command asks for (compare: 1 = different). */
-export class Exit extends Error {
-  constructor(readonly code: number) {
-    super(`exit ${code}`);
-  }
-}
-
-const collect = (v: string, prev: string[] = []) => [...prev, v];
-
-/** Options every command that opens an image accepts. */
-export function withOpenOptions(cmd: Command): Command {
-  return cmd
-    .option('--layer-only', 'open only this image, not its backing chain')
-    .option('--ignore-parent-id', "accept a parent whose id differs from what the child records")
-    .option('--ignore-checksums', 'open images whose checksums are wrong (reported by info)')
-    .option('--depth-limit <n>', 'most layers a backing chain may have', '64');
-}
-
-export function openOptions(o: Record<string, unknown>, format?: string): ChainOpenOptions {
-  const depth = Number(o.depthLimit ?? 64);
-  if (!Number.isInteger(depth) || depth < 1) throw new BlockError('invalid-argument', `--depth-limit must be a positive whole number (got ${o.depthLimit})`);
-  return {
-    format,
-    layerOnly: Boolean(o.layerOnly),
-    ignoreParentId: Boolean(o.ignoreParentId),
-    ignoreChecksums: Boolean(o.ignoreChecksums),
-    depthLimit: depth,
-  };
-}
-
-export function outputOption(): Option {
-  return new Option('--output <fmt>', 'output format').choices(['human', 'json']).default('human');
-}
 
 const registerInfo: RegisterCommand = (program, print) => {
   withOpenOptions(

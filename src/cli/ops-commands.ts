@@ -3,26 +3,12 @@ import { BlockError } from '../core/errors.js';
 import { parseSize } from '../core/size.js';
 import { parseOptions } from '../ops/options.js';
 import type { CommandEntry, RegisterCommand } from './commands.js';
-import { Exit, openOptions, outputOption, withOpenOptions } from './main.js';
-import { progressBar } from './progress.js';
+import { Exit, collect, openOptions, outputOption, withOpenOptions, withProgress } from './options.js';
 
 /*
  * The whole-image chain operations (issue 6): check, commit, rebase, resize,
  * measure. Thin: parse, call ops/, print. Options and words follow qemu-img.
- * (main.js is imported for shared helpers; they are used only when a command
- * runs, so the import cycle main -> commands -> here is harmless.)
  */
-
-const collect = (v: string, prev: string[] = []) => [...prev, v];
-
-async function withProgress<T>(on: boolean, run: (update?: (done: number, total: number) => void) => Promise<T>): Promise<T> {
-  const bar = on ? progressBar() : undefined;
-  try {
-    return await run(bar?.update);
-  } finally {
-    bar?.stop();
-  }
-}
 
 const registerCheck: RegisterCommand = (program, print) => {
   withOpenOptions(
