@@ -4,15 +4,19 @@ import type { ChainOpenOptions } from '../chain/open.js';
 import { progressBar } from './progress.js';
 
 /*
- * The option helpers the command modules share, in a module of their own:
- * command modules import it, not the runner (main.ts) that imports them.
+ * What the command modules share: the context a handler runs in and the
+ * option helpers. A module of its own so that command modules import it and
+ * not the runner (main.ts) or the table (commands.ts), which import them.
  */
 
-/** Exit status a command asks for (compare: 1 = different). */
-export class Exit extends Error {
-  constructor(readonly code: number) {
-    super(`exit ${code}`);
-  }
+/** Where a command prints its result (stdout, or the demo's transcript). */
+export type Print = (s: string) => void;
+
+/** What the runner hands a command's handler. */
+export interface CommandContext {
+  print: Print;
+  /** Run another command line with the same `print` (the demo's steps); returns its exit status. */
+  run(argv: string[]): Promise<number>;
 }
 
 /** Repeatable option: `-o a -o b` → ['a', 'b']. */
