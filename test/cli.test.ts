@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync, chmodSync, statSync, existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { vdisk } from './helpers/cli.js';
+import { vdisk, VDISK_BIN } from './helpers/cli.js';
 import { tempDir } from './helpers/oracle.js';
 import { REPO_ROOT } from './helpers/corpus.js';
 
@@ -206,4 +206,36 @@ test('a run defines only the command it names, and help still reaches every comm
   const typo = vdisk('conver', 'a', 'b');
   assert.equal(typo.status, 2);
   assert.match(typo.stderr, /unknown command 'conver'[\s\S]*Did you mean convert\?/);
+});
+
+test("the exit status follows the command that ran, not the words on the line (an argument may be 'compare')", () => {
+  const t = tempDir();
+  try {
+    // Run from the folder, so that an image can be named plainly `compare`.
+    const run = (...args: string[]) => {
+      const r = spawnSync(process.execPath, [VDISK_BIN, ...args], { cwd: t.dir, encoding: 'utf8' });
+      return { stdout: r.stdout, stderr: r.stderr, status: r.status ?? -1 };
+    };
+    assert.equal(run('create', '-f', 'raw', 'compare', '1M').status, 0);
+    assert.equal(run('create', '-f', 'raw', 'other.raw', '1M').status, 0);
+    assert.equal(run('io', '-c', 'write -P 7 4096 512', 'other.raw').status, 0);
+    // compare: 0 same, 1 different, 2 error.
+    assert.equal(run('compare', 'compare', 'compare').status, 0);
+    assert.equal(run('compare', 'compare', 'other.raw').status, 1);
+    assert.equal(run('compare', 'compare', 'none.raw').status, 2);
+    // Any other command fails with 1, even with an argument that reads 'compare'.
+    const cases: [string[], RegExp][] = [
+      [['info', '-f', 'compare', 'other.raw'], /^vdisk: unknown format 'compare'/],
+      [['io', '-c', 'read -P 1 0 512', 'compare'], /^vdisk: pattern verification failed/],
+      [['--verbose', 'convert', '-O', 'raw', 'compare', 'compare'], /^vdisk: .*exists/],
+      [['map', join('missing', 'compare')], /^vdisk: no such file/],
+    ];
+    for (const [args, re] of cases) {
+      const r = run(...args);
+      assert.equal(r.status, 1, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, re, args.join(' '));
+    }
+  } finally {
+    t.cleanup();
+  }
 });

@@ -2,19 +2,21 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FORMATS } from '../formats/registry.js';
-import { main } from './main.js';
+import type { CommandContext } from './options.js';
 
 /**
  * The README's first command ends here: build a small chain in a temporary
  * folder with the formats this build has, write to it, and show
- * info --backing-chain, map, and a convert + compare round trip.
+ * info --backing-chain, map, and a convert + compare round trip. Each step
+ * is a real command line, run by `ctx.run` (the CLI's runner, handed over
+ * rather than imported: the runner loads this module).
  */
-export async function runDemo(print: (s: string) => void, keep: boolean): Promise<void> {
+export async function runDemo({ print, run }: CommandContext, keep: boolean): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'vdisk-demo-'));
   const has = (name: string) => FORMATS.some((f) => f.name === name);
   const step = async (args: string[]) => {
     print(`\n$ vdisk ${args.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`);
-    const code = await main(args, print);
+    const code = await run(args);
     if (code !== 0 && args[0] !== 'compare') throw new Error(`demo step failed: vdisk ${args.join(' ')}`);
     return code;
   };

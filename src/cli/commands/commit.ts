@@ -1,0 +1,34 @@
+import type { Command } from 'commander';
+import { openOptions, withOpenOptions, withProgress, type CommandContext, type OpenFlags } from '../options.js';
+
+interface CommitOptions extends OpenFlags {
+  format?: string;
+  base?: string;
+  keep?: boolean;
+  progress?: boolean;
+  quiet?: boolean;
+}
+
+export function define(cmd: Command): void {
+  withOpenOptions(
+    cmd
+      .option('-f, --format <fmt>', 'image format (default: probe)')
+      .option('-b, --base <file>', 'the ancestor to commit into (default: the backing file); the layers between are committed too')
+      .option('-d, --keep', 'do not empty the image afterwards')
+      .option('-p, --progress', 'show a progress bar')
+      .option('-q, --quiet', 'print nothing')
+      .argument('<image>'),
+  );
+}
+
+export async function run({ print }: CommandContext, [image]: [string], o: CommitOptions): Promise<void> {
+  const { commitImage } = await import('../../ops/commit.js');
+  const r = await withProgress(Boolean(o.progress), (onProgress) =>
+    commitImage({ path: image, base: o.base, keepTop: Boolean(o.keep), openOptions: openOptions(o, o.format), onProgress }),
+  );
+  if (o.quiet) return;
+  for (const n of r.notes) print(`Note: ${n}`);
+  for (const p of r.invalidated) print(`Warning: ${p} now shows different content (its backing changed under it); it is no longer a valid disk`);
+  if (r.relinked) print(`The image now uses ${r.base} as its backing file.`);
+  print(r.emptied ? 'Image committed.' : 'Image committed (the image keeps its data).');
+}

@@ -1,0 +1,52 @@
+import { Option, type Command } from 'commander';
+import { parseSize } from '../../core/size.js';
+import { parseOptions } from '../../ops/options.js';
+import { collect, openOptions, withOpenOptions, withProgress, type CommandContext, type OpenFlags } from '../options.js';
+
+interface ConvertOptions extends OpenFlags {
+  format?: string;
+  outputFormat: string;
+  options?: string[];
+  backing?: string;
+  backingFormat?: string;
+  sparseSize: string;
+  /** false with -n (--no-create). */
+  create: boolean;
+  progress?: boolean;
+  cache: 'unsafe' | 'writeback';
+}
+
+export function define(cmd: Command): void {
+  withOpenOptions(
+    cmd
+      .option('-f, --format <fmt>', 'source format (default: probe)')
+      .requiredOption('-O, --output-format <fmt>', 'target format')
+      .option('-o, --options <k=v,...>', 'target format options (repeatable)', collect)
+      .option('-B, --backing <file>', 'make the target a child of this file holding only what differs')
+      .option('-F, --backing-format <fmt>', 'format of the -B file')
+      .option('-S, --sparse-size <size>', 'skip zero runs of at least this size (0: write everything)', '4k')
+      .option('-n, --no-create', 'write into an existing target')
+      .option('-p, --progress', 'show a progress bar')
+      .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback'] satisfies ConvertOptions['cache'][]).default('unsafe'))
+      .argument('<source>')
+      .argument('<target>'),
+  );
+}
+
+export async function run(_ctx: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<void> {
+  const { convert } = await import('../../ops/convert.js');
+  await withProgress(Boolean(o.progress), (onProgress) =>
+    convert({
+      source,
+      sourceOptions: openOptions(o, o.format),
+      target,
+      targetFormat: o.outputFormat,
+      options: parseOptions(o.options),
+      backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
+      sparseSize: parseSize(o.sparseSize, 'sparse size'),
+      existing: o.create === false,
+      cache: o.cache,
+      onProgress,
+    }),
+  );
+}

@@ -1,0 +1,38 @@
+import type { Command } from 'commander';
+import { parseSize } from '../../core/size.js';
+import { parseOptions } from '../../ops/options.js';
+import { collect, type CommandContext } from '../options.js';
+
+interface CreateOptions {
+  format: string;
+  options?: string[];
+  backing?: string;
+  backingFormat?: string;
+  quiet?: boolean;
+}
+
+export function define(cmd: Command): void {
+  cmd
+    .requiredOption('-f, --format <fmt>', 'format of the new image')
+    .option('-o, --options <k=v,...>', 'format options (repeatable)', collect)
+    .option('-b, --backing <file>', 'backing file (relative names are relative to IMAGE)')
+    .option('-F, --backing-format <fmt>', 'format of the backing file')
+    .option('-q, --quiet', 'print nothing')
+    .argument('<image>')
+    .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size');
+}
+
+export async function run({ print }: CommandContext, [image, size]: [string, string | undefined], o: CreateOptions): Promise<void> {
+  const { createImage } = await import('../../ops/create.js');
+  const r = await createImage({
+    path: image,
+    format: o.format,
+    size: size === undefined ? undefined : parseSize(size),
+    options: parseOptions(o.options),
+    backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
+  });
+  if (!o.quiet) {
+    const rounded = r.size !== r.requestedSize ? ` (requested ${r.requestedSize}, rounded by the format)` : '';
+    print(`Formatting '${image}', fmt=${r.format} size=${r.size}${rounded}${o.backing ? ` backing_file=${o.backing}` : ''}`);
+  }
+}

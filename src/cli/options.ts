@@ -1,0 +1,70 @@
+import { Option, type Command } from 'commander';
+import { BlockError } from '../core/errors.js';
+import type { ChainOpenOptions } from '../chain/open.js';
+import { progressBar } from './progress.js';
+
+/*
+ * What the command modules share: the context a handler runs in and the
+ * option helpers. A module of its own so that command modules import it and
+ * not the runner (main.ts) or the table (commands.ts), which import them.
+ */
+
+/** Where a command prints its result (stdout, or the demo's transcript). */
+export type Print = (s: string) => void;
+
+/** What the runner hands a command's handler. */
+export interface CommandContext {
+  print: Print;
+  /** Run another command line with the same `print` (the demo's steps); returns its exit status. */
+  run(argv: string[]): Promise<number>;
+}
+
+/** Repeatable option: `-o a -o b` → ['a', 'b']. */
+export const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+/** The options `withOpenOptions` adds, as commander hands them over. */
+export interface OpenFlags {
+  layerOnly?: boolean;
+  ignoreParentId?: boolean;
+  ignoreChecksums?: boolean;
+  /** Text: checked by `openOptions` (a default, so always present). */
+  depthLimit: string;
+}
+
+/** Options every command that opens an image accepts. */
+export function withOpenOptions(cmd: Command): Command {
+  return cmd
+    .option('--layer-only', 'open only this image, not its backing chain')
+    .option('--ignore-parent-id', "accept a parent whose id differs from what the child records")
+    .option('--ignore-checksums', 'open images whose checksums are wrong (reported by info)')
+    .option('--depth-limit <n>', 'most layers a backing chain may have', '64');
+}
+
+export function openOptions(o: OpenFlags, format?: string): ChainOpenOptions {
+  const depth = Number(o.depthLimit);
+  if (!Number.isInteger(depth) || depth < 1) throw new BlockError('invalid-argument', `--depth-limit must be a positive whole number (got ${o.depthLimit})`);
+  return {
+    format,
+    layerOnly: Boolean(o.layerOnly),
+    ignoreParentId: Boolean(o.ignoreParentId),
+    ignoreChecksums: Boolean(o.ignoreChecksums),
+    depthLimit: depth,
+  };
+}
+
+/** `--output human|json` (the choices are enforced by commander). */
+export type OutputFormat = 'human' | 'json';
+
+export function outputOption(): Option {
+  return new Option('--output <fmt>', 'output format').choices(['human', 'json'] satisfies OutputFormat[]).default('human' satisfies OutputFormat);
+}
+
+/** Run `work` with a progress bar when asked for (-p); the bar is stopped however `work` ends. */
+export async function withProgress<T>(on: boolean, work: (update?: (done: number, total: number) => void) => Promise<T>): Promise<T> {
+  const bar = on ? progressBar() : undefined;
+  try {
+    return await work(bar?.update);
+  } finally {
+    bar?.stop();
+  }
+}
