@@ -3,6 +3,7 @@ import type { Extent } from '../../core/extent.js';
 import { pushExtent } from '../../core/extent.js';
 import { uuidToString } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
+import { checkRequest, readOnlyError } from '../../core/request.js';
 import { InFlight, settleAll } from '../../core/settle.js';
 import { unitPieces } from '../../core/align.js';
 import { alignUp, checkRange } from '../../core/u64.js';
@@ -258,7 +259,7 @@ export class VhdImage implements Image {
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkRange(offset, into.length, 'read');
+    checkRequest(this, 'read', offset, into.length);
     if (!this.layout.bat) {
       await readOrZero(this.store, offset, into);
       return;
@@ -316,25 +317,11 @@ export class VhdImage implements Image {
     return bits;
   }
 
-  private checkRange(offset: number, length: number, operation: string): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockError('out-of-range', `${operation} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, { path: this.path, offset, length, operation });
-    }
-  }
-
-  private checkWrite(offset: number, length: number, operation: string): void {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation });
-    this.checkRange(offset, length, operation);
-    if (offset % SECTOR || length % SECTOR) {
-      throw new BlockError('invalid-argument', `${operation} must cover whole 512-byte sectors (got ${length} bytes at ${offset})`, { path: this.path, offset, length });
-    }
-  }
-
   // -------------------------------------------------------------------------
   // writing
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    this.checkWrite(offset, data.length, 'write');
+    checkRequest(this, 'write', offset, data.length, SECTOR);
     if (data.length === 0) return;
     if (!this.layout.bat) {
       await this.store.write(offset, data);
@@ -344,7 +331,7 @@ export class VhdImage implements Image {
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
-    this.checkWrite(offset, length, 'write zeroes');
+    checkRequest(this, 'write zeroes', offset, length, SECTOR);
     if (length === 0) return;
     if (!this.layout.bat) {
       await writeZeroData(this.store, offset, length);
@@ -363,7 +350,7 @@ export class VhdImage implements Image {
    * a value it legitimately had. Dynamic and fixed disks ignore discards.
    */
   async trim(offset: number, length: number): Promise<void> {
-    this.checkWrite(offset, length, 'trim');
+    checkRequest(this, 'trim', offset, length, SECTOR);
     if (!this.differencing || length === 0) return;
     await this.lock.run(async () => {
       const bat = this.layout.bat!;
@@ -532,7 +519,7 @@ export class VhdImage implements Image {
   // maintenance (maintenance.ts), each with the metadata written out first and the lock held
 
   private maintain<T>(fn: () => Promise<T>, writes: boolean): Promise<T> {
-    if (writes && this.readOnly) return Promise.reject(new BlockError('read-only', 'image is open read-only', { path: this.path }));
+    if (writes && this.readOnly) return Promise.reject(readOnlyError({ path: this.path }));
     return this.lock.run(async () => {
       if (!this.readOnly) await this.writeMetadata();
       try {

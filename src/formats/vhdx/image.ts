@@ -2,6 +2,7 @@ import { BlockError } from '../../core/errors.js';
 import { pushExtent, type Extent } from '../../core/extent.js';
 import { randomGuid } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
+import { checkRequest, readOnlyError } from '../../core/request.js';
 import { InFlight, settleAll } from '../../core/settle.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
@@ -119,12 +120,6 @@ export class VhdxImage implements Image {
     return this.state.params.hasParent;
   }
 
-  private checkRange(offset: number, length: number, op: string): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockError('out-of-range', `${op} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, { path: this.path, offset, length, operation: op });
-    }
-  }
-
   // ---- reading -------------------------------------------------------------
 
   /** Where the bitmap bits of `block` live, and which bit is its first sector. */
@@ -198,7 +193,7 @@ export class VhdxImage implements Image {
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkRange(offset, into.length, 'read');
+    checkRequest(this, 'read', offset, into.length);
     // Adjacent pieces contiguous in the file are merged: one pread per run,
     // and the runs (blocks apart in the file) are read at once.
     const runs: Piece[] = [];
@@ -220,14 +215,14 @@ export class VhdxImage implements Image {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    this.checkRange(offset, length, 'block status');
+    checkRequest(this, 'block status', offset, length);
     const out: Extent[] = [];
     await this.pieces(offset, length, (p) => pushExtent(out, pieceExtent(p)));
     return out;
   }
 
   mapCached(offset: number, length: number): Extent[] | undefined {
-    this.checkRange(offset, length, 'block status');
+    checkRequest(this, 'block status', offset, length);
     const out: Extent[] = [];
     return this.walkCached(offset, offset + length, (p) => pushExtent(out, pieceExtent(p))) === null ? out : undefined;
   }
@@ -247,7 +242,7 @@ export class VhdxImage implements Image {
   // ---- writing -------------------------------------------------------------
 
   private checkWritable(op: string): void {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: op });
+    if (this.readOnly) throw readOnlyError({ path: this.path, operation: op });
     if (this.closed) throw new BlockError('invalid-argument', 'image is closed', { path: this.path, operation: op });
   }
 
@@ -321,8 +316,7 @@ export class VhdxImage implements Image {
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.checkWritable('write');
-    this.checkRange(offset, data.length, 'write');
-    this.checkSectors(offset, data.length, 'write');
+    checkRequest(this, 'write', offset, data.length, this.logicalSectorSize);
     if (data.length === 0) return;
     const issued = await this.lock.run(async () => {
       await this.beginWrite(true);
@@ -341,13 +335,6 @@ export class VhdxImage implements Image {
       await this.inflight.drain();
       return fn();
     });
-  }
-
-  private checkSectors(offset: number, length: number, op: string): void {
-    const lss = this.logicalSectorSize;
-    if (offset % lss !== 0 || length % lss !== 0) {
-      throw new BlockError('invalid-argument', `${op} must cover whole ${lss}-byte sectors (offset ${offset}, length ${length})`, { path: this.path, offset, length });
-    }
   }
 
   /**
@@ -449,8 +436,7 @@ export class VhdxImage implements Image {
 
   async writeZeroes(offset: number, length: number, options: { mayUnmap?: boolean } = {}): Promise<void> {
     this.checkWritable('write zeroes');
-    this.checkRange(offset, length, 'write zeroes');
-    this.checkSectors(offset, length, 'write zeroes');
+    checkRequest(this, 'write zeroes', offset, length, this.logicalSectorSize);
     if (length === 0) return;
     await this.exclusive(async () => {
       await this.beginWrite(true);

@@ -1,4 +1,5 @@
 import { BlockError } from '../../core/errors.js';
+import { readOnlyError } from '../../core/request.js';
 import type { Store } from '../../io/store.js';
 import { LOG_SECTOR, MiB } from './layout.js';
 import { parseEntry, type LogWrite, type ParsedEntry } from './log-entry.js';
@@ -179,10 +180,10 @@ export class OverlayStore implements Store {
   }
 
   async write(): Promise<void> {
-    throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'write' });
+    throw readOnlyError({ path: this.path, operation: 'write' });
   }
   async truncate(): Promise<void> {
-    throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'truncate' });
+    throw readOnlyError({ path: this.path, operation: 'truncate' });
   }
   async flush(): Promise<void> {}
   close(): Promise<void> {
