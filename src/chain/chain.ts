@@ -1,4 +1,4 @@
-import { writeUnaligned } from '../core/align.js';
+import { writeUnaligned, zeroUnaligned } from '../core/align.js';
 import { RangeLock } from '../core/range-lock.js';
 import { checkRequest, readOnlyError } from '../core/request.js';
 import { settleAll } from '../core/settle.js';
@@ -192,21 +192,10 @@ export class Chain {
     const top = this.top;
     const align = top.logicalSectorSize;
     const [from, to] = sectorsOf(offset, length, align);
-    await this.writeLock.run(from, to, async () => {
-      const end = offset + length;
-      const alignedStart = Math.ceil(offset / align) * align;
-      const alignedEnd = Math.floor(end / align) * align;
-      const readUnit = (u: number, buf: Uint8Array) => this.readFrom(0, u, buf);
-      const writeSectors = (o: number, d: Uint8Array) => top.write(o, d);
-      if (alignedStart >= alignedEnd) {
-        // No whole sector inside: merge zeros into the partial sector(s).
-        await writeUnaligned(offset, new Uint8Array(length), align, readUnit, writeSectors);
-        return;
-      }
-      if (alignedStart > offset) await writeUnaligned(offset, new Uint8Array(alignedStart - offset), align, readUnit, writeSectors);
-      await top.writeZeroes(alignedStart, alignedEnd - alignedStart, options);
-      if (end > alignedEnd) await writeUnaligned(alignedEnd, new Uint8Array(end - alignedEnd), align, readUnit, writeSectors);
-    });
+    const readUnit = (u: number, buf: Uint8Array) => this.readFrom(0, u, buf);
+    await this.writeLock.run(from, to, () =>
+      zeroUnaligned(offset, length, align, readUnit, (o, d) => top.write(o, d), (o, n) => top.writeZeroes(o, n, options)),
+    );
   }
 
   /** Discard: whole sectors only; the rest of the range is left alone (discard is advisory). */

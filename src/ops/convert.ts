@@ -9,6 +9,7 @@ import { createImage } from './create.js';
 import { granuleRuns, isZero, sameChecker, zeroChecker } from './zero.js';
 import { settleAll } from '../core/settle.js';
 import { Slots } from '../core/mutex.js';
+import { writeZeroBytes } from '../core/zeros.js';
 
 export interface ConvertRequest {
   source: string;
@@ -177,7 +178,6 @@ async function copy(
   let done = 0;
   const granule = sparse || bufferSize;
   const zeroGranule = sparse || 4096;
-  let zeroBuf: Uint8Array | undefined;
   const lanes: Lane[] = Array.from({ length: LANES }, () => ({
     data: new Uint8Array(bufferSize),
     theirs: mode === 'diff' ? new Uint8Array(bufferSize) : undefined,
@@ -201,7 +201,7 @@ async function copy(
   const copyPiece = async (p: Piece, lane: Lane, turn: Promise<void>, issued: () => void): Promise<void> => {
     if (p.zero) {
       await turn;
-      if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length, (zeroBuf ??= new Uint8Array(bufferSize)));
+      if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length);
       else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length, lane.scratch!, zeroGranule);
       return;
     }
@@ -379,10 +379,9 @@ function issueNonZero(dst: Chain, offset: number, data: Uint8Array, granule: num
   return { writes, bytes };
 }
 
-/** `-S 0`: fully allocate, writing real zero bytes (a zero buffer, one write per buffer). */
-async function writeZeroData(dst: Chain, offset: number, length: number, zeros: Uint8Array): Promise<number> {
-  const scratch = zeros;
-  for (let o = 0; o < length; o += scratch.length) await dst.write(offset + o, scratch.subarray(0, Math.min(scratch.length, length - o)), { disjoint: true });
+/** `-S 0`: fully allocate, writing real zero bytes. */
+async function writeZeroData(dst: Chain, offset: number, length: number): Promise<number> {
+  await writeZeroBytes((o, d) => dst.write(o, d, { disjoint: true }), offset, length);
   return length;
 }
 

@@ -1,10 +1,9 @@
 import { BlockError } from '../../core/errors.js';
 import { pushExtent, type Extent } from '../../core/extent.js';
+import { writeZeroBytes } from '../../core/zeros.js';
 import type { Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
 import type { Capabilities, CreateContext, Format, FormatInfo, Image, OpenContext } from '../types.js';
-
-const ZERO_CHUNK = 1 << 20;
 
 /**
  * Raw: the file is the disk, byte for byte. It has no header, so it probes
@@ -60,12 +59,8 @@ export class RawImage implements Image {
     return this.store.write(offset, data);
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
-    const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
-    for (let done = 0; done < length; done += zeros.length) {
-      const n = Math.min(zeros.length, length - done);
-      await this.store.write(offset + done, zeros.subarray(0, n));
-    }
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return writeZeroBytes((o, d) => this.store.write(o, d), offset, length);
   }
 
   flush(): Promise<void> {

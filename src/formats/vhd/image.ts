@@ -5,6 +5,7 @@ import { uuidToString } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
 import { checkRequest, readOnlyError } from '../../core/request.js';
 import { InFlight, settleAll } from '../../core/settle.js';
+import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
 import { alignUp, checkRange } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
@@ -30,12 +31,10 @@ import { type ParentLocator, PlatformCode, readLocators } from './parent-locator
 import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sector-bitmap.js';
 
 const SECTOR = 512;
-/** Zeros for writeZeroes, shared (never written to). */
-const ZEROS = new Uint8Array(1 << 20);
 
 /** Zero bytes written over [offset, offset+length) of the file (fixed disks, allocated blocks of differencing ones). */
-async function writeZeroData(store: Store, offset: number, length: number): Promise<void> {
-  for (let done = 0; done < length; done += ZEROS.length) await store.write(offset + done, ZEROS.subarray(0, Math.min(ZEROS.length, length - done)));
+function writeZeroData(store: Store, offset: number, length: number): Promise<void> {
+  return writeZeroBytes((o, d) => store.write(o, d), offset, length);
 }
 /** Dirty sector bitmaps kept before the metadata is written out without waiting for a flush. */
 const MAX_DIRTY_BITMAPS = 256;

@@ -4,6 +4,7 @@ import { randomGuid } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
 import { checkRequest, readOnlyError } from '../../core/request.js';
 import { InFlight, settleAll } from '../../core/settle.js';
+import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
@@ -53,7 +54,6 @@ function isUnallocated(state: number): boolean {
   return state !== PAYLOAD_FULLY_PRESENT && state !== PAYLOAD_PARTIALLY_PRESENT && state !== PAYLOAD_ZERO;
 }
 
-const ZERO_CHUNK = 4 * MiB;
 /** Sectors one metadata commit may hold before it is committed (well under a 1 MiB log's 254). */
 const COMMIT_BATCH = 64;
 
@@ -465,8 +465,7 @@ export class VhdxImage implements Image {
           if (updates.size >= COMMIT_BATCH) await this.commit(updates);
         } else {
           if (updates.size) await this.commit(updates);
-          const zeros = new Uint8Array(Math.min(n, ZERO_CHUNK));
-          for (let o = 0; o < n; o += zeros.length) await this.writeLocked(pos + o, zeros.subarray(0, Math.min(zeros.length, n - o)));
+          await writeZeroBytes((o, d) => this.writeLocked(o, d), pos, n);
         }
       }
       if (updates.size) await this.commit(updates);
