@@ -1,12 +1,13 @@
 import { dirname, relative, resolve } from 'node:path';
 import { BlockError, isBlockError } from '../core/errors.js';
 import { openFileStore } from '../io/file-store.js';
+import { fileIdentity } from '../io/identity.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
 import type { Format, Image } from '../formats/types.js';
 import { describeBacking } from './create.js';
-import { chainPieces, fileKey, writeLayer, zeroLayer } from './walk.js';
+import { chainPieces, writeLayer, zeroLayer } from './walk.js';
 import { isZero } from './zero.js';
 
 export interface CommitRequest {
@@ -114,7 +115,7 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
 
 /** The depth of BASE in the chain: matched by real path, a relative name taken from the cwd or the top's folder. */
 async function findBase(chain: Chain, topPath: string, base: string): Promise<number> {
-  const key = fileKey;
+  const key = fileIdentity;
   const wanted = new Set([await key(base), await key(resolve(dirname(resolve(topPath)), base))]);
   for (let d = 1; d < chain.layers.length; d++) if (wanted.has(await key(chain.layers[d].path))) return d;
   if (wanted.has(await key(topPath))) throw new BlockError('invalid-argument', 'the base must be below the top image, not the top itself', { path: topPath });

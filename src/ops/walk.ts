@@ -1,5 +1,3 @@
-import { realpath } from 'node:fs/promises';
-import { resolve } from 'node:path';
 import { writeUnaligned, zeroUnaligned } from '../core/align.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
@@ -37,14 +35,5 @@ export async function zeroLayer(layer: Image, offset: number, length: number, re
   for (const e of await layer.blockStatus(offset, length)) {
     if (e.kind === 'zero') continue;
     await zeroUnaligned(e.offset, e.length, align, readBelow, (o, d) => layer.write(o, d), (o, n) => layer.writeZeroes(o, n, { mayUnmap: true }));
-  }
-}
-
-/** A file's identity for "is this the same file" questions: its real path, or the resolved path when it has none (memory stores). */
-export async function fileKey(path: string): Promise<string> {
-  try {
-    return await realpath(path);
-  } catch {
-    return resolve(path);
   }
 }

@@ -16,7 +16,8 @@ import {
   encodeSizeField,
   type AddCowHeader,
 } from './header.js';
-import { nameToStore, resolveName, samePath } from './paths.js';
+import { sameFile } from '../../io/identity.js';
+import { nameToStore, resolveName } from './paths.js';
 
 export function backingRefOf(name: string): BackingRef | null {
   // The header records no backing format: the chain probes the backing file.
@@ -245,7 +246,7 @@ export class AddCowImage implements Image {
         }
         problems.push(p);
       }
-      if (this.backing && samePath(resolveName(this.header.backingFile, this.path), this.imagePath)) {
+      if (this.backing && (await sameFile(resolveName(this.header.backingFile, this.path), this.imagePath))) {
         problems.push({ severity: 'corruption', message: 'the backing file is the image file itself' });
       }
       const allocated = this.bitmap.countSet();
@@ -320,7 +321,7 @@ export class AddCowImage implements Image {
   async setBacking(parent: BackingTarget | null): Promise<void> {
     await this.meta.run(async () => {
       if (this.readOnly) throw readOnlyError({ path: this.path, operation: 'set backing' });
-      if (parent && samePath(parent.absolutePath, this.imagePath)) {
+      if (parent && (await sameFile(parent.absolutePath, this.imagePath))) {
         throw new BlockError('invalid-argument', 'the backing file cannot be the image file', { path: this.path });
       }
       const name = parent ? nameToStore(this.path, parent.absolutePath) : '';
