@@ -13,7 +13,7 @@ import { readExact, readOrZero, writeParts } from '../../io/store.js';
 import { prefetch } from '../../io/prefetch.js';
 import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image, OpenContext } from '../types.js';
 import { checkVhd, resizeVhd, setVhdBacking } from './maintenance.js';
-import { UNALLOCATED, batBytes, encodeBatSector, readBat } from './bat.js';
+import { BAT_ENTRY_SIZE, ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBatSector, readBat } from './bat.js';
 import { type Batmap, decodeBatmapHeader, isBatmapHeader, batmapChecksum } from './batmap.js';
 import { DYNAMIC_HEADER_SIZE, type VhdDynamicHeader, decodeDynamicHeader } from './dynamic-header.js';
 import {
@@ -455,7 +455,7 @@ export class VhdImage implements Image {
       }
       if (this.layout.footerOffset === newFooterOffset) this.layout.endFooterDamaged = null;
       this.layout.bat![block] = sector;
-      this.dirtyBatSectors.add(Math.floor(block / 128));
+      this.dirtyBatSectors.add(Math.floor(block / ENTRIES_PER_SECTOR));
       this.bitmaps.put(block, bits, !withBits);
     })();
     this.allocating.set(block, done);
@@ -731,7 +731,7 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
     throw new BlockError('corrupt', `VHD max table entries (${h.maxTableEntries}) cannot cover a ${f.currentSize}-byte disk in ${h.blockSize}-byte blocks (needs ${blocksNeeded})`, { path, offset: headerOffset });
   }
   // Only the entries covering the disk are kept; readBat bounds-checks them against the file before allocating.
-  checkRange(h.tableOffset, h.maxTableEntries * 4, fileSize, 'VHD block allocation table', path);
+  checkRange(h.tableOffset, h.maxTableEntries * BAT_ENTRY_SIZE, fileSize, 'VHD block allocation table', path);
   if (blocksNeeded > MAX_BAT_ENTRIES) {
     throw new BlockError('unsupported', `VHD BAT of ${blocksNeeded} entries is larger than vdisk keeps in memory (${MAX_BAT_ENTRIES})`, { path });
   }
@@ -775,11 +775,11 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
     // The last block of a disk whose size is not a whole number of blocks need only hold the sectors the disk has.
     const need = i < blocksNeeded ? bitmapSize + Math.min(h.blockSize, f.currentSize - i * h.blockSize) : bitmapSize;
     if (start + need > dataLimit) {
-      throw new BlockError('corrupt', `VHD BAT entry ${i} points past the end of the file (block at ${start}, file size ${fileSize})`, { path, offset: h.tableOffset + i * 4 });
+      throw new BlockError('corrupt', `VHD BAT entry ${i} points past the end of the file (block at ${start}, file size ${fileSize})`, { path, offset: h.tableOffset + i * BAT_ENTRY_SIZE });
     }
     for (const [a, z, what] of regions) {
       if (start < z && start + blockSpan > a) {
-        throw new BlockError('corrupt', `VHD BAT entry ${i} (block at ${start}) overlaps the ${what}`, { path, offset: h.tableOffset + i * 4 });
+        throw new BlockError('corrupt', `VHD BAT entry ${i} (block at ${start}) overlaps the ${what}`, { path, offset: h.tableOffset + i * BAT_ENTRY_SIZE });
       }
     }
   }

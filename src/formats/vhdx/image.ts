@@ -11,6 +11,7 @@ import { readOrZero } from '../../io/store.js';
 import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image } from '../types.js';
 import {
   Bat,
+  BAT_ENTRY_SIZE,
   PAYLOAD_FULLY_PRESENT,
   PAYLOAD_NOT_PRESENT,
   PAYLOAD_PARTIALLY_PRESENT,
@@ -297,7 +298,7 @@ export class VhdxImage implements Image {
   }
 
   private async setBatEntry(updates: SectorUpdates, index: number, state: number, fileOffset: number, fresh: Set<number>): Promise<void> {
-    const byte = this.state.regions.bat.offset + index * 8;
+    const byte = this.state.regions.bat.offset + index * BAT_ENTRY_SIZE;
     const sectorOffset = alignDown(byte, LOG_SECTOR);
     const s = await this.sectorImage(updates, sectorOffset, fresh);
     Bat.encode(new DataView(s.buffer, s.byteOffset, s.byteLength), byte - sectorOffset, state, fileOffset);
