@@ -64,8 +64,8 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
     }
     const baseDepth = req.base === undefined ? 1 : await findBase(chain, req.path, req.base);
     const base = chain.layers[baseDepth];
-    if (base.readOnly || !base.capabilities.write) {
-      throw new BlockError('read-only', `the base ${base.path} cannot be written (${base.format} ${base.readOnly ? 'opened read-only' : 'is read-only'})`, {
+    if (base.readOnly) {
+      throw new BlockError('read-only', `the base ${base.path} cannot be written (${base.format} opened read-only)`, {
         path: req.path,
       });
     }
@@ -85,7 +85,7 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
 
     const needRelink = baseDepth > 1 || (top.backing?.expectedId !== undefined && base.identity !== undefined && top.backing.expectedId !== base.identity);
     if (needRelink) {
-      if (top.setBacking && top.capabilities.setBacking) {
+      if (top.setBacking) {
         await relink(top, base, openStore, req.openOptions?.formats);
         result.relinked = true;
       } else {
@@ -99,7 +99,7 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
     if (!req.keepTop) {
       if (baseDepth > 1 && !result.relinked) {
         /* noted above: emptying would expose the intermediate layers */
-      } else if (top.trim && top.capabilities.trim) {
+      } else if (top.trim) {
         await top.trim(0, top.size);
         await top.flush();
         result.emptied = true;
@@ -125,7 +125,7 @@ async function findBase(chain: Chain, topPath: string, base: string): Promise<nu
 }
 
 async function growBase(base: Image, size: number): Promise<void> {
-  if (!base.resize || !base.capabilities.resize) {
+  if (!base.resize) {
     throw new BlockError('out-of-range', `the base is ${base.size} bytes, smaller than the top (${size}), and ${base.format} cannot be resized`, {
       path: base.path,
     });

@@ -51,7 +51,7 @@ export async function rebaseImage(req: RebaseRequest): Promise<RebaseResult> {
   let described: Awaited<ReturnType<typeof describeBacking>> | undefined;
   try {
     const top = chain.top;
-    if (!top.setBacking || !top.capabilities.setBacking) {
+    if (!top.setBacking) {
       throw new BlockError('unsupported', `format ${top.format} cannot change its backing file`, { path: req.path });
     }
     let target: BackingTarget | null = null;

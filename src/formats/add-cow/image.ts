@@ -5,7 +5,7 @@ import { checkRequest, readOnlyError } from '../../core/request.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact } from '../../io/store.js';
 import { RawImage } from '../raw/index.js';
-import type { BackingRef, BackingTarget, Capabilities, CheckProblem, CheckResult, FormatInfo, Image } from '../types.js';
+import type { BackingRef, BackingTarget, CheckProblem, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
 import { Bitmap } from './bitmap.js';
 import {
   BACKING_FIELD_OFFSET,
@@ -37,15 +37,8 @@ export function backingRefOf(name: string): BackingRef | null {
 export class AddCowImage implements Image {
   readonly format = 'add-cow';
   readonly logicalSectorSize = SECTOR;
-  readonly capabilities: Capabilities = {
-    write: true,
-    writeZeroes: false,
-    trim: true,
-    resize: true,
-    setBacking: true,
-    backing: true,
-    fixedLayout: true,
-  };
+  /** Sector n is byte n*512 of the image file, whatever was written before (zeros are written there too: no fastZero). */
+  readonly placement: WritePlacement = 'fixed';
   backing: BackingRef | null;
   /** Serialises flush, resize and setBacking (the v4 patch updated the bitmap without a lock). */
   private readonly meta = new Mutex();

@@ -3,7 +3,7 @@ import { pushExtent, type Extent } from '../../core/extent.js';
 import { writeZeroBytes } from '../../core/zeros.js';
 import type { Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { Capabilities, CreateContext, Format, FormatInfo, Image, OpenContext } from '../types.js';
+import type { CreateContext, Format, FormatInfo, Image, OpenContext, WritePlacement } from '../types.js';
 
 /**
  * Raw: the file is the disk, byte for byte. It has no header, so it probes
@@ -13,16 +13,8 @@ export class RawImage implements Image {
   readonly format = 'raw';
   readonly backing = null;
   readonly logicalSectorSize: number;
-  readonly capabilities: Capabilities = {
-    write: true,
-    writeZeroes: false,
-    trim: false,
-    resize: true,
-    setBacking: false,
-    backing: false,
-    fixedLayout: true,
-    hostIdentity: true,
-  };
+  /** The file is the disk (and its zeros are written: no fastZero). */
+  readonly placement: WritePlacement = 'identity';
 
   constructor(
     private readonly store: Store,

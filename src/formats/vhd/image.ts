@@ -11,7 +11,7 @@ import { alignUp, checkRange } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
 import { prefetch } from '../../io/prefetch.js';
-import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image, OpenContext } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, OpenContext, WritePlacement } from '../types.js';
 import { checkVhd, resizeVhd, setVhdBacking } from './maintenance.js';
 import { BAT_ENTRY_SIZE, ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBatSector, readBat } from './bat.js';
 import { type Batmap, decodeBatmapHeader, isBatmapHeader, batmapChecksum } from './batmap.js';
@@ -124,8 +124,22 @@ export interface VhdLayout {
 export class VhdImage implements Image {
   readonly format = 'vhd';
   readonly logicalSectorSize = SECTOR;
-  readonly capabilities: Capabilities;
   readonly identity: string;
+  /** Dynamic disks leave zeroed unallocated blocks unallocated. */
+  readonly fastZero: boolean;
+  readonly placement: WritePlacement;
+  /*
+   * What only some disk types can do (the presence of the method is the
+   * capability, types.ts): set once in the constructor, undefined where the
+   * disk type has no such operation. Always assigned, so every VhdImage has
+   * one shape and the data path's property accesses stay monomorphic.
+   */
+  /** Differencing disks only: see discard(). */
+  readonly trim: ((offset: number, length: number) => Promise<void>) | undefined;
+  /** Fixed and dynamic disks only: a differencing disk has its parent's size. */
+  readonly resize: ((newSize: number, options?: { shrink?: boolean }) => Promise<void>) | undefined;
+  /** Differencing disks only. */
+  readonly setBacking: ((parent: BackingTarget | null) => Promise<void>) | undefined;
   backing: BackingRef | null;
   size: number;
 
@@ -156,19 +170,13 @@ export class VhdImage implements Image {
     this.blockSize = layout.header?.blockSize ?? 0;
     this.bitmapSize = layout.header ? bitmapBytes(layout.header.blockSize) : 0;
     this.backing = f.diskType === 'differencing' && layout.header ? backingRef(layout.header, layout.locators) : null;
-    this.capabilities = {
-      write: true,
-      writeZeroes: f.diskType === 'dynamic',
-      trim: f.diskType === 'differencing',
-      resize: f.diskType !== 'differencing',
-      setBacking: f.diskType === 'differencing',
-      backing: f.diskType === 'differencing',
-      // A fixed disk's sectors have their place in the file; the others allocate in call order (see the class comment).
-      fixedLayout: f.diskType === 'fixed',
-      // A fixed disk's data is the file's first bytes, written in place (the footer follows it).
-      hostIdentity: f.diskType === 'fixed',
-      orderedAllocation: true,
-    };
+    const differencing = f.diskType === 'differencing';
+    this.fastZero = f.diskType === 'dynamic';
+    // A fixed disk's data is the file's first bytes, written in place (the footer follows it); the others allocate in call order (see the class comment).
+    this.placement = f.diskType === 'fixed' ? 'identity' : 'call-order';
+    this.trim = differencing ? (offset, length) => this.discard(offset, length) : undefined;
+    this.resize = differencing ? undefined : (newSize, options) => this.resizeDisk(newSize, options);
+    this.setBacking = differencing ? (parent) => this.changeBacking(parent) : undefined;
   }
 
   get path(): string {
@@ -342,15 +350,16 @@ export class VhdImage implements Image {
   }
 
   /**
-   * Discard (differencing disks only): clear the sector bits so the parent
-   * shows through again. Blocks stay allocated (VHD cannot free space inside
-   * the file); the bitmaps reach the disk with the next metadata write, and a
-   * cleared bit is safe to lose or to land early — either way the sector reads
-   * a value it legitimately had. Dynamic and fixed disks ignore discards.
+   * Discard (differencing disks only, as `trim`): clear the sector bits so
+   * the parent shows through again. Blocks stay allocated (VHD cannot free
+   * space inside the file); the bitmaps reach the disk with the next metadata
+   * write, and a cleared bit is safe to lose or to land early — either way
+   * the sector reads a value it legitimately had. Dynamic and fixed disks
+   * have no trim: a discard there would free nothing and change nothing.
    */
-  async trim(offset: number, length: number): Promise<void> {
+  private async discard(offset: number, length: number): Promise<void> {
     checkRequest(this, 'trim', offset, length, SECTOR);
-    if (!this.differencing || length === 0) return;
+    if (length === 0) return;
     await this.lock.run(async () => {
       const bat = this.layout.bat!;
       const bs = this.blockSize;
@@ -533,14 +542,14 @@ export class VhdImage implements Image {
     return this.maintain(() => checkVhd(this, options.repair), options.repair !== undefined);
   }
 
-  resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+  private resizeDisk(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
     return this.maintain(async () => {
       await resizeVhd(this, newSize, options.shrink ?? false);
       this.size = this.layout.footer.currentSize;
     }, true);
   }
 
-  setBacking(parent: BackingTarget | null): Promise<void> {
+  private changeBacking(parent: BackingTarget | null): Promise<void> {
     return this.maintain(async () => {
       await setVhdBacking(this, parent);
       this.backing = backingRef(this.layout.header!, this.layout.locators);

@@ -8,7 +8,7 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image } from '../types.js';
 import {
   Bat,
   BAT_ENTRY_SIZE,
@@ -72,7 +72,9 @@ interface Piece {
 
 export class VhdxImage implements Image {
   readonly format = 'vhdx';
-  readonly capabilities: Capabilities = { write: true, writeZeroes: true, trim: false, resize: true, setBacking: true, backing: true };
+  /** Whole blocks are zeroed in the BAT (2.5.1 PAYLOAD_BLOCK_ZERO, or fresh space in a differencing disk), without writing them. */
+  readonly fastZero = true;
+  // No placement (types.ts, WritePlacement): a copy gives a VHDX target its pieces one at a time, in disk order.
   /**
    * Metadata changes (allocation, the log, headers) run one at a time under
    * this lock. Writes into FULLY_PRESENT blocks touch no metadata: they are
