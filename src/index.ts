@@ -9,7 +9,21 @@ export type { Store, StoreOpener, OpenStoreOptions } from './io/store.js';
 export { FileStore, openFileStore } from './io/file-store.js';
 export { MemoryStore, MemoryFs } from './io/memory-store.js';
 export { FaultStore } from './io/fault-store.js';
-export type { Image, Format, BackingRef, Capabilities, FormatInfo, CheckResult, CheckProblem } from './formats/types.js';
+export type {
+  Image,
+  Readable,
+  Writable,
+  Trimmable,
+  Resizable,
+  Checkable,
+  Rebaseable,
+  WritePlacement,
+  Format,
+  BackingRef,
+  FormatInfo,
+  CheckResult,
+  CheckProblem,
+} from './formats/types.js';
 export { FORMATS, findFormat, probeFormat } from './formats/registry.js';
 export { Chain, type ChainExtent } from './chain/chain.js';
 export { openChain, openLayer, type ChainOpenOptions, type LayerOpenOptions, DEFAULT_DEPTH_LIMIT } from './chain/open.js';

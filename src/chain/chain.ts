@@ -1,6 +1,6 @@
-import { writeUnaligned } from '../core/align.js';
-import { BlockError } from '../core/errors.js';
+import { writeUnaligned, zeroUnaligned } from '../core/align.js';
 import { RangeLock } from '../core/range-lock.js';
+import { checkRequest, readOnlyError } from '../core/request.js';
 import { settleAll } from '../core/settle.js';
 import type { Extent } from '../core/extent.js';
 import type { Image } from '../formats/types.js';
@@ -51,27 +51,16 @@ export class Chain {
     return this.layers[0].logicalSectorSize;
   }
 
-  private checkRange(offset: number, length: number, operation: string): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockError('out-of-range', `${operation} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, {
-        path: this.top.path,
-        offset,
-        length,
-        operation,
-      });
-    }
-  }
-
-  private checkWritable(operation: string): void {
-    if (this.readOnly || this.top.readOnly) {
-      throw new BlockError('read-only', 'image is open read-only', { path: this.top.path, operation });
-    }
+  /** The chain's own read-only flag, then the request check against the top layer (whose size is the disk's). */
+  private checkWrite(offset: number, length: number, operation: string): void {
+    if (this.readOnly) throw readOnlyError({ path: this.top.path, operation });
+    checkRequest(this.top, operation, offset, length, 1);
   }
 
   /** Read the disk's content at offset into `into`. */
   read(offset: number, into: Uint8Array): Promise<void> {
     try {
-      this.checkRange(offset, into.length, 'read');
+      checkRequest(this.top, 'read', offset, into.length);
     } catch (e) {
       return Promise.reject(e);
     }
@@ -157,7 +146,7 @@ export class Chain {
    * wrote only in part, say — at the cost of a few lseeks per extent.
    */
   async blockStatus(offset: number, length: number, options: { findZeroes?: boolean } = {}): Promise<ChainExtent[]> {
-    this.checkRange(offset, length, 'block status');
+    checkRequest(this.top, 'block status', offset, length);
     const out: ChainExtent[] = [];
     await this.statusFrom(0, offset, length, out, options.findZeroes ?? false);
     return out;
@@ -185,8 +174,7 @@ export class Chain {
    * `disjoint` to skip the range lock for its sector-aligned writes.
    */
   async write(offset: number, data: Uint8Array, options: { disjoint?: boolean } = {}): Promise<void> {
-    this.checkWritable('write');
-    this.checkRange(offset, data.length, 'write');
+    this.checkWrite(offset, data.length, 'write');
     if (data.length === 0) return;
     const top = this.top;
     const align = top.logicalSectorSize;
@@ -199,33 +187,20 @@ export class Chain {
 
   /** Make a range read as zeros, whatever the backing holds. */
   async writeZeroes(offset: number, length: number, options: { mayUnmap?: boolean } = {}): Promise<void> {
-    this.checkWritable('write zeroes');
-    this.checkRange(offset, length, 'write zeroes');
+    this.checkWrite(offset, length, 'write zeroes');
     if (length === 0) return;
     const top = this.top;
     const align = top.logicalSectorSize;
     const [from, to] = sectorsOf(offset, length, align);
-    await this.writeLock.run(from, to, async () => {
-      const end = offset + length;
-      const alignedStart = Math.ceil(offset / align) * align;
-      const alignedEnd = Math.floor(end / align) * align;
-      const readUnit = (u: number, buf: Uint8Array) => this.readFrom(0, u, buf);
-      const writeSectors = (o: number, d: Uint8Array) => top.write(o, d);
-      if (alignedStart >= alignedEnd) {
-        // No whole sector inside: merge zeros into the partial sector(s).
-        await writeUnaligned(offset, new Uint8Array(length), align, readUnit, writeSectors);
-        return;
-      }
-      if (alignedStart > offset) await writeUnaligned(offset, new Uint8Array(alignedStart - offset), align, readUnit, writeSectors);
-      await top.writeZeroes(alignedStart, alignedEnd - alignedStart, options);
-      if (end > alignedEnd) await writeUnaligned(alignedEnd, new Uint8Array(end - alignedEnd), align, readUnit, writeSectors);
-    });
+    const readUnit = (u: number, buf: Uint8Array) => this.readFrom(0, u, buf);
+    await this.writeLock.run(from, to, () =>
+      zeroUnaligned(offset, length, align, readUnit, (o, d) => top.write(o, d), (o, n) => top.writeZeroes(o, n, options)),
+    );
   }
 
   /** Discard: whole sectors only; the rest of the range is left alone (discard is advisory). */
   async trim(offset: number, length: number): Promise<void> {
-    this.checkWritable('trim');
-    this.checkRange(offset, length, 'trim');
+    this.checkWrite(offset, length, 'trim');
     const top = this.top;
     if (!top.trim) return;
     const align = top.logicalSectorSize;

@@ -1,7 +1,7 @@
-import { realpath } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError, isBlockError } from '../core/errors.js';
 import { openFileStore } from '../io/file-store.js';
+import { fileIdentity } from '../io/identity.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import { findFormat, probeFormat } from '../formats/registry.js';
 import type { BackingRef, Format, Image, OpenOptions } from '../formats/types.js';
@@ -67,14 +67,6 @@ export function resolveParentName(name: string, childPath: string): string {
   return resolve(dirname(childPath), n);
 }
 
-async function identityKey(path: string): Promise<string> {
-  try {
-    return await realpath(path);
-  } catch {
-    return resolve(path);
-  }
-}
-
 /**
  * Open an image and its backing chain. This is the only place that follows
  * backing references: parents are resolved relative to the child, opened with
@@ -93,7 +85,7 @@ export async function openChain(path: string, options: ChainOpenOptions = {}): P
     layers.push(top);
     // The loop check needs the top's real path only when there are parents
     // to follow: a single layer skips a round trip to the thread pool.
-    if (!options.layerOnly && top.backing) seen.add(await identityKey(path));
+    if (!options.layerOnly && top.backing) seen.add(await fileIdentity(path));
     let child = top;
     let childPath = path;
     while (!options.layerOnly && child.backing) {
@@ -127,7 +119,7 @@ async function openParent(
     const candidate = resolveParentName(name, childPath);
     if (tried.includes(candidate)) continue;
     tried.push(candidate);
-    const key = await identityKey(candidate);
+    const key = await fileIdentity(candidate);
     try {
       const image = await openLayer(candidate, {
         ...options,

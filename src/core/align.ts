@@ -34,6 +34,22 @@ export function splitAligned(offset: number, length: number, align: number): Ali
   return { head, body: bodyEnd > bodyStart ? { offset: bodyStart, length: bodyEnd - bodyStart } : null, tail };
 }
 
+type UnitPart = { unit: number; from: number; to: number };
+
+/** Read the unit holding a partial piece, let `fill` change [from, to) of it, write it back whole. */
+async function mergeUnit(
+  p: UnitPart,
+  align: number,
+  readUnit: (unitOffset: number, into: Uint8Array) => Promise<void>,
+  writeAligned: (offset: number, data: Uint8Array) => Promise<void>,
+  fill: (unit: Uint8Array, p: UnitPart) => void,
+): Promise<void> {
+  const unit = new Uint8Array(align);
+  await readUnit(p.unit, unit);
+  fill(unit, p);
+  await writeAligned(p.unit, unit);
+}
+
 /**
  * Write `data` at `offset` through a sink that accepts only whole `align`
  * units: partial units are read (through `readUnit`), merged and written whole.
@@ -46,16 +62,36 @@ export async function writeUnaligned(
   writeAligned: (offset: number, data: Uint8Array) => Promise<void>,
 ): Promise<void> {
   const s = splitAligned(offset, data.length, align);
-  const merge = async (p: { unit: number; from: number; to: number }) => {
-    const unit = new Uint8Array(align);
-    await readUnit(p.unit, unit);
+  const merge = (unit: Uint8Array, p: UnitPart) => {
     const srcStart = p.unit + p.from - offset;
     unit.set(data.subarray(srcStart, srcStart + (p.to - p.from)), p.from);
-    await writeAligned(p.unit, unit);
   };
-  if (s.head) await merge(s.head);
+  if (s.head) await mergeUnit(s.head, align, readUnit, writeAligned, merge);
   if (s.body) await writeAligned(s.body.offset, data.subarray(s.body.offset - offset, s.body.offset - offset + s.body.length));
-  if (s.tail) await merge(s.tail);
+  if (s.tail) await mergeUnit(s.tail, align, readUnit, writeAligned, merge);
+}
+
+const zeroPart = (unit: Uint8Array, p: UnitPart) => unit.fill(0, p.from, p.to);
+
+/**
+ * The zero variant of writeUnaligned: make [offset, offset+length) read as
+ * zeros through a sink that takes only whole `align` units. The whole units
+ * go to `zeroAligned` (a layer's writeZeroes, which may record zeros without
+ * writing them); a partial unit at either end is read, zeroed in part and
+ * written whole with `writeAligned`.
+ */
+export async function zeroUnaligned(
+  offset: number,
+  length: number,
+  align: number,
+  readUnit: (unitOffset: number, into: Uint8Array) => Promise<void>,
+  writeAligned: (offset: number, data: Uint8Array) => Promise<void>,
+  zeroAligned: (offset: number, length: number) => Promise<void>,
+): Promise<void> {
+  const s = splitAligned(offset, length, align);
+  if (s.head) await mergeUnit(s.head, align, readUnit, writeAligned, zeroPart);
+  if (s.body) await zeroAligned(s.body.offset, s.body.length);
+  if (s.tail) await mergeUnit(s.tail, align, readUnit, writeAligned, zeroPart);
 }
 
 /**

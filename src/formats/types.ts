@@ -24,41 +24,6 @@ export interface BackingRef {
   sameSize?: boolean;
 }
 
-export interface Capabilities {
-  /** The format can be written at all (independent of a read-only open). */
-  write: boolean;
-  /** writeZeroes records zeros without writing zero data. */
-  writeZeroes: boolean;
-  /** trim can release space. */
-  trim: boolean;
-  resize: boolean;
-  /** The backing reference can be rewritten (rebase -u). */
-  setBacking: boolean;
-  /** The format can have a backing file at all. */
-  backing: boolean;
-  /**
-   * Every disk offset has a fixed place in the file (raw; add-cow's image
-   * file): writes never allocate, so writes to disjoint ranges may run in
-   * any order and at once. Absent or false: a copy writes in disk order, so
-   * that allocating formats lay out the file like the disk.
-   */
-  fixedLayout?: boolean;
-  /**
-   * Writes to disjoint ranges may be in flight at once, and new blocks are
-   * placed in the order write() is called (not the order writes finish): a
-   * copy may issue its writes in disk order without waiting for each one
-   * and still get a file laid out like the disk.
-   */
-  orderedAllocation?: boolean;
-  /**
-   * Disk offset N is byte N of the layer's hostStore, and a write is
-   * nothing more than those bytes written there (raw, fixed VHD): a copy
-   * may write the file directly (convert's native path). Not add-cow, whose
-   * writes also set bitmap bits.
-   */
-  hostIdentity?: boolean;
-}
-
 export interface CheckProblem {
   severity: 'corruption' | 'leak' | 'warning' | 'info';
   message: string;
@@ -79,8 +44,19 @@ export interface FormatInfo {
   specific: Record<string, unknown>;
 }
 
-/** One layer of a disk. */
-export interface Image {
+/*
+ * One layer of a disk is an Image: small contracts composed, after
+ * cloud-hypervisor's block/src/disk_file.rs traits. Every layer is Readable
+ * and Writable; Trimmable, Resizable, Checkable and Rebaseable are optional,
+ * and an optional method present *is* the capability — there is no flag
+ * beside it that could disagree, so `image.trim !== undefined` is the only
+ * test. A layer whose capability depends on what open found (VHD: only
+ * differencing disks discard and change their backing, only the others
+ * resize) leaves the method undefined where it does not hold.
+ */
+
+/** Reading one layer, and what every layer is. */
+export interface Readable {
   /** Registry name of the format ("vhd", "vhdx", "add-cow", "raw"). */
   readonly format: string;
   readonly path: string;
@@ -91,8 +67,12 @@ export interface Image {
   readonly backing: BackingRef | null;
   /** What a child records to identify this image as its parent (VHD UUID, VHDX DataWriteGuid). */
   readonly identity?: string;
+  /**
+   * Writes, zero writes, discards and maintenance are refused (opened
+   * read-only). The one signal that a layer cannot be written: a format that
+   * could not write at all would open read-only.
+   */
   readonly readOnly: boolean;
-  readonly capabilities: Capabilities;
 
   /** Extents covering exactly [offset, offset+length), merged, in order: this layer only. */
   blockStatus(offset: number, length: number): Promise<Extent[]>;
@@ -126,20 +106,78 @@ export interface Image {
    * blockStatus asks the host already.
    */
   hostAllocation?(hostOffset: number, length: number): Promise<HostRange[] | undefined>;
+  /** Make every write durable (nothing to do when opened read-only). */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+  info(): FormatInfo;
+}
+
+/** Writing one layer (refused with a `read-only` BlockError when readOnly). */
+export interface Writable {
   /** Write whole logical sectors. */
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Make whole logical sectors read as zero in this layer (never exposing the backing). */
   writeZeroes(offset: number, length: number, options?: { mayUnmap?: boolean }): Promise<void>;
-  /** Discard whole logical sectors; contents afterwards are unspecified (may expose the backing). */
-  trim?(offset: number, length: number): Promise<void>;
-  flush(): Promise<void>;
-  close(): Promise<void>;
-  info(): FormatInfo;
-  check?(options: { repair?: 'leaks' | 'all' }): Promise<CheckResult>;
-  resize?(newSize: number, options: { shrink?: boolean }): Promise<void>;
-  /** Rewrite the backing reference only (no data copied): rebase -u. `parent` null removes the backing. */
-  setBacking?(parent: BackingTarget | null): Promise<void>;
+  /**
+   * writeZeroes records zeros in the layer's metadata instead of writing
+   * zero bytes, at least for whole blocks (VHD dynamic: unallocated blocks
+   * stay so; VHDX: ZERO blocks), so the NBD server may offer FAST_ZERO.
+   * Not a method beside writeZeroes but a fact about it: every layer can
+   * write zeros, only some cheaply. Absent or false: zeros are written.
+   */
+  readonly fastZero?: boolean;
+  /**
+   * Where writes land in the layer's files, for whole-disk copies
+   * (ops/convert.ts decides what a copy does with it; see WritePlacement).
+   * Absent: writes allocate, in no promised order.
+   */
+  readonly placement?: WritePlacement;
 }
+
+/**
+ * Where a layer puts what is written (a fact of the format, which only it
+ * knows; what a copy does with it is convert's policy, in ops/convert.ts):
+ *
+ *   'identity'    disk offset N is byte N of hostStore, and a write is
+ *                 nothing more than those bytes written there (raw, fixed
+ *                 VHD): a copy may write the file directly. Implies 'fixed'.
+ *   'fixed'       every disk offset has a fixed place in the layer's files;
+ *                 writes never allocate, so writes to disjoint ranges may run
+ *                 in any order and at once (add-cow, whose writes also set
+ *                 bitmap bits).
+ *   'call-order'  writes allocate new blocks in the order write() is called,
+ *                 not the order writes finish, and writes to disjoint ranges
+ *                 may be in flight at once (VHD dynamic and differencing).
+ *
+ * A layer without a placement (VHDX) allocates as writes complete: a copy
+ * that wants the file laid out like the disk gives it one piece at a time.
+ */
+export type WritePlacement = 'identity' | 'fixed' | 'call-order';
+
+/** Discards. */
+export interface Trimmable {
+  /** Discard whole logical sectors; contents afterwards are unspecified (may expose the backing). */
+  trim(offset: number, length: number): Promise<void>;
+}
+
+/** Changes its virtual size. */
+export interface Resizable {
+  resize(newSize: number, options: { shrink?: boolean }): Promise<void>;
+}
+
+/** Checks (and repairs) its own structures. */
+export interface Checkable {
+  check(options: { repair?: 'leaks' | 'all' }): Promise<CheckResult>;
+}
+
+/** Rewrites its backing reference. */
+export interface Rebaseable {
+  /** Rewrite the backing reference only (no data copied): rebase -u. `parent` null removes the backing. */
+  setBacking(parent: BackingTarget | null): Promise<void>;
+}
+
+/** One layer of a disk: readable and writable, and whatever of the optional contracts its format (and what open found) allows. */
+export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable> {}
 
 /** A parent as a child records it (create -b, rebase). */
 export interface BackingTarget {

@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { constants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { BlockError, fromSystemError, isBlockError } from '../core/errors.js';
+import { readOnlyError } from '../core/request.js';
 import { createRequire } from 'node:module';
 import type { HostRange, OpenStoreOptions, Store } from './store.js';
 import { constants as osConstants } from 'node:os';
@@ -158,7 +159,7 @@ export class FileStore implements Store {
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, offset, operation: 'write' });
+    if (this.readOnly) throw readOnlyError({ path: this.path, offset, operation: 'write' });
     this.knownSize = undefined;
     let done = 0;
     try {
@@ -174,7 +175,7 @@ export class FileStore implements Store {
   }
 
   async writev(offset: number, parts: readonly Uint8Array[]): Promise<void> {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, offset, operation: 'write' });
+    if (this.readOnly) throw readOnlyError({ path: this.path, offset, operation: 'write' });
     this.knownSize = undefined;
     let rest = parts.filter((p) => p.length > 0);
     const length = rest.reduce((n, p) => n + p.length, 0);
@@ -200,7 +201,7 @@ export class FileStore implements Store {
   }
 
   async truncate(size: number): Promise<void> {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'truncate' });
+    if (this.readOnly) throw readOnlyError({ path: this.path, operation: 'truncate' });
     this.knownSize = undefined;
     this.holeless = undefined;
     try {

@@ -1,4 +1,5 @@
 import { BlockError } from '../core/errors.js';
+import { readOnlyError } from '../core/request.js';
 import type { OpenStoreOptions, Store, StoreOpener } from './store.js';
 
 /** A growable in-memory file, for tests and scratch images. */
@@ -39,7 +40,7 @@ export class MemoryStore implements Store {
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'write' });
+    if (this.readOnly) throw readOnlyError({ path: this.path, operation: 'write' });
     this.ensure(offset + data.length);
     if (offset > this.len) this.buf.fill(0, this.len, offset);
     this.buf.set(data, offset);
@@ -47,7 +48,7 @@ export class MemoryStore implements Store {
   }
 
   async truncate(size: number): Promise<void> {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'truncate' });
+    if (this.readOnly) throw readOnlyError({ path: this.path, operation: 'truncate' });
     this.ensure(size);
     if (size > this.len) this.buf.fill(0, this.len, size);
     this.len = size;
@@ -92,10 +93,10 @@ class ReadOnlyView implements Store {
     return this.inner.read(offset, into);
   }
   async write(): Promise<void> {
-    throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'write' });
+    throw readOnlyError({ path: this.path, operation: 'write' });
   }
   async truncate(): Promise<void> {
-    throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'truncate' });
+    throw readOnlyError({ path: this.path, operation: 'truncate' });
   }
   async flush(): Promise<void> {}
   async close(): Promise<void> {}

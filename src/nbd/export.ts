@@ -23,7 +23,7 @@ export interface NbdExport {
   readonly readOnly: boolean;
   /** All connections share this one Chain (its write range lock and flush), so multi-conn is safe. */
   readonly multiConn: boolean;
-  /** The top layer can discard (Image.trim exists and capabilities.trim). */
+  /** The top layer can discard (it has Image.trim). */
   readonly canTrim: boolean;
   /** The top layer records zeros without writing them: NBD_CMD_FLAG_FAST_ZERO can be honoured. */
   readonly canFastZero: boolean;
@@ -63,8 +63,8 @@ export function makeExport(chain: Chain, options: ExportOptions = {}): NbdExport
     size: chain.size,
     readOnly,
     multiConn: Boolean(options.multiConn),
-    canTrim: !readOnly && top.capabilities.trim && typeof top.trim === 'function',
-    canFastZero: !readOnly && top.capabilities.writeZeroes,
+    canTrim: !readOnly && top.trim !== undefined,
+    canFastZero: !readOnly && top.fastZero === true,
     minBlock,
     preferredBlock,
     maxBlock,

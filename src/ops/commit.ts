@@ -1,12 +1,13 @@
 import { dirname, relative, resolve } from 'node:path';
 import { BlockError, isBlockError } from '../core/errors.js';
 import { openFileStore } from '../io/file-store.js';
+import { fileIdentity } from '../io/identity.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
 import type { Format, Image } from '../formats/types.js';
 import { describeBacking } from './create.js';
-import { chainPieces, fileKey, writeLayer, zeroLayer } from './walk.js';
+import { chainPieces, writeLayer, zeroLayer } from './walk.js';
 import { isZero } from './zero.js';
 
 export interface CommitRequest {
@@ -63,8 +64,8 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
     }
     const baseDepth = req.base === undefined ? 1 : await findBase(chain, req.path, req.base);
     const base = chain.layers[baseDepth];
-    if (base.readOnly || !base.capabilities.write) {
-      throw new BlockError('read-only', `the base ${base.path} cannot be written (${base.format} ${base.readOnly ? 'opened read-only' : 'is read-only'})`, {
+    if (base.readOnly) {
+      throw new BlockError('read-only', `the base ${base.path} cannot be written (${base.format} opened read-only)`, {
         path: req.path,
       });
     }
@@ -84,7 +85,7 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
 
     const needRelink = baseDepth > 1 || (top.backing?.expectedId !== undefined && base.identity !== undefined && top.backing.expectedId !== base.identity);
     if (needRelink) {
-      if (top.setBacking && top.capabilities.setBacking) {
+      if (top.setBacking) {
         await relink(top, base, openStore, req.openOptions?.formats);
         result.relinked = true;
       } else {
@@ -98,7 +99,7 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
     if (!req.keepTop) {
       if (baseDepth > 1 && !result.relinked) {
         /* noted above: emptying would expose the intermediate layers */
-      } else if (top.trim && top.capabilities.trim) {
+      } else if (top.trim) {
         await top.trim(0, top.size);
         await top.flush();
         result.emptied = true;
@@ -114,7 +115,7 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
 
 /** The depth of BASE in the chain: matched by real path, a relative name taken from the cwd or the top's folder. */
 async function findBase(chain: Chain, topPath: string, base: string): Promise<number> {
-  const key = fileKey;
+  const key = fileIdentity;
   const wanted = new Set([await key(base), await key(resolve(dirname(resolve(topPath)), base))]);
   for (let d = 1; d < chain.layers.length; d++) if (wanted.has(await key(chain.layers[d].path))) return d;
   if (wanted.has(await key(topPath))) throw new BlockError('invalid-argument', 'the base must be below the top image, not the top itself', { path: topPath });
@@ -124,7 +125,7 @@ async function findBase(chain: Chain, topPath: string, base: string): Promise<nu
 }
 
 async function growBase(base: Image, size: number): Promise<void> {
-  if (!base.resize || !base.capabilities.resize) {
+  if (!base.resize) {
     throw new BlockError('out-of-range', `the base is ${base.size} bytes, smaller than the top (${size}), and ${base.format} cannot be resized`, {
       path: base.path,
     });

@@ -5,10 +5,12 @@ import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '..
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
+import type { Image } from '../formats/types.js';
 import { createImage } from './create.js';
 import { granuleRuns, isZero, sameChecker, zeroChecker } from './zero.js';
 import { settleAll } from '../core/settle.js';
 import { Slots } from '../core/mutex.js';
+import { writeZeroBytes } from '../core/zeros.js';
 
 export interface ConvertRequest {
   source: string;
@@ -162,6 +164,32 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
 
 type Mode = 'fresh' | 'diff' | 'overwrite';
 
+/** How a copy may write into a target layer (see copyHints). */
+interface CopyHints {
+  /** Each piece's writes wait for the previous piece's turn. */
+  inDiskOrder: boolean;
+  /** A piece's writes may all be issued at once and the next piece's follow before they finish. */
+  manyInFlight: boolean;
+  /** The native copier may write the target's file directly. */
+  fileToFile: boolean;
+}
+
+/**
+ * Where the target places writes is a fact of its format (Image.placement,
+ * formats/types.ts); what a copy does with it is decided here. Allocating
+ * targets get their writes in disk order, as qemu-img convert does without
+ * -W, so the file is laid out like the disk: a VHDX target one piece at a
+ * time; one that places blocks in call order (VHD) takes the next piece's
+ * writes as soon as this piece's are issued, not finished, so several run
+ * at once. Fixed-place targets (raw, add-cow, fixed VHD) take them in any
+ * order, at once; where the disk is the file's bytes (raw, fixed VHD) the
+ * native copier may write the file itself.
+ */
+function copyHints(target: Image): CopyHints {
+  const p = target.placement;
+  return { inDiskOrder: p !== 'identity' && p !== 'fixed', manyInFlight: p !== undefined, fileToFile: p === 'identity' };
+}
+
 async function copy(
   src: Chain,
   dst: Chain,
@@ -177,21 +205,14 @@ async function copy(
   let done = 0;
   const granule = sparse || bufferSize;
   const zeroGranule = sparse || 4096;
-  let zeroBuf: Uint8Array | undefined;
   const lanes: Lane[] = Array.from({ length: LANES }, () => ({
     data: new Uint8Array(bufferSize),
     theirs: mode === 'diff' ? new Uint8Array(bufferSize) : undefined,
     scratch: mode === 'fresh' ? undefined : new Uint8Array(bufferSize),
   }));
-  // Allocating targets get their writes in disk order, as qemu-img convert
-  // does without -W, so the file is laid out like the disk: a VHDX target
-  // one piece at a time; one that places blocks in call order (VHD) takes
-  // the next piece's writes as soon as this piece's are issued, not
-  // finished, so several run at once. Fixed-layout targets take them in any
-  // order, at once.
-  const caps = dst.top.capabilities;
-  const ordered = !caps.fixedLayout;
-  const issueAll = mode === 'fresh' && sparse !== 0 && (caps.fixedLayout === true || caps.orderedAllocation === true);
+  const hints = copyHints(dst.top);
+  const ordered = hints.inDiskOrder;
+  const issueAll = mode === 'fresh' && sparse !== 0 && hints.manyInFlight;
   const align = dst.logicalSectorSize;
   let writeTurn: Promise<void> = Promise.resolve();
   const running = new Set<Promise<void>>();
@@ -201,7 +222,7 @@ async function copy(
   const copyPiece = async (p: Piece, lane: Lane, turn: Promise<void>, issued: () => void): Promise<void> => {
     if (p.zero) {
       await turn;
-      if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length, (zeroBuf ??= new Uint8Array(bufferSize)));
+      if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length);
       else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length, lane.scratch!, zeroGranule);
       return;
     }
@@ -320,12 +341,12 @@ interface NativeTarget {
  * The native copier and the target's file, when data can go from the
  * source's files straight into it (io/native.ts says why that is faster):
  * a fresh target of one layer whose disk is its file's bytes
- * (`hostIdentity`: raw, fixed VHD; no backing, so nothing to compare
+ * (copyHints' fileToFile: raw, fixed VHD; no backing, so nothing to compare
  * with), zero granules skipped (-S other than 0). Otherwise undefined and
  * every piece goes through the lanes.
  */
 function nativeTarget(dst: Chain, mode: Mode, sparse: number): NativeTarget | undefined {
-  if (mode !== 'fresh' || sparse === 0 || dst.layers.length !== 1 || !dst.top.capabilities.hostIdentity) return undefined;
+  if (mode !== 'fresh' || sparse === 0 || dst.layers.length !== 1 || !copyHints(dst.top).fileToFile) return undefined;
   const store = dst.top.hostStore;
   const addon = nativeAddon();
   return addon && store instanceof FileStore && !store.readOnly ? { addon, store } : undefined;
@@ -336,7 +357,7 @@ const PROGRESS_MS = 100;
 
 /**
  * Copy pieces that lie in layers' files into the target's file, in one
- * native call (`hostIdentity`: the file offset is the disk offset). Resolves to the bytes
+ * native call (fileToFile: the file offset is the disk offset). Resolves to the bytes
  * written; an error names the file and offset it happened at.
  */
 async function copyNative(target: NativeTarget, plan: Piece[], granule: number, onProgress?: (finished: number) => void): Promise<number> {
@@ -379,10 +400,9 @@ function issueNonZero(dst: Chain, offset: number, data: Uint8Array, granule: num
   return { writes, bytes };
 }
 
-/** `-S 0`: fully allocate, writing real zero bytes (a zero buffer, one write per buffer). */
-async function writeZeroData(dst: Chain, offset: number, length: number, zeros: Uint8Array): Promise<number> {
-  const scratch = zeros;
-  for (let o = 0; o < length; o += scratch.length) await dst.write(offset + o, scratch.subarray(0, Math.min(scratch.length, length - o)), { disjoint: true });
+/** `-S 0`: fully allocate, writing real zero bytes. */
+async function writeZeroData(dst: Chain, offset: number, length: number): Promise<number> {
+  await writeZeroBytes((o, d) => dst.write(o, d, { disjoint: true }), offset, length);
   return length;
 }
 

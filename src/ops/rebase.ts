@@ -1,11 +1,12 @@
 import { BlockError } from '../core/errors.js';
 import { openFileStore } from '../io/file-store.js';
+import { fileIdentity } from '../io/identity.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
 import type { BackingTarget } from '../formats/types.js';
 import { backingAbsolute, describeBacking } from './create.js';
-import { chainPieces, fileKey } from './walk.js';
+import { chainPieces } from './walk.js';
 import { granuleRuns, isZero, sameChecker } from './zero.js';
 
 export interface RebaseRequest {
@@ -50,7 +51,7 @@ export async function rebaseImage(req: RebaseRequest): Promise<RebaseResult> {
   let described: Awaited<ReturnType<typeof describeBacking>> | undefined;
   try {
     const top = chain.top;
-    if (!top.setBacking || !top.capabilities.setBacking) {
+    if (!top.setBacking) {
       throw new BlockError('unsupported', `format ${top.format} cannot change its backing file`, { path: req.path });
     }
     let target: BackingTarget | null = null;
@@ -82,7 +83,7 @@ export async function rebaseImage(req: RebaseRequest): Promise<RebaseResult> {
 }
 
 async function refuseLoop(childPath: string, newChain: Chain): Promise<void> {
-  const key = fileKey;
+  const key = fileIdentity;
   const self = await key(childPath);
   for (const l of newChain.layers) {
     if ((await key(l.path)) === self) throw new BlockError('loop', `the new backing chain contains this image itself (${l.path})`, { path: childPath });

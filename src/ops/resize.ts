@@ -36,7 +36,7 @@ export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
     const oldSize = top.size;
     const newSize = typeof req.size === 'number' ? req.size : oldSize + req.size.delta;
     const ctx = { path: req.path };
-    if (!top.resize || !top.capabilities.resize) {
+    if (!top.resize) {
       throw new BlockError('unsupported', `format ${top.format} cannot be resized`, ctx);
     }
     if (!Number.isSafeInteger(newSize) || newSize < 0) throw new BlockError('invalid-argument', `invalid new size ${newSize}`, ctx);

@@ -1,6 +1,4 @@
-import { realpath } from 'node:fs/promises';
-import { resolve } from 'node:path';
-import { writeUnaligned } from '../core/align.js';
+import { writeUnaligned, zeroUnaligned } from '../core/align.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
 
@@ -36,23 +34,6 @@ export async function zeroLayer(layer: Image, offset: number, length: number, re
   const align = layer.logicalSectorSize;
   for (const e of await layer.blockStatus(offset, length)) {
     if (e.kind === 'zero') continue;
-    const start = Math.ceil(e.offset / align) * align;
-    const end = Math.floor((e.offset + e.length) / align) * align;
-    if (end <= start) {
-      await writeLayer(layer, e.offset, new Uint8Array(e.length), readBelow);
-      continue;
-    }
-    if (start > e.offset) await writeLayer(layer, e.offset, new Uint8Array(start - e.offset), readBelow);
-    await layer.writeZeroes(start, end - start, { mayUnmap: true });
-    if (e.offset + e.length > end) await writeLayer(layer, end, new Uint8Array(e.offset + e.length - end), readBelow);
-  }
-}
-
-/** A file's identity for "is this the same file" questions: its real path, or the resolved path when it has none (memory stores). */
-export async function fileKey(path: string): Promise<string> {
-  try {
-    return await realpath(path);
-  } catch {
-    return resolve(path);
+    await zeroUnaligned(e.offset, e.length, align, readBelow, (o, d) => layer.write(o, d), (o, n) => layer.writeZeroes(o, n, { mayUnmap: true }));
   }
 }

@@ -27,7 +27,6 @@ function withOpsHooks(img: Image, store: Store): Image {
   const mut = img as { -readonly [K in keyof Image]: Image[K] };
   const dataStart = 1024 + Math.ceil(img.size / 512 / 512) * 512;
   const innerWrite = img.write.bind(img);
-  mut.capabilities = { ...img.capabilities, setBacking: true, resize: true };
   // The toy cannot change its size; the hook only records what reached it (resize's own checks are under test).
   mut.resize = async (newSize: number) => {
     resizeCalls.push(newSize);

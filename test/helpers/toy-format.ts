@@ -19,7 +19,7 @@ const MAGIC = 'TOYCOW\0\0';
 class ToyImage implements Image {
   readonly format = 'toy';
   readonly logicalSectorSize = 512;
-  readonly capabilities = { write: true, writeZeroes: true, trim: true, resize: false, setBacking: false, backing: true };
+  readonly fastZero = true;
   constructor(
     private store: Store,
     readonly size: number,

@@ -1,13 +1,18 @@
+import { type BitOrder, findBit, getBit, setBits } from '../../core/bitmap.js';
+
 /**
  * The COW bitmap (docs/formats/add-cow.md, "Bitmap"): bit n set = sector n
  * lives in the image file; clear = read the backing file. Bit n is bit
- * (n mod 8), least significant first, of byte floor(n / 8).
+ * (n mod 8), least significant first, of byte floor(n / 8). The bit
+ * manipulation is core/bitmap.ts's, in this bit order.
  *
  * The whole bitmap is held in memory (1 byte per 4 KiB of disk). Changes are
  * tracked per 512-byte piece of bitmap so that flush writes only what changed,
  * as few contiguous writes as possible.
  */
 export const DIRTY_CHUNK = 512;
+
+const ORDER: BitOrder = 'lsb-first';
 
 /** A piece of bitmap to write back: `data` is a snapshot taken when the piece was collected. */
 export interface BitmapPiece {
@@ -67,32 +72,15 @@ export class Bitmap {
   }
 
   get(sector: number): boolean {
-    return ((this.bytes[Math.floor(sector / 8)] >> (sector % 8)) & 1) === 1;
+    return getBit(ORDER, this.bytes, sector);
   }
 
   /**
    * End (exclusive, at most `limit`) of the run of sectors that share the
-   * state of `start`. Uniform bytes and words are skipped whole, so a run costs
-   * O(run/32) plus at most a few bit tests at its ends.
+   * state of `start`: O(run/32) (core/bitmap.ts searches a word at a time).
    */
   runEnd(start: number, limit: number): number {
-    const v = this.get(start);
-    let i = start + 1;
-    while (i < limit && i % 8 !== 0) {
-      if (this.get(i) !== v) return i;
-      i++;
-    }
-    if (i >= limit) return limit;
-    const fullByte = v ? 0xff : 0;
-    const fullWord = v ? 0xffffffff : 0;
-    const stopByte = Math.floor(limit / 8);
-    let b = i / 8;
-    while (b < stopByte && b % 4 !== 0 && this.bytes[b] === fullByte) b++;
-    if (b % 4 === 0) while (b + 4 <= stopByte && this.words[b / 4] === fullWord) b += 4;
-    while (b < stopByte && this.bytes[b] === fullByte) b++;
-    i = b * 8;
-    while (i < limit && this.get(i) === v) i++;
-    return i;
+    return findBit(ORDER, this.bytes, start, limit, !this.get(start));
   }
 
   /** Runs of equal state covering sectors [start, end). */
@@ -108,19 +96,9 @@ export class Bitmap {
   /** Set (or clear) sectors [start, end) in memory and remember the change for the next flush. */
   setRange(start: number, end: number, value: boolean): void {
     if (end <= start) return;
+    setBits(ORDER, this.bytes, start, end, value);
     const firstByte = Math.floor(start / 8);
     const lastByte = Math.floor((end - 1) / 8);
-    const apply = (i: number, mask: number) => {
-      this.bytes[i] = value ? this.bytes[i] | mask : this.bytes[i] & ~mask;
-    };
-    const headMask = (0xff << (start % 8)) & 0xff;
-    const tailMask = 0xff >> (7 - ((end - 1) % 8));
-    if (firstByte === lastByte) apply(firstByte, headMask & tailMask);
-    else {
-      apply(firstByte, headMask);
-      this.bytes.fill(value ? 0xff : 0, firstByte + 1, lastByte);
-      apply(lastByte, tailMask);
-    }
     for (let c = Math.floor(firstByte / DIRTY_CHUNK); c <= Math.floor(lastByte / DIRTY_CHUNK); c++) this.dirty.add(c);
   }
 

@@ -1,10 +1,11 @@
 import { BlockError } from '../../core/errors.js';
 import { pushExtent, type Extent } from '../../core/extent.js';
 import { Mutex } from '../../core/mutex.js';
+import { checkRequest, readOnlyError } from '../../core/request.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact } from '../../io/store.js';
 import { RawImage } from '../raw/index.js';
-import type { BackingRef, BackingTarget, Capabilities, CheckProblem, CheckResult, FormatInfo, Image } from '../types.js';
+import type { BackingRef, BackingTarget, CheckProblem, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
 import { Bitmap } from './bitmap.js';
 import {
   BACKING_FIELD_OFFSET,
@@ -15,7 +16,8 @@ import {
   encodeSizeField,
   type AddCowHeader,
 } from './header.js';
-import { nameToStore, resolveName, samePath } from './paths.js';
+import { sameFile } from '../../io/identity.js';
+import { nameToStore, resolveName } from './paths.js';
 
 export function backingRefOf(name: string): BackingRef | null {
   // The header records no backing format: the chain probes the backing file.
@@ -35,15 +37,8 @@ export function backingRefOf(name: string): BackingRef | null {
 export class AddCowImage implements Image {
   readonly format = 'add-cow';
   readonly logicalSectorSize = SECTOR;
-  readonly capabilities: Capabilities = {
-    write: true,
-    writeZeroes: false,
-    trim: true,
-    resize: true,
-    setBacking: true,
-    backing: true,
-    fixedLayout: true,
-  };
+  /** Sector n is byte n*512 of the image file, whatever was written before (zeros are written there too: no fastZero). */
+  readonly placement: WritePlacement = 'fixed';
   backing: BackingRef | null;
   /** Serialises flush, resize and setBacking (the v4 patch updated the bitmap without a lock). */
   private readonly meta = new Mutex();
@@ -78,25 +73,6 @@ export class AddCowImage implements Image {
     return HEADER_SIZE + this.bitmap.byteLength;
   }
 
-  private checkAccess(offset: number, length: number, operation: string, write: boolean): void {
-    if (write && this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation });
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockError('out-of-range', `${operation} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, {
-        path: this.path,
-        offset,
-        length,
-        operation,
-      });
-    }
-    if (write && (offset % SECTOR !== 0 || length % SECTOR !== 0)) {
-      throw new BlockError('invalid-argument', `${operation} must cover whole ${SECTOR}-byte sectors (${length} bytes at ${offset})`, {
-        path: this.path,
-        offset,
-        operation,
-      });
-    }
-  }
-
   /** Runs of the bitmap over [offset, offset+length), clipped to the byte range. */
   private *byteRuns(offset: number, length: number): Generator<{ offset: number; length: number; set: boolean }> {
     const end = offset + length;
@@ -113,7 +89,7 @@ export class AddCowImage implements Image {
 
   /** The whole bitmap is in memory: the map never needs a read. */
   mapCached(offset: number, length: number): Extent[] {
-    this.checkAccess(offset, length, 'block status', false);
+    checkRequest(this, 'block status', offset, length);
     const out: Extent[] = [];
     const clear = this.backing ? 'unallocated' : 'zero';
     // Most requests (a 4 KiB read) lie in one run: answer without the run walk.
@@ -131,7 +107,7 @@ export class AddCowImage implements Image {
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkAccess(offset, into.length, 'read', false);
+    checkRequest(this, 'read', offset, into.length);
     for (const r of this.byteRuns(offset, into.length)) {
       const part = into.subarray(r.offset - offset, r.offset - offset + r.length);
       if (r.set) await this.data.read(r.offset, part);
@@ -154,7 +130,7 @@ export class AddCowImage implements Image {
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    this.checkAccess(offset, data.length, 'write', true);
+    checkRequest(this, 'write', offset, data.length, SECTOR);
     await this.data.write(offset, data);
     // Only after the data write completed: the bit is in memory, and reaches disk at flush, after fdatasync of the image file.
     this.bitmap.setRange(offset / SECTOR, (offset + data.length) / SECTOR, true);
@@ -162,7 +138,7 @@ export class AddCowImage implements Image {
 
   /** Zeros are written into the image file: a clear bit would expose the backing file. */
   async writeZeroes(offset: number, length: number): Promise<void> {
-    this.checkAccess(offset, length, 'write zeroes', true);
+    checkRequest(this, 'write zeroes', offset, length, SECTOR);
     await this.data.writeZeroes(offset, length);
     this.bitmap.setRange(offset / SECTOR, (offset + length) / SECTOR, true);
   }
@@ -174,7 +150,7 @@ export class AddCowImage implements Image {
    * punch holes).
    */
   async trim(offset: number, length: number): Promise<void> {
-    this.checkAccess(offset, length, 'trim', true);
+    checkRequest(this, 'trim', offset, length, SECTOR);
     this.bitmap.setRange(offset / SECTOR, (offset + length) / SECTOR, false);
   }
 
@@ -263,7 +239,7 @@ export class AddCowImage implements Image {
         }
         problems.push(p);
       }
-      if (this.backing && samePath(resolveName(this.header.backingFile, this.path), this.imagePath)) {
+      if (this.backing && (await sameFile(resolveName(this.header.backingFile, this.path), this.imagePath))) {
         problems.push({ severity: 'corruption', message: 'the backing file is the image file itself' });
       }
       const allocated = this.bitmap.countSet();
@@ -276,7 +252,7 @@ export class AddCowImage implements Image {
 
   async resize(newSize: number, options: { shrink?: boolean }): Promise<void> {
     await this.meta.run(async () => {
-      if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'resize' });
+      if (this.readOnly) throw readOnlyError({ path: this.path, operation: 'resize' });
       if (!Number.isSafeInteger(newSize) || newSize < 0 || newSize % SECTOR !== 0) {
         throw new BlockError('invalid-argument', `new size ${newSize} is not a multiple of ${SECTOR}`, { path: this.path });
       }
@@ -337,8 +313,8 @@ export class AddCowImage implements Image {
 
   async setBacking(parent: BackingTarget | null): Promise<void> {
     await this.meta.run(async () => {
-      if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'set backing' });
-      if (parent && samePath(parent.absolutePath, this.imagePath)) {
+      if (this.readOnly) throw readOnlyError({ path: this.path, operation: 'set backing' });
+      if (parent && (await sameFile(parent.absolutePath, this.imagePath))) {
         throw new BlockError('invalid-argument', 'the backing file cannot be the image file', { path: this.path });
       }
       const name = parent ? nameToStore(this.path, parent.absolutePath) : '';

@@ -7,7 +7,8 @@ import type { CreateContext, Format, Image, OpenContext } from '../types.js';
 import { Bitmap } from './bitmap.js';
 import { HEADER_SIZE, SECTOR, bitmapBytes, decodeHeader, encodeHeader, hasMagic } from './header.js';
 import { AddCowImage } from './image.js';
-import { nameToStore, resolveName, samePath } from './paths.js';
+import { sameFile } from '../../io/identity.js';
+import { nameToStore, resolveName } from './paths.js';
 import { measureAddCow } from './measure.js';
 
 /**
@@ -21,7 +22,7 @@ const MAX_SIZE = 2 ** 41;
 /** The image file is opened as raw, always: its bytes are the disk, never probed. */
 async function openImageFile(ctx: OpenContext, name: string): Promise<Store> {
   const path = resolveName(name, ctx.path);
-  if (samePath(path, ctx.path)) {
+  if (await sameFile(path, ctx.path)) {
     throw new BlockError('corrupt', 'add-cow image file names the add-cow file itself', { path: ctx.path });
   }
   try {
@@ -90,10 +91,10 @@ async function create(ctx: CreateContext): Promise<void> {
   const imageName = ctx.options.image_file ?? `${basename(ctx.path)}.raw`;
   if (!imageName) throw new BlockError('invalid-argument', 'image_file must not be empty', { path: ctx.path });
   const imagePath = resolveName(imageName, ctx.path);
-  if (samePath(imagePath, ctx.path)) {
+  if (await sameFile(imagePath, ctx.path)) {
     throw new BlockError('invalid-argument', 'image_file cannot be the add-cow file itself', { path: ctx.path });
   }
-  if (ctx.backing && samePath(ctx.backing.absolutePath, imagePath)) {
+  if (ctx.backing && (await sameFile(ctx.backing.absolutePath, imagePath))) {
     throw new BlockError('invalid-argument', 'image_file cannot be the backing file (writes would change the backing)', { path: ctx.path });
   }
   // Everything that can fail on input is checked before a byte is written.

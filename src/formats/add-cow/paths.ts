@@ -19,7 +19,3 @@ export function nameToStore(addCowPath: string, target: string): string {
   if (rel && !isAbsolute(rel) && new TextEncoder().encode(rel).length < NAME_FIELD) return rel;
   return abs;
 }
-
-export function samePath(a: string, b: string): boolean {
-  return resolve(a) === resolve(b);
-}

@@ -1,10 +1,9 @@
 import { BlockError } from '../../core/errors.js';
 import { pushExtent, type Extent } from '../../core/extent.js';
+import { writeZeroBytes } from '../../core/zeros.js';
 import type { Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { Capabilities, CreateContext, Format, FormatInfo, Image, OpenContext } from '../types.js';
-
-const ZERO_CHUNK = 1 << 20;
+import type { CreateContext, Format, FormatInfo, Image, OpenContext, WritePlacement } from '../types.js';
 
 /**
  * Raw: the file is the disk, byte for byte. It has no header, so it probes
@@ -14,16 +13,8 @@ export class RawImage implements Image {
   readonly format = 'raw';
   readonly backing = null;
   readonly logicalSectorSize: number;
-  readonly capabilities: Capabilities = {
-    write: true,
-    writeZeroes: false,
-    trim: false,
-    resize: true,
-    setBacking: false,
-    backing: false,
-    fixedLayout: true,
-    hostIdentity: true,
-  };
+  /** The file is the disk (and its zeros are written: no fastZero). */
+  readonly placement: WritePlacement = 'identity';
 
   constructor(
     private readonly store: Store,
@@ -60,12 +51,8 @@ export class RawImage implements Image {
     return this.store.write(offset, data);
   }
 
-  async writeZeroes(offset: number, length: number): Promise<void> {
-    const zeros = new Uint8Array(Math.min(length, ZERO_CHUNK));
-    for (let done = 0; done < length; done += zeros.length) {
-      const n = Math.min(zeros.length, length - done);
-      await this.store.write(offset + done, zeros.subarray(0, n));
-    }
+  writeZeroes(offset: number, length: number): Promise<void> {
+    return writeZeroBytes((o, d) => this.store.write(o, d), offset, length);
   }
 
   flush(): Promise<void> {

@@ -3,15 +3,17 @@ import type { Extent } from '../../core/extent.js';
 import { pushExtent } from '../../core/extent.js';
 import { uuidToString } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
+import { checkRequest, readOnlyError } from '../../core/request.js';
 import { InFlight, settleAll } from '../../core/settle.js';
+import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
 import { alignUp, checkRange } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
 import { prefetch } from '../../io/prefetch.js';
-import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image, OpenContext } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, OpenContext, WritePlacement } from '../types.js';
 import { checkVhd, resizeVhd, setVhdBacking } from './maintenance.js';
-import { UNALLOCATED, batBytes, encodeBatSector, readBat } from './bat.js';
+import { BAT_ENTRY_SIZE, ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBatSector, readBat } from './bat.js';
 import { type Batmap, decodeBatmapHeader, isBatmapHeader, batmapChecksum } from './batmap.js';
 import { DYNAMIC_HEADER_SIZE, type VhdDynamicHeader, decodeDynamicHeader } from './dynamic-header.js';
 import {
@@ -29,12 +31,10 @@ import { type ParentLocator, PlatformCode, readLocators } from './parent-locator
 import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sector-bitmap.js';
 
 const SECTOR = 512;
-/** Zeros for writeZeroes, shared (never written to). */
-const ZEROS = new Uint8Array(1 << 20);
 
 /** Zero bytes written over [offset, offset+length) of the file (fixed disks, allocated blocks of differencing ones). */
-async function writeZeroData(store: Store, offset: number, length: number): Promise<void> {
-  for (let done = 0; done < length; done += ZEROS.length) await store.write(offset + done, ZEROS.subarray(0, Math.min(ZEROS.length, length - done)));
+function writeZeroData(store: Store, offset: number, length: number): Promise<void> {
+  return writeZeroBytes((o, d) => store.write(o, d), offset, length);
 }
 /** Dirty sector bitmaps kept before the metadata is written out without waiting for a flush. */
 const MAX_DIRTY_BITMAPS = 256;
@@ -124,8 +124,22 @@ export interface VhdLayout {
 export class VhdImage implements Image {
   readonly format = 'vhd';
   readonly logicalSectorSize = SECTOR;
-  readonly capabilities: Capabilities;
   readonly identity: string;
+  /** Dynamic disks leave zeroed unallocated blocks unallocated. */
+  readonly fastZero: boolean;
+  readonly placement: WritePlacement;
+  /*
+   * What only some disk types can do (the presence of the method is the
+   * capability, types.ts): set once in the constructor, undefined where the
+   * disk type has no such operation. Always assigned, so every VhdImage has
+   * one shape and the data path's property accesses stay monomorphic.
+   */
+  /** Differencing disks only: see discard(). */
+  readonly trim: ((offset: number, length: number) => Promise<void>) | undefined;
+  /** Fixed and dynamic disks only: a differencing disk has its parent's size. */
+  readonly resize: ((newSize: number, options?: { shrink?: boolean }) => Promise<void>) | undefined;
+  /** Differencing disks only. */
+  readonly setBacking: ((parent: BackingTarget | null) => Promise<void>) | undefined;
   backing: BackingRef | null;
   size: number;
 
@@ -156,19 +170,13 @@ export class VhdImage implements Image {
     this.blockSize = layout.header?.blockSize ?? 0;
     this.bitmapSize = layout.header ? bitmapBytes(layout.header.blockSize) : 0;
     this.backing = f.diskType === 'differencing' && layout.header ? backingRef(layout.header, layout.locators) : null;
-    this.capabilities = {
-      write: true,
-      writeZeroes: f.diskType === 'dynamic',
-      trim: f.diskType === 'differencing',
-      resize: f.diskType !== 'differencing',
-      setBacking: f.diskType === 'differencing',
-      backing: f.diskType === 'differencing',
-      // A fixed disk's sectors have their place in the file; the others allocate in call order (see the class comment).
-      fixedLayout: f.diskType === 'fixed',
-      // A fixed disk's data is the file's first bytes, written in place (the footer follows it).
-      hostIdentity: f.diskType === 'fixed',
-      orderedAllocation: true,
-    };
+    const differencing = f.diskType === 'differencing';
+    this.fastZero = f.diskType === 'dynamic';
+    // A fixed disk's data is the file's first bytes, written in place (the footer follows it); the others allocate in call order (see the class comment).
+    this.placement = f.diskType === 'fixed' ? 'identity' : 'call-order';
+    this.trim = differencing ? (offset, length) => this.discard(offset, length) : undefined;
+    this.resize = differencing ? undefined : (newSize, options) => this.resizeDisk(newSize, options);
+    this.setBacking = differencing ? (parent) => this.changeBacking(parent) : undefined;
   }
 
   get path(): string {
@@ -258,7 +266,7 @@ export class VhdImage implements Image {
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkRange(offset, into.length, 'read');
+    checkRequest(this, 'read', offset, into.length);
     if (!this.layout.bat) {
       await readOrZero(this.store, offset, into);
       return;
@@ -316,25 +324,11 @@ export class VhdImage implements Image {
     return bits;
   }
 
-  private checkRange(offset: number, length: number, operation: string): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockError('out-of-range', `${operation} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, { path: this.path, offset, length, operation });
-    }
-  }
-
-  private checkWrite(offset: number, length: number, operation: string): void {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation });
-    this.checkRange(offset, length, operation);
-    if (offset % SECTOR || length % SECTOR) {
-      throw new BlockError('invalid-argument', `${operation} must cover whole 512-byte sectors (got ${length} bytes at ${offset})`, { path: this.path, offset, length });
-    }
-  }
-
   // -------------------------------------------------------------------------
   // writing
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    this.checkWrite(offset, data.length, 'write');
+    checkRequest(this, 'write', offset, data.length, SECTOR);
     if (data.length === 0) return;
     if (!this.layout.bat) {
       await this.store.write(offset, data);
@@ -344,7 +338,7 @@ export class VhdImage implements Image {
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
-    this.checkWrite(offset, length, 'write zeroes');
+    checkRequest(this, 'write zeroes', offset, length, SECTOR);
     if (length === 0) return;
     if (!this.layout.bat) {
       await writeZeroData(this.store, offset, length);
@@ -356,15 +350,16 @@ export class VhdImage implements Image {
   }
 
   /**
-   * Discard (differencing disks only): clear the sector bits so the parent
-   * shows through again. Blocks stay allocated (VHD cannot free space inside
-   * the file); the bitmaps reach the disk with the next metadata write, and a
-   * cleared bit is safe to lose or to land early — either way the sector reads
-   * a value it legitimately had. Dynamic and fixed disks ignore discards.
+   * Discard (differencing disks only, as `trim`): clear the sector bits so
+   * the parent shows through again. Blocks stay allocated (VHD cannot free
+   * space inside the file); the bitmaps reach the disk with the next metadata
+   * write, and a cleared bit is safe to lose or to land early — either way
+   * the sector reads a value it legitimately had. Dynamic and fixed disks
+   * have no trim: a discard there would free nothing and change nothing.
    */
-  async trim(offset: number, length: number): Promise<void> {
-    this.checkWrite(offset, length, 'trim');
-    if (!this.differencing || length === 0) return;
+  private async discard(offset: number, length: number): Promise<void> {
+    checkRequest(this, 'trim', offset, length, SECTOR);
+    if (length === 0) return;
     await this.lock.run(async () => {
       const bat = this.layout.bat!;
       const bs = this.blockSize;
@@ -469,7 +464,7 @@ export class VhdImage implements Image {
       }
       if (this.layout.footerOffset === newFooterOffset) this.layout.endFooterDamaged = null;
       this.layout.bat![block] = sector;
-      this.dirtyBatSectors.add(Math.floor(block / 128));
+      this.dirtyBatSectors.add(Math.floor(block / ENTRIES_PER_SECTOR));
       this.bitmaps.put(block, bits, !withBits);
     })();
     this.allocating.set(block, done);
@@ -532,7 +527,7 @@ export class VhdImage implements Image {
   // maintenance (maintenance.ts), each with the metadata written out first and the lock held
 
   private maintain<T>(fn: () => Promise<T>, writes: boolean): Promise<T> {
-    if (writes && this.readOnly) return Promise.reject(new BlockError('read-only', 'image is open read-only', { path: this.path }));
+    if (writes && this.readOnly) return Promise.reject(readOnlyError({ path: this.path }));
     return this.lock.run(async () => {
       if (!this.readOnly) await this.writeMetadata();
       try {
@@ -547,14 +542,14 @@ export class VhdImage implements Image {
     return this.maintain(() => checkVhd(this, options.repair), options.repair !== undefined);
   }
 
-  resize(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+  private resizeDisk(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
     return this.maintain(async () => {
       await resizeVhd(this, newSize, options.shrink ?? false);
       this.size = this.layout.footer.currentSize;
     }, true);
   }
 
-  setBacking(parent: BackingTarget | null): Promise<void> {
+  private changeBacking(parent: BackingTarget | null): Promise<void> {
     return this.maintain(async () => {
       await setVhdBacking(this, parent);
       this.backing = backingRef(this.layout.header!, this.layout.locators);
@@ -745,7 +740,7 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
     throw new BlockError('corrupt', `VHD max table entries (${h.maxTableEntries}) cannot cover a ${f.currentSize}-byte disk in ${h.blockSize}-byte blocks (needs ${blocksNeeded})`, { path, offset: headerOffset });
   }
   // Only the entries covering the disk are kept; readBat bounds-checks them against the file before allocating.
-  checkRange(h.tableOffset, h.maxTableEntries * 4, fileSize, 'VHD block allocation table', path);
+  checkRange(h.tableOffset, h.maxTableEntries * BAT_ENTRY_SIZE, fileSize, 'VHD block allocation table', path);
   if (blocksNeeded > MAX_BAT_ENTRIES) {
     throw new BlockError('unsupported', `VHD BAT of ${blocksNeeded} entries is larger than vdisk keeps in memory (${MAX_BAT_ENTRIES})`, { path });
   }
@@ -789,11 +784,11 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
     // The last block of a disk whose size is not a whole number of blocks need only hold the sectors the disk has.
     const need = i < blocksNeeded ? bitmapSize + Math.min(h.blockSize, f.currentSize - i * h.blockSize) : bitmapSize;
     if (start + need > dataLimit) {
-      throw new BlockError('corrupt', `VHD BAT entry ${i} points past the end of the file (block at ${start}, file size ${fileSize})`, { path, offset: h.tableOffset + i * 4 });
+      throw new BlockError('corrupt', `VHD BAT entry ${i} points past the end of the file (block at ${start}, file size ${fileSize})`, { path, offset: h.tableOffset + i * BAT_ENTRY_SIZE });
     }
     for (const [a, z, what] of regions) {
       if (start < z && start + blockSpan > a) {
-        throw new BlockError('corrupt', `VHD BAT entry ${i} (block at ${start}) overlaps the ${what}`, { path, offset: h.tableOffset + i * 4 });
+        throw new BlockError('corrupt', `VHD BAT entry ${i} (block at ${start}) overlaps the ${what}`, { path, offset: h.tableOffset + i * BAT_ENTRY_SIZE });
       }
     }
   }

@@ -2,7 +2,7 @@ import { BlockError } from '../../core/errors.js';
 import { alignUp } from '../../core/u64.js';
 import { readExact } from '../../io/store.js';
 import type { BackingTarget, CheckProblem, CheckResult } from '../types.js';
-import { UNALLOCATED, batBytes, encodeBat, encodeBatSector } from './bat.js';
+import { ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBat, encodeBatSector } from './bat.js';
 import { batmapChecksum, encodeBatmapHeader } from './batmap.js';
 import { VHD_MAX_SIZE, layoutLocators, parentRecord } from './create.js';
 import { DYNAMIC_HEADER_SIZE, encodeDynamicHeader } from './dynamic-header.js';
@@ -195,7 +195,7 @@ export async function resizeVhd(img: VhdImage, newSize: number, shrink: boolean)
       await clearBatmap(img);
       const trimmed = new Uint32Array(bat.length).fill(UNALLOCATED);
       trimmed.set(bat.subarray(0, newBlocks));
-      for (let s = Math.floor(newBlocks / 128); s * 128 < bat.length; s++) await store.write(h.tableOffset + s * SECTOR, encodeBatSector(trimmed, s, h.maxTableEntries));
+      for (let s = Math.floor(newBlocks / ENTRIES_PER_SECTOR); s * ENTRIES_PER_SECTOR < bat.length; s++) await store.write(h.tableOffset + s * SECTOR, encodeBatSector(trimmed, s, h.maxTableEntries));
       await store.flush();
     }
     layout.bat = bat.slice(0, newBlocks);

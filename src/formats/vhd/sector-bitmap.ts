@@ -1,3 +1,4 @@
+import { type BitOrder, findBit as coreFindBit, forEachRun as coreForEachRun, setBits as coreSetBits } from '../../core/bitmap.js';
 import { alignUp } from '../../core/u64.js';
 
 /**
@@ -7,71 +8,33 @@ import { alignUp } from '../../core/u64.js';
  * padded to whole sectors. Differencing disks: set = the sector is in this
  * file, clear = read the parent. Dynamic disks: set = the sector was written.
  *
- * Runs are found a 32-bit word at a time so a read never loops per sector.
+ * The bit manipulation is core/bitmap.ts's, in the spec's bit order; runs
+ * are found a 32-bit word at a time so a read never loops per sector.
  */
+const ORDER: BitOrder = 'msb-first';
+
 export function bitmapBytes(blockSize: number): number {
   return alignUp(blockSize / 512 / 8, 512);
 }
 
-function word(b: Uint8Array, i: number): number {
-  // Bytes past the end read as zero (a block of fewer than 32 sectors).
-  return ((b[i] ?? 0) << 24 | (b[i + 1] ?? 0) << 16 | (b[i + 2] ?? 0) << 8 | (b[i + 3] ?? 0)) >>> 0;
-}
-
 /** First sector in [from, to) whose bit equals `set`; `to` when none. */
 export function findBit(bitmap: Uint8Array, from: number, to: number, set: boolean): number {
-  let s = from;
-  while (s < to) {
-    const wordStart = s & ~31;
-    let w = word(bitmap, wordStart >>> 3);
-    if (!set) w = ~w >>> 0;
-    w = (w << (s - wordStart)) >>> 0; // drop bits before s (MSB = first sector of the word)
-    if (w !== 0) {
-      const hit = s + Math.clz32(w);
-      return hit < to ? hit : to;
-    }
-    s = wordStart + 32;
-  }
-  return to;
+  return coreFindBit(ORDER, bitmap, from, to, set);
 }
 
 /** Runs of equal bits covering [from, to): calls fn(start, end, set) for each. */
 export function forEachRun(bitmap: Uint8Array, from: number, to: number, fn: (start: number, end: number, set: boolean) => void): void {
-  let s = from;
-  while (s < to) {
-    const set = (bitmap[s >>> 3] & (0x80 >>> (s & 7))) !== 0;
-    const e = findBit(bitmap, s, to, !set);
-    fn(s, e, set);
-    s = e;
-  }
+  coreForEachRun(ORDER, bitmap, from, to, fn);
 }
 
 /** Set the bits of sectors [from, to); returns whether anything changed. */
 export function setBits(bitmap: Uint8Array, from: number, to: number): boolean {
-  return assignBits(bitmap, from, to, true);
+  return coreSetBits(ORDER, bitmap, from, to, true);
 }
 
 /** Clear the bits of sectors [from, to) (discard: the parent shows through again); returns whether anything changed. */
 export function clearBits(bitmap: Uint8Array, from: number, to: number): boolean {
-  return assignBits(bitmap, from, to, false);
-}
-
-function assignBits(bitmap: Uint8Array, from: number, to: number, value: boolean): boolean {
-  if (findBit(bitmap, from, to, !value) === to) return false;
-  const put = (sector: number) => {
-    if (value) bitmap[sector >>> 3] |= 0x80 >>> (sector & 7);
-    else bitmap[sector >>> 3] &= ~(0x80 >>> (sector & 7));
-  };
-  let s = from;
-  // Partial first byte, whole bytes, partial last byte.
-  while (s < to && (s & 7) !== 0) put(s++);
-  const wholeEnd = to & ~7;
-  if (s < wholeEnd) {
-    bitmap.fill(value ? 0xff : 0, s >>> 3, wholeEnd >>> 3);
-    s = wholeEnd;
-  }
-  while (s < to) put(s++);
-  return true;
+  return coreSetBits(ORDER, bitmap, from, to, false);
 }
 
 /**

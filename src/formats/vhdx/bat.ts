@@ -26,7 +26,10 @@ export const PAYLOAD_PARTIALLY_PRESENT = 7;
 export const SB_NOT_PRESENT = 0;
 export const SB_PRESENT = 6;
 
+/** Bytes per entry (2.5: 64 bits). */
 export const BAT_ENTRY_SIZE = 8;
+/** The state field, bits 0..2 of an entry (2.5.1). */
+export const BAT_STATE_MASK = 7;
 
 export interface BatGeometry {
   blockSize: number;
@@ -81,20 +84,20 @@ export class Bat {
   }
 
   state(i: number): number {
-    return this.dv.getUint32(i * 8, true) & 7;
+    return this.dv.getUint32(i * BAT_ENTRY_SIZE, true) & BAT_STATE_MASK;
   }
 
   /** File offset in bytes (exact: a MiB count times 2^20 is a power-of-two product). */
   offset(i: number): number {
-    const lo = this.dv.getUint32(i * 8, true);
-    const hi = this.dv.getUint32(i * 8 + 4, true);
+    const lo = this.dv.getUint32(i * BAT_ENTRY_SIZE, true);
+    const hi = this.dv.getUint32(i * BAT_ENTRY_SIZE + 4, true);
     return ((lo >>> 20) + hi * 4096) * MiB;
   }
 
   /** Encode an entry into any 8 bytes (the BAT itself, or a sector being logged). */
   static encode(into: DataView, at: number, state: number, fileOffset: number): void {
     const mib = fileOffset / MiB;
-    into.setUint32(at, (state & 7) | ((mib % 4096) << 20), true);
+    into.setUint32(at, (state & BAT_STATE_MASK) | ((mib % 4096) << 20), true);
     into.setUint32(at + 4, Math.floor(mib / 4096), true);
   }
 

@@ -4,7 +4,7 @@ import { randomGuid } from '../../core/guid.js';
 import { parseSize } from '../../core/size.js';
 import { alignUp, isPowerOfTwo } from '../../core/u64.js';
 import type { CreateContext, CreateOption } from '../types.js';
-import { Bat, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT } from './bat.js';
+import { Bat, BAT_ENTRY_SIZE, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT } from './bat.js';
 import { encodeFileIdentifier } from './file-identifier.js';
 import { encodeHeader } from './header.js';
 import { GUIDS, guidBytes, HEADER_OFFSETS, HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE, MiB, MIN_BLOCK_SIZE, REGION_TABLE_OFFSETS } from './layout.js';
@@ -136,7 +136,7 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
     const dv = new DataView(bat.buffer);
     for (let b = 0; b < g.dataBlocks; b++) {
       const i = b + Math.floor(b / g.chunkRatio);
-      Bat.encode(dv, i * 8, PAYLOAD_FULLY_PRESENT, dataStart + b * blockSize);
+      Bat.encode(dv, i * BAT_ENTRY_SIZE, PAYLOAD_FULLY_PRESENT, dataStart + b * blockSize);
     }
     end = dataStart + g.dataBlocks * blockSize;
   }

@@ -2,13 +2,16 @@ import { BlockError } from '../../core/errors.js';
 import { pushExtent, type Extent } from '../../core/extent.js';
 import { randomGuid } from '../../core/guid.js';
 import { Mutex } from '../../core/mutex.js';
+import { checkRequest, readOnlyError } from '../../core/request.js';
 import { InFlight, settleAll } from '../../core/settle.js';
+import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { BackingRef, BackingTarget, Capabilities, CheckResult, FormatInfo, Image } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image } from '../types.js';
 import {
   Bat,
+  BAT_ENTRY_SIZE,
   PAYLOAD_FULLY_PRESENT,
   PAYLOAD_NOT_PRESENT,
   PAYLOAD_PARTIALLY_PRESENT,
@@ -52,7 +55,6 @@ function isUnallocated(state: number): boolean {
   return state !== PAYLOAD_FULLY_PRESENT && state !== PAYLOAD_PARTIALLY_PRESENT && state !== PAYLOAD_ZERO;
 }
 
-const ZERO_CHUNK = 4 * MiB;
 /** Sectors one metadata commit may hold before it is committed (well under a 1 MiB log's 254). */
 const COMMIT_BATCH = 64;
 
@@ -70,7 +72,9 @@ interface Piece {
 
 export class VhdxImage implements Image {
   readonly format = 'vhdx';
-  readonly capabilities: Capabilities = { write: true, writeZeroes: true, trim: false, resize: true, setBacking: true, backing: true };
+  /** Whole blocks are zeroed in the BAT (2.5.1 PAYLOAD_BLOCK_ZERO, or fresh space in a differencing disk), without writing them. */
+  readonly fastZero = true;
+  // No placement (types.ts, WritePlacement): a copy gives a VHDX target its pieces one at a time, in disk order.
   /**
    * Metadata changes (allocation, the log, headers) run one at a time under
    * this lock. Writes into FULLY_PRESENT blocks touch no metadata: they are
@@ -117,12 +121,6 @@ export class VhdxImage implements Image {
   }
   private get hasParent(): boolean {
     return this.state.params.hasParent;
-  }
-
-  private checkRange(offset: number, length: number, op: string): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockError('out-of-range', `${op} of ${length} bytes at ${offset} is outside the disk (${this.size} bytes)`, { path: this.path, offset, length, operation: op });
-    }
   }
 
   // ---- reading -------------------------------------------------------------
@@ -198,7 +196,7 @@ export class VhdxImage implements Image {
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
-    this.checkRange(offset, into.length, 'read');
+    checkRequest(this, 'read', offset, into.length);
     // Adjacent pieces contiguous in the file are merged: one pread per run,
     // and the runs (blocks apart in the file) are read at once.
     const runs: Piece[] = [];
@@ -220,14 +218,14 @@ export class VhdxImage implements Image {
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    this.checkRange(offset, length, 'block status');
+    checkRequest(this, 'block status', offset, length);
     const out: Extent[] = [];
     await this.pieces(offset, length, (p) => pushExtent(out, pieceExtent(p)));
     return out;
   }
 
   mapCached(offset: number, length: number): Extent[] | undefined {
-    this.checkRange(offset, length, 'block status');
+    checkRequest(this, 'block status', offset, length);
     const out: Extent[] = [];
     return this.walkCached(offset, offset + length, (p) => pushExtent(out, pieceExtent(p))) === null ? out : undefined;
   }
@@ -247,7 +245,7 @@ export class VhdxImage implements Image {
   // ---- writing -------------------------------------------------------------
 
   private checkWritable(op: string): void {
-    if (this.readOnly) throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: op });
+    if (this.readOnly) throw readOnlyError({ path: this.path, operation: op });
     if (this.closed) throw new BlockError('invalid-argument', 'image is closed', { path: this.path, operation: op });
   }
 
@@ -302,7 +300,7 @@ export class VhdxImage implements Image {
   }
 
   private async setBatEntry(updates: SectorUpdates, index: number, state: number, fileOffset: number, fresh: Set<number>): Promise<void> {
-    const byte = this.state.regions.bat.offset + index * 8;
+    const byte = this.state.regions.bat.offset + index * BAT_ENTRY_SIZE;
     const sectorOffset = alignDown(byte, LOG_SECTOR);
     const s = await this.sectorImage(updates, sectorOffset, fresh);
     Bat.encode(new DataView(s.buffer, s.byteOffset, s.byteLength), byte - sectorOffset, state, fileOffset);
@@ -321,8 +319,7 @@ export class VhdxImage implements Image {
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.checkWritable('write');
-    this.checkRange(offset, data.length, 'write');
-    this.checkSectors(offset, data.length, 'write');
+    checkRequest(this, 'write', offset, data.length, this.logicalSectorSize);
     if (data.length === 0) return;
     const issued = await this.lock.run(async () => {
       await this.beginWrite(true);
@@ -341,13 +338,6 @@ export class VhdxImage implements Image {
       await this.inflight.drain();
       return fn();
     });
-  }
-
-  private checkSectors(offset: number, length: number, op: string): void {
-    const lss = this.logicalSectorSize;
-    if (offset % lss !== 0 || length % lss !== 0) {
-      throw new BlockError('invalid-argument', `${op} must cover whole ${lss}-byte sectors (offset ${offset}, length ${length})`, { path: this.path, offset, length });
-    }
   }
 
   /**
@@ -449,8 +439,7 @@ export class VhdxImage implements Image {
 
   async writeZeroes(offset: number, length: number, options: { mayUnmap?: boolean } = {}): Promise<void> {
     this.checkWritable('write zeroes');
-    this.checkRange(offset, length, 'write zeroes');
-    this.checkSectors(offset, length, 'write zeroes');
+    checkRequest(this, 'write zeroes', offset, length, this.logicalSectorSize);
     if (length === 0) return;
     await this.exclusive(async () => {
       await this.beginWrite(true);
@@ -479,8 +468,7 @@ export class VhdxImage implements Image {
           if (updates.size >= COMMIT_BATCH) await this.commit(updates);
         } else {
           if (updates.size) await this.commit(updates);
-          const zeros = new Uint8Array(Math.min(n, ZERO_CHUNK));
-          for (let o = 0; o < n; o += zeros.length) await this.writeLocked(pos + o, zeros.subarray(0, Math.min(zeros.length, n - o)));
+          await writeZeroBytes((o, d) => this.writeLocked(o, d), pos, n);
         }
       }
       if (updates.size) await this.commit(updates);

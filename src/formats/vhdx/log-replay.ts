@@ -1,4 +1,6 @@
 import { BlockError } from '../../core/errors.js';
+import { readOnlyError } from '../../core/request.js';
+import { writeZeroBytes } from '../../core/zeros.js';
 import type { Store } from '../../io/store.js';
 import { LOG_SECTOR, MiB } from './layout.js';
 import { parseEntry, type LogWrite, type ParsedEntry } from './log-entry.js';
@@ -90,8 +92,6 @@ export async function planReplay(
   return { entries, writes, flushedFileOffset: head.flushedFileOffset, lastFileOffset: head.lastFileOffset };
 }
 
-const ZERO_CHUNK = MiB;
-
 /** Replay onto the file (read-write open), then make it durable. */
 export async function replayOntoFile(store: Store, plan: ReplayPlan): Promise<void> {
   let size = await store.size();
@@ -100,8 +100,7 @@ export async function replayOntoFile(store: Store, plan: ReplayPlan): Promise<vo
     else {
       // Bytes past the end of the file are zero already; write zeros only below it.
       const end = Math.min(w.offset + w.length, size);
-      const zeros = new Uint8Array(Math.min(ZERO_CHUNK, Math.max(0, end - w.offset)));
-      for (let o = w.offset; o < end; o += zeros.length) await store.write(o, zeros.subarray(0, Math.min(zeros.length, end - o)));
+      await writeZeroBytes((o, d) => store.write(o, d), w.offset, end - w.offset);
     }
     size = await store.size();
   }
@@ -179,10 +178,10 @@ export class OverlayStore implements Store {
   }
 
   async write(): Promise<void> {
-    throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'write' });
+    throw readOnlyError({ path: this.path, operation: 'write' });
   }
   async truncate(): Promise<void> {
-    throw new BlockError('read-only', 'image is open read-only', { path: this.path, operation: 'truncate' });
+    throw readOnlyError({ path: this.path, operation: 'truncate' });
   }
   async flush(): Promise<void> {}
   close(): Promise<void> {

@@ -2,7 +2,7 @@ import { BlockError } from '../../core/errors.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import { readExact } from '../../io/store.js';
 import type { BackingTarget } from '../types.js';
-import { Bat, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT } from './bat.js';
+import { Bat, BAT_ENTRY_SIZE, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT } from './bat.js';
 import { locatorFor } from './create.js';
 import type { SectorUpdates } from './journal.js';
 import { GUIDS, LOG_SECTOR, MAX_VIRTUAL_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
@@ -55,10 +55,10 @@ export async function resizeVhdx(image: VhdxImage, newSize: number, options: { s
   const bat = new Bat(g, bytes);
   const dv = new DataView(bytes.buffer);
   // Entries past the new end describe nothing: clear them, so a later grow starts from absent blocks.
-  for (let i = g.entryCount; i < bytes.length / 8; i++) dv.setBigUint64(i * 8, 0n, true);
+  for (let i = g.entryCount; i < bytes.length / BAT_ENTRY_SIZE; i++) dv.setBigUint64(i * BAT_ENTRY_SIZE, 0n, true);
   for (let b = g.dataBlocks; b < old.geometry.dataBlocks; b++) {
     const i = old.payloadIndex(b);
-    if (i < g.entryCount) Bat.encode(dv, i * 8, 0, 0);
+    if (i < g.entryCount) Bat.encode(dv, i * BAT_ENTRY_SIZE, 0, 0);
   }
   // On grow, the old last block may hold stale bytes past the old end (left by a shrink): zero them.
   if (newSize > p.virtualSize && p.virtualSize % p.blockSize !== 0) {
@@ -76,13 +76,13 @@ export async function resizeVhdx(image: VhdxImage, newSize: number, options: { s
     for (let b = old.geometry.dataBlocks; b < g.dataBlocks; b++) {
       const off = s.fileEnd;
       s.fileEnd += p.blockSize;
-      Bat.encode(dv, bat.payloadIndex(b) * 8, PAYLOAD_FULLY_PRESENT, off);
+      Bat.encode(dv, bat.payloadIndex(b) * BAT_ENTRY_SIZE, PAYLOAD_FULLY_PRESENT, off);
     }
   }
 
   const updates: SectorUpdates = new Map();
   let region = s.regions.bat;
-  if (g.entryCount * 8 > region.length) {
+  if (g.entryCount * BAT_ENTRY_SIZE > region.length) {
     const length = batRegionLength(g);
     const offset = s.fileEnd;
     s.fileEnd = alignUp(offset + length, MiB);

@@ -4,13 +4,13 @@ import { alignUp } from '../../core/u64.js';
 import type { Store } from '../../io/store.js';
 import { readExact } from '../../io/store.js';
 import type { BackingRef, OpenContext } from '../types.js';
-import { Bat, batGeometry } from './bat.js';
+import { Bat, BAT_ENTRY_SIZE, batGeometry } from './bat.js';
 import { decodeFileIdentifier } from './file-identifier.js';
 import { chooseHeader, Header } from './header.js';
 import { HeaderWriter, Journal } from './journal.js';
 import { GUIDS, HEADER_OFFSETS, HEADER_SECTION_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
 import { OverlayStore, planReplay, replayOntoFile } from './log-replay.js';
-import { decodeMetadataTable, METADATA_TABLE_SIZE, type MetadataEntry } from './metadata-table.js';
+import { decodeMetadataTable, FLAG_IS_USER, METADATA_TABLE_SIZE, type MetadataEntry } from './metadata-table.js';
 import {
   decodeVirtualSize,
   FileParameters,
@@ -91,7 +91,8 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
   const table = await readExact(store, mdRegion.offset, new Uint8Array(METADATA_TABLE_SIZE), 'metadata table');
   const entries = decodeMetadataTable(table, mdRegion.length, mdRegion.offset, path);
   const item = async (id: string, what: string, minLength: number, required = true): Promise<Uint8Array | null> => {
-    const e = entries.find((x) => x.id === id && (x.flags & 1) === 0);
+    // System items only: the table keys an item by its GUID and IsUser together (2.6.1), so a user item may carry a system GUID.
+    const e = entries.find((x) => x.id === id && (x.flags & FLAG_IS_USER) === 0);
     if (!e) {
       if (required) throw new BlockError('corrupt', `metadata item "${what}" is missing`, { path, offset: mdRegion.offset });
       return null;
@@ -121,8 +122,8 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
 
   // BAT (2.5): its region must hold every entry the geometry implies.
   const geometry = batGeometry(params.virtualSize, params.blockSize, params.logicalSectorSize, params.hasParent);
-  if (geometry.entryCount * 8 > regions.bat.length) {
-    throw new BlockError('corrupt', `BAT region holds ${regions.bat.length / 8} entries but the disk needs ${geometry.entryCount}`, { path, offset: regions.bat.offset });
+  if (geometry.entryCount * BAT_ENTRY_SIZE > regions.bat.length) {
+    throw new BlockError('corrupt', `BAT region holds ${regions.bat.length / BAT_ENTRY_SIZE} entries but the disk needs ${geometry.entryCount}`, { path, offset: regions.bat.offset });
   }
   const batBytes = await readExact(store, regions.bat.offset, new Uint8Array(Bat.loadLength(geometry)), 'BAT');
   const bat = new Bat(geometry, batBytes);

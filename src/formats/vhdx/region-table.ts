@@ -24,9 +24,10 @@ export const RegionTableEntry = defineStruct('VHDX region table entry', 'le', 32
   { name: 'guid', type: 'bytes', size: 16 },
   { name: 'fileOffset', type: 'u64' },
   { name: 'length', type: 'u32' },
-  /** Bit 0: Required — a reader that does not know the region must refuse the file. */
   { name: 'flags', type: 'u32' },
 ]);
+/** Region entry flag bit 0, Required: a reader that does not know the region must refuse the file. */
+export const REGION_REQUIRED = 1;
 
 export interface Region {
   guid: string;
@@ -87,7 +88,7 @@ export function decodeRegionTables(
       guid: guidText(e.guid),
       offset: u64ToNumber(e.fileOffset, 'region offset', ctx),
       length: e.length,
-      required: (e.flags & 1) !== 0,
+      required: (e.flags & REGION_REQUIRED) !== 0,
     };
     if (r.required && r.guid !== GUIDS.batRegion && r.guid !== GUIDS.metadataRegion) {
       throw new BlockError('unsupported', `unknown required region ${r.guid}`, ctx);

@@ -1,3 +1,4 @@
+import { type BitOrder, findBit, getBit, setBits as coreSetBits } from '../../core/bitmap.js';
 import type { Store } from '../../io/store.js';
 import { readExact } from '../../io/store.js';
 import { LOG_SECTOR } from './layout.js';
@@ -7,7 +8,8 @@ import { LOG_SECTOR } from './layout.js';
  * logical sector of the chunk they cover, least significant bit first. In a
  * differencing disk a set bit means "this block holds the sector", a clear
  * bit "ask the parent". The bitmap of payload block b of its chunk starts at
- * byte (b mod chunkRatio) * sectorsPerBlock / 8.
+ * byte (b mod chunkRatio) * sectorsPerBlock / 8. The bit manipulation is
+ * core/bitmap.ts's, in this bit order.
  *
  * Bitmaps are cached per 4 KiB sector (the unit the log updates), a bounded
  * LRU so a huge differencing disk does not pin all its bitmaps in memory.
@@ -73,50 +75,26 @@ export class SectorBitmapCache {
   }
 }
 
+/** Sector n is bit n%8 of byte n/8: least significant bit first (see SectorBitmapCache). */
+const ORDER: BitOrder = 'lsb-first';
+
 /**
- * Runs of equal bits in [start, start+count) of an LSB-first bitmap: calls
- * `emit(firstBit, length, set)` per run. Whole 0x00/0xFF bytes are skipped
- * eight bits at a time, so the cost is per changed bit, not per sector.
+ * Runs of equal bits in [start, start+count) of a sector bitmap: calls
+ * `emit(firstBit, length, set)` per run (core/bitmap.ts, a word at a time:
+ * the cost is per run, not per sector).
  */
 export function bitRuns(bits: Uint8Array, start: number, count: number, emit: (first: number, length: number, set: boolean) => void): void {
+  // core's forEachRun, unrolled here so that passing lengths costs no closure per call.
   const end = start + count;
-  let i = start;
-  while (i < end) {
-    const set = ((bits[i >> 3] >> (i & 7)) & 1) === 1;
-    const runStart = i;
-    i++;
-    while (i < end) {
-      if ((i & 7) === 0) {
-        const byte = bits[i >> 3];
-        if (byte === (set ? 0xff : 0) && i + 8 <= end) {
-          i += 8;
-          continue;
-        }
-      }
-      if ((((bits[i >> 3] >> (i & 7)) & 1) === 1) !== set) break;
-      i++;
-    }
-    emit(runStart, i - runStart, set);
+  for (let s = start; s < end; ) {
+    const set = getBit(ORDER, bits, s);
+    const e = findBit(ORDER, bits, s, end, !set);
+    emit(s, e - s, set);
+    s = e;
   }
 }
 
-/** Set (or clear) bits [start, start+count) of an LSB-first bitmap. */
+/** Set (or clear) bits [start, start+count) of a sector bitmap. */
 export function setBits(bits: Uint8Array, start: number, count: number, value: boolean): void {
-  let i = start;
-  const end = start + count;
-  while (i < end && (i & 7) !== 0) {
-    if (value) bits[i >> 3] |= 1 << (i & 7);
-    else bits[i >> 3] &= ~(1 << (i & 7));
-    i++;
-  }
-  const wholeEnd = end - (end & 7);
-  if (i < wholeEnd) {
-    bits.fill(value ? 0xff : 0, i >> 3, wholeEnd >> 3);
-    i = wholeEnd;
-  }
-  while (i < end) {
-    if (value) bits[i >> 3] |= 1 << (i & 7);
-    else bits[i >> 3] &= ~(1 << (i & 7));
-    i++;
-  }
+  coreSetBits(ORDER, bits, start, start + count, value);
 }
