@@ -71,14 +71,14 @@ export interface Inputs {
 const SEED = 0x5eed;
 
 /** A seeded byte stream: AES-128-CTR keystream (fast, and the same bytes on every machine). */
-export function seededBytes(seed: number): (n: number) => Buffer {
+function seededBytes(seed: number): (n: number) => Buffer {
   const key = createHash('sha256').update(`vdisk-bench-${seed}`).digest().subarray(0, 16);
   const cipher = createCipheriv('aes-128-ctr', key, Buffer.alloc(16));
   return (n) => cipher.update(Buffer.alloc(n));
 }
 
 /** Pick `count` distinct indexes out of [0, n) with a seeded shuffle, sorted. */
-export function pick(n: number, count: number, seed: number): number[] {
+function pick(n: number, count: number, seed: number): number[] {
   const r = rng(seed);
   const idx = Array.from({ length: n }, (_, i) => i);
   for (let i = n - 1; i > 0; i--) {

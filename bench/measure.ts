@@ -20,7 +20,7 @@ export interface Measurement {
   stdout: string;
 }
 
-export const GNU_TIME = '/usr/bin/time';
+const GNU_TIME = '/usr/bin/time';
 export const hasGnuTime = existsSync(GNU_TIME);
 
 export class CommandError extends Error {

@@ -39,7 +39,7 @@ function where(url: string): string {
   return path.startsWith('/') ? relative(appDir(), path) : path;
 }
 
-export function summarize(p: CpuProfile, top = 12): ProfileSummary {
+function summarize(p: CpuProfile, top = 12): ProfileSummary {
   const byId = new Map(p.nodes.map((n) => [n.id, n]));
   const self = new Map<number, number>();
   for (let i = 0; i < p.samples.length; i++) {

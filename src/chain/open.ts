@@ -30,7 +30,7 @@ export interface ChainOpenOptions extends LayerOpenOptions {
 }
 
 /** Read the head and tail of a store and ask every format. */
-export async function probeStore(store: Store, formats?: readonly Format[]): Promise<Format> {
+async function probeStore(store: Store, formats?: readonly Format[]): Promise<Format> {
   const size = await store.size();
   const head = new Uint8Array(Math.min(size, 64 * 1024));
   await store.read(0, head);
@@ -93,7 +93,7 @@ export async function openChain(path: string, options: ChainOpenOptions = {}): P
       if (layers.length >= depthLimit) {
         throw new BlockError('too-deep', `backing chain is deeper than the limit of ${depthLimit} layers`, { path: childPath });
       }
-      const { image, path: parentPath } = await openParent(child, childPath, ref, options, seen);
+      const { image, path: parentPath } = await openParent(childPath, ref, options, seen);
       layers.push(image);
       checkParent(child, childPath, ref, image, options);
       child = image;
@@ -107,7 +107,6 @@ export async function openChain(path: string, options: ChainOpenOptions = {}): P
 }
 
 async function openParent(
-  child: Image,
   childPath: string,
   ref: BackingRef,
   options: ChainOpenOptions,

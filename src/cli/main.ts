@@ -1,6 +1,5 @@
 import { Command, CommanderError } from 'commander';
 import { isBlockError } from '../core/errors.js';
-import { formatSize } from '../core/size.js';
 import { COMMANDS, type CommandEntry } from './commands.js';
 import type { CommandContext, Print } from './options.js';
 import { packageVersion } from './version.js';
@@ -81,5 +80,3 @@ function printCauses(e: unknown): void {
   }
   if (e instanceof Error && e.stack) console.error(e.stack);
 }
-
-export { formatSize };

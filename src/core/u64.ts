@@ -11,13 +11,6 @@ export function u64ToNumber(v: bigint, what: string, context: Record<string, unk
   return Number(v);
 }
 
-/** a + b, failing instead of losing precision. */
-export function checkedAdd(a: number, b: number, what = 'offset'): number {
-  const r = a + b;
-  if (!Number.isSafeInteger(r) || r < 0) throw new BlockError('out-of-range', `${what} overflows (${a} + ${b})`);
-  return r;
-}
-
 /** a * b, failing instead of losing precision. */
 export function checkedMul(a: number, b: number, what = 'size'): number {
   const r = a * b;

@@ -5,7 +5,7 @@
  */
 
 /** Bytes per write: large enough that a big range is few requests (VHDX's partly present blocks commit metadata per request). */
-export const ZERO_CHUNK = 4 << 20;
+const ZERO_CHUNK = 4 << 20;
 
 /** Shared by every caller and never written to, so a write may hold it as long as it likes; allocated on first use. */
 let zeros: Uint8Array | undefined;

@@ -16,7 +16,3 @@ export function blocksTouched(allocated: readonly { offset: number; length: numb
   }
   return count;
 }
-
-export function roundUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
-}
