@@ -5,13 +5,17 @@ import { fileURLToPath } from 'node:url';
 
 /** The repository root (tests run from dist/test/..., sources live in test/...). */
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', ...(import.meta.url.includes('/dist/') ? ['..'] : []));
-export const SHARED_CORPUS = resolve(REPO_ROOT, '..', 'shared', 'corpus');
+/**
+ * The corpus folder: ../shared/corpus next to the checkout, or $VDISK_CORPUS
+ * for a checkout that does not sit there (a git worktree in a sub-folder).
+ */
+export const SHARED_CORPUS = process.env.VDISK_CORPUS ? resolve(process.env.VDISK_CORPUS) : resolve(REPO_ROOT, '..', 'shared', 'corpus');
 export const CACHE_DIR = join(REPO_ROOT, '.cache');
 
 let unpacked: string | undefined;
 
 /**
- * Unpack ../shared/corpus once into the git-ignored .cache/corpus and return
+ * Unpack the corpus (SHARED_CORPUS) once into the git-ignored .cache/corpus and return
  * that folder. Files keep their sub-folders, `.xz` dropped.
  */
 export function corpusDir(): string {
