@@ -282,6 +282,13 @@ test('ZERO blocks of a differencing disk read as zeros and report zero (never th
   await c.read(MiB, got.subarray(0, MiB));
   assert.ok(got.subarray(0, MiB).every((x) => x === 0));
   assert.deepEqual((await c.top.blockStatus(MiB, MiB)).map((e) => e.kind), ['zero']);
+  // Reads inside the block, sector-aligned or not: each is one zero extent of the top layer, which
+  // the chain answers without going to the parent (Chain.readFrom's single-extent path).
+  for (const [offset, length] of [[MiB + 8192, 4096], [MiB + 1000, 3000], [2 * MiB - 512, 512]]) {
+    const part = new Uint8Array(length).fill(0xee);
+    await c.read(offset, part);
+    assert.ok(part.every((x) => x === 0), `read ${offset}+${length} of the ZERO block is not all zeros`);
+  }
   await c.close();
 });
 
