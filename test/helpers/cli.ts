@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { REPO_ROOT } from './corpus.js';
 
-const VDISK_BIN = join(REPO_ROOT, 'bin', 'vdisk.cjs');
+export const VDISK_BIN = join(REPO_ROOT, 'bin', 'vdisk.cjs');
 
 /** Run the real CLI (the built launcher) and capture its output and exit code. */
 export function vdisk(...args: string[]): { stdout: string; stderr: string; status: number } {

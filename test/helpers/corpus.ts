@@ -9,8 +9,8 @@ export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', 
  * The corpus folder: ../shared/corpus next to the checkout, or $VDISK_CORPUS
  * for a checkout that does not sit there (a git worktree in a sub-folder).
  */
-const SHARED_CORPUS = process.env.VDISK_CORPUS ? resolve(process.env.VDISK_CORPUS) : resolve(REPO_ROOT, '..', 'shared', 'corpus');
-const CACHE_DIR = join(REPO_ROOT, '.cache');
+export const SHARED_CORPUS = process.env.VDISK_CORPUS ? resolve(process.env.VDISK_CORPUS) : resolve(REPO_ROOT, '..', 'shared', 'corpus');
+export const CACHE_DIR = join(REPO_ROOT, '.cache');
 
 let unpacked: string | undefined;
 
