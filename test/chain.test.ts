@@ -54,6 +54,42 @@ test('reads fall through unallocated extents to the backing, zero-fill below the
   await c.close();
 });
 
+test('a read wholly inside one zero extent reads zeros, never the backing under it', async () => {
+  // The chain answers a read that one layer maps as a single zero extent
+  // without going further down (Chain.readFrom's single-extent path, taken
+  // when mapCached answers: the toy answers for ranges starting in an even
+  // 4 KiB page). Every other read test spans several extents, so a bug there
+  // that let such a read through to the backing would go unseen.
+  const base = new Uint8Array(64 * 1024).fill(0x11);
+  const fs = await fsWith({
+    '/b.raw': base,
+    '/mid.toy': { size: base.length, id: 2, backing: '/b.raw', backingFormat: 'raw' },
+    '/top.toy': { size: base.length, id: 3, backing: '/mid.toy', backingFormat: 'toy' },
+  });
+  const mid = await open(fs, '/mid.toy');
+  await mid.writeZeroes(0, 16384); // whole sectors: mid maps them `zero` (state 2), over the base's 0x11
+  await mid.close();
+  const c = await open(fs, '/top.toy');
+  await c.writeZeroes(32768, 16384);
+  const cases: Array<[offset: number, length: number, what: string]> = [
+    [32768, 4096, 'top zero extent, synchronous map (even page)'],
+    [32768 + 1000, 2000, 'top zero extent, unaligned, synchronous map'],
+    [36864, 4096, 'top zero extent, awaited map (odd page)'],
+    [0, 4096, 'mid zero extent under an unallocated top, synchronous map'],
+    [4096 + 512, 512, 'mid zero extent under an unallocated top, awaited map'],
+  ];
+  for (const [offset, length, what] of cases) {
+    const got = new Uint8Array(length).fill(0xee);
+    await c.read(offset, got);
+    assert.ok(got.every((x) => x === 0), `${what}: read ${offset}+${length} is not all zeros`);
+  }
+  // The backing still holds its data next to the zeroed ranges (the reads above did not just miss it).
+  const next = new Uint8Array(4096);
+  await c.read(16384, next);
+  assert.ok(next.every((x) => x === 0x11));
+  await c.close();
+});
+
 test('random unaligned writes through a chain equal a flat reference', async () => {
   await fc.assert(
     fc.asyncProperty(

@@ -6,8 +6,9 @@ import { spawnSync } from 'node:child_process';
 import { vdisk, VDISK_BIN } from './helpers/cli.js';
 import { tempDir } from './helpers/oracle.js';
 import { REPO_ROOT } from './helpers/corpus.js';
+import { qemuImg, requireTool } from './helpers/oracle.js';
 
-test('create, io, info, map, convert and compare on raw through the CLI', () => {
+test('create, io, info, map, convert and compare on raw through the CLI', (ctx) => {
   const t = tempDir();
   try {
     const img = join(t.dir, 'a.raw');
@@ -29,11 +30,15 @@ test('create, io, info, map, convert and compare on raw through the CLI', () => 
     r = vdisk('info', img);
     assert.match(r.stdout, /virtual size: 4 MiB \(4194304 bytes\)/);
     r = vdisk('map', '--output=json', img);
-    // The file is sparse: data only in the 4 KiB pages written, holes elsewhere.
-    assert.deepEqual(JSON.parse(r.stdout), [
-      { start: 0, length: 8192, depth: 0, present: true, zero: false, data: true, offset: 0 },
-      { start: 8192, length: (4 << 20) - 8192, depth: 0, present: true, zero: true, data: false, offset: 8192 },
-    ]);
+    // The file is sparse: data only in the file system blocks written, holes elsewhere. Which
+    // blocks those are is the host's (with 4 KiB blocks: [0, 8192) data, the rest a hole), so
+    // the expected map is qemu-img's, which reads the same SEEK_DATA/SEEK_HOLE answers; only
+    // the fields vdisk prints are compared (QEMU 8.2 added "compressed").
+    if (requireTool(ctx, 'qemu-img')) {
+      const fields = ({ start, length, depth, present, zero, data, offset }: Record<string, unknown>) => ({ start, length, depth, present, zero, data, offset });
+      const expected = (JSON.parse(qemuImg('map', '-f', 'raw', '--output=json', img)) as Record<string, unknown>[]).map(fields);
+      assert.deepEqual(JSON.parse(r.stdout), expected);
+    }
     const copy = join(t.dir, 'b.raw');
     r = vdisk('convert', '-O', 'raw', img, copy);
     assert.equal(r.status, 0, r.stderr);

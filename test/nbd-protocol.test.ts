@@ -6,7 +6,7 @@ import { MemoryFs } from '../src/io/memory-store.js';
 import { makeExport, transmissionFlags, type NbdExport } from '../src/nbd/export.js';
 import { Negotiation } from '../src/nbd/handshake.js';
 import { NbdParser, NbdProtocolError, type ClientFrame } from '../src/nbd/parser.js';
-import { optionFrame, requestFrame } from '../src/nbd/client.js';
+import { optionFrame, requestFrame } from './helpers/nbd-client.js';
 import { NBD_ERRNO, nbdErrno } from '../src/nbd/errno.js';
 import { BlockError } from '../src/core/errors.js';
 import * as P from '../src/nbd/protocol.js';

@@ -5,7 +5,7 @@ import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { startNbdServer, type NbdServer, type NbdServerOptions } from '../src/nbd/server.js';
-import { NbdClient, NbdRequestError, SocketReader, optionFrame, requestFrame } from '../src/nbd/client.js';
+import { NbdClient, NbdRequestError, SocketReader, optionFrame, requestFrame } from './helpers/nbd-client.js';
 import * as P from '../src/nbd/protocol.js';
 import { tempDir } from './helpers/oracle.js';
 import { createImage } from '../src/ops/create.js';

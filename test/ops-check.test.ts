@@ -92,6 +92,11 @@ test('check through the CLI: JSON like qemu-img, exit codes, repair of add-cow s
 
 /** Corpus files that are damaged on purpose (MANIFEST: "bad input"). */
 const DELIBERATELY_BAD = new Set(['dfvfs/image.vhd', 'dfvfs/image-differential.vhd']);
+/**
+ * Files with blocks nothing refers to. qemu-img check does not look for leaks in VHDX, so this was
+ * found by hand: after replaying iotest-dirtylog-10G-4M.vhdx's one log entry (MS-VHDX 2.3), its BAT
+ * (1 MiB blocks) and regions leave 4 MiB at 4 MiB, 2 MiB at 10 MiB and 2 MiB at 21 MiB unreferenced.
+ */
 const LEAKY = new Set(['qemu-iotests/iotest-dirtylog-10G-4M.vhdx']);
 
 test('every corpus image checks clean, except the deliberately bad ones', async () => {
@@ -122,5 +127,6 @@ test('every corpus image checks clean, except the deliberately bad ones', async 
       } else assert.equal(code, CHECK_EXIT.clean, `${rel}: ${JSON.stringify(reports[0].problems)}`);
     }
   }
+  // MANIFEST.md lists 31 VHD/VHDX images; the 2 bad-input ones do not open: 29 are checked (one spare).
   assert.ok(checked >= 28, `only ${checked} corpus images checked`);
 });

@@ -11,7 +11,6 @@ import { pyvhdiDigest, qemuDigest, qemuImg, qemuIo, requireTool, run, tempDir, v
 
 const MiB = 1 << 20;
 const ok = (r: { status: number; stderr: string }) => assert.equal(r.status, 0, r.stderr);
-/** VHDX setBacking/resize were stubs when these tests were written: drop this once they land. */
 
 for (const [fmt, qfmt] of [['vhd', 'vpc'], ['vhdx', 'vhdx']] as const) {
   test(`${fmt}: commit and rebase a child made by vdisk over qemu-img parents`, async (t) => {

@@ -3,10 +3,6 @@ import assert from 'node:assert/strict';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { FORMATS } from '../src/formats/registry.js';
-import type { Format } from '../src/formats/types.js';
-import { measureVhd } from '../src/formats/vhd/measure.js';
-import { measureVhdx } from '../src/formats/vhdx/measure.js';
-import { measureAddCow } from '../src/formats/add-cow/measure.js';
 import { measureImage } from '../src/ops/measure.js';
 import { convert } from '../src/ops/convert.js';
 import { createImage } from '../src/ops/create.js';
@@ -14,14 +10,6 @@ import { vdisk } from './helpers/cli.js';
 import { qemuImg, qemuIo, requireTool, tempDir } from './helpers/oracle.js';
 
 const MiB = 1 << 20;
-
-/**
- * The registry's formats, each with its measure function (the format
- * folders' measure.ts modules are wired into the format objects by the lead;
- * until then the test supplies them).
- */
-const MEASURES: Record<string, Format['measure']> = { vhd: measureVhd, vhdx: measureVhdx, 'add-cow': measureAddCow };
-const WITH_MEASURE: readonly Format[] = FORMATS.map((f) => (f.measure ? f : { ...f, measure: MEASURES[f.name] }));
 
 const CASES: Record<string, Record<string, string>[]> = {
   raw: [{}],
@@ -46,10 +34,10 @@ test('measure equals the size convert produces, sparse (-S 4k) and fully allocat
     // Data in 4 KiB-aligned runs without zero granules: what convert writes is exactly what block status reports.
     qemuIo('raw', src, 'write -P 0x11 0 100k', `write -P 0x22 ${3 * MiB + 4096} 300k`, `write -P 0x33 ${7.5 * MiB} 512k`);
     let n = 0;
-    for (const f of WITH_MEASURE) {
+    for (const f of FORMATS) {
       for (const options of CASES[f.name] ?? [{}]) {
         const label = `${f.name} ${JSON.stringify(options)}`;
-        const m = await measureImage({ format: f.name, options, source: src, formats: WITH_MEASURE });
+        const m = await measureImage({ format: f.name, options, source: src });
         const sparse = join(dir, `out-${n}.${f.name}`);
         await convert({ source: src, target: sparse, targetFormat: f.name, options });
         assert.equal(outputBytes(f.name, sparse), m.required, `${label}: required`);
@@ -60,13 +48,13 @@ test('measure equals the size convert produces, sparse (-S 4k) and fully allocat
         // -S 0 writes the source's 8 MiB; a format that rounds the size up (VHD geometry) has blocks past it.
         if (created.size === 8 * MiB) assert.equal(outputBytes(f.name, full), m['fully-allocated'], `${label}: fully allocated`);
         else assert.ok(outputBytes(f.name, full) <= m['fully-allocated'], `${label}: fully allocated covers the rounded size`);
-        const e = await measureImage({ format: f.name, options, size: 8 * MiB, formats: WITH_MEASURE });
+        const e = await measureImage({ format: f.name, options, size: 8 * MiB });
         assert.equal(outputBytes(f.name, empty), f.name === 'raw' ? 8 * MiB : e.required, `${label}: empty`);
         assert.equal(e['fully-allocated'], m['fully-allocated']);
         n++;
       }
     }
-    t.diagnostic(`measured ${n} format/option cases: ${WITH_MEASURE.map((f) => f.name).join(', ')}`);
+    t.diagnostic(`measured ${n} format/option cases: ${FORMATS.map((f) => f.name).join(', ')}`);
   } finally {
     cleanup();
   }

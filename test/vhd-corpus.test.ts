@@ -18,7 +18,16 @@ const specDigest = (files: string[]) => {
 
 /**
  * Every standalone VHD of the corpus, with the footer's current size (the
- * disk's size for vdisk and libvhdi) and whether it holds any data blocks.
+ * disk's size for vdisk) and whether it holds any data blocks.
+ *
+ * Sizes: MANIFEST.md's "virtual size" column where it gives one; for every
+ * file, libvhdi's `vhdiinfo` "Media size" (20210425) says the same, except
+ * original-size-mismatch.vhd, where vhdiinfo prints the original size 1061888
+ * and qemu-img (7.2) `info -f vpc` the current size 2123776 (MANIFEST: the
+ * current size is the disk's size). qemu-img agrees on every other size but
+ * vbox.vhd and virtualpc-dynamic.vhd, where it takes CHS (see the next test).
+ * `empty`: `qemu-img map -f vpc --output=json` reports no data in these (and
+ * data in every other one); the test checks that again below.
  */
 const STANDALONE: Array<{ file: string; size: number; empty?: boolean }> = [
   { file: 'go-vhd/win8.vhd', size: 41943040, empty: true },
@@ -97,6 +106,9 @@ for (const c of STANDALONE) {
 }
 
 test('corpus: the size mismatches (CHS vs current size, original vs current) resolve to the footer current size', async () => {
+  // CHS sizes: MANIFEST.md notes, and what qemu-img 7.2 `info -f vpc` reports for these two files.
+  // original-size-mismatch.vhd: original size 1061888 is what vhdiinfo prints as its media size;
+  // current size 2123776: MANIFEST.md and qemu-img info.
   for (const [file, chs] of [['go-vhd/vbox.vhd', 41909760], ['qemu-iotests/virtualpc-dynamic.vhd', 136363130880]] as const) {
     const [info] = await imageInfo(corpusFile(file));
     const data = info['format-specific']!.data as { geometry: { size: number }; warnings?: string[] };
@@ -110,6 +122,10 @@ test('corpus: the size mismatches (CHS vs current size, original vs current) res
 });
 
 test('corpus go-vhd/win8-child.vhd opens as a chain over win8.vhd (W2ru), same content as libvhdi and the spec reader', async (t) => {
+  // MANIFEST.md: a real Windows child of win8.vhd, parent UUID matches, W2ku + W2ru locators.
+  // The locator paths and data-space fields: the dynamic header's locator entries read by hand
+  // (W2ku: data space 4096, "C:\Users\sergi\Downloads\win8.vhd", also vhdiinfo's "Parent
+  // filename"; W2ru: data space 65536, ".\win8.vhd").
   const child = corpusFile('go-vhd/win8-child.vhd');
   const parent = corpusFile('go-vhd/win8.vhd');
   const chain = await openChain(child, { readOnly: true });
@@ -130,6 +146,9 @@ test('corpus go-vhd/win8-child.vhd opens as a chain over win8.vhd (W2ru), same c
 });
 
 test('corpus dfvfs/fat-differential.vhd: parent missing is not-found naming the paths tried; layer-only reads its own data', async (t) => {
+  // MANIFEST.md: parent fat-parent.vhd not in the corpus, W2ku + W2ru locators, qemu-img ignores the
+  // parent. The paths: its locator entries read by hand (W2ru ".\fat-parent.vhd", W2ku
+  // "C:\Projects\dfvfs\test_data\fat-parent.vhd", also vhdiinfo's "Parent filename").
   const path = corpusFile('dfvfs/fat-differential.vhd');
   await assert.rejects(openChain(path, { readOnly: true }), (e: unknown) => {
     assert.ok(isBlockError(e, 'not-found'));
@@ -170,6 +189,9 @@ async function fakeFatParent(dir: string): Promise<string> {
 }
 
 test('libvhdi 20210425 mis-reads mixed sector-bitmap bytes (fat-differential.vhd, byte 0x02 at sectors 128-135); vdisk follows the spec', async (t) => {
+  // MANIFEST.md: one allocated block whose bitmap mixes set and clear bits (0x02, 0x01, 0xcb, 0xa8),
+  // which libvhdi mis-reads. Read by hand: block 0's bitmap (file sector 159) has 0x02 at byte 16,
+  // i.e. sectors 128-135 with only sector 134 set (most significant bit first, spec "Block Bitmap").
   const d = tempDir();
   try {
     const child = await fakeFatParent(d.dir);
@@ -193,6 +215,9 @@ test('libvhdi 20210425 mis-reads mixed sector-bitmap bytes (fat-differential.vhd
 });
 
 test('corpus dfvfs/image*.vhd: wrong checksums fail with a checksum error unless ignoreChecksums (said in info)', async (t) => {
+  // MANIFEST.md: bad input, footer checksums wrong, the child names its parent "image.vhd" with no
+  // locators (vhdiinfo: "Parent filename: image.vhd"), plaso/image.vhd is the unedited original.
+  // Recomputed by hand: the child's footer, footer copy and dynamic header checksums are all wrong.
   for (const f of ['dfvfs/image.vhd', 'dfvfs/image-differential.vhd']) {
     await assert.rejects(openChain(corpusFile(f), { readOnly: true }), (e: unknown) => isBlockError(e, 'checksum'));
   }
@@ -210,6 +235,8 @@ test('corpus dfvfs/image*.vhd: wrong checksums fail with a checksum error unless
 
 test('corpus xapi.vhd: the XenServer batmap is found and its checksum verified', async () => {
   const img = await openLayer(corpusFile('go-vhd/xapi.vhd'), { readOnly: true });
+  // The file's bytes, read by hand (blktap's layout, not in the Microsoft spec): "tdbatmap" header at
+  // 2048, batmap at 2560, 1 sector, version 0x00010002, checksum 0xffffffff over an all-zero batmap.
   assert.deepEqual(img.info().specific.batmap, { offset: 2560, size: 512, version: '1.2', 'checksum-ok': true });
   await img.close();
   assert.equal(Footer.SIZE, 512);

@@ -13,6 +13,9 @@ import { corpusFile } from './helpers/corpus.js';
 
 const at0 = { offset: 0 };
 
+// Expected values of the libvhdi fragments (MANIFEST.md: a VHD footer and dynamic header of a
+// differencing disk, from libvhdi's tests/data), read by hand per the VHD spec: footer disk type 4
+// (differencing), data offset 512; dynamic header block size 2 MiB, parent unicode name "dynamic.vhd".
 test('libvhdi fragment: a differencing disk footer decodes, checksum verified, and re-encodes byte for byte', () => {
   const buf = readFileSync(corpusFile('libvhdi-fragments/file_footer.1'));
   const { footer, checksumOk } = decodeFooter(buf, at0);

@@ -4,4 +4,3 @@ export { makeExport, transmissionFlags, type NbdExport, type ExportOptions } fro
 export { NBD_ERRNO, nbdErrno } from './errno.js';
 export { NbdParser, NbdProtocolError, type ClientFrame, type ParserMode } from './parser.js';
 export { Negotiation } from './handshake.js';
-export { NbdClient, NbdRequestError, type ClientOptions } from './client.js';

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { BlockError } from '../../src/core/errors.js';
 import { FaultStore } from '../../src/io/fault-store.js';
-import { MemoryFs, MemoryStore } from '../../src/io/memory-store.js';
+import { MemoryStore } from '../../src/io/memory-store.js';
 import type { OpenStoreOptions, Store, StoreOpener } from '../../src/io/store.js';
 import { openChain, type ChainOpenOptions } from '../../src/chain/open.js';
 import { rawFormat } from '../../src/formats/raw/index.js';
@@ -61,7 +61,7 @@ function withOpsHooks(img: Image, store: Store): Image {
   return img;
 }
 
-export const cowFormat: Format = {
+const cowFormat: Format = {
   ...toyFormat,
   async open(ctx) {
     return withOpsHooks(await toyFormat.open(ctx), ctx.store);
@@ -160,5 +160,3 @@ export async function chainDigest(path: string, options: ChainOpenOptions): Prom
     await c.close();
   }
 }
-
-export { MemoryFs };

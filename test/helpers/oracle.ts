@@ -1,6 +1,6 @@
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, rmSync, readFileSync, createReadStream } from 'node:fs';
+import { mkdtempSync, rmSync, createReadStream } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
@@ -12,14 +12,14 @@ import { nativeAddon, type NativeAddon } from '../../src/io/native.js';
  * and NBD clients. Locally a missing tool skips the test; under CI=true it
  * fails, so an oracle can never be silently absent where it matters.
  */
-export const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
+const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
 
-export function hasTool(cmd: string, args: string[] = ['--version']): boolean {
+function hasTool(cmd: string, args: string[] = ['--version']): boolean {
   const r = spawnSync(cmd, args, { stdio: 'ignore' });
   return r.status === 0;
 }
 
-export function hasPyvhdi(): boolean {
+function hasPyvhdi(): boolean {
   return spawnSync('/usr/bin/python3', ['-c', 'import pyvhdi'], { stdio: 'ignore' }).status === 0;
 }
 
@@ -28,8 +28,7 @@ export function hasPyvhdi(): boolean {
  * skips it elsewhere (returning false: the caller returns at once).
  */
 export function requireTool(t: TestContext, name: 'qemu-img' | 'qemu-io' | 'pyvhdi' | 'nbdinfo' | 'nbdcopy' | 'qemu-nbd'): boolean {
-  const ok =
-    name === 'pyvhdi' ? hasPyvhdi() : name === 'qemu-io' || name === 'qemu-nbd' ? hasTool(name, ['--version']) : hasTool(name, ['--version']);
+  const ok = name === 'pyvhdi' ? hasPyvhdi() : hasTool(name);
   if (ok) return true;
   if (IN_CI) throw new Error(`${name} is required in CI but not installed (see .ci/run)`);
   t.skip(`${name} not installed`);
@@ -162,8 +161,6 @@ sys.stdout.buffer.write(files[0].read_buffer_at_offset(n, off))
   if (r.status !== 0) throw new Error(`pyvhdi read failed: ${r.stderr}`);
   return r.stdout;
 }
-
-export { execFileSync, readFileSync };
 
 /** vdisk's native addon, or a skip outside CI (in CI it must load: its paths are tested through it). */
 export function requireNativeAddon(t: TestContext): NativeAddon | null {

@@ -28,12 +28,13 @@ import {
   REQUEST_MAGIC,
   SIMPLE_REPLY_MAGIC,
   STRUCTURED_REPLY_MAGIC,
-} from './protocol.js';
+} from '../../src/nbd/protocol.js';
 
 /**
- * A small NBD client: enough to test the server and to drive benchmarks
- * (fixed newstyle, NBD_OPT_GO, structured replies, metadata contexts,
- * pipelined requests). Not a general-purpose client.
+ * A small NBD client: enough to test the server (fixed newstyle, NBD_OPT_GO,
+ * structured replies, metadata contexts, pipelined requests). Not a
+ * general-purpose client, and not part of vdisk: only the tests use it (the
+ * benchmarks drive the server with nbdcopy).
  */
 
 /** A request the server answered with an error. */
