@@ -4,9 +4,8 @@ import { mkdirSync, writeFileSync, chmodSync, statSync, existsSync, readFileSync
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { vdisk, VDISK_BIN } from './helpers/cli.js';
-import { tempDir } from './helpers/oracle.js';
+import { qemuImg, requireTool, tempDir } from './helpers/oracle.js';
 import { REPO_ROOT } from './helpers/corpus.js';
-import { qemuImg, requireTool } from './helpers/oracle.js';
 
 test('create, io, info, map, convert and compare on raw through the CLI', (ctx) => {
   const t = tempDir();
