@@ -42,7 +42,7 @@ import {
 } from './protocol.js';
 
 /** Metadata contexts this server knows, with the ids NBD_OPT_SET_META_CONTEXT hands out. */
-export const META_CONTEXTS: readonly { id: number; name: string }[] = [
+const META_CONTEXTS: readonly { id: number; name: string }[] = [
   { id: 1, name: CONTEXT_BASE_ALLOCATION },
   { id: 2, name: CONTEXT_ALLOCATION_DEPTH },
 ];

@@ -16,8 +16,7 @@ export const REQUEST_MAGIC = 0x25609513;
 export const SIMPLE_REPLY_MAGIC = 0x67446698;
 export const STRUCTURED_REPLY_MAGIC = 0x668e33ef;
 
-/** Bytes: server greeting, option header, request header, simple and structured reply headers. */
-export const GREETING_SIZE = 18;
+/** Bytes: option header, request header, simple and structured reply headers. */
 export const OPTION_HEADER_SIZE = 16;
 export const REQUEST_SIZE = 28;
 export const SIMPLE_REPLY_SIZE = 16;
@@ -37,20 +36,18 @@ export const FLAG_HAS_FLAGS = 1 << 0;
 export const FLAG_READ_ONLY = 1 << 1;
 export const FLAG_SEND_FLUSH = 1 << 2;
 export const FLAG_SEND_FUA = 1 << 3;
-export const FLAG_ROTATIONAL = 1 << 4;
 export const FLAG_SEND_TRIM = 1 << 5;
 export const FLAG_SEND_WRITE_ZEROES = 1 << 6;
 export const FLAG_SEND_DF = 1 << 7;
 export const FLAG_CAN_MULTI_CONN = 1 << 8;
-export const FLAG_SEND_RESIZE = 1 << 9;
-export const FLAG_SEND_CACHE = 1 << 10;
 export const FLAG_SEND_FAST_ZERO = 1 << 11;
 
 // Options.
 export const OPT_EXPORT_NAME = 1;
 export const OPT_ABORT = 2;
 export const OPT_LIST = 3;
-export const OPT_PEEK_EXPORT = 4;
+/** Named in logs only: vdisk does not implement it (the client gets NBD_REP_ERR_UNSUP). */
+const OPT_PEEK_EXPORT = 4;
 export const OPT_STARTTLS = 5;
 export const OPT_INFO = 6;
 export const OPT_GO = 7;
@@ -66,13 +63,8 @@ export const REP_INFO = 3;
 export const REP_META_CONTEXT = 4;
 export const REP_ERR = 0x80000000;
 export const REP_ERR_UNSUP = REP_ERR + 1;
-export const REP_ERR_POLICY = REP_ERR + 2;
 export const REP_ERR_INVALID = REP_ERR + 3;
-export const REP_ERR_PLATFORM = REP_ERR + 4;
-export const REP_ERR_TLS_REQD = REP_ERR + 5;
 export const REP_ERR_UNKNOWN = REP_ERR + 6;
-export const REP_ERR_SHUTDOWN = REP_ERR + 7;
-export const REP_ERR_BLOCK_SIZE_REQD = REP_ERR + 8;
 export const REP_ERR_TOO_BIG = REP_ERR + 9;
 
 // NBD_REP_INFO payload types.
@@ -90,7 +82,8 @@ export const CMD_TRIM = 4;
 export const CMD_CACHE = 5;
 export const CMD_WRITE_ZEROES = 6;
 export const CMD_BLOCK_STATUS = 7;
-export const CMD_RESIZE = 8;
+/** Named in logs only: vdisk does not offer it (no NBD_FLAG_SEND_RESIZE). */
+const CMD_RESIZE = 8;
 
 // Command flags.
 export const CMD_FLAG_FUA = 1 << 0;
@@ -98,7 +91,6 @@ export const CMD_FLAG_NO_HOLE = 1 << 1;
 export const CMD_FLAG_DF = 1 << 2;
 export const CMD_FLAG_REQ_ONE = 1 << 3;
 export const CMD_FLAG_FAST_ZERO = 1 << 4;
-export const CMD_FLAG_PAYLOAD_LEN = 1 << 5;
 
 // Structured reply flags and chunk types.
 export const REPLY_FLAG_DONE = 1 << 0;
@@ -107,7 +99,6 @@ export const REPLY_TYPE_OFFSET_DATA = 1;
 export const REPLY_TYPE_OFFSET_HOLE = 2;
 export const REPLY_TYPE_BLOCK_STATUS = 5;
 export const REPLY_TYPE_ERROR = (1 << 15) + 1;
-export const REPLY_TYPE_ERROR_OFFSET = (1 << 15) + 2;
 
 // Error values (proto.md "Error values"): the only ones a reply may carry.
 export const NBD_EPERM = 1;
