@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { BlockError, fromSystemError } from '../src/core/errors.js';
+import { BlockError, fromSystemError, isBlockError } from '../src/core/errors.js';
 import { parseSize, formatSize } from '../src/core/size.js';
 import { splitAligned, writeUnaligned } from '../src/core/align.js';
 import { u64ToNumber, checkRange, isPowerOfTwo } from '../src/core/u64.js';
@@ -315,4 +315,11 @@ test('file store: writev puts the parts back to back, like one write of their co
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('isBlockError tells BlockErrors, and their kind, from other errors', () => {
+  const e = new BlockError('corrupt', 'x');
+  assert.ok(isBlockError(e) && isBlockError(e, 'corrupt'));
+  assert.ok(!isBlockError(e, 'io'), 'another kind');
+  assert.ok(!isBlockError(new Error('x')) && !isBlockError('corrupt') && !isBlockError(undefined));
 });

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { openChain } from '../src/chain/open.js';
-import { BlockError, isBlockError } from '../src/core/errors.js';
+import { BlockError } from '../src/core/errors.js';
 import { MemoryFs, MemoryStore } from '../src/io/memory-store.js';
 import { createImage } from '../src/ops/create.js';
 import { Footer, vhdChecksum } from '../src/formats/vhd/footer.js';
@@ -178,5 +178,4 @@ test('fuzz: mutated corpus and vdisk-made footers, headers, BATs and locators on
     { numRuns: 400, seed: 20240601 },
   );
   assert.ok(opened > 0, 'some mutations leave an image that still opens');
-  assert.ok(isBlockError(new BlockError('corrupt', 'x'), 'corrupt'));
 });
