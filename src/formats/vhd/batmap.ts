@@ -1,6 +1,8 @@
 import { defineStruct } from '../../codec/struct.js';
 import { BlockError } from '../../core/errors.js';
 import { checkRange, u64ToNumber } from '../../core/u64.js';
+import type { Store } from '../../io/store.js';
+import { readExact } from '../../io/store.js';
 import { vhdChecksum } from './footer.js';
 
 /**
@@ -60,4 +62,14 @@ export function encodeBatmapHeader(b: { offset: number; size: number; version: n
   const out = original.slice(0, 512);
   BatmapHeader.encode({ cookie: new TextEncoder().encode(BATMAP_COOKIE), batmapOffset: BigInt(b.offset), batmapSize: b.size / 512, batmapVersion: b.version, checksum }, out);
   return out;
+}
+
+/** Zero the batmap (every block "look at the sector bitmap"): always true, whatever the bitmaps hold. */
+export async function clearBatmap(store: Store, m: Batmap): Promise<void> {
+  const zeros = new Uint8Array(m.size);
+  await store.write(m.offset, zeros);
+  const header = await readExact(store, m.headerOffset, new Uint8Array(512), 'VHD batmap header');
+  await store.write(m.headerOffset, encodeBatmapHeader(m, batmapChecksum(zeros), header));
+  await store.flush();
+  m.checksumOk = true;
 }
