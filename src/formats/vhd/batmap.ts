@@ -18,7 +18,7 @@ import { vhdChecksum } from './footer.js';
  *   0 cookie "tdbatmap"   8 batmap offset (bytes)   16 batmap size (sectors)
  *  20 batmap version      24 checksum (one's complement of the batmap's byte sum)
  */
-export const BatmapHeader = defineStruct('VHD batmap header', 'be', 512, [
+const BatmapHeader = defineStruct('VHD batmap header', 'be', 512, [
   { name: 'cookie', type: 'bytes', size: 8 },
   { name: 'batmapOffset', type: 'u64' },
   { name: 'batmapSize', type: 'u32' },
@@ -26,7 +26,7 @@ export const BatmapHeader = defineStruct('VHD batmap header', 'be', 512, [
   { name: 'checksum', type: 'u32' },
 ]);
 
-export const BATMAP_COOKIE = 'tdbatmap';
+const BATMAP_COOKIE = 'tdbatmap';
 
 export interface Batmap {
   headerOffset: number;
@@ -58,7 +58,7 @@ export function batmapChecksum(map: Uint8Array): number {
   return vhdChecksum(map, map.length); // offset past the end: no field to skip
 }
 
-export function encodeBatmapHeader(b: { offset: number; size: number; version: number }, checksum: number, original: Uint8Array): Uint8Array {
+function encodeBatmapHeader(b: { offset: number; size: number; version: number }, checksum: number, original: Uint8Array): Uint8Array {
   const out = original.slice(0, 512);
   BatmapHeader.encode({ cookie: new TextEncoder().encode(BATMAP_COOKIE), batmapOffset: BigInt(b.offset), batmapSize: b.size / 512, batmapVersion: b.version, checksum }, out);
   return out;

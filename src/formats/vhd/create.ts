@@ -12,8 +12,8 @@ import { MAX_SIZE } from './state.js';
 
 export const DEFAULT_BLOCK_SIZE = 2 << 20;
 /** Creator application recorded in new images (spec "Creator Application": a four-character tag of the tool). */
-export const CREATOR_APP = 'vdsk';
-export const CREATOR_VERSION = 0x00010000;
+const CREATOR_APP = 'vdsk';
+const CREATOR_VERSION = 0x00010000;
 /** Host OS code of Windows (Wi2k); qemu-img writes the same. */
 const HOST_OS_WINDOWS = 0x5769326b;
 
@@ -38,7 +38,7 @@ function vhdNow(date = new Date()): number {
   return Math.max(0, Math.min(0xffffffff, Math.floor(date.getTime() / 1000) - VHD_EPOCH_UNIX));
 }
 
-export function newFooter(size: number, geometry: { cylinders: number; heads: number; sectorsPerTrack: number }, diskType: VhdFooter['diskType']): VhdFooter {
+function newFooter(size: number, geometry: { cylinders: number; heads: number; sectorsPerTrack: number }, diskType: VhdFooter['diskType']): VhdFooter {
   return {
     features: FEATURES_RESERVED,
     fileFormatVersion: FILE_FORMAT_VERSION,
@@ -59,13 +59,13 @@ export function newFooter(size: number, geometry: { cylinders: number; heads: nu
 }
 
 /** VHD UUIDs are stored as 16 bytes in text order. */
-export function uuidBytes(s: string): Uint8Array {
+function uuidBytes(s: string): Uint8Array {
   const hex = s.replace(/[{}-]/g, '');
   if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new BlockError('invalid-argument', `not a UUID: ${s}`);
   return new Uint8Array(Buffer.from(hex, 'hex'));
 }
 
-export interface ParentRecord {
+interface ParentRecord {
   uuid: Uint8Array;
   timestamp: number;
   unicodeName: string;
