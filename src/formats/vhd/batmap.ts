@@ -1,6 +1,8 @@
 import { defineStruct } from '../../codec/struct.js';
 import { BlockError } from '../../core/errors.js';
 import { checkRange, u64ToNumber } from '../../core/u64.js';
+import type { Store } from '../../io/store.js';
+import { readExact } from '../../io/store.js';
 import { vhdChecksum } from './footer.js';
 
 /**
@@ -16,7 +18,7 @@ import { vhdChecksum } from './footer.js';
  *   0 cookie "tdbatmap"   8 batmap offset (bytes)   16 batmap size (sectors)
  *  20 batmap version      24 checksum (one's complement of the batmap's byte sum)
  */
-export const BatmapHeader = defineStruct('VHD batmap header', 'be', 512, [
+const BatmapHeader = defineStruct('VHD batmap header', 'be', 512, [
   { name: 'cookie', type: 'bytes', size: 8 },
   { name: 'batmapOffset', type: 'u64' },
   { name: 'batmapSize', type: 'u32' },
@@ -24,7 +26,7 @@ export const BatmapHeader = defineStruct('VHD batmap header', 'be', 512, [
   { name: 'checksum', type: 'u32' },
 ]);
 
-export const BATMAP_COOKIE = 'tdbatmap';
+const BATMAP_COOKIE = 'tdbatmap';
 
 export interface Batmap {
   headerOffset: number;
@@ -56,8 +58,18 @@ export function batmapChecksum(map: Uint8Array): number {
   return vhdChecksum(map, map.length); // offset past the end: no field to skip
 }
 
-export function encodeBatmapHeader(b: { offset: number; size: number; version: number }, checksum: number, original: Uint8Array): Uint8Array {
+function encodeBatmapHeader(b: { offset: number; size: number; version: number }, checksum: number, original: Uint8Array): Uint8Array {
   const out = original.slice(0, 512);
   BatmapHeader.encode({ cookie: new TextEncoder().encode(BATMAP_COOKIE), batmapOffset: BigInt(b.offset), batmapSize: b.size / 512, batmapVersion: b.version, checksum }, out);
   return out;
+}
+
+/** Zero the batmap (every block "look at the sector bitmap"): always true, whatever the bitmaps hold. */
+export async function clearBatmap(store: Store, m: Batmap): Promise<void> {
+  const zeros = new Uint8Array(m.size);
+  await store.write(m.offset, zeros);
+  const header = await readExact(store, m.headerOffset, new Uint8Array(512), 'VHD batmap header');
+  await store.write(m.headerOffset, encodeBatmapHeader(m, batmapChecksum(zeros), header));
+  await store.flush();
+  m.checksumOk = true;
 }

@@ -8,17 +8,16 @@ import { batBytes, encodeBat } from './bat.js';
 import { DYNAMIC_HEADER_SIZE, HEADER_VERSION, MAX_BLOCK_SIZE, encodeDynamicHeader } from './dynamic-header.js';
 import { FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE, VHD_EPOCH_UNIX, type VhdFooter, chsForSectors, encodeFooter, roundSizeToChs } from './footer.js';
 import { LOCATOR_COUNT, ParentLocatorEntry, PlatformCode, encodeLocatorData, encodeLocatorEntry } from './parent-locator.js';
+import { MAX_SIZE } from './state.js';
 
-/** The spec's largest disk: 2040 GiB (the CHS field and the 32-bit BAT sector numbers both allow it). */
-export const VHD_MAX_SIZE = 2040 * 2 ** 30;
 export const DEFAULT_BLOCK_SIZE = 2 << 20;
 /** Creator application recorded in new images (spec "Creator Application": a four-character tag of the tool). */
-export const CREATOR_APP = 'vdsk';
-export const CREATOR_VERSION = 0x00010000;
+const CREATOR_APP = 'vdsk';
+const CREATOR_VERSION = 0x00010000;
 /** Host OS code of Windows (Wi2k); qemu-img writes the same. */
 const HOST_OS_WINDOWS = 0x5769326b;
 
-export const createOptions: readonly CreateOption[] = [
+export const CREATE_OPTIONS: readonly CreateOption[] = [
   { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], description: 'dynamic (grows as written, default) or fixed (all space allocated up front)' },
   { name: 'block_size', type: 'size', description: 'block size of a dynamic or differencing disk (power of two, 512 bytes to 256 MiB; default 2 MiB)' },
   { name: 'force_size', type: 'bool', description: 'keep the size exactly instead of rounding it up to a whole CHS geometry' },
@@ -39,7 +38,7 @@ function vhdNow(date = new Date()): number {
   return Math.max(0, Math.min(0xffffffff, Math.floor(date.getTime() / 1000) - VHD_EPOCH_UNIX));
 }
 
-export function newFooter(size: number, geometry: { cylinders: number; heads: number; sectorsPerTrack: number }, diskType: VhdFooter['diskType']): VhdFooter {
+function newFooter(size: number, geometry: { cylinders: number; heads: number; sectorsPerTrack: number }, diskType: VhdFooter['diskType']): VhdFooter {
   return {
     features: FEATURES_RESERVED,
     fileFormatVersion: FILE_FORMAT_VERSION,
@@ -60,13 +59,13 @@ export function newFooter(size: number, geometry: { cylinders: number; heads: nu
 }
 
 /** VHD UUIDs are stored as 16 bytes in text order. */
-export function uuidBytes(s: string): Uint8Array {
+function uuidBytes(s: string): Uint8Array {
   const hex = s.replace(/[{}-]/g, '');
   if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new BlockError('invalid-argument', `not a UUID: ${s}`);
   return new Uint8Array(Buffer.from(hex, 'hex'));
 }
 
-export interface ParentRecord {
+interface ParentRecord {
   uuid: Uint8Array;
   timestamp: number;
   unicodeName: string;
@@ -133,8 +132,8 @@ export async function createVhd(ctx: CreateContext): Promise<void> {
     size = p.size;
     geometry = p;
   }
-  if (size > VHD_MAX_SIZE) {
-    throw new BlockError('out-of-range', `a VHD holds at most 2040 GiB (${VHD_MAX_SIZE} bytes); ${size} bytes asked`, { path: ctx.path });
+  if (size > MAX_SIZE) {
+    throw new BlockError('out-of-range', `a VHD holds at most 2040 GiB (${MAX_SIZE} bytes); ${size} bytes asked`, { path: ctx.path });
   }
   const diskType = differencing ? 'differencing' : subformat === 'fixed' ? 'fixed' : 'dynamic';
   const footer = newFooter(size, geometry, diskType);

@@ -32,7 +32,7 @@ export const DynamicHeader = defineStruct('VHD dynamic header', 'be', 1024, [
 ]);
 
 export const DYNAMIC_HEADER_SIZE = DynamicHeader.SIZE;
-export const DYNAMIC_HEADER_COOKIE = 'cxsparse';
+const DYNAMIC_HEADER_COOKIE = 'cxsparse';
 export const HEADER_VERSION = 0x00010000;
 /** Largest block size accepted. The spec's default is 2 MiB; anything above 256 MiB is taken as forged. */
 export const MAX_BLOCK_SIZE = 256 << 20;

@@ -1,7 +1,6 @@
 import { defineStruct } from '../../codec/struct.js';
 import { BlockError } from '../../core/errors.js';
 import { u64ToNumber } from '../../core/u64.js';
-import { uuidToString } from '../../core/guid.js';
 
 /**
  * The hard disk footer (VHD spec 2006, "Hard Disk Footer Format"): 512 bytes,
@@ -29,15 +28,15 @@ export const Footer = defineStruct('VHD footer', 'be', 512, [
 ]);
 
 export const FOOTER_SIZE = Footer.SIZE;
-export const FOOTER_COOKIE = 'conectix';
+const FOOTER_COOKIE = 'conectix';
 /** "Features": bit 1 is reserved and must always be set (spec, "Features"). */
 export const FEATURES_RESERVED = 0x2;
 export const FILE_FORMAT_VERSION = 0x00010000;
 /** Fixed disks have no dynamic header: data offset is all ones. */
-export const NO_DATA_OFFSET = 0xffffffffffffffffn;
+const NO_DATA_OFFSET = 0xffffffffffffffffn;
 
-export const DiskType = { fixed: 2, dynamic: 3, differencing: 4 } as const;
-export type DiskTypeName = keyof typeof DiskType;
+const DiskType = { fixed: 2, dynamic: 3, differencing: 4 } as const;
+type DiskTypeName = keyof typeof DiskType;
 
 /** Seconds between the Unix epoch and the VHD epoch (2000-01-01 00:00:00 UTC). */
 export const VHD_EPOCH_UNIX = 946684800;
@@ -147,11 +146,11 @@ export function encodeFooter(f: VhdFooter): Uint8Array {
 }
 
 /** A four-character code as text; NULs (XenServer's "tap\0") are kept visible as \0. */
-export function fourCC(b: Uint8Array): string {
+function fourCC(b: Uint8Array): string {
   return Array.from(b, (c) => (c === 0 ? '\\0' : c >= 0x20 && c < 0x7f ? String.fromCharCode(c) : `\\x${c.toString(16).padStart(2, '0')}`)).join('');
 }
 
-export function fromFourCC(s: string): Uint8Array {
+function fromFourCC(s: string): Uint8Array {
   const out = new Uint8Array(4);
   const bytes = s.replace(/\\0/g, '\0');
   for (let i = 0; i < 4 && i < bytes.length; i++) out[i] = bytes.charCodeAt(i) & 0xff;
@@ -164,21 +163,17 @@ export function hostOsName(code: number): string {
   return `0x${code.toString(16).padStart(8, '0')}`;
 }
 
-export function footerUuid(f: VhdFooter): string {
-  return uuidToString(f.uniqueId);
-}
-
 // ---------------------------------------------------------------------------
 // CHS geometry (spec, Appendix "CHS Calculation")
 
-export interface Chs {
+interface Chs {
   cylinders: number;
   heads: number;
   sectorsPerTrack: number;
 }
 
 /** Largest geometry the footer can record: 65535 cylinders, 16 heads, 255 sectors per track. */
-export const MAX_CHS_SECTORS = 65535 * 16 * 255;
+const MAX_CHS_SECTORS = 65535 * 16 * 255;
 
 /** The spec's appendix algorithm: geometry for a disk of `totalSectors` (rounds down). */
 export function chsForSectors(totalSectors: number): Chs {

@@ -1,4 +1,4 @@
-import { BlockError, isBlockError } from '../../core/errors.js';
+import { BlockError } from '../../core/errors.js';
 import type { Extent } from '../../core/extent.js';
 import { pushExtent } from '../../core/extent.js';
 import { uuidToString } from '../../core/guid.js';
@@ -7,28 +7,15 @@ import { checkRequest, readOnlyError } from '../../core/request.js';
 import { InFlight, settleAll } from '../../core/settle.js';
 import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
-import { alignUp, checkRange } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import { prefetch } from '../../io/prefetch.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, OpenContext, WritePlacement } from '../types.js';
-import { checkVhd, resizeVhd, setVhdBacking } from './maintenance.js';
-import { BAT_ENTRY_SIZE, ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBatSector, readBat } from './bat.js';
-import { type Batmap, decodeBatmapHeader, isBatmapHeader, batmapChecksum } from './batmap.js';
-import { DYNAMIC_HEADER_SIZE, type VhdDynamicHeader, decodeDynamicHeader } from './dynamic-header.js';
-import {
-  FOOTER_SIZE,
-  type DecodedFooter,
-  type VhdFooter,
-  VHD_EPOCH_UNIX,
-  chsBytes,
-  decodeFooter,
-  encodeFooter,
-  hasFooterCookie,
-  hostOsName,
-} from './footer.js';
-import { type ParentLocator, PlatformCode, readLocators } from './parent-locator.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
+import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
+import { checkVhd } from './check.js';
+import { VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName } from './footer.js';
+import { resizeVhd, setBackingVhd } from './maintenance.js';
 import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sector-bitmap.js';
+import { type VhdState, backingRef } from './state.js';
 
 const SECTOR = 512;
 
@@ -40,25 +27,6 @@ function writeZeroData(store: Store, offset: number, length: number): Promise<vo
 const MAX_DIRTY_BITMAPS = 256;
 /** Largest sector number a 32-bit BAT entry can hold (0xFFFFFFFF means unallocated). */
 const MAX_BLOCK_SECTOR = 0xfffffffe;
-/** BAT entries held in memory at most (256 MiB of table; 128 TiB of disk in 2 MiB blocks). */
-const MAX_BAT_ENTRIES = 64 << 20;
-
-/** Everything decoded at open time; `check` and `resize` reuse it. */
-export interface VhdLayout {
-  footer: VhdFooter;
-  /** Dynamic/differencing only. */
-  header: VhdDynamicHeader | null;
-  headerOffset: number;
-  bat: Uint32Array | null;
-  locators: ParentLocator[];
-  batmap: Batmap | null;
-  /** Where the footer at the end is (or would go, when damaged). */
-  footerOffset: number;
-  endFooterDamaged: string | null;
-  copyFooterProblem: string | null;
-  /** Checksums found wrong and tolerated through OpenOptions.ignoreChecksums. */
-  badChecksums: string[];
-}
 
 /**
  * One VHD layer: fixed, dynamic or differencing (VHD spec 2006).
@@ -125,6 +93,7 @@ export class VhdImage implements Image {
   readonly format = 'vhd';
   readonly logicalSectorSize = SECTOR;
   readonly identity: string;
+  readonly readOnly: boolean;
   /** Dynamic disks leave zeroed unallocated blocks unallocated. */
   readonly fastZero: boolean;
   readonly placement: WritePlacement;
@@ -158,18 +127,21 @@ export class VhdImage implements Image {
   private readonly bitmapSize: number;
   private closed = false;
 
+  /** The file (state.store), held here too: the data path reaches it in one property load, as before. */
+  private readonly store: Store;
+
   constructor(
-    /** The file (maintenance.ts works on it directly, under the image's lock). */
-    readonly store: Store,
-    readonly layout: VhdLayout,
-    readonly readOnly: boolean,
+    /** What open decoded; check.ts and maintenance.ts work on it (and on the file) under the image's lock. */
+    private readonly state: VhdState,
   ) {
-    const f = layout.footer;
+    const f = state.footer;
+    this.store = state.store;
+    this.readOnly = state.readOnly;
     this.size = f.currentSize;
     this.identity = uuidToString(f.uniqueId);
-    this.blockSize = layout.header?.blockSize ?? 0;
-    this.bitmapSize = layout.header ? bitmapBytes(layout.header.blockSize) : 0;
-    this.backing = f.diskType === 'differencing' && layout.header ? backingRef(layout.header, layout.locators) : null;
+    this.blockSize = state.header?.blockSize ?? 0;
+    this.bitmapSize = state.header ? bitmapBytes(state.header.blockSize) : 0;
+    this.backing = f.diskType === 'differencing' && state.header ? backingRef(state.header, state.locators) : null;
     const differencing = f.diskType === 'differencing';
     this.fastZero = f.diskType === 'dynamic';
     // A fixed disk's data is the file's first bytes, written in place (the footer follows it); the others allocate in call order (see the class comment).
@@ -184,7 +156,7 @@ export class VhdImage implements Image {
   }
 
   private get differencing(): boolean {
-    return this.layout.footer.diskType === 'differencing';
+    return this.state.footer.diskType === 'differencing';
   }
 
   // -------------------------------------------------------------------------
@@ -212,7 +184,7 @@ export class VhdImage implements Image {
    * bitmap it needs (nothing of that block has been appended).
    */
   private walkCached(at: number, end: number, out: Extent[]): { at: number; block: number } | null {
-    if (!this.layout.bat) {
+    if (!this.state.bat) {
       pushExtent(out, { offset: at, length: end - at, kind: 'data', hostOffset: at });
       return null;
     }
@@ -228,7 +200,7 @@ export class VhdImage implements Image {
 
   /** The extents of [pos, pieceEnd) inside block b, appended to `out`; false (nothing appended) when its bitmap is not cached. */
   private walkBlock(b: number, blockStart: number, pos: number, pieceEnd: number, out: Extent[]): boolean {
-    const bat = this.layout.bat!;
+    const bat = this.state.bat!;
     const entry = b < bat.length ? bat[b] : UNALLOCATED;
     if (entry === UNALLOCATED) {
       // Spec: an unallocated block of a dynamic disk reads as zeros; of a differencing disk, from the parent.
@@ -267,7 +239,7 @@ export class VhdImage implements Image {
 
   async read(offset: number, into: Uint8Array): Promise<void> {
     checkRequest(this, 'read', offset, into.length);
-    if (!this.layout.bat) {
+    if (!this.state.bat) {
       await readOrZero(this.store, offset, into);
       return;
     }
@@ -289,7 +261,7 @@ export class VhdImage implements Image {
 
   /** Read `part`, which starts at disk offset pos inside block b. */
   private async readBlock(b: number, blockStart: number, pos: number, part: Uint8Array): Promise<void> {
-    const entry = this.layout.bat![b];
+    const entry = this.state.bat![b];
     if (entry === UNALLOCATED) {
       part.fill(0);
       return;
@@ -315,7 +287,7 @@ export class VhdImage implements Image {
   private async bitmap(block: number): Promise<Uint8Array> {
     const cached = this.bitmaps.get(block);
     if (cached) return cached;
-    const entry = this.layout.bat![block];
+    const entry = this.state.bat![block];
     const bits = await readExact(this.store, entry * SECTOR, new Uint8Array(this.bitmapSize), `sector bitmap of block ${block}`);
     // Someone else may have loaded (and changed) it meanwhile: theirs is newer than what the file holds.
     const raced = this.bitmaps.get(block);
@@ -330,7 +302,7 @@ export class VhdImage implements Image {
   async write(offset: number, data: Uint8Array): Promise<void> {
     checkRequest(this, 'write', offset, data.length, SECTOR);
     if (data.length === 0) return;
-    if (!this.layout.bat) {
+    if (!this.state.bat) {
       await this.store.write(offset, data);
       return;
     }
@@ -340,7 +312,7 @@ export class VhdImage implements Image {
   async writeZeroes(offset: number, length: number): Promise<void> {
     checkRequest(this, 'write zeroes', offset, length, SECTOR);
     if (length === 0) return;
-    if (!this.layout.bat) {
+    if (!this.state.bat) {
       await writeZeroData(this.store, offset, length);
       return;
     }
@@ -361,7 +333,7 @@ export class VhdImage implements Image {
     checkRequest(this, 'trim', offset, length, SECTOR);
     if (length === 0) return;
     await this.lock.run(async () => {
-      const bat = this.layout.bat!;
+      const bat = this.state.bat!;
       const bs = this.blockSize;
       for (const { index: b, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
         await this.allocating.get(b)?.catch(() => {});
@@ -381,7 +353,7 @@ export class VhdImage implements Image {
    * settle outside it (see the class comment).
    */
   private async issueBlocks(offset: number, length: number, data: Uint8Array | null, skipUnallocated = false): Promise<Promise<void>[]> {
-    const bat = this.layout.bat!;
+    const bat = this.state.bat!;
     const bs = this.blockSize;
     const issued: Promise<void>[] = [];
     try {
@@ -425,18 +397,18 @@ export class VhdImage implements Image {
    * have landed, so a failed allocation leaves the block unallocated.
    */
   private allocate(block: number, at: number, first: Uint8Array | null, s0: number, s1: number): Promise<void> {
-    const off = this.layout.footerOffset;
+    const off = this.state.footerOffset;
     const sector = off / SECTOR;
     if (sector > MAX_BLOCK_SECTOR) {
       throw new BlockError('out-of-range', 'the VHD file cannot grow further: block offsets are limited to 32-bit sector numbers', { path: this.path, offset: off });
     }
     const newFooterOffset = off + this.bitmapSize + this.blockSize;
-    this.layout.footerOffset = newFooterOffset;
+    this.state.footerOffset = newFooterOffset;
     const bits = new Uint8Array(this.bitmapSize);
     // Dynamic: the whole new block is valid (zeros where not written). Differencing: only what was written.
     if (!this.differencing) setBits(bits, 0, this.blockSize / SECTOR);
     else setBits(bits, s0, s1);
-    const footer = encodeFooter(this.layout.footer);
+    const footer = encodeFooter(this.state.footer);
     // Bitmap, data and the new footer lie back to back in the file: what
     // of them this write touches goes as one request (a whole-block write,
     // as convert and large NBD writes make, is one request instead of three).
@@ -462,8 +434,8 @@ export class VhdImage implements Image {
         this.footerStale = true;
         throw e;
       }
-      if (this.layout.footerOffset === newFooterOffset) this.layout.endFooterDamaged = null;
-      this.layout.bat![block] = sector;
+      if (this.state.footerOffset === newFooterOffset) this.state.endFooterDamaged = null;
+      this.state.bat![block] = sector;
       this.dirtyBatSectors.add(Math.floor(block / ENTRIES_PER_SECTOR));
       this.bitmaps.put(block, bits, !withBits);
     })();
@@ -483,9 +455,9 @@ export class VhdImage implements Image {
     await this.inflight.drain();
     if (this.footerStale) {
       // A failed allocation may have left no footer at the end: put one where the next block would go.
-      await this.store.write(this.layout.footerOffset, encodeFooter(this.layout.footer));
+      await this.store.write(this.state.footerOffset, encodeFooter(this.state.footer));
       this.footerStale = false;
-      this.layout.endFooterDamaged = null;
+      this.state.endFooterDamaged = null;
     }
     const dirtyBitmaps = this.bitmaps.dirty();
     if (dirtyBitmaps.length === 0 && this.dirtyBatSectors.size === 0) {
@@ -497,13 +469,13 @@ export class VhdImage implements Image {
     // neighbouring BAT sectors as one write each.
     await settleAll(
       dirtyBitmaps.map(async ([block, bits]) => {
-        await this.store.write(this.layout.bat![block] * SECTOR, bits);
+        await this.store.write(this.state.bat![block] * SECTOR, bits);
         this.bitmaps.markClean(block);
       }),
     );
     if (this.dirtyBatSectors.size > 0) {
       await this.store.flush();
-      const tableOffset = this.layout.header!.tableOffset;
+      const tableOffset = this.state.header!.tableOffset;
       const sectors = [...this.dirtyBatSectors].sort((a, b) => a - b);
       const runs: number[][] = [];
       for (const sec of sectors) {
@@ -511,8 +483,8 @@ export class VhdImage implements Image {
         if (run && sec === run[run.length - 1] + 1) run.push(sec);
         else runs.push([sec]);
       }
-      const max = this.layout.header!.maxTableEntries;
-      await settleAll(runs.map((run) => writeParts(this.store, tableOffset + run[0] * SECTOR, run.map((sec) => encodeBatSector(this.layout.bat!, sec, max)))));
+      const max = this.state.header!.maxTableEntries;
+      await settleAll(runs.map((run) => writeParts(this.store, tableOffset + run[0] * SECTOR, run.map((sec) => encodeBatSector(this.state.bat!, sec, max)))));
       this.dirtyBatSectors.clear();
     }
     await this.store.flush();
@@ -524,7 +496,7 @@ export class VhdImage implements Image {
   }
 
   // -------------------------------------------------------------------------
-  // maintenance (maintenance.ts), each with the metadata written out first and the lock held
+  // check (check.ts) and maintenance (maintenance.ts), each with the metadata written out first and the lock held
 
   private maintain<T>(fn: () => Promise<T>, writes: boolean): Promise<T> {
     if (writes && this.readOnly) return Promise.reject(readOnlyError({ path: this.path }));
@@ -539,20 +511,20 @@ export class VhdImage implements Image {
   }
 
   check(options: { repair?: 'leaks' | 'all' } = {}): Promise<CheckResult> {
-    return this.maintain(() => checkVhd(this, options.repair), options.repair !== undefined);
+    return this.maintain(() => checkVhd(this.state, options), options.repair !== undefined);
   }
 
   private resizeDisk(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
     return this.maintain(async () => {
-      await resizeVhd(this, newSize, options.shrink ?? false);
-      this.size = this.layout.footer.currentSize;
+      await resizeVhd(this.state, newSize, options);
+      this.size = this.state.footer.currentSize;
     }, true);
   }
 
   private changeBacking(parent: BackingTarget | null): Promise<void> {
     return this.maintain(async () => {
-      await setVhdBacking(this, parent);
-      this.backing = backingRef(this.layout.header!, this.layout.locators);
+      await setBackingVhd(this.state, parent);
+      this.backing = backingRef(this.state.header!, this.state.locators);
     }, true);
   }
 
@@ -570,7 +542,7 @@ export class VhdImage implements Image {
   // info
 
   info(): FormatInfo {
-    const { footer: f, header: h } = this.layout;
+    const { footer: f, header: h } = this.state;
     const specific: Record<string, unknown> = {
       'disk-type': f.diskType,
       'current-size': f.currentSize,
@@ -586,14 +558,14 @@ export class VhdImage implements Image {
     if (h) {
       specific['block-size'] = h.blockSize;
       specific['max-table-entries'] = h.maxTableEntries;
-      specific['allocated-blocks'] = this.layout.bat!.reduce((n, e) => (e === UNALLOCATED ? n : n + 1), 0);
+      specific['allocated-blocks'] = this.state.bat!.reduce((n, e) => (e === UNALLOCATED ? n : n + 1), 0);
     }
     if (this.differencing && h) {
       specific.parent = {
         uuid: uuidToString(h.parentUniqueId),
         timestamp: vhdTime(h.parentTimestamp),
         'unicode-name': h.parentUnicodeName,
-        locators: this.layout.locators.map((l) => ({
+        locators: this.state.locators.map((l) => ({
           platform: l.platform,
           'data-space': l.dataSpace,
           'data-length': l.dataLength,
@@ -602,203 +574,17 @@ export class VhdImage implements Image {
         })),
       };
     }
-    if (this.layout.batmap) specific.batmap = { offset: this.layout.batmap.offset, size: this.layout.batmap.size, version: `${this.layout.batmap.version >>> 16}.${this.layout.batmap.version & 0xffff}`, 'checksum-ok': this.layout.batmap.checksumOk };
+    if (this.state.batmap) specific.batmap = { offset: this.state.batmap.offset, size: this.state.batmap.size, version: `${this.state.batmap.version >>> 16}.${this.state.batmap.version & 0xffff}`, 'checksum-ok': this.state.batmap.checksumOk };
     const warnings: string[] = [];
-    if (this.layout.endFooterDamaged) warnings.push(`footer at the end of the file is damaged (${this.layout.endFooterDamaged}); using the copy at offset 0 (check -r all rewrites it)`);
-    if (this.layout.badChecksums.length) warnings.push(`wrong checksums tolerated (ignore-checksums): ${this.layout.badChecksums.join(', ')}`);
+    if (this.state.endFooterDamaged) warnings.push(`footer at the end of the file is damaged (${this.state.endFooterDamaged}); using the copy at offset 0 (check -r all rewrites it)`);
+    if (this.state.badChecksums.length) warnings.push(`wrong checksums tolerated (ignore-checksums): ${this.state.badChecksums.join(', ')}`);
     if (f.currentSize !== chsBytes(f)) warnings.push(`CHS geometry gives ${chsBytes(f)} bytes; the footer's current size (${f.currentSize}) is used`);
     if (warnings.length) specific.warnings = warnings;
-    if (this.layout.badChecksums.length) specific['checksums-ignored'] = this.layout.badChecksums;
+    if (this.state.badChecksums.length) specific['checksums-ignored'] = this.state.badChecksums;
     return { clusterSize: h?.blockSize, specific };
   }
 }
 
 function vhdTime(t: number): string {
   return new Date((t + VHD_EPOCH_UNIX) * 1000).toISOString();
-}
-
-/** What a differencing disk tells the chain about its parent (contract: W2ru, W2ku, MacX, then the unicode name). */
-function backingRef(h: VhdDynamicHeader, locators: ParentLocator[]): BackingRef {
-  const order = [PlatformCode.W2ru, PlatformCode.W2ku, PlatformCode.Wi2r, PlatformCode.Wi2k, PlatformCode.MacX];
-  const candidates: string[] = [];
-  for (const code of order) for (const l of locators) if (l.platformCode === code && l.path) candidates.push(l.path);
-  if (h.parentUnicodeName) candidates.push(h.parentUnicodeName);
-  return {
-    recorded: h.parentUnicodeName || candidates[0] || '',
-    candidates,
-    format: 'vhd',
-    expectedId: uuidToString(h.parentUniqueId),
-    sameSize: true,
-  };
-}
-
-/** How much of a VHD's head open reads at once (see openVhd). */
-const HEAD_PREFETCH = 64 * 1024;
-
-// ---------------------------------------------------------------------------
-// open
-
-function checksumProblem(what: string, where: { path?: string; offset: number }): BlockError {
-  return new BlockError('checksum', `${what} checksum is wrong (open with ignore-checksums to read it anyway)`, { ...where });
-}
-
-/** Read and decode the footer, falling back to the copy at offset 0 (dynamic and differencing disks only). */
-async function openFooter(store: Store, fileSize: number, ignoreChecksums: boolean): Promise<Pick<VhdLayout, 'footer' | 'endFooterDamaged' | 'copyFooterProblem' | 'badChecksums'>> {
-  const path = store.path;
-  if (fileSize < FOOTER_SIZE) throw new BlockError('corrupt', `file is too small to be a VHD (${fileSize} bytes, a footer alone is 512)`, { path });
-  const endAt = fileSize - FOOTER_SIZE;
-  let end: DecodedFooter | undefined;
-  let endError: BlockError | undefined;
-  try {
-    end = decodeFooter(await readExact(store, endAt, new Uint8Array(FOOTER_SIZE), 'VHD footer'), { path, offset: endAt });
-  } catch (e) {
-    if (!isBlockError(e)) throw e;
-    endError = e;
-  }
-  let copy: DecodedFooter | undefined;
-  let copyError: string | null = null;
-  if (endAt > 0) {
-    const head = await readExact(store, 0, new Uint8Array(FOOTER_SIZE), 'VHD footer copy');
-    if (hasFooterCookie(head)) {
-      try {
-        copy = decodeFooter(head, { path, offset: 0 });
-        if (copy.footer.diskType === 'fixed') copy = undefined; // fixed disks have no copy: that is disk data
-        else if (!copy.checksumOk) copyError = 'checksum is wrong';
-      } catch (e) {
-        if (!isBlockError(e)) throw e;
-        copyError = e.message;
-      }
-    } else copyError = 'missing';
-  }
-  const badChecksums: string[] = [];
-  if (end?.checksumOk) {
-    const copyProblem = end.footer.diskType === 'fixed' ? null : copyError ?? (copy && !sameFooter(copy.footer, end.footer) ? 'differs from the footer at the end' : null);
-    return { footer: end.footer, endFooterDamaged: null, copyFooterProblem: copyProblem, badChecksums };
-  }
-  if (copy?.checksumOk) {
-    const why = endError ? endError.message : 'checksum is wrong';
-    return { footer: copy.footer, endFooterDamaged: why, copyFooterProblem: null, badChecksums };
-  }
-  if (end) {
-    if (!ignoreChecksums) throw checksumProblem('VHD footer', { path, offset: endAt });
-    badChecksums.push('footer');
-    return { footer: end.footer, endFooterDamaged: null, copyFooterProblem: copyError, badChecksums };
-  }
-  if (copy) {
-    if (!ignoreChecksums) throw checksumProblem('VHD footer copy at offset 0 (the footer at the end is unusable too)', { path, offset: 0 });
-    badChecksums.push('footer copy');
-    return { footer: copy.footer, endFooterDamaged: endError?.message ?? 'unusable', copyFooterProblem: 'checksum is wrong', badChecksums };
-  }
-  throw endError ?? new BlockError('corrupt', 'not a VHD file', { path });
-}
-
-function sameFooter(a: VhdFooter, b: VhdFooter): boolean {
-  const x = encodeFooter(a);
-  const y = encodeFooter(b);
-  return x.every((v, i) => v === y[i]);
-}
-
-export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
-  const { store } = ctx;
-  const path = store.path;
-  const fileSize = await store.size();
-  const ignore = ctx.options.ignoreChecksums ?? false;
-  // Open's reads go through a view that has the footer and the file's head
-  // already: the footer copy, dynamic header, BAT (of disks up to 30 GiB
-  // with 2 MiB blocks) and batmap header lie in the first 64 KiB wherever
-  // qemu-img, Hyper-V, Virtual PC and vdisk put them. Two reads at once
-  // instead of five one after the other.
-  const meta = await prefetch(store, [
-    [0, Math.min(HEAD_PREFETCH, fileSize)],
-    [Math.max(0, fileSize - FOOTER_SIZE), Math.min(FOOTER_SIZE, fileSize)],
-  ]);
-  const base = await openFooter(meta, fileSize, ignore);
-  const f = base.footer;
-  const layout: VhdLayout = { ...base, header: null, headerOffset: 0, bat: null, locators: [], batmap: null, footerOffset: fileSize - FOOTER_SIZE };
-
-  if (f.diskType === 'fixed') {
-    // Spec "Fixed Hard Disk Image": the disk's sectors, then the footer.
-    if (fileSize - FOOTER_SIZE < f.currentSize) {
-      throw new BlockError('corrupt', `fixed VHD is truncated: ${fileSize - FOOTER_SIZE} bytes of data for a ${f.currentSize}-byte disk`, { path });
-    }
-    return new VhdImage(store, layout, ctx.readOnly);
-  }
-
-  const headerOffset = f.dataOffset!;
-  checkRange(headerOffset, DYNAMIC_HEADER_SIZE, fileSize, 'VHD dynamic header', path);
-  const hbuf = await readExact(meta, headerOffset, new Uint8Array(DYNAMIC_HEADER_SIZE), 'VHD dynamic header');
-  const { header: h, checksumOk } = decodeDynamicHeader(hbuf, { path, offset: headerOffset });
-  if (!checksumOk) {
-    if (!ignore) throw checksumProblem('VHD dynamic header', { path, offset: headerOffset });
-    layout.badChecksums.push('dynamic header');
-  }
-  layout.header = h;
-  layout.headerOffset = headerOffset;
-
-  const blocksNeeded = Math.ceil(f.currentSize / h.blockSize);
-  if (h.maxTableEntries < blocksNeeded) {
-    throw new BlockError('corrupt', `VHD max table entries (${h.maxTableEntries}) cannot cover a ${f.currentSize}-byte disk in ${h.blockSize}-byte blocks (needs ${blocksNeeded})`, { path, offset: headerOffset });
-  }
-  // Only the entries covering the disk are kept; readBat bounds-checks them against the file before allocating.
-  checkRange(h.tableOffset, h.maxTableEntries * BAT_ENTRY_SIZE, fileSize, 'VHD block allocation table', path);
-  if (blocksNeeded > MAX_BAT_ENTRIES) {
-    throw new BlockError('unsupported', `VHD BAT of ${blocksNeeded} entries is larger than vdisk keeps in memory (${MAX_BAT_ENTRIES})`, { path });
-  }
-  const bat = await readBat(meta, h.tableOffset, blocksNeeded, fileSize);
-  layout.bat = bat;
-
-  if (f.diskType === 'differencing') {
-    layout.locators = await readLocators(meta, h.parentLocators, fileSize);
-  }
-
-  // Metadata regions, to keep blocks off them and to place new blocks after them.
-  const regions: Array<[number, number, string]> = [
-    [0, FOOTER_SIZE, 'footer copy'],
-    [headerOffset, headerOffset + DYNAMIC_HEADER_SIZE, 'dynamic header'],
-    [h.tableOffset, h.tableOffset + batBytes(h.maxTableEntries), 'BAT'],
-  ];
-  for (const l of layout.locators) regions.push([l.dataOffset, l.dataOffset + l.dataLength, `parent locator ${l.index}`]);
-
-  const batmapAt = h.tableOffset + batBytes(h.maxTableEntries);
-  if (f.diskType === 'dynamic' && batmapAt + 512 <= fileSize - FOOTER_SIZE) {
-    const mbuf = await readExact(meta, batmapAt, new Uint8Array(512), 'VHD batmap header');
-    if (isBatmapHeader(mbuf)) {
-      const m = decodeBatmapHeader(mbuf, batmapAt, h.maxTableEntries, fileSize, path);
-      const map = await readExact(meta, m.offset, new Uint8Array(m.size), 'VHD batmap');
-      layout.batmap = { headerOffset: m.headerOffset, offset: m.offset, size: m.size, version: m.version, checksumOk: batmapChecksum(map) === m.checksum };
-      regions.push([batmapAt, batmapAt + 512, 'batmap header'], [m.offset, m.offset + m.size, 'batmap']);
-    }
-  }
-
-  // Every allocated block must lie inside the file, before the end footer and off the metadata (spec: blocks are
-  // placed after the BAT; a forged entry pointing at the header would make a write destroy it).
-  const dataLimit = layout.endFooterDamaged ? fileSize : fileSize - FOOTER_SIZE;
-  const bitmapSize = bitmapBytes(h.blockSize);
-  let metaEnd = 0;
-  for (const [, e] of regions) metaEnd = Math.max(metaEnd, e);
-  const blockSpan = bitmapSize + h.blockSize;
-  for (let i = 0; i < bat.length; i++) {
-    const e = bat[i];
-    if (e === UNALLOCATED) continue;
-    const start = e * SECTOR;
-    // The last block of a disk whose size is not a whole number of blocks need only hold the sectors the disk has.
-    const need = i < blocksNeeded ? bitmapSize + Math.min(h.blockSize, f.currentSize - i * h.blockSize) : bitmapSize;
-    if (start + need > dataLimit) {
-      throw new BlockError('corrupt', `VHD BAT entry ${i} points past the end of the file (block at ${start}, file size ${fileSize})`, { path, offset: h.tableOffset + i * BAT_ENTRY_SIZE });
-    }
-    for (const [a, z, what] of regions) {
-      if (start < z && start + blockSpan > a) {
-        throw new BlockError('corrupt', `VHD BAT entry ${i} (block at ${start}) overlaps the ${what}`, { path, offset: h.tableOffset + i * BAT_ENTRY_SIZE });
-      }
-    }
-  }
-  // New blocks go where the end footer is; never over metadata, and (when the end footer is damaged) past whatever the file holds.
-  layout.footerOffset = layout.endFooterDamaged ? alignUp(Math.max(metaEnd, fileSize, maxBlockEnd(bat, blockSpan)), SECTOR) : Math.max(fileSize - FOOTER_SIZE, alignUp(metaEnd, SECTOR));
-  return new VhdImage(store, layout, ctx.readOnly);
-}
-
-function maxBlockEnd(bat: Uint32Array, span: number): number {
-  let m = 0;
-  for (let i = 0; i < bat.length; i++) if (bat[i] !== UNALLOCATED) m = Math.max(m, bat[i] * SECTOR + span);
-  return m;
 }

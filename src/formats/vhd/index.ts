@@ -1,10 +1,9 @@
 import type { Format, ProbeInput } from '../types.js';
+import { CREATE_OPTIONS, createVhd } from './create.js';
 import { FOOTER_SIZE, hasFooterCookie } from './footer.js';
-import { openVhd } from './image.js';
-import { VHD_MAX_SIZE, createOptions, createVhd } from './create.js';
 import { measureVhd } from './measure.js';
-
-export { VhdImage } from './image.js';
+import { openVhd } from './open.js';
+import { MAX_SIZE } from './state.js';
 
 /**
  * VHD (Virtual PC / Hyper-V; qemu-img calls it "vpc"): fixed, dynamic and
@@ -14,7 +13,7 @@ export const vhdFormat: Format = {
   name: 'vhd',
   aliases: ['vpc'],
   description: 'Virtual PC / Hyper-V VHD (fixed, dynamic, differencing)',
-  maxSize: VHD_MAX_SIZE,
+  maxSize: MAX_SIZE,
   probe(input: ProbeInput): number {
     // The footer at the end is what every VHD has (a fixed disk has nothing else).
     if (input.size >= FOOTER_SIZE && input.tail.length >= FOOTER_SIZE && hasFooterCookie(input.tail, input.tail.length - FOOTER_SIZE)) return 100;
@@ -24,6 +23,6 @@ export const vhdFormat: Format = {
   },
   open: openVhd,
   create: createVhd,
-  createOptions,
+  createOptions: CREATE_OPTIONS,
   measure: measureVhd,
 };

@@ -33,7 +33,7 @@ export const PlatformCode = {
 } as const;
 
 /** Longest locator data accepted: a Windows path of 32767 UTF-16 units. Bounds any allocation from a forged length. */
-export const MAX_LOCATOR_BYTES = 65536;
+const MAX_LOCATOR_BYTES = 65536;
 
 export interface ParentLocator {
   index: number;
@@ -47,7 +47,7 @@ export interface ParentLocator {
   path?: string;
 }
 
-export function platformName(code: number): string {
+function platformName(code: number): string {
   const b = [code >>> 24, (code >>> 16) & 0xff, (code >>> 8) & 0xff, code & 0xff];
   return b.every((c) => c >= 0x20 && c < 0x7f) ? String.fromCharCode(...b) : `0x${code.toString(16).padStart(8, '0')}`;
 }

@@ -93,10 +93,6 @@ export class BitmapCache {
     if (e) e.dirty = false;
   }
 
-  drop(block: number): void {
-    this.map.delete(block);
-  }
-
   clear(): void {
     this.map.clear();
   }

@@ -1,0 +1,128 @@
+import { alignUp } from '../../core/u64.js';
+import { readExact } from '../../io/store.js';
+import type { CheckProblem, CheckResult } from '../types.js';
+import { UNALLOCATED, batBytes } from './bat.js';
+import { clearBatmap } from './batmap.js';
+import { DYNAMIC_HEADER_SIZE } from './dynamic-header.js';
+import { FOOTER_SIZE, encodeFooter } from './footer.js';
+import { bitmapBytes, findBit } from './sector-bitmap.js';
+import type { VhdState } from './state.js';
+
+const SECTOR = 512;
+
+/*
+ * check (and repair). Like maintenance.ts, a repair keeps the file valid at
+ * every step: the footer is written before anything after it is cut.
+ */
+
+/** Byte ranges the file uses: metadata and blocks. */
+function usedRanges(state: VhdState): Array<[number, number, string]> {
+  const h = state.header!;
+  const out: Array<[number, number, string]> = [
+    [0, FOOTER_SIZE, 'footer copy'],
+    [state.headerOffset, state.headerOffset + DYNAMIC_HEADER_SIZE, 'dynamic header'],
+    [h.tableOffset, h.tableOffset + batBytes(h.maxTableEntries), 'BAT'],
+  ];
+  for (const l of state.locators) out.push([l.dataOffset, l.dataOffset + l.dataLength, `parent locator ${l.index}`]);
+  if (state.batmap) out.push([state.batmap.headerOffset, state.batmap.headerOffset + 512, 'batmap header'], [state.batmap.offset, state.batmap.offset + state.batmap.size, 'batmap']);
+  const span = bitmapBytes(h.blockSize) + h.blockSize;
+  const bat = state.bat!;
+  for (let i = 0; i < bat.length; i++) if (bat[i] !== UNALLOCATED) out.push([bat[i] * SECTOR, bat[i] * SECTOR + span, `block ${i}`]);
+  return out.sort((a, b) => a[0] - b[0]);
+}
+
+export async function checkVhd(state: VhdState, options: { repair?: 'leaks' | 'all' }): Promise<CheckResult> {
+  const { store } = state;
+  const { repair } = options;
+  const problems: CheckProblem[] = [];
+  const f = state.footer;
+  for (const c of state.badChecksums) problems.push({ severity: 'corruption', message: `${c} checksum is wrong (opened with ignore-checksums)` });
+  if (state.endFooterDamaged) {
+    const p: CheckProblem = { severity: 'corruption', message: `footer at the end of the file is damaged (${state.endFooterDamaged})`, offset: state.footerOffset };
+    if (repair === 'all') {
+      // Footer first, then cut whatever follows it: a crash in between leaves the footer copy at 0 in charge.
+      await store.write(state.footerOffset, encodeFooter(f));
+      await store.flush();
+      await store.truncate(state.footerOffset + FOOTER_SIZE);
+      await store.flush();
+      state.endFooterDamaged = null;
+      p.repaired = true;
+    }
+    problems.push(p);
+  }
+  if (!state.header) return { problems, details: { 'disk-type': f.diskType } };
+  if (state.copyFooterProblem) {
+    const p: CheckProblem = { severity: 'corruption', message: `footer copy at offset 0: ${state.copyFooterProblem}`, offset: 0 };
+    if (repair === 'all') {
+      await store.write(0, encodeFooter(f));
+      await store.flush();
+      state.copyFooterProblem = null;
+      p.repaired = true;
+    }
+    problems.push(p);
+  }
+
+  // Overlaps between blocks (open already refuses blocks over metadata or past the end).
+  const ranges = usedRanges(state);
+  for (let i = 1; i < ranges.length; i++) {
+    const [a0, a1, an] = ranges[i - 1];
+    const [b0, , bn] = ranges[i];
+    if (b0 < a1 && !(an.startsWith('parent locator') && bn.startsWith('parent locator'))) {
+      problems.push({ severity: 'corruption', message: `${an} and ${bn} overlap at ${b0}`, offset: a0 });
+    }
+  }
+
+  // Sector bitmaps: a dynamic disk's blocks are written whole, so a bitmap with clear bits is worth knowing
+  // (tools that honour it read those sectors as zeros, others read the data).
+  const h = state.header;
+  const bat = state.bat!;
+  const sectorsPerBlock = h.blockSize / SECTOR;
+  let allocated = 0;
+  let partial = 0;
+  for (let i = 0; i < bat.length; i++) {
+    if (bat[i] === UNALLOCATED) continue;
+    allocated++;
+    if (f.diskType !== 'dynamic') continue;
+    const bits = await readExact(store, bat[i] * SECTOR, new Uint8Array(bitmapBytes(h.blockSize)), `sector bitmap of block ${i}`);
+    if (findBit(bits, 0, sectorsPerBlock, false) !== sectorsPerBlock) partial++;
+  }
+  if (partial) problems.push({ severity: 'info', message: `${partial} block(s) of this dynamic disk have sector bitmaps with clear bits` });
+
+  if (state.batmap && !state.batmap.checksumOk) {
+    const p: CheckProblem = { severity: 'corruption', message: 'batmap checksum is wrong', offset: state.batmap.headerOffset };
+    if (repair === 'all') {
+      await clearBatmap(store, state.batmap);
+      p.repaired = true;
+    }
+    problems.push(p);
+  }
+
+  // Leaks: space that could hold a block but is used by nothing (smaller gaps are the alignment padding Windows
+  // leaves between structures). Only a trailing one (a block written but never entered in the BAT, as a crash
+  // leaves it) can be given back, by moving the footer down over it.
+  const blockSpan = bitmapBytes(h.blockSize) + h.blockSize;
+  let end = 0;
+  let leaked = 0;
+  for (const [a, z] of ranges) {
+    if (a - end >= blockSpan) leaked += a - end;
+    end = Math.max(end, z);
+  }
+  const usedEnd = alignUp(end, SECTOR);
+  const gap = state.endFooterDamaged ? 0 : state.footerOffset - usedEnd;
+  const trailing = gap >= blockSpan ? gap : 0;
+  leaked += trailing;
+  if (leaked > 0) {
+    const p: CheckProblem = { severity: 'leak', message: `${leaked} bytes of the file are used by nothing${trailing ? ` (${trailing} at the end)` : ''}` };
+    if (repair && trailing > 0) {
+      await store.write(usedEnd, encodeFooter(f));
+      await store.flush();
+      await store.truncate(usedEnd + FOOTER_SIZE);
+      await store.flush();
+      state.footerOffset = usedEnd;
+      p.repaired = leaked === trailing;
+      if (!p.repaired) p.message += '; only the part at the end was given back';
+    }
+    problems.push(p);
+  }
+  return { problems, details: { 'disk-type': f.diskType, 'allocated-blocks': allocated, 'total-blocks': bat.length, 'leaked-bytes': leaked } };
+}

@@ -1,0 +1,52 @@
+import { uuidToString } from '../../core/guid.js';
+import type { Store } from '../../io/store.js';
+import type { BackingRef } from '../types.js';
+import type { Batmap } from './batmap.js';
+import type { VhdDynamicHeader } from './dynamic-header.js';
+import type { VhdFooter } from './footer.js';
+import { type ParentLocator, PlatformCode } from './parent-locator.js';
+
+/** The spec's largest disk: 2040 GiB (the CHS field and the 32-bit BAT sector numbers both allow it). */
+export const MAX_SIZE = 2040 * 2 ** 30;
+
+/**
+ * One open VHD as held in memory: everything decoded at open time (open.ts),
+ * read by the I/O path (image.ts) and by check.ts and maintenance.ts, which
+ * change it along with the file. The image's write machinery (lock, bitmap
+ * cache, writes in flight, dirty BAT sectors) stays in the image: check and
+ * maintenance run under its lock after it has written its metadata out, so
+ * they never see any of it.
+ */
+export interface VhdState {
+  /** The file (check and maintenance work on it directly, under the image's lock). */
+  readonly store: Store;
+  readonly readOnly: boolean;
+  footer: VhdFooter;
+  /** Dynamic/differencing only. */
+  header: VhdDynamicHeader | null;
+  headerOffset: number;
+  bat: Uint32Array | null;
+  locators: ParentLocator[];
+  batmap: Batmap | null;
+  /** Where the footer at the end is (or would go, when damaged). */
+  footerOffset: number;
+  endFooterDamaged: string | null;
+  copyFooterProblem: string | null;
+  /** Checksums found wrong and tolerated through OpenOptions.ignoreChecksums. */
+  readonly badChecksums: string[];
+}
+
+/** What a differencing disk tells the chain about its parent (contract: W2ru, W2ku, MacX, then the unicode name). */
+export function backingRef(h: VhdDynamicHeader, locators: ParentLocator[]): BackingRef {
+  const order = [PlatformCode.W2ru, PlatformCode.W2ku, PlatformCode.Wi2r, PlatformCode.Wi2k, PlatformCode.MacX];
+  const candidates: string[] = [];
+  for (const code of order) for (const l of locators) if (l.platformCode === code && l.path) candidates.push(l.path);
+  if (h.parentUnicodeName) candidates.push(h.parentUnicodeName);
+  return {
+    recorded: h.parentUnicodeName || candidates[0] || '',
+    candidates,
+    format: 'vhd',
+    expectedId: uuidToString(h.parentUniqueId),
+    sameSize: true,
+  };
+}
