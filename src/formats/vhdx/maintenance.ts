@@ -8,8 +8,7 @@ import type { SectorUpdates } from './journal.js';
 import { GUIDS, LOG_SECTOR, MAX_VIRTUAL_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
 import { encodeMetadataTable, METADATA_TABLE_SIZE } from './metadata-table.js';
 import { VirtualDiskSize } from './metadata-items.js';
-import { backingFromLocator } from './open.js';
-import { encodeParentLocator } from './parent-locator.js';
+import { backingFromLocator, encodeParentLocator } from './parent-locator.js';
 import { encodeRegionTable } from './region-table.js';
 import type { VhdxImage } from './image.js';
 
