@@ -23,7 +23,9 @@ import {
 } from './metadata-items.js';
 import { backingFromLocator, decodeParentLocator, type ParentLocator } from './parent-locator.js';
 import { decodeRegionTables, REGION_TABLE_SIZE } from './region-table.js';
-import { VhdxImage, type VhdxState } from './image.js';
+import { SectorBitmapCache } from './sector-bitmap.js';
+import { fileExtent, type VhdxState } from './state.js';
+import { VhdxImage } from './image.js';
 
 /** The first 320 KiB: file identifier, both headers, both region tables. */
 const HEAD_LENGTH = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE;
@@ -131,12 +133,15 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
 
   const structuresEnd = Math.max(log.offset + log.length, ...regions.all.map((r) => r.offset + r.length), blocksEnd);
   const state: VhdxState = {
+    store,
+    path: store.path,
+    readOnly: ctx.readOnly,
     params,
     bat,
     regions,
     metadataEntries: entries as MetadataEntry[],
     headers,
-    journal: null as unknown as Journal,
+    journal: new Journal(store, headers, log, () => fileExtent(state)),
     log,
     parentLocator,
     backing,
@@ -145,8 +150,7 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
     fileSize,
     replay,
     problems: [...choice.problems, ...regionProblems],
+    bitmaps: new SectorBitmapCache(store),
   };
-  const image = new VhdxImage(store, ctx.readOnly, state);
-  state.journal = new Journal(store, headers, log, () => image.fileExtent());
-  return image;
+  return new VhdxImage(state);
 }
