@@ -21,7 +21,7 @@ export const REGION_TABLE_OFFSETS = [192 * KiB, 256 * KiB] as const;
 export const HEADER_SECTION_SIZE = MiB;
 
 /** Largest virtual disk the specification allows (2.6.2.2: 64 TiB). */
-export const MAX_VIRTUAL_SIZE = 64 * TiB;
+export const MAX_SIZE = 64 * TiB;
 export const MIN_BLOCK_SIZE = MiB;
 export const MAX_BLOCK_SIZE = 256 * MiB;
 /** Sector bitmap blocks are always 1 MiB (2.5.1), one bit per logical sector. */

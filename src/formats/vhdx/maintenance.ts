@@ -5,7 +5,7 @@ import type { BackingTarget } from '../types.js';
 import { Bat, BAT_ENTRY_SIZE, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT } from './bat.js';
 import { locatorFor } from './create.js';
 import type { SectorUpdates } from './journal.js';
-import { GUIDS, LOG_SECTOR, MAX_VIRTUAL_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
+import { GUIDS, LOG_SECTOR, MAX_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
 import { encodeMetadataTable, METADATA_TABLE_SIZE } from './metadata-table.js';
 import { VirtualDiskSize } from './metadata-items.js';
 import { backingFromLocator, encodeParentLocator } from './parent-locator.js';
@@ -39,7 +39,7 @@ export async function resizeVhdx(s: VhdxState, newSize: number, options: { shrin
   if (!Number.isSafeInteger(newSize) || newSize <= 0 || newSize % p.logicalSectorSize !== 0) {
     throw new BlockError('invalid-argument', `new size ${newSize} is not a positive multiple of the ${p.logicalSectorSize}-byte sector`, ctx);
   }
-  if (newSize > MAX_VIRTUAL_SIZE) throw new BlockError('out-of-range', `VHDX disks hold at most 64 TiB (asked for ${newSize})`, ctx);
+  if (newSize > MAX_SIZE) throw new BlockError('out-of-range', `VHDX disks hold at most 64 TiB (asked for ${newSize})`, ctx);
   if (newSize < p.virtualSize && !options.shrink) {
     throw new BlockError('invalid-argument', 'shrinking needs --shrink (data past the new end is lost)', ctx);
   }
