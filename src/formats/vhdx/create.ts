@@ -7,7 +7,7 @@ import type { CreateContext, CreateOption } from '../types.js';
 import { Bat, BAT_ENTRY_SIZE, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT } from './bat.js';
 import { encodeFileIdentifier } from './file-identifier.js';
 import { encodeHeader } from './header.js';
-import { GUIDS, guidBytes, HEADER_OFFSETS, HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MAX_SIZE, MiB, MIN_BLOCK_SIZE, REGION_TABLE_OFFSETS } from './layout.js';
+import { GUIDS, HEADER_OFFSETS, HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MAX_SIZE, MiB, MIN_BLOCK_SIZE, REGION_TABLE_OFFSETS } from './layout.js';
 import { encodeMetadataTable, FLAG_IS_REQUIRED, FLAG_IS_VIRTUAL_DISK, METADATA_TABLE_SIZE, type MetadataEntry } from './metadata-table.js';
 import { FileParameters, HAS_PARENT, LEAVE_BLOCKS_ALLOCATED, Page83Data, SectorSize, VirtualDiskSize } from './metadata-items.js';
 import { encodeParentLocator, type ParentLocator } from './parent-locator.js';
@@ -23,8 +23,8 @@ export const CREATE_OPTIONS: readonly CreateOption[] = [
 
 /** Hyper-V's defaults: 32 MiB blocks for base disks, 2 MiB for differencing disks (less space per scattered write). */
 export const DEFAULT_BLOCK_SIZE = 32 * MiB;
-export const DEFAULT_DIFF_BLOCK_SIZE = 2 * MiB;
-export const CREATOR = 'vdisk';
+const DEFAULT_DIFF_BLOCK_SIZE = 2 * MiB;
+const CREATOR = 'vdisk';
 
 /** The metadata region is 1 MiB: the table (64 KiB) and the items after it. */
 const METADATA_REGION_LENGTH = MiB;
@@ -49,7 +49,7 @@ export function locatorFor(childPath: string, target: NonNullable<CreateContext[
 }
 
 /** Lay out the metadata region's items after the table and return the table entries. */
-export function metadataLayout(items: { id: string; data: Uint8Array; flags: number }[]): { entries: MetadataEntry[]; region: Uint8Array } {
+function metadataLayout(items: { id: string; data: Uint8Array; flags: number }[]): { entries: MetadataEntry[]; region: Uint8Array } {
   const region = new Uint8Array(METADATA_REGION_LENGTH);
   let at = METADATA_TABLE_SIZE;
   const entries: MetadataEntry[] = items.map((it, index) => {
@@ -156,5 +156,3 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
     await store.close();
   }
 }
-
-export { guidBytes };

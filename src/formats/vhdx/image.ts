@@ -13,7 +13,6 @@ import {
   Bat,
   BAT_ENTRY_SIZE,
   PAYLOAD_FULLY_PRESENT,
-  PAYLOAD_NOT_PRESENT,
   PAYLOAD_PARTIALLY_PRESENT,
   PAYLOAD_ZERO,
   SB_PRESENT,
@@ -512,5 +511,3 @@ export class VhdxImage implements Image {
     });
   }
 }
-
-export { PAYLOAD_NOT_PRESENT };

@@ -17,7 +17,7 @@ export const ParentLocatorHeader = defineStruct('VHDX parent locator header', 'l
   { name: 'keyValueCount', type: 'u16' },
 ]);
 
-export const ParentLocatorEntry = defineStruct('VHDX parent locator entry', 'le', 12, [
+const ParentLocatorEntry = defineStruct('VHDX parent locator entry', 'le', 12, [
   { name: 'keyOffset', type: 'u32' },
   { name: 'valueOffset', type: 'u32' },
   { name: 'keyLength', type: 'u16' },
