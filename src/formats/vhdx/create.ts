@@ -27,7 +27,7 @@ const DEFAULT_DIFF_BLOCK_SIZE = 2 * MiB;
 const CREATOR = 'vdisk';
 
 /** The metadata region is 1 MiB: the table (64 KiB) and the items after it. */
-const METADATA_REGION_LENGTH = MiB;
+export const METADATA_REGION_LENGTH = MiB;
 
 function sizeOption(v: string | undefined, what: string): number {
   if (v === undefined || v === '') return 0;
