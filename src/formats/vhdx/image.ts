@@ -60,7 +60,7 @@ export class VhdxImage implements Image {
    */
   private readonly lock = new Mutex();
   private readonly inflight = new InFlight();
-  // The state's store and bitmap cache, held here too so the I/O path reaches them in one load.
+  // The state's store, bitmap cache and read-only flag, held here too so the I/O path reaches them in one load.
   readonly store: Store;
   private readonly bitmaps: SectorBitmapCache;
   readonly readOnly: boolean;
