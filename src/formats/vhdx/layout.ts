@@ -24,6 +24,7 @@ export const HEADER_SECTION_SIZE = 1 * MiB;
 
 /** Largest virtual disk the specification allows (2.6.2.2: 64 TiB). */
 export const MAX_SIZE = 64 * TiB;
+/** Block sizes File Parameters may name (2.6.2.1): a power of two from 1 MiB to 256 MiB. */
 export const MIN_BLOCK_SIZE = 1 * MiB;
 export const MAX_BLOCK_SIZE = 256 * MiB;
 /** Sector bitmap blocks are always 1 MiB (2.5.1), one bit per logical sector. */
