@@ -6,7 +6,7 @@ import { openChain, openLayer, type ChainOpenOptions } from '../src/chain/open.j
 import { createImage } from '../src/ops/create.js';
 import { BlockError } from '../src/core/errors.js';
 import { guidFromString } from '../src/core/guid.js';
-import type { VhdxImage } from '../src/formats/vhdx/index.js';
+import type { VhdxImage } from '../src/formats/vhdx/image.js';
 import { corpusFile } from './helpers/corpus.js';
 import { pyvhdiDigest, requireTool, run, sha256File, tempDir, vdiskDigest } from './helpers/oracle.js';
 

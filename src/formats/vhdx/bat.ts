@@ -17,21 +17,21 @@ import { HEADER_SECTION_SIZE, LOG_SECTOR, MiB, SECTOR_BITMAP_BLOCK_SIZE } from '
  * sectors, the unit the log updates): no object per entry, so a 64 TiB disk
  * with 32 MiB blocks costs 16 MiB and opens with one read.
  */
-export const PAYLOAD_NOT_PRESENT = 0;
-export const PAYLOAD_UNDEFINED = 1;
+const PAYLOAD_NOT_PRESENT = 0;
+const PAYLOAD_UNDEFINED = 1;
 export const PAYLOAD_ZERO = 2;
-export const PAYLOAD_UNMAPPED = 3;
+const PAYLOAD_UNMAPPED = 3;
 export const PAYLOAD_FULLY_PRESENT = 6;
 export const PAYLOAD_PARTIALLY_PRESENT = 7;
-export const SB_NOT_PRESENT = 0;
+const SB_NOT_PRESENT = 0;
 export const SB_PRESENT = 6;
 
 /** Bytes per entry (2.5: 64 bits). */
 export const BAT_ENTRY_SIZE = 8;
 /** The state field, bits 0..2 of an entry (2.5.1). */
-export const BAT_STATE_MASK = 7;
+const BAT_STATE_MASK = 7;
 
-export interface BatGeometry {
+interface BatGeometry {
   blockSize: number;
   logicalSectorSize: number;
   virtualSize: number;

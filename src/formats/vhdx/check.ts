@@ -2,8 +2,8 @@ import { BlockError } from '../../core/errors.js';
 import { alignUp } from '../../core/u64.js';
 import type { CheckProblem, CheckResult } from '../types.js';
 import { PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT, SB_PRESENT } from './bat.js';
-import type { VhdxImage } from './image.js';
 import { HEADER_SECTION_SIZE, MiB, SECTOR_BITMAP_BLOCK_SIZE } from './layout.js';
+import type { VhdxState } from './state.js';
 
 interface Span {
   offset: number;
@@ -22,8 +22,7 @@ interface Span {
  * log / regions, and file space nothing refers to (leaks). A log replayed at
  * open is reported, since the file was not cleanly closed.
  */
-export async function checkVhdx(image: VhdxImage, options: { repair?: 'leaks' | 'all' }): Promise<CheckResult> {
-  const s = image.state;
+export async function checkVhdx(s: VhdxState, options: { repair?: 'leaks' | 'all' }): Promise<CheckResult> {
   const problems: CheckProblem[] = [];
   for (const p of s.problems) problems.push({ severity: 'warning', message: p });
   if (s.replay) {
@@ -58,7 +57,7 @@ export async function checkVhdx(image: VhdxImage, options: { repair?: 'leaks' | 
     }
   }
   spans.sort((a, b) => a.offset - b.offset);
-  const fileSize = await image.store.size();
+  const fileSize = await s.store.size();
   let covered = 0;
   let prev: Span | null = null;
   const leaks: Span[] = [];
@@ -75,12 +74,12 @@ export async function checkVhdx(image: VhdxImage, options: { repair?: 'leaks' | 
   }
   const tailLeak = fileSize > covered ? { offset: covered, length: alignUp(fileSize, MiB) - covered, what: 'unused' } : null;
   let repairedTail = false;
-  if (tailLeak && options.repair && !image.readOnly) {
+  if (tailLeak && options.repair && !s.readOnly) {
     // Space past the last structure can simply be cut off.
-    await image.store.truncate(covered);
-    await image.store.flush();
-    image.state.fileSize = covered;
-    image.state.fileEnd = alignUp(covered, MiB);
+    await s.store.truncate(covered);
+    await s.store.flush();
+    s.fileSize = covered;
+    s.fileEnd = alignUp(covered, MiB);
     repairedTail = true;
   }
   for (const l of [...leaks, ...(tailLeak ? [tailLeak] : [])]) {
@@ -94,7 +93,7 @@ export async function checkVhdx(image: VhdxImage, options: { repair?: 'leaks' | 
       repaired: l === tailLeak ? repairedTail : false,
     });
   }
-  if (!Number.isSafeInteger(covered)) throw new BlockError('corrupt', 'structure ranges overflow', { path: image.path });
+  if (!Number.isSafeInteger(covered)) throw new BlockError('corrupt', 'structure ranges overflow', { path: s.path });
   return {
     problems,
     details: {

@@ -7,13 +7,13 @@ import type { CreateContext, CreateOption } from '../types.js';
 import { Bat, BAT_ENTRY_SIZE, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT } from './bat.js';
 import { encodeFileIdentifier } from './file-identifier.js';
 import { encodeHeader } from './header.js';
-import { GUIDS, guidBytes, HEADER_OFFSETS, HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE, MiB, MIN_BLOCK_SIZE, REGION_TABLE_OFFSETS } from './layout.js';
+import { GUIDS, HEADER_OFFSETS, HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MAX_SIZE, MiB, MIN_BLOCK_SIZE, REGION_TABLE_OFFSETS } from './layout.js';
 import { encodeMetadataTable, FLAG_IS_REQUIRED, FLAG_IS_VIRTUAL_DISK, METADATA_TABLE_SIZE, type MetadataEntry } from './metadata-table.js';
 import { FileParameters, HAS_PARENT, LEAVE_BLOCKS_ALLOCATED, Page83Data, SectorSize, VirtualDiskSize } from './metadata-items.js';
 import { encodeParentLocator, type ParentLocator } from './parent-locator.js';
 import { encodeRegionTable } from './region-table.js';
 
-export const VHDX_CREATE_OPTIONS: readonly CreateOption[] = [
+export const CREATE_OPTIONS: readonly CreateOption[] = [
   { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], description: 'dynamic (blocks allocated on write, default) or fixed (all blocks allocated up front)' },
   { name: 'block_size', type: 'size', description: 'block size, a power of two from 1 MiB to 256 MiB (0 or absent: 32 MiB, or 2 MiB for a differencing disk)' },
   { name: 'log_size', type: 'size', description: 'log size, a multiple of 1 MiB (default 1 MiB)' },
@@ -23,11 +23,11 @@ export const VHDX_CREATE_OPTIONS: readonly CreateOption[] = [
 
 /** Hyper-V's defaults: 32 MiB blocks for base disks, 2 MiB for differencing disks (less space per scattered write). */
 export const DEFAULT_BLOCK_SIZE = 32 * MiB;
-export const DEFAULT_DIFF_BLOCK_SIZE = 2 * MiB;
-export const CREATOR = 'vdisk';
+const DEFAULT_DIFF_BLOCK_SIZE = 2 * MiB;
+const CREATOR = 'vdisk';
 
 /** The metadata region is 1 MiB: the table (64 KiB) and the items after it. */
-const METADATA_REGION_LENGTH = MiB;
+export const METADATA_REGION_LENGTH = MiB;
 
 function sizeOption(v: string | undefined, what: string): number {
   if (v === undefined || v === '') return 0;
@@ -49,7 +49,7 @@ export function locatorFor(childPath: string, target: NonNullable<CreateContext[
 }
 
 /** Lay out the metadata region's items after the table and return the table entries. */
-export function metadataLayout(items: { id: string; data: Uint8Array; flags: number }[]): { entries: MetadataEntry[]; region: Uint8Array } {
+function metadataLayout(items: { id: string; data: Uint8Array; flags: number }[]): { entries: MetadataEntry[]; region: Uint8Array } {
   const region = new Uint8Array(METADATA_REGION_LENGTH);
   let at = METADATA_TABLE_SIZE;
   const entries: MetadataEntry[] = items.map((it, index) => {
@@ -90,7 +90,7 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
   if (![512, 4096].includes(lss) || ![512, 4096].includes(pss)) throw new BlockError('invalid-argument', 'sector sizes must be 512 or 4096');
   const size = diff ? ctx.backing!.size : ctx.size;
   if (!Number.isSafeInteger(size) || size <= 0) throw new BlockError('invalid-argument', `invalid VHDX size ${size}`);
-  if (size > MAX_VIRTUAL_SIZE) throw new BlockError('out-of-range', `VHDX disks hold at most 64 TiB (asked for ${size} bytes)`);
+  if (size > MAX_SIZE) throw new BlockError('out-of-range', `VHDX disks hold at most 64 TiB (asked for ${size} bytes)`);
   if (size % lss !== 0) throw new BlockError('invalid-argument', `size ${size} is not a multiple of the ${lss}-byte logical sector`);
   const locator = diff ? locatorFor(ctx.path, ctx.backing!) : null;
 
@@ -156,5 +156,3 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
     await store.close();
   }
 }
-
-export { guidBytes };

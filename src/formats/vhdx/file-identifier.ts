@@ -7,12 +7,12 @@ import { decodeUtf16, encodeUtf16 } from '../../core/utf16.js';
  * An 8-byte signature "vhdxfile" and a UTF-16LE creator string of 512 bytes
  * (informational only: which program made the file).
  */
-export const FileIdentifier = defineStruct('VHDX file identifier', 'le', 64 * 1024, [
+const FileIdentifier = defineStruct('VHDX file identifier', 'le', 64 * 1024, [
   { name: 'signature', type: 'bytes', size: 8 },
   { name: 'creator', type: 'bytes', size: 512 },
 ]);
 
-export const FILE_SIGNATURE = 'vhdxfile';
+const FILE_SIGNATURE = 'vhdxfile';
 
 export function hasFileSignature(head: Uint8Array): boolean {
   if (head.length < 8) return false;

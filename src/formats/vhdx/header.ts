@@ -24,16 +24,16 @@ export const Header = defineStruct('VHDX header', 'le', 4096, [
 ]);
 export type HeaderValue = ReturnType<typeof Header.decode>;
 
-export const HEADER_SIGNATURE = sig('head');
+const HEADER_SIGNATURE = sig('head');
 
-export interface HeaderSlot {
+interface HeaderSlot {
   /** 0 or 1: which of the two copies. */
   slot: number;
   value: HeaderValue;
   raw: Uint8Array;
 }
 
-export interface HeaderChoice {
+interface HeaderChoice {
   current: HeaderSlot;
   /** Problems with the other copy, for check/info. */
   problems: string[];

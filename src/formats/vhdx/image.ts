@@ -13,42 +13,18 @@ import {
   Bat,
   BAT_ENTRY_SIZE,
   PAYLOAD_FULLY_PRESENT,
-  PAYLOAD_NOT_PRESENT,
   PAYLOAD_PARTIALLY_PRESENT,
   PAYLOAD_ZERO,
   SB_PRESENT,
 } from './bat.js';
 import { describeHeader } from './header.js';
-import type { HeaderWriter, Journal, SectorUpdates } from './journal.js';
+import type { SectorUpdates } from './journal.js';
 import { guidText, LOG_SECTOR, MiB, SECTOR_BITMAP_BLOCK_SIZE } from './layout.js';
-import type { MetadataEntry } from './metadata-table.js';
-import type { DiskParameters } from './metadata-items.js';
-import type { ParentLocator } from './parent-locator.js';
-import type { Region, RegionTable } from './region-table.js';
-import { bitRuns, SectorBitmapCache, setBits } from './sector-bitmap.js';
+import { bitRuns, type SectorBitmapCache, setBits } from './sector-bitmap.js';
+import type { VhdxState } from './state.js';
 import { checkVhdx } from './check.js';
 import { resizeVhdx, setBackingVhdx } from './maintenance.js';
 import { unitPieces } from '../../core/align.js';
-
-/** Everything open() learned about the file. */
-export interface VhdxState {
-  params: DiskParameters;
-  bat: Bat;
-  regions: RegionTable;
-  metadataEntries: MetadataEntry[];
-  headers: HeaderWriter;
-  journal: Journal;
-  log: { offset: number; length: number };
-  parentLocator: ParentLocator | null;
-  backing: BackingRef | null;
-  creator: string;
-  /** Where the next block goes: past every structure, 1 MiB aligned. */
-  fileEnd: number;
-  /** Real file size (the allocation end may run ahead of it until data is written). */
-  fileSize: number;
-  replay: { entries: number; onto: 'file' | 'memory' } | null;
-  problems: string[];
-}
 
 /** Payload block states that say "this layer holds nothing here". */
 function isUnallocated(state: number): boolean {
@@ -84,17 +60,18 @@ export class VhdxImage implements Image {
    */
   private readonly lock = new Mutex();
   private readonly inflight = new InFlight();
+  // The state's store, bitmap cache and read-only flag, held here too so the I/O path reaches them in one load.
+  readonly store: Store;
   private readonly bitmaps: SectorBitmapCache;
+  readonly readOnly: boolean;
   private fileGuidChanged = false;
   private dataGuidChanged = false;
   private closed = false;
 
-  constructor(
-    readonly store: Store,
-    readonly readOnly: boolean,
-    public state: VhdxState,
-  ) {
-    this.bitmaps = new SectorBitmapCache(store);
+  constructor(readonly state: VhdxState) {
+    this.store = state.store;
+    this.bitmaps = state.bitmaps;
+    this.readOnly = state.readOnly;
   }
 
   get path(): string {
@@ -255,7 +232,7 @@ export class VhdxImage implements Image {
    * guest sees (this breaks the linkage of any child made from this disk, as
    * it should).
    */
-  async beginWrite(guestVisible: boolean): Promise<void> {
+  private async beginWrite(guestVisible: boolean): Promise<void> {
     const change: { fileWriteGuid?: Uint8Array; dataWriteGuid?: Uint8Array } = {};
     if (!this.fileGuidChanged) change.fileWriteGuid = randomGuid();
     if (guestVisible && !this.dataGuidChanged) change.dataWriteGuid = randomGuid();
@@ -278,11 +255,6 @@ export class VhdxImage implements Image {
       await this.store.truncate(this.state.fileEnd);
       this.state.fileSize = this.state.fileEnd;
     }
-  }
-
-  /** Durable size and structure end for a log entry (2.3.1.1, both 1 MiB multiples). */
-  fileExtent(): { flushed: number; last: number } {
-    return { flushed: alignDown(this.state.fileSize, MiB), last: alignUp(Math.max(this.state.fileSize, this.state.fileEnd), MiB) };
   }
 
   /** A copy of the 4 KiB sector at `offset` as it is now, for a transaction to modify. */
@@ -520,14 +492,14 @@ export class VhdxImage implements Image {
   // ---- maintenance (check.ts, maintenance.ts) ------------------------------
 
   check(options: { repair?: 'leaks' | 'all' }): Promise<CheckResult> {
-    return this.exclusive(() => checkVhdx(this, options));
+    return this.exclusive(() => checkVhdx(this.state, options));
   }
 
   resize(newSize: number, options: { shrink?: boolean }): Promise<void> {
     this.checkWritable('resize');
     return this.exclusive(async () => {
       await this.beginWrite(true);
-      await resizeVhdx(this, newSize, options);
+      await resizeVhdx(this.state, newSize, options);
     });
   }
 
@@ -535,24 +507,7 @@ export class VhdxImage implements Image {
     this.checkWritable('set backing');
     return this.exclusive(async () => {
       await this.beginWrite(false);
-      await setBackingVhdx(this, parent);
+      await setBackingVhdx(this.state, parent);
     });
   }
-
-  /** For maintenance code: drop cached bitmaps after a structural change. */
-  dropCaches(): void {
-    this.bitmaps.clear();
-  }
-
-  /** For maintenance code: commit metadata sectors through the log, then run `apply` per sector. */
-  commitSectors(updates: SectorUpdates, apply: (offset: number, data: Uint8Array) => void): Promise<void> {
-    return this.state.journal.commit(updates, apply);
-  }
-
-  /** Ranges of the file every structure occupies (for check and allocation). */
-  structureRanges(): Region[] {
-    return this.state.regions.all;
-  }
 }
-
-export { PAYLOAD_NOT_PRESENT };

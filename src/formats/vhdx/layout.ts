@@ -2,7 +2,10 @@ import { crc32c } from '../../core/crc32c.js';
 import { guidFromString, guidToString } from '../../core/guid.js';
 
 /**
- * Fixed facts of the VHDX layout (VHDX spec 1.00, section 2 "File Layout").
+ * Fixed facts of the VHDX layout (VHDX spec 1.00, section 2 "File Layout"),
+ * shared by the structure modules and the rest of the folder: where the
+ * header section's structures sit, the size limits, the GUIDs, and the
+ * CRC-32C checksum every structure uses. No structure of its own lives here.
  *
  *   0        64K       128K      192K       256K       320K          1M
  *   | file id | header 1 | header 2 | region 1 | region 2 | reserved |  log, BAT, metadata, blocks ...
@@ -10,22 +13,22 @@ import { guidFromString, guidToString } from '../../core/guid.js';
  * Everything after the first MiB is placed by the region table and the
  * headers' log fields, always at 1 MiB multiples.
  */
-export const KiB = 1024;
+const KiB = 1024;
 export const MiB = 1024 * 1024;
-export const TiB = MiB * MiB;
+const TiB = MiB * MiB;
 
-export const FILE_IDENTIFIER_OFFSET = 0;
 export const HEADER_OFFSETS = [64 * KiB, 128 * KiB] as const;
 export const REGION_TABLE_OFFSETS = [192 * KiB, 256 * KiB] as const;
 /** The header section: nothing located by a field may start inside it (2.1). */
-export const HEADER_SECTION_SIZE = MiB;
+export const HEADER_SECTION_SIZE = 1 * MiB;
 
 /** Largest virtual disk the specification allows (2.6.2.2: 64 TiB). */
-export const MAX_VIRTUAL_SIZE = 64 * TiB;
-export const MIN_BLOCK_SIZE = MiB;
+export const MAX_SIZE = 64 * TiB;
+/** Block sizes File Parameters may name (2.6.2.1): a power of two from 1 MiB to 256 MiB. */
+export const MIN_BLOCK_SIZE = 1 * MiB;
 export const MAX_BLOCK_SIZE = 256 * MiB;
 /** Sector bitmap blocks are always 1 MiB (2.5.1), one bit per logical sector. */
-export const SECTOR_BITMAP_BLOCK_SIZE = MiB;
+export const SECTOR_BITMAP_BLOCK_SIZE = 1 * MiB;
 /** Log entries are made of 4 KiB sectors (2.3). */
 export const LOG_SECTOR = 4 * KiB;
 
@@ -58,11 +61,6 @@ export function checksumWithHole(buf: Uint8Array, at = 4): number {
 /** Write the checksum into a structure whose checksum field is at `at`. */
 export function sealChecksum(buf: Uint8Array, at = 4): void {
   new DataView(buf.buffer, buf.byteOffset, buf.byteLength).setUint32(at, checksumWithHole(buf, at), true);
-}
-
-/** A 32-bit signature as ASCII, for messages. */
-export function fourcc(v: number): string {
-  return String.fromCharCode(v & 0xff, (v >>> 8) & 0xff, (v >>> 16) & 0xff, v >>> 24).replace(/[^\x20-\x7e]/g, '?');
 }
 
 export function sig(text: string): number {

@@ -14,7 +14,7 @@ import { checksumWithHole, LOG_SECTOR, sealChecksum, sig } from './layout.js';
  * target sector; its data sector carries the 4084 in between, framed by the
  * entry's sequence number split in two halves, so a torn write is detected.
  */
-export const LogEntryHeader = defineStruct('VHDX log entry header', 'le', 64, [
+const LogEntryHeader = defineStruct('VHDX log entry header', 'le', 64, [
   { name: 'signature', type: 'u32' },
   { name: 'checksum', type: 'u32' },
   { name: 'entryLength', type: 'u32' },
@@ -28,7 +28,7 @@ export const LogEntryHeader = defineStruct('VHDX log entry header', 'le', 64, [
 ]);
 
 /** 2.3.1.2 zero descriptor: ZeroLength bytes at FileOffset become zero. */
-export const ZeroDescriptor = defineStruct('VHDX log zero descriptor', 'le', 32, [
+const ZeroDescriptor = defineStruct('VHDX log zero descriptor', 'le', 32, [
   { name: 'signature', type: 'u32' },
   { name: 'reserved', type: 'u32' },
   { name: 'zeroLength', type: 'u64' },
@@ -37,7 +37,7 @@ export const ZeroDescriptor = defineStruct('VHDX log zero descriptor', 'le', 32,
 ]);
 
 /** 2.3.1.3 data descriptor: one 4 KiB sector at FileOffset. */
-export const DataDescriptor = defineStruct('VHDX log data descriptor', 'le', 32, [
+const DataDescriptor = defineStruct('VHDX log data descriptor', 'le', 32, [
   { name: 'signature', type: 'u32' },
   { name: 'trailingBytes', type: 'bytes', size: 4 },
   { name: 'leadingBytes', type: 'bytes', size: 8 },
@@ -46,18 +46,18 @@ export const DataDescriptor = defineStruct('VHDX log data descriptor', 'le', 32,
 ]);
 
 /** 2.3.1.4 data sector. */
-export const DataSector = defineStruct('VHDX log data sector', 'le', LOG_SECTOR, [
+const DataSector = defineStruct('VHDX log data sector', 'le', LOG_SECTOR, [
   { name: 'signature', type: 'u32' },
   { name: 'sequenceHigh', type: 'u32' },
   { name: 'data', type: 'bytes', size: 4084 },
   { name: 'sequenceLow', type: 'u32' },
 ]);
 
-export const ENTRY_SIGNATURE = sig('loge');
-export const ZERO_SIGNATURE = sig('zero');
-export const DESC_SIGNATURE = sig('desc');
-export const DATA_SIGNATURE = sig('data');
-export const DESCRIPTOR_SIZE = 32;
+const ENTRY_SIGNATURE = sig('loge');
+const ZERO_SIGNATURE = sig('zero');
+const DESC_SIGNATURE = sig('desc');
+const DATA_SIGNATURE = sig('data');
+const DESCRIPTOR_SIZE = 32;
 
 /** Log sectors taken by `n` descriptors (header included). */
 export function descriptorSectors(n: number): number {

@@ -12,7 +12,7 @@ import { parseEntry, type LogWrite, type ParsedEntry } from './log-entry.js';
  * Tail names an entry of the run. Replaying applies the writes of the
  * entries from that tail to the head, in order.
  */
-export interface ReplayPlan {
+interface ReplayPlan {
   entries: ParsedEntry[];
   writes: LogWrite[];
   /** From the head: the file must be at least this long, else it was truncated after the log was written. */
@@ -22,7 +22,7 @@ export interface ReplayPlan {
 }
 
 /** Largest log we read into memory (the specification allows any 1 MiB multiple up to 4 GiB; writers use 1 MiB). */
-export const MAX_LOG_IN_MEMORY = 1024 * MiB;
+const MAX_LOG_IN_MEMORY = 1024 * MiB;
 
 export function findActiveSequence(log: Uint8Array, logGuid: Uint8Array): ParsedEntry[] | null {
   let best: ParsedEntry[] | null = null;

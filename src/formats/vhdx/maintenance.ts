@@ -5,25 +5,24 @@ import type { BackingTarget } from '../types.js';
 import { Bat, BAT_ENTRY_SIZE, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT } from './bat.js';
 import { locatorFor } from './create.js';
 import type { SectorUpdates } from './journal.js';
-import { GUIDS, LOG_SECTOR, MAX_VIRTUAL_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
+import { GUIDS, LOG_SECTOR, MAX_SIZE, MiB, REGION_TABLE_OFFSETS } from './layout.js';
 import { encodeMetadataTable, METADATA_TABLE_SIZE } from './metadata-table.js';
 import { VirtualDiskSize } from './metadata-items.js';
-import { backingFromLocator } from './open.js';
-import { encodeParentLocator } from './parent-locator.js';
+import { backingFromLocator, encodeParentLocator } from './parent-locator.js';
 import { encodeRegionTable } from './region-table.js';
-import type { VhdxImage } from './image.js';
+import type { VhdxState } from './state.js';
 
 /** Put `bytes` at file offset `at` into the transaction, sector by sector, reading sectors it only partly covers. */
-async function stage(image: VhdxImage, updates: SectorUpdates, at: number, bytes: Uint8Array): Promise<void> {
-  for (let s = alignDown(at, LOG_SECTOR); s < at + bytes.length; s += LOG_SECTOR) {
-    let img = updates.get(s);
+async function stage(s: VhdxState, updates: SectorUpdates, at: number, bytes: Uint8Array): Promise<void> {
+  for (let sector = alignDown(at, LOG_SECTOR); sector < at + bytes.length; sector += LOG_SECTOR) {
+    let img = updates.get(sector);
     if (!img) {
-      img = await readExact(image.store, s, new Uint8Array(LOG_SECTOR), 'metadata sector');
-      updates.set(s, img);
+      img = await readExact(s.store, sector, new Uint8Array(LOG_SECTOR), 'metadata sector');
+      updates.set(sector, img);
     }
-    const a = Math.max(at, s);
-    const b = Math.min(at + bytes.length, s + LOG_SECTOR);
-    img.set(bytes.subarray(a - at, b - at), a - s);
+    const a = Math.max(at, sector);
+    const b = Math.min(at + bytes.length, sector + LOG_SECTOR);
+    img.set(bytes.subarray(a - at, b - at), a - sector);
   }
 }
 
@@ -34,14 +33,13 @@ async function stage(image: VhdxImage, updates: SectorUpdates, at: number, bytes
  * transaction switches everything: changed BAT sectors first, the region
  * tables and the size item last, so a crash leaves either disk.
  */
-export async function resizeVhdx(image: VhdxImage, newSize: number, options: { shrink?: boolean }): Promise<void> {
-  const s = image.state;
+export async function resizeVhdx(s: VhdxState, newSize: number, options: { shrink?: boolean }): Promise<void> {
   const p = s.params;
-  const ctx = { path: image.path };
+  const ctx = { path: s.path };
   if (!Number.isSafeInteger(newSize) || newSize <= 0 || newSize % p.logicalSectorSize !== 0) {
     throw new BlockError('invalid-argument', `new size ${newSize} is not a positive multiple of the ${p.logicalSectorSize}-byte sector`, ctx);
   }
-  if (newSize > MAX_VIRTUAL_SIZE) throw new BlockError('out-of-range', `VHDX disks hold at most 64 TiB (asked for ${newSize})`, ctx);
+  if (newSize > MAX_SIZE) throw new BlockError('out-of-range', `VHDX disks hold at most 64 TiB (asked for ${newSize})`, ctx);
   if (newSize < p.virtualSize && !options.shrink) {
     throw new BlockError('invalid-argument', 'shrinking needs --shrink (data past the new end is lost)', ctx);
   }
@@ -68,7 +66,7 @@ export async function resizeVhdx(image: VhdxImage, newSize: number, options: { s
     if (st === PAYLOAD_FULLY_PRESENT || st === PAYLOAD_PARTIALLY_PRESENT) {
       const from = p.virtualSize - last * p.blockSize;
       const to = Math.min(p.blockSize, newSize - last * p.blockSize);
-      await image.store.write(old.offset(i) + from, new Uint8Array(to - from));
+      await s.store.write(old.offset(i) + from, new Uint8Array(to - from));
     }
   }
   // A fixed disk keeps every block allocated (LeaveBlocksAllocated).
@@ -86,15 +84,15 @@ export async function resizeVhdx(image: VhdxImage, newSize: number, options: { s
     const length = batRegionLength(g);
     const offset = s.fileEnd;
     s.fileEnd = alignUp(offset + length, MiB);
-    await image.store.truncate(Math.max(s.fileEnd, s.fileSize));
+    await s.store.truncate(Math.max(s.fileEnd, s.fileSize));
     s.fileSize = Math.max(s.fileEnd, s.fileSize);
-    await image.store.write(offset, bytes);
+    await s.store.write(offset, bytes);
     region = { ...region, offset, length };
     const table = encodeRegionTable(s.regions.all.map((r) => (r === s.regions.bat ? region : r)));
-    for (const at of REGION_TABLE_OFFSETS) await stage(image, updates, at, table);
+    for (const at of REGION_TABLE_OFFSETS) await stage(s, updates, at, table);
   } else {
     if (s.fileSize < s.fileEnd) {
-      await image.store.truncate(s.fileEnd);
+      await s.store.truncate(s.fileEnd);
       s.fileSize = s.fileEnd;
     }
     const n = Math.max(bytes.length, old.bytes.length);
@@ -110,12 +108,12 @@ export async function resizeVhdx(image: VhdxImage, newSize: number, options: { s
   updates.clear();
   for (const [k, v] of sized) if (k >= s.regions.bat.offset) updates.set(k, v);
   for (const [k, v] of sized) if (k < s.regions.bat.offset) updates.set(k, v);
-  await stage(image, updates, s.regions.metadata.offset + sizeItem.offset, VirtualDiskSize.encode({ size: BigInt(newSize) }));
-  await image.commitSectors(updates, () => {});
+  await stage(s, updates, s.regions.metadata.offset + sizeItem.offset, VirtualDiskSize.encode({ size: BigInt(newSize) }));
+  await s.journal.commit(updates, () => {});
   s.regions = { ...s.regions, bat: region, all: s.regions.all.map((r) => (r === s.regions.bat ? region : r)) };
   s.bat = bat;
   s.params = { ...p, virtualSize: newSize };
-  image.dropCaches();
+  s.bitmaps.clear();
 }
 
 /**
@@ -124,14 +122,13 @@ export async function resizeVhdx(image: VhdxImage, newSize: number, options: { s
  * of the metadata region; the table entry and the item change in one
  * journaled transaction.
  */
-export async function setBackingVhdx(image: VhdxImage, parent: BackingTarget | null): Promise<void> {
-  const s = image.state;
-  const ctx = { path: image.path };
+export async function setBackingVhdx(s: VhdxState, parent: BackingTarget | null): Promise<void> {
+  const ctx = { path: s.path };
   if (!s.params.hasParent) throw new BlockError('unsupported', 'only a differencing VHDX can change its parent (this disk has none)', ctx);
   if (!parent) {
     throw new BlockError('unsupported', 'removing the parent of a differencing VHDX is not supported (convert the chain instead)', ctx);
   }
-  const locator = locatorFor(image.path, parent);
+  const locator = locatorFor(s.path, parent);
   const raw = encodeParentLocator(locator);
   const entries = s.metadataEntries.map((e) => ({ ...e }));
   const entry = entries.find((e) => e.id === GUIDS.parentLocator)!;
@@ -143,12 +140,12 @@ export async function setBackingVhdx(image: VhdxImage, parent: BackingTarget | n
   entry.offset = offset;
   entry.length = raw.length;
   const updates: SectorUpdates = new Map();
-  await stage(image, updates, s.regions.metadata.offset + offset, raw);
+  await stage(s, updates, s.regions.metadata.offset + offset, raw);
   const table = encodeMetadataTable(entries);
   // Only the part holding entries changes; the rest of the table stays as it is on disk.
-  await stage(image, updates, s.regions.metadata.offset, table.subarray(0, alignUp(32 + entries.length * 32, LOG_SECTOR)));
-  await image.commitSectors(updates, () => {});
+  await stage(s, updates, s.regions.metadata.offset, table.subarray(0, alignUp(32 + entries.length * 32, LOG_SECTOR)));
+  await s.journal.commit(updates, () => {});
   s.metadataEntries = entries;
   s.parentLocator = locator;
-  s.backing = backingFromLocator(locator, image.path);
+  s.backing = backingFromLocator(locator, s.path);
 }

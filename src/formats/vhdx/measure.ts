@@ -4,11 +4,8 @@ import { isPowerOfTwo } from '../../core/u64.js';
 import { blocksTouched } from '../measure-helpers.js';
 import type { MeasureInput, MeasureResult } from '../types.js';
 import { batGeometry, batRegionLength } from './bat.js';
-import { DEFAULT_BLOCK_SIZE } from './create.js';
+import { DEFAULT_BLOCK_SIZE, METADATA_REGION_LENGTH } from './create.js';
 import { HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MiB, MIN_BLOCK_SIZE } from './layout.js';
-
-/** createVhdx's metadata region: one MiB (table and items). */
-const METADATA_REGION_LENGTH = MiB;
 
 /**
  * File size of a VHDX holding `allocated` (qemu-img measure). Mirrors

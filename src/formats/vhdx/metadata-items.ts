@@ -1,7 +1,7 @@
 import { defineStruct } from '../../codec/struct.js';
 import { BlockError } from '../../core/errors.js';
 import { isPowerOfTwo, u64ToNumber } from '../../core/u64.js';
-import { MAX_BLOCK_SIZE, MAX_VIRTUAL_SIZE, MIN_BLOCK_SIZE } from './layout.js';
+import { MAX_BLOCK_SIZE, MAX_SIZE, MIN_BLOCK_SIZE } from './layout.js';
 
 /**
  * The system metadata items (VHDX spec 2.6.2). Each is a small fixed struct
@@ -45,7 +45,7 @@ export function validateParameters(p: DiskParameters, path?: string): void {
   if (p.virtualSize <= 0 || p.virtualSize % p.logicalSectorSize !== 0) {
     throw new BlockError('corrupt', `virtual size ${p.virtualSize} is not a positive multiple of the ${p.logicalSectorSize}-byte sector`, ctx);
   }
-  if (p.virtualSize > MAX_VIRTUAL_SIZE) throw new BlockError('unsupported', `virtual size ${p.virtualSize} exceeds 64 TiB`, ctx);
+  if (p.virtualSize > MAX_SIZE) throw new BlockError('unsupported', `virtual size ${p.virtualSize} exceeds 64 TiB`, ctx);
 }
 
 export function decodeVirtualSize(raw: Uint8Array, path?: string): number {

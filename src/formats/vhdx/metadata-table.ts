@@ -9,8 +9,8 @@ import { GUIDS, guidBytes, guidText, MiB, overlaps } from './layout.js';
  * length <= 1 MiB) with flags IsUser, IsVirtualDisk, IsRequired.
  */
 export const METADATA_TABLE_SIZE = 64 * 1024;
-export const MAX_METADATA_ENTRIES = 2047;
-export const MAX_ITEM_LENGTH = MiB;
+const MAX_METADATA_ENTRIES = 2047;
+const MAX_ITEM_LENGTH = MiB;
 
 export const MetadataTableHeader = defineStruct('VHDX metadata table header', 'le', 32, [
   { name: 'signature', type: 'bytes', size: 8 },
@@ -25,7 +25,7 @@ export const MetadataTableEntry = defineStruct('VHDX metadata table entry', 'le'
   { name: 'flags', type: 'u32' },
 ]);
 
-export const METADATA_SIGNATURE = 'metadata';
+const METADATA_SIGNATURE = 'metadata';
 export const FLAG_IS_USER = 1;
 export const FLAG_IS_VIRTUAL_DISK = 2;
 export const FLAG_IS_REQUIRED = 4;

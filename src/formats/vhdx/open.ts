@@ -21,9 +21,11 @@ import {
   validateParameters,
   type DiskParameters,
 } from './metadata-items.js';
-import { decodeParentLocator, normalizeLinkage, type ParentLocator } from './parent-locator.js';
+import { backingFromLocator, decodeParentLocator, type ParentLocator } from './parent-locator.js';
 import { decodeRegionTables, REGION_TABLE_SIZE } from './region-table.js';
-import { VhdxImage, type VhdxState } from './image.js';
+import { SectorBitmapCache } from './sector-bitmap.js';
+import { fileExtent, type VhdxState } from './state.js';
+import { VhdxImage } from './image.js';
 
 /** The first 320 KiB: file identifier, both headers, both region tables. */
 const HEAD_LENGTH = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE;
@@ -131,12 +133,15 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
 
   const structuresEnd = Math.max(log.offset + log.length, ...regions.all.map((r) => r.offset + r.length), blocksEnd);
   const state: VhdxState = {
+    store,
+    path: store.path,
+    readOnly: ctx.readOnly,
     params,
     bat,
     regions,
     metadataEntries: entries as MetadataEntry[],
     headers,
-    journal: null as unknown as Journal,
+    journal: new Journal(store, headers, log, () => fileExtent(state)),
     log,
     parentLocator,
     backing,
@@ -145,20 +150,7 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
     fileSize,
     replay,
     problems: [...choice.problems, ...regionProblems],
+    bitmaps: new SectorBitmapCache(store),
   };
-  const image = new VhdxImage(store, ctx.readOnly, state);
-  state.journal = new Journal(store, headers, log, () => image.fileExtent());
-  return image;
-}
-
-/**
- * 2.6.2.6.3: parent_linkage is the parent's DataWriteGuid; the paths are
- * tried relative first, then volume, then absolute (chain/ resolves them).
- */
-export function backingFromLocator(loc: ParentLocator, path?: string): BackingRef {
-  const linkage = loc.get('parent_linkage');
-  if (!linkage) throw new BlockError('corrupt', 'parent locator has no parent_linkage', { path });
-  const candidates = ['relative_path', 'volume_path', 'absolute_win32_path'].map((k) => loc.get(k)).filter((v): v is string => !!v);
-  if (candidates.length === 0) throw new BlockError('corrupt', 'parent locator names no parent path', { path });
-  return { recorded: candidates[0], candidates, format: 'vhdx', expectedId: normalizeLinkage(linkage), sameSize: true };
+  return new VhdxImage(state);
 }

@@ -1,6 +1,7 @@
 import { defineStruct } from '../../codec/struct.js';
 import { BlockError } from '../../core/errors.js';
 import { decodeUtf16, encodeUtf16 } from '../../core/utf16.js';
+import type { BackingRef } from '../types.js';
 import { GUIDS, guidBytes, guidText } from './layout.js';
 
 /**
@@ -16,7 +17,7 @@ export const ParentLocatorHeader = defineStruct('VHDX parent locator header', 'l
   { name: 'keyValueCount', type: 'u16' },
 ]);
 
-export const ParentLocatorEntry = defineStruct('VHDX parent locator entry', 'le', 12, [
+const ParentLocatorEntry = defineStruct('VHDX parent locator entry', 'le', 12, [
   { name: 'keyOffset', type: 'u32' },
   { name: 'valueOffset', type: 'u32' },
   { name: 'keyLength', type: 'u16' },
@@ -73,6 +74,18 @@ export function encodeParentLocator(entries: ParentLocator): Uint8Array {
 }
 
 /** "{AbC...}" -> "abc..." : the form `identity` uses (DataWriteGuid text, no braces, lower case). */
-export function normalizeLinkage(s: string): string {
+function normalizeLinkage(s: string): string {
   return s.trim().replace(/^\{|\}$/g, '').toLowerCase();
+}
+
+/**
+ * 2.6.2.6.3: parent_linkage is the parent's DataWriteGuid; the paths are
+ * tried relative first, then volume, then absolute (chain/ resolves them).
+ */
+export function backingFromLocator(loc: ParentLocator, path?: string): BackingRef {
+  const linkage = loc.get('parent_linkage');
+  if (!linkage) throw new BlockError('corrupt', 'parent locator has no parent_linkage', { path });
+  const candidates = ['relative_path', 'volume_path', 'absolute_win32_path'].map((k) => loc.get(k)).filter((v): v is string => !!v);
+  if (candidates.length === 0) throw new BlockError('corrupt', 'parent locator names no parent path', { path });
+  return { recorded: candidates[0], candidates, format: 'vhdx', expectedId: normalizeLinkage(linkage), sameSize: true };
 }

@@ -10,8 +10,8 @@ import { checksumWithHole, GUIDS, guidBytes, guidText, HEADER_SECTION_SIZE, MiB,
  * region, each at a 1 MiB multiple with a 1 MiB-multiple length.
  */
 export const REGION_TABLE_SIZE = 64 * 1024;
-export const MAX_REGION_ENTRIES = 2047;
-export const REGION_SIGNATURE = sig('regi');
+const MAX_REGION_ENTRIES = 2047;
+const REGION_SIGNATURE = sig('regi');
 
 export const RegionTableHeader = defineStruct('VHDX region table header', 'le', 16, [
   { name: 'signature', type: 'u32' },
@@ -27,7 +27,7 @@ export const RegionTableEntry = defineStruct('VHDX region table entry', 'le', 32
   { name: 'flags', type: 'u32' },
 ]);
 /** Region entry flag bit 0, Required: a reader that does not know the region must refuse the file. */
-export const REGION_REQUIRED = 1;
+const REGION_REQUIRED = 1;
 
 export interface Region {
   guid: string;
@@ -118,7 +118,7 @@ export function encodeRegionTable(regions: Region[]): Uint8Array {
   RegionTableHeader.encode({ signature: REGION_SIGNATURE, checksum: 0, entryCount: regions.length, reserved: 0 }, raw);
   regions.forEach((r, i) =>
     RegionTableEntry.encode(
-      { guid: guidBytes(r.guid), fileOffset: BigInt(r.offset), length: r.length, flags: r.required ? 1 : 0 },
+      { guid: guidBytes(r.guid), fileOffset: BigInt(r.offset), length: r.length, flags: r.required ? REGION_REQUIRED : 0 },
       raw,
       RegionTableHeader.SIZE + i * RegionTableEntry.SIZE,
     ),
