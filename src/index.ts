@@ -8,7 +8,6 @@ export { parseSize, formatSize } from './core/size.js';
 export type { Store, StoreOpener, OpenStoreOptions } from './io/store.js';
 export { FileStore, openFileStore } from './io/file-store.js';
 export { MemoryStore, MemoryFs } from './io/memory-store.js';
-export { FaultStore } from './io/fault-store.js';
 export type {
   Image,
   Readable,

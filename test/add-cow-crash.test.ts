@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FaultStore } from '../src/io/fault-store.js';
+import { FaultStore } from './helpers/fault-store.js';
 import { MemoryFs, MemoryStore } from '../src/io/memory-store.js';
 import type { OpenStoreOptions, Store } from '../src/io/store.js';
 import { openChain } from '../src/chain/open.js';

@@ -9,7 +9,7 @@ import { defineStruct } from '../src/codec/struct.js';
 import { crc32c } from '../src/core/crc32c.js';
 import { guidFromString, guidToString } from '../src/core/guid.js';
 import { decodeUtf16, encodeUtf16 } from '../src/core/utf16.js';
-import { FaultStore } from '../src/io/fault-store.js';
+import { FaultStore } from './helpers/fault-store.js';
 import { MemoryStore } from '../src/io/memory-store.js';
 import { readExact } from '../src/io/store.js';
 import { Mutex } from '../src/core/mutex.js';

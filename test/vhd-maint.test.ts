@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { openChain, openLayer } from '../src/chain/open.js';
 import { createImage, describeBacking } from '../src/ops/create.js';
 import { openFileStore } from '../src/io/file-store.js';
-import { FaultStore } from '../src/io/fault-store.js';
+import { FaultStore } from './helpers/fault-store.js';
 import { MemoryFs, MemoryStore } from '../src/io/memory-store.js';
 import type { StoreOpener } from '../src/io/store.js';
 import { vhdFormat } from '../src/formats/vhd/index.js';

@@ -2,7 +2,7 @@ import { readWholeDisk } from './helpers/oracle.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { openChain } from '../src/chain/open.js';
-import { FaultStore } from '../src/io/fault-store.js';
+import { FaultStore } from './helpers/fault-store.js';
 import { MemoryFs, MemoryStore } from '../src/io/memory-store.js';
 import { createImage } from '../src/ops/create.js';
 import { vhdxFormat } from '../src/formats/vhdx/index.js';

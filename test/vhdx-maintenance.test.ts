@@ -4,7 +4,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { openChain, openLayer } from '../src/chain/open.js';
 import { createImage } from '../src/ops/create.js';
-import { FaultStore } from '../src/io/fault-store.js';
+import { FaultStore } from './helpers/fault-store.js';
 import { MemoryFs, MemoryStore } from '../src/io/memory-store.js';
 import { vhdxFormat } from '../src/formats/vhdx/index.js';
 import type { BackingTarget, Image } from '../src/formats/types.js';

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { BlockError } from '../../src/core/errors.js';
-import { FaultStore } from '../../src/io/fault-store.js';
+import { FaultStore } from './fault-store.js';
 import { MemoryStore } from '../../src/io/memory-store.js';
 import type { OpenStoreOptions, Store, StoreOpener } from '../../src/io/store.js';
 import { openChain, type ChainOpenOptions } from '../../src/chain/open.js';

@@ -1,6 +1,6 @@
-import { BlockError } from '../core/errors.js';
-import { MemoryStore } from './memory-store.js';
-import type { Store } from './store.js';
+import { BlockError } from '../../src/core/errors.js';
+import { MemoryStore } from '../../src/io/memory-store.js';
+import type { Store } from '../../src/io/store.js';
 
 type Pending = { kind: 'write'; offset: number; data: Uint8Array } | { kind: 'truncate'; size: number };
 
