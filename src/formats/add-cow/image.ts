@@ -4,7 +4,7 @@ import { Mutex } from '../../core/mutex.js';
 import { checkRequest, readOnlyError } from '../../core/request.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact } from '../../io/store.js';
-import { RawImage } from '../raw/index.js';
+import { RawImage } from '../raw/image.js';
 import type { BackingRef, BackingTarget, CheckProblem, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
 import { Bitmap } from './bitmap.js';
 import {
