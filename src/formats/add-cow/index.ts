@@ -64,21 +64,19 @@ async function open(ctx: OpenContext): Promise<Image> {
   }
 }
 
-/** An existing image file must be raw: refuse files another vdisk format claims. */
-async function checkExistingImageFile(store: Store, size: number): Promise<void> {
+/**
+ * An existing image file must be raw: refuse files another vdisk format
+ * claims. The caller's probe asks the registry (which imports this format,
+ * so this module cannot import it).
+ */
+async function checkExistingImageFile(store: Store, size: number, probe: CreateContext['probe']): Promise<void> {
   const fileSize = await store.size();
   if (fileSize < size) {
     throw new BlockError('invalid-argument', `image file is ${fileSize} bytes, smaller than the virtual size ${size}`, { path: store.path });
   }
-  // Imported lazily: the registry imports this module.
-  const { probeFormat } = await import('../registry.js');
-  const head = new Uint8Array(Math.min(fileSize, 64 * 1024));
-  await store.read(0, head);
-  const tail = new Uint8Array(Math.min(fileSize, 512));
-  await store.read(fileSize - tail.length, tail);
-  const fmt = probeFormat({ head, tail, size: fileSize });
-  if (fmt.name !== 'raw') {
-    throw new BlockError('invalid-argument', `image file is a ${fmt.name} image; add-cow needs a raw image file`, { path: store.path });
+  const fmt = await probe(store);
+  if (fmt !== 'raw') {
+    throw new BlockError('invalid-argument', `image file is a ${fmt} image; add-cow needs a raw image file`, { path: store.path });
   }
 }
 
@@ -107,7 +105,7 @@ async function create(ctx: CreateContext): Promise<void> {
   try {
     const existing = await ctx.openStore(imagePath, { readOnly: true });
     try {
-      await checkExistingImageFile(existing, size);
+      await checkExistingImageFile(existing, size, ctx.probe);
     } finally {
       await existing.close();
     }
