@@ -20,10 +20,19 @@ export class AddCowImage implements Image {
   readonly placement: WritePlacement = 'fixed';
   /** Copied from the state, which never changes it: read on every write. */
   readonly readOnly: boolean;
+  /**
+   * The state's bitmap and raw view of the image file, held here too for the
+   * data path (one property load less per use). The same objects: the state
+   * never replaces them (resize changes them in place).
+   */
+  private readonly bitmap: AddCowState['bitmap'];
+  private readonly data: AddCowState['data'];
   private closed = false;
 
   constructor(private readonly state: AddCowState) {
     this.readOnly = state.readOnly;
+    this.bitmap = state.bitmap;
+    this.data = state.data;
   }
 
   get path(): string {
@@ -41,7 +50,7 @@ export class AddCowImage implements Image {
   /** Runs of the bitmap over [offset, offset+length), clipped to the byte range. */
   private *byteRuns(offset: number, length: number): Generator<{ offset: number; length: number; set: boolean }> {
     const end = offset + length;
-    for (const r of this.state.bitmap.runs(Math.floor(offset / SECTOR), Math.ceil(end / SECTOR))) {
+    for (const r of this.bitmap.runs(Math.floor(offset / SECTOR), Math.ceil(end / SECTOR))) {
       const from = Math.max(offset, r.start * SECTOR);
       const to = Math.min(end, r.end * SECTOR);
       yield { offset: from, length: to - from, set: r.set };
@@ -57,7 +66,7 @@ export class AddCowImage implements Image {
     checkRequest(this, 'block status', offset, length);
     const out: Extent[] = [];
     const clear = this.state.backing ? 'unallocated' : 'zero';
-    const bitmap = this.state.bitmap;
+    const bitmap = this.bitmap;
     // Most requests (a 4 KiB read) lie in one run: answer without the run walk.
     const first = Math.floor(offset / SECTOR);
     const end = Math.ceil((offset + length) / SECTOR);
@@ -76,37 +85,37 @@ export class AddCowImage implements Image {
     checkRequest(this, 'read', offset, into.length);
     for (const r of this.byteRuns(offset, into.length)) {
       const part = into.subarray(r.offset - offset, r.offset - offset + r.length);
-      if (r.set) await this.state.data.read(r.offset, part);
+      if (r.set) await this.data.read(r.offset, part);
       else part.fill(0);
     }
   }
 
   get hostStore(): Store | undefined {
-    return this.state.data.hostStore;
+    return this.data.hostStore;
   }
 
   /** Data extents are the image file's bytes at the same offset (hostOffset = disk offset). */
   readHost(hostOffset: number, into: Uint8Array): Promise<void> {
-    return this.state.data.read(hostOffset, into);
+    return this.data.read(hostOffset, into);
   }
 
   /** The image file is raw: its blockStatus is the host's allocation (holes read as zeros). */
   async hostAllocation(hostOffset: number, length: number): Promise<HostRange[] | undefined> {
-    return (await this.state.data.blockStatus(hostOffset, length)).map((e) => ({ offset: e.offset, length: e.length, data: e.kind === 'data' }));
+    return (await this.data.blockStatus(hostOffset, length)).map((e) => ({ offset: e.offset, length: e.length, data: e.kind === 'data' }));
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
     checkRequest(this, 'write', offset, data.length, SECTOR);
-    await this.state.data.write(offset, data);
+    await this.data.write(offset, data);
     // Only after the data write completed: the bit is in memory, and reaches disk at flush, after fdatasync of the image file.
-    this.state.bitmap.setRange(offset / SECTOR, (offset + data.length) / SECTOR, true);
+    this.bitmap.setRange(offset / SECTOR, (offset + data.length) / SECTOR, true);
   }
 
   /** Zeros are written into the image file: a clear bit would expose the backing file. */
   async writeZeroes(offset: number, length: number): Promise<void> {
     checkRequest(this, 'write zeroes', offset, length, SECTOR);
-    await this.state.data.writeZeroes(offset, length);
-    this.state.bitmap.setRange(offset / SECTOR, (offset + length) / SECTOR, true);
+    await this.data.writeZeroes(offset, length);
+    this.bitmap.setRange(offset / SECTOR, (offset + length) / SECTOR, true);
   }
 
   /**
@@ -117,7 +126,7 @@ export class AddCowImage implements Image {
    */
   async trim(offset: number, length: number): Promise<void> {
     checkRequest(this, 'trim', offset, length, SECTOR);
-    this.state.bitmap.setRange(offset / SECTOR, (offset + length) / SECTOR, false);
+    this.bitmap.setRange(offset / SECTOR, (offset + length) / SECTOR, false);
   }
 
   /** Image file fdatasync → changed bitmap pieces written → add-cow fdatasync (state.ts, docs "Write order"). */
