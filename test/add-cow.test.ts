@@ -443,7 +443,7 @@ test('bad input at create: nothing is written', async () => {
   await assert.rejects(tryCreate({ image_file: 'base.raw' }, { backing: { path: 'base.raw' } }), isKind('invalid-argument'));
   await assert.rejects(tryCreate({ image_file: 'n.raw' }, { size: 1000 }), isKind('invalid-argument'));
   await assert.rejects(
-    addCowFormat.create!({ path: '/d/new.add-cow', size: 1000, options: {}, openStore: fs.opener() }),
+    addCowFormat.create!({ path: '/d/new.add-cow', size: 1000, options: {}, openStore: fs.opener(), probe: async () => 'raw' }),
     isKind('invalid-argument'),
   );
   await assert.rejects(tryCreate({ image_file: 'n.raw' }, { size: 2 ** 42 }), isKind('out-of-range'));

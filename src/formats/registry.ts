@@ -7,8 +7,11 @@ import { addCowFormat } from './add-cow/index.js';
 
 /**
  * Every format vdisk knows, as plain data (architecture rule 8). Adding a
- * format = a folder under formats/ and one line here. Order matters only for
- * ties in probing; raw is last and probes lowest.
+ * format = a folder under formats/ and one line here
+ * (docs/adding-a-format.md). Order matters only for ties in probing; raw is
+ * last and probes lowest. Nothing under formats/ imports this module: a
+ * format that must recognise another file is handed a probe by its caller
+ * (CreateContext.probe).
  */
 export const FORMATS: readonly Format[] = [
   vhdFormat,

@@ -215,6 +215,14 @@ export interface CreateContext {
   options: Record<string, string>;
   backing?: BackingTarget;
   openStore: StoreOpener;
+  /**
+   * The name of the format whose probe claims `store`'s bytes ('raw' when
+   * none does), asked of the registry by the caller (ops/create.ts). A format
+   * that must recognise another file at create (add-cow refuses an existing
+   * image file that is not raw) asks here: importing the registry, which
+   * imports every format, would be a cycle.
+   */
+  probe(store: Store): Promise<string>;
 }
 
 export interface CreateOption {

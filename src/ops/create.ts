@@ -5,8 +5,8 @@ import { parseOptions } from './options.js';
 
 export { parseOptions };
 import { openFileStore } from '../io/file-store.js';
-import type { StoreOpener } from '../io/store.js';
-import { openChain, openLayer } from '../chain/open.js';
+import type { Store, StoreOpener } from '../io/store.js';
+import { openChain, openLayer, probeStore } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
 import type { BackingTarget, Format } from '../formats/types.js';
 
@@ -87,7 +87,9 @@ export async function createImage(req: CreateRequest): Promise<CreateResult> {
     const size = req.size ?? described?.target.size;
     if (size === undefined) throw new BlockError('invalid-argument', 'image size is required (no backing file to take it from)');
     validateSize(size, format.maxSize, format.name);
-    await format.create({ path: req.path, size, options, backing: described?.target, openStore });
+    // The registry is asked for the format: a format that must recognise a file at create cannot import it (types.ts, CreateContext.probe).
+    const probe = async (store: Store) => (await probeStore(store)).name;
+    await format.create({ path: req.path, size, options, backing: described?.target, openStore, probe });
   } finally {
     await described?.close();
   }

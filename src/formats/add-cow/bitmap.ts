@@ -10,12 +10,12 @@ import { type BitOrder, findBit, getBit, setBits } from '../../core/bitmap.js';
  * tracked per 512-byte piece of bitmap so that flush writes only what changed,
  * as few contiguous writes as possible.
  */
-export const DIRTY_CHUNK = 512;
+const DIRTY_CHUNK = 512;
 
 const ORDER: BitOrder = 'lsb-first';
 
 /** A piece of bitmap to write back: `data` is a snapshot taken when the piece was collected. */
-export interface BitmapPiece {
+interface BitmapPiece {
   /** Byte offset within the bitmap. */
   offset: number;
   data: Uint8Array;
@@ -100,10 +100,6 @@ export class Bitmap {
     const firstByte = Math.floor(start / 8);
     const lastByte = Math.floor((end - 1) / 8);
     for (let c = Math.floor(firstByte / DIRTY_CHUNK); c <= Math.floor(lastByte / DIRTY_CHUNK); c++) this.dirty.add(c);
-  }
-
-  get isDirty(): boolean {
-    return this.dirty.size > 0;
   }
 
   /**

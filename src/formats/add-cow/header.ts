@@ -13,8 +13,8 @@ import { u64ToNumber } from '../../core/u64.js';
  *   2060  8     virtual size in bytes (a multiple of 512)
  *   2068        the COW bitmap starts here
  */
-export const MAGIC = new Uint8Array([0x41, 0x44, 0x44, 0x5f, 0x43, 0x4f, 0x57, 0xff]); // "ADD_COW\xff"
-export const VERSION = 1;
+const MAGIC = new Uint8Array([0x41, 0x44, 0x44, 0x5f, 0x43, 0x4f, 0x57, 0xff]); // "ADD_COW\xff"
+const VERSION = 1;
 export const NAME_FIELD = 1024;
 export const SECTOR = 512;
 
@@ -63,7 +63,7 @@ function decodeName(field: Uint8Array, what: string, path: string): string {
 }
 
 /** Encode a name for a header field, failing (invalid-argument) when it cannot be stored. */
-export function encodeName(name: string, what: string): Uint8Array {
+function encodeName(name: string, what: string): Uint8Array {
   const bytes = new TextEncoder().encode(name);
   if (bytes.includes(0)) throw new BlockError('invalid-argument', `add-cow ${what} name contains a NUL character`);
   if (bytes.length >= NAME_FIELD) {

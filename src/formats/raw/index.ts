@@ -1,82 +1,30 @@
 import { BlockError } from '../../core/errors.js';
-import { pushExtent, type Extent } from '../../core/extent.js';
-import { writeZeroBytes } from '../../core/zeros.js';
-import type { Store } from '../../io/store.js';
-import { readOrZero } from '../../io/store.js';
-import type { CreateContext, Format, FormatInfo, Image, OpenContext, WritePlacement } from '../types.js';
+import type { CreateContext, Format, OpenContext } from '../types.js';
+import { RawImage } from './image.js';
 
 /**
  * Raw: the file is the disk, byte for byte. It has no header, so it probes
  * lowest and is never guessed for a backing file whose format is recorded.
+ *
+ * Honestly sized (docs/adding-a-format.md, "A role the format does not
+ * have is absent"): no on-disk structure, no state beyond the store, nothing
+ * to check or rewrite, so open and create are a few lines here and the
+ * folder is this file and image.ts.
  */
-export class RawImage implements Image {
-  readonly format = 'raw';
-  readonly backing = null;
-  readonly logicalSectorSize: number;
-  /** The file is the disk (and its zeros are written: no fastZero). */
-  readonly placement: WritePlacement = 'identity';
+const MAX_SIZE = Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % 512);
 
-  constructor(
-    private readonly store: Store,
-    public size: number,
-    readonly readOnly: boolean,
-  ) {
-    // A raw file need not be a whole number of sectors; then it is byte-addressed.
-    this.logicalSectorSize = size % 512 === 0 ? 512 : 1;
-  }
+async function openRaw(ctx: OpenContext): Promise<RawImage> {
+  return new RawImage(ctx.store, await ctx.store.size(), ctx.readOnly);
+}
 
-  get path(): string {
-    return this.store.path;
-  }
-
-  /** The file is the disk: hostOffset = disk offset. */
-  get hostStore(): Store {
-    return this.store;
-  }
-
-  async blockStatus(offset: number, length: number): Promise<Extent[]> {
-    // Holes of a sparse file read as zeros: report them so copies skip them
-    // without reading (the chain asks only within the disk, which is the file).
-    const ranges = (await this.store.allocation?.(offset, length)) ?? [{ offset, length, data: true }];
-    const out: Extent[] = [];
-    for (const r of ranges) pushExtent(out, { offset: r.offset, length: r.length, kind: r.data ? 'data' : 'zero', hostOffset: r.offset });
-    return out;
-  }
-
-  read(offset: number, into: Uint8Array): Promise<void> {
-    return readOrZero(this.store, offset, into);
-  }
-
-  write(offset: number, data: Uint8Array): Promise<void> {
-    return this.store.write(offset, data);
-  }
-
-  writeZeroes(offset: number, length: number): Promise<void> {
-    return writeZeroBytes((o, d) => this.store.write(o, d), offset, length);
-  }
-
-  flush(): Promise<void> {
-    return this.store.flush();
-  }
-
-  close(): Promise<void> {
-    return this.store.close();
-  }
-
-  info(): FormatInfo {
-    return { specific: {} };
-  }
-
-  async resize(newSize: number, options: { shrink?: boolean }): Promise<void> {
-    if (newSize < this.size && !options.shrink) {
-      throw new BlockError('invalid-argument', 'shrinking needs --shrink (data past the new end is lost)', { path: this.path });
-    }
-    await this.store.truncate(newSize);
-    this.size = newSize;
-  }
-
-  async check(): Promise<{ problems: [] }> {
-    return { problems: [] };
+async function createRaw(ctx: CreateContext): Promise<void> {
+  if (ctx.backing) throw new BlockError('unsupported', 'raw images cannot have a backing file', { path: ctx.path });
+  const store = await ctx.openStore(ctx.path, { create: true });
+  try {
+    await store.truncate(ctx.size); // sparse: the host allocates nothing
+    await store.flush();
+  } finally {
+    await store.close();
   }
 }
 
@@ -84,21 +32,10 @@ export const rawFormat: Format = {
   name: 'raw',
   aliases: [],
   description: 'raw disk image (the file is the disk)',
-  maxSize: Number.MAX_SAFE_INTEGER - (Number.MAX_SAFE_INTEGER % 512),
+  maxSize: MAX_SIZE,
   probe: () => 1,
-  async open(ctx: OpenContext): Promise<Image> {
-    return new RawImage(ctx.store, await ctx.store.size(), ctx.readOnly);
-  },
-  async create(ctx: CreateContext): Promise<void> {
-    if (ctx.backing) throw new BlockError('unsupported', 'raw images cannot have a backing file', { path: ctx.path });
-    const store = await ctx.openStore(ctx.path, { create: true });
-    try {
-      await store.truncate(ctx.size); // sparse: the host allocates nothing
-      await store.flush();
-    } finally {
-      await store.close();
-    }
-  },
+  open: openRaw,
+  create: createRaw,
   createOptions: [],
   // The file is the disk: its length is the virtual size whatever it holds
   // (holes are the host's business, not the image's).
