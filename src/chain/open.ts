@@ -30,7 +30,7 @@ export interface ChainOpenOptions extends LayerOpenOptions {
 }
 
 /** Read the head and tail of a store and ask every format. */
-async function probeStore(store: Store, formats?: readonly Format[]): Promise<Format> {
+export async function probeStore(store: Store, formats?: readonly Format[]): Promise<Format> {
   const size = await store.size();
   const head = new Uint8Array(Math.min(size, 64 * 1024));
   await store.read(0, head);
