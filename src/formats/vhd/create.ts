@@ -10,7 +10,7 @@ import { FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE, VHD_EPOCH_UNIX, ty
 import { LOCATOR_COUNT, ParentLocatorEntry, PlatformCode, encodeLocatorData, encodeLocatorEntry } from './parent-locator.js';
 import { MAX_SIZE } from './state.js';
 
-export const DEFAULT_BLOCK_SIZE = 2 << 20;
+const DEFAULT_BLOCK_SIZE = 2 << 20;
 /** Creator application recorded in new images (spec "Creator Application": a four-character tag of the tool). */
 const CREATOR_APP = 'vdsk';
 const CREATOR_VERSION = 0x00010000;
@@ -25,6 +25,20 @@ export const CREATE_OPTIONS: readonly CreateOption[] = [
 
 function bool(v: string | undefined): boolean {
   return v !== undefined && ['on', 'true', 'yes'].includes(v);
+}
+
+/** `-o force_size`, as create and measure read it. */
+export function forceSizeOption(o: Record<string, string>): boolean {
+  return bool(o.force_size);
+}
+
+/** `-o block_size`, validated (create and measure must agree on what they accept). */
+export function blockSizeOption(o: Record<string, string>): number {
+  const blockSize = o.block_size !== undefined ? parseSize(o.block_size, 'block_size') : DEFAULT_BLOCK_SIZE;
+  if (!isPowerOfTwo(blockSize) || blockSize < 512 || blockSize > MAX_BLOCK_SIZE) {
+    throw new BlockError('invalid-argument', `block_size must be a power of two from 512 bytes to 256 MiB (got ${blockSize})`);
+  }
+  return blockSize;
 }
 
 /** The size a request gets and its geometry; see docs/formats/vhd.md "Size rounding". */
@@ -114,10 +128,7 @@ export async function createVhd(ctx: CreateContext): Promise<void> {
   const differencing = ctx.backing !== undefined;
   const subformat = o.subformat ?? 'dynamic';
   if (differencing && o.subformat === 'fixed') throw new BlockError('invalid-argument', 'a VHD with a backing file is a differencing disk; subformat=fixed does not apply', { path: ctx.path });
-  const blockSize = o.block_size !== undefined ? parseSize(o.block_size, 'block_size') : DEFAULT_BLOCK_SIZE;
-  if (!isPowerOfTwo(blockSize) || blockSize < 512 || blockSize > MAX_BLOCK_SIZE) {
-    throw new BlockError('invalid-argument', `block_size must be a power of two from 512 bytes to 256 MiB (got ${blockSize})`);
-  }
+  const blockSize = blockSizeOption(o);
   let size: number;
   let geometry: { cylinders: number; heads: number; sectorsPerTrack: number };
   if (ctx.backing) {
@@ -128,7 +139,7 @@ export async function createVhd(ctx: CreateContext): Promise<void> {
     size = ctx.size;
     geometry = chsForSectors(size / 512);
   } else {
-    const p = plannedSize(ctx.size, bool(o.force_size));
+    const p = plannedSize(ctx.size, forceSizeOption(o));
     size = p.size;
     geometry = p;
   }

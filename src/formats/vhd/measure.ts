@@ -1,11 +1,8 @@
-import { BlockError } from '../../core/errors.js';
-import { parseSize } from '../../core/size.js';
-import { isPowerOfTwo } from '../../core/u64.js';
 import { blocksTouched } from '../measure-helpers.js';
 import type { MeasureInput, MeasureResult } from '../types.js';
 import { batBytes } from './bat.js';
-import { DEFAULT_BLOCK_SIZE, plannedSize } from './create.js';
-import { DYNAMIC_HEADER_SIZE, MAX_BLOCK_SIZE } from './dynamic-header.js';
+import { blockSizeOption, forceSizeOption, plannedSize } from './create.js';
+import { DYNAMIC_HEADER_SIZE } from './dynamic-header.js';
 import { FOOTER_SIZE } from './footer.js';
 import { bitmapBytes } from './sector-bitmap.js';
 
@@ -23,13 +20,9 @@ import { bitmapBytes } from './sector-bitmap.js';
  */
 export function measureVhd(input: MeasureInput): MeasureResult {
   const o = input.options;
-  const force = o.force_size !== undefined && ['on', 'true', 'yes'].includes(o.force_size);
-  const size = plannedSize(input.size, force).size;
+  const size = plannedSize(input.size, forceSizeOption(o)).size;
   if ((o.subformat ?? 'dynamic') === 'fixed') return { required: size + FOOTER_SIZE, fullyAllocated: size + FOOTER_SIZE };
-  const blockSize = o.block_size !== undefined ? parseSize(o.block_size, 'block_size') : DEFAULT_BLOCK_SIZE;
-  if (!isPowerOfTwo(blockSize) || blockSize < 512 || blockSize > MAX_BLOCK_SIZE) {
-    throw new BlockError('invalid-argument', `block_size must be a power of two from 512 bytes to 256 MiB (got ${blockSize})`);
-  }
+  const blockSize = blockSizeOption(o);
   const entries = Math.ceil(size / blockSize);
   const meta = FOOTER_SIZE + DYNAMIC_HEADER_SIZE + batBytes(entries) + FOOTER_SIZE;
   const span = bitmapBytes(blockSize) + blockSize;

@@ -22,7 +22,7 @@ export const CREATE_OPTIONS: readonly CreateOption[] = [
 ];
 
 /** Hyper-V's defaults: 32 MiB blocks for base disks, 2 MiB for differencing disks (less space per scattered write). */
-export const DEFAULT_BLOCK_SIZE = 32 * MiB;
+const DEFAULT_BLOCK_SIZE = 32 * MiB;
 const DEFAULT_DIFF_BLOCK_SIZE = 2 * MiB;
 const CREATOR = 'vdisk';
 
@@ -32,6 +32,22 @@ export const METADATA_REGION_LENGTH = MiB;
 function sizeOption(v: string | undefined, what: string): number {
   if (v === undefined || v === '') return 0;
   return parseSize(v, what);
+}
+
+/** `-o block_size` (0 or absent: the default for a base or a differencing disk), validated: create and measure accept the same. */
+export function blockSizeOption(o: Record<string, string>, differencing: boolean): number {
+  const blockSize = sizeOption(o.block_size, 'block_size') || (differencing ? DEFAULT_DIFF_BLOCK_SIZE : DEFAULT_BLOCK_SIZE);
+  if (!isPowerOfTwo(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE) {
+    throw new BlockError('invalid-argument', `block_size must be a power of two from 1 MiB to 256 MiB (got ${blockSize})`);
+  }
+  return blockSize;
+}
+
+/** `-o log_size`, validated: create and measure accept the same. */
+export function logSizeOption(o: Record<string, string>): number {
+  const logSize = sizeOption(o.log_size, 'log_size') || MiB;
+  if (logSize % MiB !== 0 || logSize > 256 * MiB) throw new BlockError('invalid-argument', `log_size must be a multiple of 1 MiB up to 256 MiB (got ${logSize})`);
+  return logSize;
 }
 
 /** Build the parent locator a child records for `ctx.backing` (2.6.2.6.3). */
@@ -78,12 +94,8 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
   const subformat = o.subformat ?? 'dynamic';
   if (diff && subformat === 'fixed') throw new BlockError('invalid-argument', 'a differencing disk cannot be fixed', { path: ctx.path });
   const fixed = subformat === 'fixed';
-  let blockSize = sizeOption(o.block_size, 'block_size') || (diff ? DEFAULT_DIFF_BLOCK_SIZE : DEFAULT_BLOCK_SIZE);
-  if (!isPowerOfTwo(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE) {
-    throw new BlockError('invalid-argument', `block_size must be a power of two from 1 MiB to 256 MiB (got ${blockSize})`);
-  }
-  const logSize = sizeOption(o.log_size, 'log_size') || MiB;
-  if (logSize % MiB !== 0 || logSize > 256 * MiB) throw new BlockError('invalid-argument', `log_size must be a multiple of 1 MiB up to 256 MiB (got ${logSize})`);
+  let blockSize = blockSizeOption(o, diff);
+  const logSize = logSizeOption(o);
   const parentLss = diff ? ctx.backing!.image.logicalSectorSize : 512;
   const lss = o.logical_sector_size ? Number(o.logical_sector_size) : parentLss === 4096 ? 4096 : 512;
   const pss = o.physical_sector_size ? Number(o.physical_sector_size) : 4096;

@@ -1,11 +1,8 @@
-import { BlockError } from '../../core/errors.js';
-import { parseSize } from '../../core/size.js';
-import { isPowerOfTwo } from '../../core/u64.js';
 import { blocksTouched } from '../measure-helpers.js';
 import type { MeasureInput, MeasureResult } from '../types.js';
 import { batGeometry, batRegionLength } from './bat.js';
-import { DEFAULT_BLOCK_SIZE, METADATA_REGION_LENGTH } from './create.js';
-import { HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MiB, MIN_BLOCK_SIZE } from './layout.js';
+import { blockSizeOption, logSizeOption, METADATA_REGION_LENGTH } from './create.js';
+import { HEADER_SECTION_SIZE } from './layout.js';
 
 /**
  * File size of a VHDX holding `allocated` (qemu-img measure). Mirrors
@@ -19,13 +16,8 @@ import { HEADER_SECTION_SIZE, MAX_BLOCK_SIZE, MiB, MIN_BLOCK_SIZE } from './layo
  */
 export function measureVhdx(input: MeasureInput): MeasureResult {
   const o = input.options;
-  const size = (v: string | undefined, what: string) => (v === undefined || v === '' ? 0 : parseSize(v, what));
-  const blockSize = size(o.block_size, 'block_size') || DEFAULT_BLOCK_SIZE;
-  if (!isPowerOfTwo(blockSize) || blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE) {
-    throw new BlockError('invalid-argument', `block_size must be a power of two from 1 MiB to 256 MiB (got ${blockSize})`);
-  }
-  const logSize = size(o.log_size, 'log_size') || MiB;
-  if (logSize % MiB !== 0) throw new BlockError('invalid-argument', `log_size must be a multiple of 1 MiB (got ${logSize})`);
+  const blockSize = blockSizeOption(o, false);
+  const logSize = logSizeOption(o);
   const lss = o.logical_sector_size ? Number(o.logical_sector_size) : 512;
   const g = batGeometry(input.size, blockSize, lss, false);
   const dataStart = HEADER_SECTION_SIZE + logSize + METADATA_REGION_LENGTH + batRegionLength(g);
