@@ -1,7 +1,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openChain } from '../src/chain/open.js';
 import type { Chain } from '../src/chain/chain.js';
@@ -165,6 +165,26 @@ test('commit and rebase take the write lock of the layers they change', async (t
   await rebaseImage({ path: top, backing: { path: other, format: 'vhd' } });
 });
 
+test('without the native addon, writes are refused unless VDISK_LOCKING=off; reads go on unlocked', async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const path = await makeImage(dir, 'vhd');
+  // The CLI bundle looks for the addon only beside itself (io/native.ts packageRoot): a copy elsewhere has none.
+  mkdirSync(join(dir, 'pkg', 'dist'), { recursive: true });
+  const bundle = join(dir, 'pkg', 'dist', 'vdisk.cjs');
+  copyFileSync(join(VDISK_BIN, '..', '..', 'dist', 'vdisk.cjs'), bundle);
+  const cli = (env: Record<string, string>, ...args: string[]) => run(process.execPath, [bundle, ...args], { allowFail: true, env });
+  const before = readFileSync(path);
+  let r = cli({}, 'io', '-c', 'write -P 0x11 0 512', path);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /cannot lock the image for writing \(vdisk's native addon is not built.*VDISK_LOCKING=off/);
+  assert.deepEqual(readFileSync(path), before);
+  r = cli({}, 'io', '-r', '-c', 'read 0 512', path);
+  assert.equal(r.status, 0, r.stderr);
+  r = cli({ VDISK_LOCKING: 'off' }, 'io', '-c', 'write -P 0x11 0 512', path);
+  assert.equal(r.status, 0, r.stderr);
+});
+
 /** Start a process and wait until its output shows `ready` (it then holds the image). */
 async function holder(t: TestContext, cmd: string, args: string[], ready: RegExp): Promise<ChildProcess> {
   const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -230,6 +250,9 @@ for (const format of FORMATS) {
     assert.match(r.stderr, inUse);
     r = vdisk('io', '-r', '-U', '-c', 'read 0 512', path);
     assert.equal(r.status, 0, r.stderr);
+    assert.match(vdisk('info', path).stderr, inUse);
+    assert.equal(vdisk('info', '-U', path).status, 0);
+    assert.equal(vdisk('compare', '-U', path, path).status, 0);
     stopNbd();
     assert.deepEqual(readFileSync(qemuPath), before);
 
