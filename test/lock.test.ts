@@ -287,3 +287,29 @@ for (const format of FORMATS) {
     run('qemu-io', ['-f', qemuFormat, '-c', 'read -P 0x77 0 512', qemuPath]);
   });
 }
+
+test('two vdisk writers at once: one is refused, and no written data is lost', async (t) => {
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const path = join(dir, 'disk.vhd');
+  await createImage({ path, format: 'vhd', size: 64 * MiB });
+  // Each writer allocates blocks of its own (VHD: 2 MiB blocks), updating the BAT and footer as it goes.
+  const writes = (pattern: number, first: number) => Array.from({ length: 8 }, (_, i) => ['-c', `write -P ${pattern} ${(first + 2 * i) * 2 * MiB} 4096`]).flat();
+  const start = (pattern: number, first: number) =>
+    new Promise<{ status: number | null; stderr: string }>((resolve) => {
+      const child = spawn(process.execPath, [VDISK_BIN, 'io', ...writes(pattern, first), path], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.on('exit', (status) => resolve({ status, stderr }));
+    });
+  const [a, b] = await Promise.all([start(0xaa, 0), start(0xbb, 1)]);
+  for (const [r, pattern, first] of [[a, 0xaa, 0], [b, 0xbb, 1]] as const) {
+    if (r.status !== 0) {
+      assert.match(r.stderr, inUse); // refused before writing anything
+      continue;
+    }
+    const reads = Array.from({ length: 8 }, (_, i) => ['-c', `read -P ${pattern} ${(first + 2 * i) * 2 * MiB} 4096`]).flat();
+    const check = vdisk('io', ...reads, path);
+    assert.equal(check.status, 0, `a writer that exited 0 lost its data: ${check.stdout}${check.stderr}`);
+  }
+});
