@@ -13,6 +13,12 @@ export interface LayerOpenOptions extends OpenOptions {
   /** Format name; overrides probing (`-f`). */
   format?: string;
   readOnly?: boolean;
+  /**
+   * Read-only opens: take no lock that keeps writers out, and open even when
+   * a writer holds the image (qemu-img's -U/--force-share; reading a live
+   * image is the caller's risk). Refused with a writable open.
+   */
+  forceShare?: boolean;
   openStore?: StoreOpener;
   /** The formats to choose from (default: the registry). Tests and embedders may add their own. */
   formats?: readonly Format[];
@@ -41,8 +47,13 @@ export async function probeStore(store: Store, formats?: readonly Format[]): Pro
 
 /** Open one layer, probing its format unless one is given. */
 export async function openLayer(path: string, options: LayerOpenOptions = {}): Promise<Image> {
-  const openStore = options.openStore ?? openFileStore;
   const readOnly = options.readOnly ?? false;
+  if (options.forceShare && !readOnly) {
+    throw new BlockError('invalid-argument', 'force-share (-U) can only be used with read-only images', { path });
+  }
+  // Every file of the layer (add-cow's image file too) is opened with the layer's sharing.
+  const given = options.openStore ?? openFileStore;
+  const openStore: StoreOpener = options.forceShare ? (p, o) => given(p, { ...o, forceShare: true }) : given;
   const format = options.format ? findFormat(options.format, options.formats) : undefined;
   const store = await openStore(path, { readOnly });
   try {

@@ -27,6 +27,7 @@ export interface OpenFlags {
   layerOnly?: boolean;
   ignoreParentId?: boolean;
   ignoreChecksums?: boolean;
+  forceShare?: boolean;
   /** Text: checked by `openOptions` (a default, so always present). */
   depthLimit: string;
 }
@@ -37,6 +38,7 @@ export function withOpenOptions(cmd: Command): Command {
     .option('--layer-only', 'open only this image, not its backing chain')
     .option('--ignore-parent-id', "accept a parent whose id differs from what the child records")
     .option('--ignore-checksums', 'open images whose checksums are wrong (reported by info)')
+    .option('-U, --force-share', 'open read-only even while another process writes the image (its changes may show half-done)')
     .option('--depth-limit <n>', 'most layers a backing chain may have', '64');
 }
 
@@ -48,6 +50,7 @@ export function openOptions(o: OpenFlags, format?: string): ChainOpenOptions {
     layerOnly: Boolean(o.layerOnly),
     ignoreParentId: Boolean(o.ignoreParentId),
     ignoreChecksums: Boolean(o.ignoreChecksums),
+    forceShare: Boolean(o.forceShare),
     depthLimit: depth,
   };
 }

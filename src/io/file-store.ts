@@ -6,6 +6,7 @@ import { createRequire } from 'node:module';
 import type { HostRange, OpenStoreOptions, Store } from './store.js';
 import { constants as osConstants } from 'node:os';
 import { nativeAddon } from './native.js';
+import { lockImage } from './lock.js';
 
 // lseek(2) whence values for sparse files (Linux): SEEK_DATA finds the next
 // data at or after an offset, SEEK_HOLE the next hole. Node's fs has no lseek,
@@ -78,9 +79,14 @@ export class FileStore implements Store {
 
   static async open(path: string, options: OpenStoreOptions = {}): Promise<FileStore> {
     const readOnly = options.readOnly ?? false;
+    if (options.forceShare && (!readOnly || options.create)) {
+      // As qemu-img: sharing an image with other writers is for reading only.
+      throw new BlockError('invalid-argument', 'force-share (-U) can only be used with read-only images', { path });
+    }
     let flags: number;
     if (options.create) {
-      flags = constants.O_RDWR | constants.O_CREAT | (options.truncate ? constants.O_TRUNC : constants.O_EXCL);
+      // Not O_TRUNC: the file is emptied only once it is locked (below), never under a VM that has it open.
+      flags = constants.O_RDWR | constants.O_CREAT | (options.truncate ? 0 : constants.O_EXCL);
     } else {
       flags = readOnly ? constants.O_RDONLY : constants.O_RDWR;
     }
@@ -92,6 +98,9 @@ export class FileStore implements Store {
       // directory answers it, one round trip to the thread pool instead of two.
       const st = options.create ? undefined : await fh.stat();
       if (st?.isDirectory()) throw isDirectory();
+      // Locked on every open, QEMU's way (io/lock.ts); closing the descriptor releases the locks.
+      lockImage(fh.fd, path, { readOnly: readOnly && !options.create, forceShare: options.forceShare });
+      if (options.create && options.truncate) await fh.truncate(0);
       return new FileStore(path, readOnly && !options.create, fh, options.noSync ?? false, st?.size ?? 0);
     } catch (e) {
       await fh?.close().catch(() => {});

@@ -39,12 +39,21 @@ export interface NativeAddon {
    * -ENOSYS, -EOPNOTSUPP, -EINVAL: this host or file cannot do it).
    */
   readNoWait(fd: number, into: Uint8Array, position: number): number;
+  /**
+   * Set (type 1 shared, 2 exclusive) or drop (0) an open-file-description
+   * lock (F_OFD_SETLK) on one byte: 0, or minus the errno (-EAGAIN: another
+   * holder conflicts; -EINVAL, -ENOSYS: no OFD locks on this host).
+   */
+  ofdLock(fd: number, byte: number, type: 0 | 1 | 2): number;
+  /** 1 when another open file description holds a lock on the byte (F_OFD_GETLK), 0 when none does, or minus the errno. */
+  ofdTest(fd: number, byte: number): number;
 }
 
 /** The largest range copyRanges takes (each thread reads a range whole into its own buffer). */
 export const NATIVE_MAX_RANGE = 64 << 20;
 
 let addon: NativeAddon | null | undefined;
+let loaded: NativeAddon | null | undefined;
 
 /**
  * The package root: this module runs as dist/src/io/native.js (the library)
@@ -56,17 +65,32 @@ function packageRoot(): string {
   return basename(here) === 'vdisk.cjs' ? join(dirname(here), '..') : join(dirname(here), '..', '..', '..');
 }
 
-/** The addon, or null when it is not built or is turned off (VDISK_NATIVE=0). */
-export function nativeAddon(): NativeAddon | null {
-  if (addon !== undefined) return addon;
-  addon = null;
-  if (process.env.VDISK_NATIVE === '0') return addon;
+/** The built addon, or null when it is not built (or not loadable here). */
+function loadAddon(): NativeAddon | null {
+  if (loaded !== undefined) return loaded;
+  loaded = null;
   try {
-    addon = createRequire(import.meta.url)(join(packageRoot(), 'native', 'build', 'Release', 'vdisk_native.node')) as NativeAddon;
+    loaded = createRequire(import.meta.url)(join(packageRoot(), 'native', 'build', 'Release', 'vdisk_native.node')) as NativeAddon;
   } catch {
     // not built (or not loadable here): the JavaScript paths are used
   }
+  return loaded;
+}
+
+/** The addon for native I/O, or null when it is not built or is turned off (VDISK_NATIVE=0). */
+export function nativeAddon(): NativeAddon | null {
+  if (addon !== undefined) return addon;
+  addon = process.env.VDISK_NATIVE === '0' ? null : loadAddon();
   return addon;
+}
+
+/**
+ * The addon for image locking (io/lock.ts), whatever VDISK_NATIVE says:
+ * that switch chooses between two ways of doing I/O, and locks have no
+ * JavaScript way to fall back to.
+ */
+export function lockAddon(): NativeAddon | null {
+  return loadAddon();
 }
 
 /**

@@ -47,6 +47,12 @@ export interface OpenStoreOptions {
    * whose every byte can be rewritten from its source, where syncs buy nothing.
    */
   noSync?: boolean;
+  /**
+   * Read-only opens only: share the image with writers and refuse nothing to
+   * them (qemu-img's -U/--force-share). Reading an image something else is
+   * writing may see it half-changed: the user's risk.
+   */
+  forceShare?: boolean;
 }
 
 /** How a format (or the chain) opens another file: a file path, or anything a test substitutes. */

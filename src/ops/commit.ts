@@ -162,7 +162,9 @@ async function relink(top: Image, base: Image, openStore: StoreOpener, formats?:
   const name = relative(topDir, resolve(base.path)) || base.path;
   let described: Awaited<ReturnType<typeof describeBacking>>;
   try {
-    described = await describeBacking(top.path, { path: name, format: base.format }, openStore, false, formats);
+    // The base is open (and write-locked) here already: this second, read-only open shares it rather than refusing.
+    const sharing: StoreOpener = (p, o) => openStore(p, { ...o, forceShare: true });
+    described = await describeBacking(top.path, { path: name, format: base.format }, sharing, false, formats);
   } catch (e) {
     if (isBlockError(e)) throw e.withContext({ operation: 'commit: re-pointing the top at the base' });
     throw e;

@@ -36,8 +36,13 @@ export function requireTool(t: TestContext, name: 'qemu-img' | 'qemu-io' | 'pyvh
 }
 
 /** Run a command, returning stdout; throws with stderr on a non-zero exit. */
-export function run(cmd: string, args: string[], options: { input?: string | Buffer; allowFail?: boolean } = {}): { stdout: string; stderr: string; status: number } {
-  const r = spawnSync(cmd, args, { input: options.input, maxBuffer: 256 * 1024 * 1024, encoding: 'buffer' });
+export function run(
+  cmd: string,
+  args: string[],
+  options: { input?: string | Buffer; allowFail?: boolean; /** Added to this process's environment. */ env?: Record<string, string> } = {},
+): { stdout: string; stderr: string; status: number } {
+  const env = options.env ? { ...process.env, ...options.env } : undefined;
+  const r = spawnSync(cmd, args, { input: options.input, maxBuffer: 256 * 1024 * 1024, encoding: 'buffer', env });
   const out = { stdout: r.stdout?.toString() ?? '', stderr: r.stderr?.toString() ?? '', status: r.status ?? -1 };
   if (!options.allowFail && out.status !== 0) {
     throw new Error(`${cmd} ${args.join(' ')} exited ${out.status}: ${out.stderr || out.stdout}`);

@@ -7,6 +7,7 @@ interface CompareOptions {
   strict?: boolean;
   quiet?: boolean;
   ignoreChecksums?: boolean;
+  forceShare?: boolean;
 }
 
 export function define(cmd: Command): void {
@@ -16,6 +17,7 @@ export function define(cmd: Command): void {
     .option('-s, --strict', 'images of different sizes differ')
     .option('-q, --quiet', 'print nothing')
     .option('--ignore-checksums', 'open images whose checksums are wrong')
+    .option('-U, --force-share', 'open even while another process writes an image (its changes may show half-done)')
     .argument('<a>')
     .argument('<b>');
 }
@@ -24,8 +26,8 @@ export function define(cmd: Command): void {
 export async function run({ print }: CommandContext, [a, b]: [string, string], o: CompareOptions): Promise<number> {
   const { compareImages } = await import('../../ops/compare.js');
   const r = await compareImages(a, b, {
-    a: { format: o.format, ignoreChecksums: o.ignoreChecksums },
-    b: { format: o.secondFormat, ignoreChecksums: o.ignoreChecksums },
+    a: { format: o.format, ignoreChecksums: o.ignoreChecksums, forceShare: o.forceShare },
+    b: { format: o.secondFormat, ignoreChecksums: o.ignoreChecksums, forceShare: o.forceShare },
     strict: o.strict,
   });
   if (!o.quiet) {

@@ -25,6 +25,7 @@ interface ServeOptions {
   handshakeTimeout: string;
   ignoreParentId?: boolean;
   ignoreChecksums?: boolean;
+  forceShare?: boolean;
   verboseConnections?: boolean;
 }
 
@@ -42,6 +43,7 @@ export function define(cmd: Command): void {
     .option('--handshake-timeout <seconds>', 'drop clients that have not chosen an export after this long', '10')
     .option('--ignore-parent-id', 'accept a parent whose id differs from what the child records')
     .option('--ignore-checksums', 'open images whose checksums are wrong')
+    .option('-U, --force-share', 'with -r: serve even while another process writes the image (its changes may show half-done)')
     .option('-v, --verbose-connections', 'log clients connecting, leaving and misbehaving to stderr')
     .argument('<image>');
 }
@@ -63,7 +65,7 @@ export async function run({ print }: CommandContext, [image]: [string], o: Serve
   const server = await (await import('../../nbd/server.js')).startNbdServer({
     path: image,
     format: o.format,
-    openOptions: { ignoreParentId: Boolean(o.ignoreParentId), ignoreChecksums: Boolean(o.ignoreChecksums) },
+    openOptions: { ignoreParentId: Boolean(o.ignoreParentId), ignoreChecksums: Boolean(o.ignoreChecksums), forceShare: Boolean(o.forceShare) },
     readOnly: Boolean(o.readOnly),
     host: o.bind,
     port,
