@@ -282,6 +282,20 @@ test('an existing target is refused without --overwrite (and kept as it was) and
   assert.notEqual(statSync(target).ino, inode, 'replaced by a rename, not rewritten in place');
   assert.equal(run('qemu-img', ['compare', '-q', '-f', 'raw', '-F', 'vpc', src, target], { allowFail: true }).status, 0);
   assert.deepEqual(listing(dir), ['src.raw', 'target.img']);
+  // An image cannot replace a file of its own backing chain.
+  const base = join(dir, 'base.vhd');
+  assert.equal(vdisk('create', '-f', 'vhd', base, '8M').status, 0);
+  const baseSum = await sha256File(base);
+  for (const args of [
+    ['create', '--overwrite', '-f', 'vhd', '-b', 'base.vhd', base],
+    ['convert', '--overwrite', '-O', 'vhd', '-B', base, src, base],
+  ]) {
+    const r = vdisk(...args);
+    assert.equal(r.status, 1, args.join(' '));
+    assert.match(r.stderr, /--overwrite would replace .*base\.vhd, which is in the new image's backing chain/, args.join(' '));
+    assert.equal(await sha256File(base), baseSum);
+  }
+  run('rm', [base]);
   // The library: the same refusal, and the same replacement.
   await assert.rejects(createImage({ path: target, format: 'raw', size: MiB }), /file already exists/);
   await createImage({ path: target, format: 'raw', size: MiB, overwrite: true });

@@ -148,6 +148,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
           size: Math.ceil(src.size / SECTOR) * SECTOR,
           options: req.options,
           backing: req.backing,
+          overwrite: req.overwrite,
           signal: req.signal,
         },
         dstStore,

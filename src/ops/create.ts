@@ -5,6 +5,7 @@ import { parseOptions } from './options.js';
 
 export { parseOptions };
 import { openFileStore } from '../io/file-store.js';
+import { sameFile } from '../io/identity.js';
 import { fileHost, Staging, type FileHost } from '../io/staging.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import { openChain, openLayer, probeStore } from '../chain/open.js';
@@ -60,7 +61,7 @@ export async function describeBacking(
   ignoreParentId = false,
   /** The formats to choose from (default: the registry; tests and embedders may add their own). */
   formats?: readonly Format[],
-): Promise<{ target: BackingTarget; close: () => Promise<void> }> {
+): Promise<{ target: BackingTarget; layers: readonly string[]; close: () => Promise<void> }> {
   const absolutePath = backingAbsolute(childPath, backing.path);
   const chain = await openChain(absolutePath, { format: backing.format, readOnly: true, openStore, ignoreParentId, formats });
   const top = chain.top;
@@ -72,6 +73,7 @@ export async function describeBacking(
   }
   return {
     target: { path: backing.path, absolutePath, format: top.format, size: top.size, identity: top.identity, image: top, mtime },
+    layers: chain.layers.map((l) => l.path),
     close: () => chain.close(),
   };
 }
@@ -137,6 +139,15 @@ export async function createWith(req: CreateRequest, openStore: StoreOpener): Pr
   try {
     if (backing) {
       described = await describeBacking(req.path, backing, openStore, req.ignoreParentId);
+      // Replacing a file of the new image's own backing chain would leave an
+      // image that is its own ancestor, and the data it was to read gone.
+      if (req.overwrite) {
+        for (const layer of described.layers) {
+          if (await sameFile(layer, req.path)) {
+            throw new BlockError('invalid-argument', `--overwrite would replace ${layer}, which is in the new image's backing chain`, { path: req.path });
+          }
+        }
+      }
     }
     const size = req.size ?? described?.target.size;
     if (size === undefined) throw new BlockError('invalid-argument', 'image size is required (no backing file to take it from)');
