@@ -82,6 +82,13 @@ test('SIGINT at random moments of convert -p on a terminal: no target, no tempor
   }
   // The first run is signalled as the bar first shows, mid-copy.
   assert.ok(outcomes.includes(130), `no run was interrupted mid-copy: ${outcomes.join(', ')}`);
+  // SIGTERM (kill's default) the same way, as the bar first shows: exit 143.
+  const res = run('/usr/bin/python3', [PTY_SIGNAL, 'SIGTERM', 'output', '0', process.execPath, VDISK_BIN, 'convert', '-p', '-O', 'vhd', src, join(dir, 'out.vhd')]);
+  const { exit, out: b64 } = JSON.parse(res.stdout) as { exit: number; out: string };
+  const out = Buffer.from(b64, 'base64').toString('latin1');
+  assert.equal(exit, 143, out);
+  assert.match(out, /\x1b\[\?25h\x1b\[\?7h.*\r\nvdisk: interrupted by SIGTERM; nothing was written to .*out\.vhd\r?\n$/s);
+  assert.deepEqual(listing(dir), before);
 });
 
 /** A small tmpfs (root only; outside CI a non-root run skips). */
