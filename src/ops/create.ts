@@ -1,11 +1,10 @@
-import { stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError } from '../core/errors.js';
 import { parseOptions } from './options.js';
 
 export { parseOptions };
 import { openFileStore } from '../io/file-store.js';
-import { sameFile } from '../io/identity.js';
+import { modifiedTime, sameFile } from '../io/identity.js';
 import { fileHost, Staging, type FileHost } from '../io/staging.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import { openChain, openLayer, probeStore } from '../chain/open.js';
@@ -65,12 +64,7 @@ export async function describeBacking(
   const absolutePath = backingAbsolute(childPath, backing.path);
   const chain = await openChain(absolutePath, { format: backing.format, readOnly: true, openStore, ignoreParentId, formats });
   const top = chain.top;
-  let mtime = new Date();
-  try {
-    mtime = (await stat(absolutePath)).mtime;
-  } catch {
-    /* memory stores have no mtime */
-  }
+  const mtime = (await modifiedTime(absolutePath)) ?? new Date(); // memory stores have none
   return {
     target: { path: backing.path, absolutePath, format: top.format, size: top.size, identity: top.identity, image: top, mtime },
     layers: chain.layers.map((l) => l.path),
