@@ -7,6 +7,7 @@ export type { Extent, ExtentKind } from './core/extent.js';
 export { parseSize, formatSize } from './core/size.js';
 export type { Store, StoreOpener, OpenStoreOptions } from './io/store.js';
 export { FileStore, openFileStore } from './io/file-store.js';
+export { fileHost, type FileHost } from './io/staging.js';
 export { MemoryStore, MemoryFs } from './io/memory-store.js';
 export type {
   Image,

@@ -1,4 +1,4 @@
-import { realpath } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 
 /**
@@ -23,4 +23,13 @@ export async function fileIdentity(path: string): Promise<string> {
 export async function sameFile(a: string, b: string): Promise<boolean> {
   const [x, y] = await Promise.all([fileIdentity(a), fileIdentity(b)]);
   return x === y;
+}
+
+/** When the file was last modified, or undefined when the host has no such file (memory stores). */
+export async function modifiedTime(path: string): Promise<Date | undefined> {
+  try {
+    return (await stat(path)).mtime;
+  } catch {
+    return undefined;
+  }
 }

@@ -1,12 +1,12 @@
-import { unlink } from 'node:fs/promises';
 import { BlockError, fromSystemError } from '../core/errors.js';
 import { FileStore, openFileStore } from '../io/file-store.js';
 import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '../io/native.js';
 import type { StoreOpener } from '../io/store.js';
+import type { FileHost } from '../io/staging.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
-import { createImage } from './create.js';
+import { createWith, stagingFor } from './create.js';
 import { granuleRuns, isZero, sameChecker, zeroChecker } from './zero.js';
 import { settleAll } from '../core/settle.js';
 import { Slots } from '../core/mutex.js';
@@ -24,8 +24,18 @@ export interface ConvertRequest {
   backing?: { path: string; format?: string };
   /** `-S`: zero runs of at least this many bytes (aligned) are skipped; 0 writes everything. Default 4096. */
   sparseSize?: number;
-  /** `-n`: write into an existing target instead of creating one. */
+  /**
+   * `-n`: write into an existing target instead of creating one. Such a
+   * write is in place, not atomic: an interrupted one leaves the target
+   * partly written (as qemu-img convert -n does).
+   */
   existing?: boolean;
+  /** Replace an existing file at `target` (atomically, once the copy is complete); without it an existing target is refused. */
+  overwrite?: boolean;
+  /** Abort the copy: the new target is removed and the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /** How the new target's files are named and removed (see CreateRequest.host). */
+  host?: FileHost;
   onProgress?: (done: number, total: number) => void;
   openStore?: StoreOpener;
   /**
@@ -110,26 +120,39 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   if (!Number.isSafeInteger(bufferSize) || bufferSize < 512 || bufferSize % 512 !== 0 || bufferSize > 1 << 30) {
     throw new BlockError('invalid-argument', `buffer size must be a multiple of 512 from 512 bytes to 1 GiB (got ${bufferSize})`);
   }
+  if (req.existing && req.overwrite) throw new BlockError('invalid-argument', '-n writes into an existing target; --overwrite replaces one (choose one)');
+  req.signal?.throwIfAborted();
+  // A new target is written under a temporary name and renamed into place
+  // once complete (io/staging.ts); with -t writeback its folder is synced
+  // after the rename too. With -t unsafe nothing is synced: a host crash
+  // may leave the new name on a file whose data never reached the disk, as
+  // qemu-img convert's default promises nothing across a crash either; the
+  // staging still keeps a failed, interrupted or full-disk copy from leaving
+  // a file behind.
+  const staging = req.existing ? undefined : stagingFor(req.target, req, targetStore, cache === 'writeback');
+  const dstStore = staging?.opener ?? targetStore;
   const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore });
   // The source's first map is asked for now, while the target is made:
   // copy() starts from it without waiting.
   const firstMap = src.blockStatus(0, Math.min(WINDOW, src.size), { findZeroes: true });
   firstMap.catch(() => {}); // an error surfaces when copy() awaits it; until then it must not count as unhandled
   let dst: Chain | undefined;
-  let created = false;
   try {
     if (!req.existing) {
-      const r = await createImage({
-        path: req.target,
-        format: req.targetFormat,
-        // A source of an odd size (a raw file) gets a target of whole
-        // sectors, the tail reading as zeros — as qemu-img convert does.
-        size: Math.ceil(src.size / SECTOR) * SECTOR,
-        options: req.options,
-        backing: req.backing,
-        openStore: targetStore,
-      });
-      created = true;
+      const r = await createWith(
+        {
+          path: req.target,
+          format: req.targetFormat,
+          // A source of an odd size (a raw file) gets a target of whole
+          // sectors, the tail reading as zeros — as qemu-img convert does.
+          size: Math.ceil(src.size / SECTOR) * SECTOR,
+          options: req.options,
+          backing: req.backing,
+          overwrite: req.overwrite,
+          signal: req.signal,
+        },
+        dstStore,
+      );
       if (r.size < src.size) {
         throw new BlockError('out-of-range', `the ${req.targetFormat} target can hold only ${r.size} of the source's ${src.size} bytes`, {
           path: req.target,
@@ -138,21 +161,29 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     } else if (req.backing) {
       throw new BlockError('invalid-argument', '-B and -n cannot be combined (an existing target keeps its own backing)');
     }
-    dst = await openChain(req.target, { format: req.targetFormat, openStore: targetStore });
+    dst = await openChain(req.target, { format: req.targetFormat, openStore: dstStore });
     if (dst.size < src.size) {
       throw new BlockError('out-of-range', `target is ${dst.size} bytes, smaller than the source (${src.size})`, { path: req.target });
     }
     // A fresh target without backing already reads as zeros: nothing to write there.
     const mode: Mode = req.existing ? 'overwrite' : req.backing ? 'diff' : 'fresh';
     const direct = req.native === false || bufferSize > NATIVE_MAX_RANGE ? undefined : nativeTarget(dst, mode, sparse);
-    const written = await copy(src, dst, mode, sparse, bufferSize, firstMap, direct, req.onProgress);
+    const written = await copy(src, dst, mode, sparse, bufferSize, firstMap, direct, req.onProgress, req.signal);
     await dst.flush();
+    const closing = dst;
+    dst = undefined;
+    await closing.close();
+    req.signal?.throwIfAborted();
+    await staging?.commit();
     return { size: src.size, written };
   } catch (e) {
-    if (created) {
+    if (staging) {
+      // Whatever was made so far (a partly created image too) goes.
+      const err = staging.rename(e);
       await dst?.close().catch(() => {});
       dst = undefined;
-      await unlink(req.target).catch(() => {});
+      await staging.discard();
+      throw err;
     }
     throw e;
   } finally {
@@ -199,6 +230,7 @@ async function copy(
   firstMap: Promise<ChainExtent[]>,
   direct: NativeTarget | undefined,
   onProgress?: (done: number, total: number) => void,
+  signal?: AbortSignal,
 ): Promise<number> {
   const total = src.size;
   let written = 0;
@@ -243,6 +275,10 @@ async function copy(
   };
 
   for (let wOff = 0; wOff < total && !failure; wOff += WINDOW) {
+    if (signal?.aborted) {
+      failure ??= { error: signal.reason };
+      break;
+    }
     const map = wOff === 0 ? firstMap : src.blockStatus(wOff, Math.min(WINDOW, total - wOff), { findZeroes: true });
     const jsPieces: Piece[] = [];
     const plan: Piece[] = [];
@@ -280,6 +316,8 @@ async function copy(
         await drain();
       }
       while (running.size >= LANES) await Promise.race(running);
+      // An abort stops the copy between pieces (a native run finishes its window first).
+      if (signal?.aborted) failure ??= { error: signal.reason };
       if (failure) break;
       const lane = lanes.pop()!;
       const turn = writeTurn;

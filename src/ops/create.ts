@@ -1,10 +1,11 @@
-import { stat } from 'node:fs/promises';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError } from '../core/errors.js';
 import { parseOptions } from './options.js';
 
 export { parseOptions };
 import { openFileStore } from '../io/file-store.js';
+import { modifiedTime, sameFile } from '../io/identity.js';
+import { fileHost, Staging, type FileHost } from '../io/staging.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import { openChain, openLayer, probeStore } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
@@ -21,6 +22,18 @@ export interface CreateRequest {
   openStore?: StoreOpener;
   /** Accept a backing chain whose parent ids do not match. */
   ignoreParentId?: boolean;
+  /** Replace an existing file at `path` (atomically, when the new image is complete). Without it an existing file is refused. */
+  overwrite?: boolean;
+  /** Abort the create: the new files are removed and the promise rejects with the signal's reason. */
+  signal?: AbortSignal;
+  /**
+   * How files are named and removed (io/staging.ts): the image is written
+   * under a temporary name and renamed into place when complete. Default:
+   * the host's file system when `openStore` is not given. With a custom
+   * `openStore` and no `host`, files are created under their final names
+   * (nothing can rename them) and `overwrite` is refused.
+   */
+  host?: FileHost;
 }
 
 export interface CreateResult {
@@ -47,26 +60,63 @@ export async function describeBacking(
   ignoreParentId = false,
   /** The formats to choose from (default: the registry; tests and embedders may add their own). */
   formats?: readonly Format[],
-): Promise<{ target: BackingTarget; close: () => Promise<void> }> {
+): Promise<{ target: BackingTarget; layers: readonly string[]; close: () => Promise<void> }> {
   const absolutePath = backingAbsolute(childPath, backing.path);
   const chain = await openChain(absolutePath, { format: backing.format, readOnly: true, openStore, ignoreParentId, formats });
   const top = chain.top;
-  let mtime = new Date();
-  try {
-    mtime = (await stat(absolutePath)).mtime;
-  } catch {
-    /* memory stores have no mtime */
-  }
+  const mtime = (await modifiedTime(absolutePath)) ?? new Date(); // memory stores have none
   return {
     target: { path: backing.path, absolutePath, format: top.format, size: top.size, identity: top.identity, image: top, mtime },
+    layers: chain.layers.map((l) => l.path),
     close: () => chain.close(),
   };
 }
 
+/**
+ * The staging of a new image at `path` (see io/staging.ts), or undefined
+ * when the caller's stores have no host to rename on.
+ */
+export function stagingFor(
+  path: string,
+  req: { openStore?: StoreOpener; host?: FileHost; overwrite?: boolean },
+  openStore: StoreOpener,
+  durable: boolean,
+): Staging | undefined {
+  const host = req.host ?? (req.openStore ? undefined : fileHost);
+  if (!host) {
+    if (req.overwrite) throw new BlockError('invalid-argument', 'overwrite needs a host that can rename files (give `host` with `openStore`)', { path });
+    return undefined;
+  }
+  return new Staging(path, { openStore, host, overwrite: req.overwrite, durable });
+}
+
+/**
+ * Create an image. The files are made under temporary names in the image's
+ * folder and renamed into place only when complete and flushed; on any
+ * error or abort they are removed (issue 16).
+ */
 export async function createImage(req: CreateRequest): Promise<CreateResult> {
+  req.signal?.throwIfAborted();
+  const openStore = req.openStore ?? openFileStore;
+  // The formats flush what they create; the folder is synced after the rename.
+  const staging = stagingFor(req.path, req, openStore, true);
+  if (!staging) return createWith(req, openStore);
+  try {
+    const r = await createWith(req, staging.opener);
+    req.signal?.throwIfAborted();
+    await staging.commit();
+    return r;
+  } catch (e) {
+    const err = staging.rename(e);
+    await staging.discard();
+    throw err;
+  }
+}
+
+/** Create the image through `openStore` (a staging's opener, when staged). */
+export async function createWith(req: CreateRequest, openStore: StoreOpener): Promise<CreateResult> {
   const format = findFormat(req.format);
   if (!format.create) throw new BlockError('unsupported', `format ${format.name} cannot be created`, { path: req.path });
-  const openStore = req.openStore ?? openFileStore;
   const options = { ...(req.options ?? {}) };
   let backing = req.backing;
   if (options.backing_file !== undefined) {
@@ -83,12 +133,22 @@ export async function createImage(req: CreateRequest): Promise<CreateResult> {
   try {
     if (backing) {
       described = await describeBacking(req.path, backing, openStore, req.ignoreParentId);
+      // Replacing a file of the new image's own backing chain would leave an
+      // image that is its own ancestor, and the data it was to read gone.
+      if (req.overwrite) {
+        for (const layer of described.layers) {
+          if (await sameFile(layer, req.path)) {
+            throw new BlockError('invalid-argument', `--overwrite would replace ${layer}, which is in the new image's backing chain`, { path: req.path });
+          }
+        }
+      }
     }
     const size = req.size ?? described?.target.size;
     if (size === undefined) throw new BlockError('invalid-argument', 'image size is required (no backing file to take it from)');
     validateSize(size, format.maxSize, format.name);
     // The registry is asked for the format: a format that must recognise a file at create cannot import it (types.ts, CreateContext.probe).
     const probe = async (store: Store) => (await probeStore(store)).name;
+    req.signal?.throwIfAborted();
     await format.create({ path: req.path, size, options, backing: described?.target, openStore, probe });
   } finally {
     await described?.close();

@@ -1,6 +1,7 @@
 import { Option, type Command } from 'commander';
 import { parseSize } from '../../core/size.js';
 import { parseOptions } from '../../ops/options.js';
+import { interruptible } from '../interrupt.js';
 import { collect, openOptions, withOpenOptions, withProgress, type CommandContext, type OpenFlags } from '../options.js';
 
 interface ConvertOptions extends OpenFlags {
@@ -14,6 +15,7 @@ interface ConvertOptions extends OpenFlags {
   create: boolean;
   progress?: boolean;
   cache: 'unsafe' | 'writeback';
+  overwrite?: boolean;
 }
 
 export function define(cmd: Command): void {
@@ -25,7 +27,8 @@ export function define(cmd: Command): void {
       .option('-B, --backing <file>', 'make the target a child of this file holding only what differs')
       .option('-F, --backing-format <fmt>', 'format of the -B file')
       .option('-S, --sparse-size <size>', 'skip zero runs of at least this size (0: write everything)', '4k')
-      .option('-n, --no-create', 'write into an existing target')
+      .option('-n, --no-create', 'write into an existing target (in place: not atomic)')
+      .option('--overwrite', 'replace an existing target (atomically, once the copy is complete)')
       .option('-p, --progress', 'show a progress bar')
       .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback'] satisfies ConvertOptions['cache'][]).default('unsafe'))
       .argument('<source>')
@@ -33,20 +36,26 @@ export function define(cmd: Command): void {
   );
 }
 
-export async function run(_ctx: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<void> {
+export async function run(_ctx: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<number | undefined> {
   const { convert } = await import('../../ops/convert.js');
-  await withProgress(Boolean(o.progress), (onProgress) =>
-    convert({
-      source,
-      sourceOptions: openOptions(o, o.format),
-      target,
-      targetFormat: o.outputFormat,
-      options: parseOptions(o.options),
-      backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
-      sparseSize: parseSize(o.sparseSize, 'sparse size'),
-      existing: o.create === false,
-      cache: o.cache,
-      onProgress,
-    }),
+  const existing = o.create === false;
+  const what = existing ? `${target} is partly written (-n writes in place)` : `nothing was written to ${target}`;
+  return interruptible(what, (signal) =>
+    withProgress(Boolean(o.progress), (onProgress) =>
+      convert({
+        source,
+        sourceOptions: openOptions(o, o.format),
+        target,
+        targetFormat: o.outputFormat,
+        options: parseOptions(o.options),
+        backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
+        sparseSize: parseSize(o.sparseSize, 'sparse size'),
+        existing,
+        overwrite: Boolean(o.overwrite),
+        cache: o.cache,
+        onProgress,
+        signal,
+      }),
+    ),
   );
 }

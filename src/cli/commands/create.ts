@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { parseSize } from '../../core/size.js';
 import { parseOptions } from '../../ops/options.js';
+import { interruptible } from '../interrupt.js';
 import { collect, type CommandContext } from '../options.js';
 
 interface CreateOptions {
@@ -9,6 +10,7 @@ interface CreateOptions {
   backing?: string;
   backingFormat?: string;
   quiet?: boolean;
+  overwrite?: boolean;
 }
 
 export function define(cmd: Command): void {
@@ -18,19 +20,26 @@ export function define(cmd: Command): void {
     .option('-b, --backing <file>', 'backing file (relative names are relative to IMAGE)')
     .option('-F, --backing-format <fmt>', 'format of the backing file')
     .option('-q, --quiet', 'print nothing')
+    .option('--overwrite', 'replace an existing file (atomically, once the new image is complete)')
     .argument('<image>')
     .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size');
 }
 
-export async function run({ print }: CommandContext, [image, size]: [string, string | undefined], o: CreateOptions): Promise<void> {
+export async function run({ print }: CommandContext, [image, size]: [string, string | undefined], o: CreateOptions): Promise<number | undefined> {
   const { createImage } = await import('../../ops/create.js');
-  const r = await createImage({
-    path: image,
-    format: o.format,
-    size: size === undefined ? undefined : parseSize(size),
-    options: parseOptions(o.options),
-    backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
+  let r: Awaited<ReturnType<typeof createImage>> | undefined;
+  const status = await interruptible(`nothing was written to ${image}`, async (signal) => {
+    r = await createImage({
+      path: image,
+      format: o.format,
+      size: size === undefined ? undefined : parseSize(size),
+      options: parseOptions(o.options),
+      backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
+      overwrite: Boolean(o.overwrite),
+      signal,
+    });
   });
+  if (status !== undefined || !r) return status;
   if (!o.quiet) {
     const rounded = r.size !== r.requestedSize ? ` (requested ${r.requestedSize}, rounded by the format)` : '';
     print(`Formatting '${image}', fmt=${r.format} size=${r.size}${rounded}${o.backing ? ` backing_file=${o.backing}` : ''}`);
