@@ -29,6 +29,8 @@ export interface OpenFlags {
   ignoreChecksums?: boolean;
   /** Text: checked by `openOptions` (a default, so always present). */
   depthLimit: string;
+  allowPath?: string[];
+  backingAs?: string[];
 }
 
 /** Options every command that opens an image accepts. */
@@ -37,7 +39,9 @@ export function withOpenOptions(cmd: Command): Command {
     .option('--layer-only', 'open only this image, not its backing chain')
     .option('--ignore-parent-id', "accept a parent whose id differs from what the child records")
     .option('--ignore-checksums', 'open images whose checksums are wrong (reported by info)')
-    .option('--depth-limit <n>', 'most layers a backing chain may have', '64');
+    .option('--depth-limit <n>', 'most layers a backing chain may have', '64')
+    .option('--allow-path <dir>', 'let names recorded in images lead into DIR too (repeatable; docs/security.md)', collect)
+    .option('--backing-as <fmt>', 'format of a backing file its image does not record (add-cow); needed for raw; repeat for each such backing down the chain', collect);
 }
 
 export function openOptions(o: OpenFlags, format?: string): ChainOpenOptions {
@@ -49,6 +53,8 @@ export function openOptions(o: OpenFlags, format?: string): ChainOpenOptions {
     ignoreParentId: Boolean(o.ignoreParentId),
     ignoreChecksums: Boolean(o.ignoreChecksums),
     depthLimit: depth,
+    allowPaths: o.allowPath ?? [],
+    backingFormats: o.backingAs ?? [],
   };
 }
 

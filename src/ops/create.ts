@@ -6,7 +6,7 @@ import { parseOptions } from './options.js';
 export { parseOptions };
 import { openFileStore } from '../io/file-store.js';
 import type { Store, StoreOpener } from '../io/store.js';
-import { openChain, openLayer, probeStore } from '../chain/open.js';
+import { openChain, openLayer, probeStore, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
 import type { BackingTarget, Format } from '../formats/types.js';
 
@@ -21,7 +21,12 @@ export interface CreateRequest {
   openStore?: StoreOpener;
   /** Accept a backing chain whose parent ids do not match. */
   ignoreParentId?: boolean;
+  /** How the chain under the backing file is opened: its recorded names and unrecorded formats (docs/security.md). */
+  backingOpenOptions?: BackingChainOptions;
 }
+
+/** The open options that concern names and formats recorded in the chain under a backing file named by the user. */
+type BackingChainOptions = Pick<ChainOpenOptions, 'allowPaths' | 'backingFormats'>;
 
 export interface CreateResult {
   path: string;
@@ -47,9 +52,10 @@ export async function describeBacking(
   ignoreParentId = false,
   /** The formats to choose from (default: the registry; tests and embedders may add their own). */
   formats?: readonly Format[],
+  chainOptions: BackingChainOptions = {},
 ): Promise<{ target: BackingTarget; close: () => Promise<void> }> {
   const absolutePath = backingAbsolute(childPath, backing.path);
-  const chain = await openChain(absolutePath, { format: backing.format, readOnly: true, openStore, ignoreParentId, formats });
+  const chain = await openChain(absolutePath, { ...chainOptions, format: backing.format, readOnly: true, openStore, ignoreParentId, formats });
   const top = chain.top;
   let mtime = new Date();
   try {
@@ -82,7 +88,7 @@ export async function createImage(req: CreateRequest): Promise<CreateResult> {
   let described: Awaited<ReturnType<typeof describeBacking>> | undefined;
   try {
     if (backing) {
-      described = await describeBacking(req.path, backing, openStore, req.ignoreParentId);
+      described = await describeBacking(req.path, backing, openStore, req.ignoreParentId, undefined, req.backingOpenOptions);
     }
     const size = req.size ?? described?.target.size;
     if (size === undefined) throw new BlockError('invalid-argument', 'image size is required (no backing file to take it from)');

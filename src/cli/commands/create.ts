@@ -8,6 +8,8 @@ interface CreateOptions {
   options?: string[];
   backing?: string;
   backingFormat?: string;
+  allowPath?: string[];
+  backingAs?: string[];
   quiet?: boolean;
 }
 
@@ -17,6 +19,8 @@ export function define(cmd: Command): void {
     .option('-o, --options <k=v,...>', 'format options (repeatable)', collect)
     .option('-b, --backing <file>', 'backing file (relative names are relative to IMAGE)')
     .option('-F, --backing-format <fmt>', 'format of the backing file')
+    .option('--allow-path <dir>', 'let names recorded in the backing chain lead into DIR too (repeatable; docs/security.md)', collect)
+    .option('--backing-as <fmt>', "format of a backing file under -b that its image does not record (add-cow); needed for raw; repeatable", collect)
     .option('-q, --quiet', 'print nothing')
     .argument('<image>')
     .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size');
@@ -30,6 +34,7 @@ export async function run({ print }: CommandContext, [image, size]: [string, str
     size: size === undefined ? undefined : parseSize(size),
     options: parseOptions(o.options),
     backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
+    backingOpenOptions: { allowPaths: o.allowPath ?? [], backingFormats: o.backingAs ?? [] },
   });
   if (!o.quiet) {
     const rounded = r.size !== r.requestedSize ? ` (requested ${r.requestedSize}, rounded by the format)` : '';
