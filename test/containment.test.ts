@@ -348,6 +348,7 @@ test('control characters in recorded names are escaped in info and errors; JSON 
     r = vdisk('info', '--output=json', top);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(JSON.parse(r.stdout)['backing-filename'], name);
+    assert.ok(!/[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/.test(r.stdout.replaceAll('\n', '')), 'JSON text carries escapes only');
     r = vdisk('info', '--backing-chain', top);
     assert.equal(r.status, 1);
     assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);

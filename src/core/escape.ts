@@ -2,9 +2,7 @@
  * Names recorded in an image are the image author's text: a newline in a
  * backing file name would forge lines in `info`, an escape sequence would
  * drive the user's terminal. Everything vdisk prints for humans (info, map,
- * error lines) passes through here. JSON output needs nothing more:
- * JSON.stringify already writes U+0000–U+001F as escapes and keeps every
- * other character, so the JSON stays valid and faithful to the recorded name.
+ * error lines) passes through escapeControl; JSON output through escapeJson.
  *
  * Escaped: C0 controls, DEL, C1 controls (U+0080–U+009F, some terminals act
  * on them), the Unicode line and paragraph separators and the bidirectional
@@ -24,4 +22,19 @@ export function escapeControl(s: string): string {
     const code = c.charCodeAt(0);
     return code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16).padStart(4, '0')}`;
   });
+}
+
+/**
+ * JSON text with the characters JSON.stringify leaves as they are (DEL, C1,
+ * line/paragraph separators, bidi controls; U+0000–U+001F it escapes itself)
+ * written as \uXXXX escapes too, as QEMU's JSON writer does for everything
+ * outside printable ASCII: the text still parses to exactly the recorded
+ * name, and shown on a terminal it cannot drive it. Outside string literals
+ * JSON text holds none of these characters (its whitespace is C0, which is
+ * left alone), so replacing them everywhere is safe.
+ */
+const JSON_UNSAFE = /[\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+
+export function escapeJson(json: string): string {
+  return json.replace(JSON_UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
