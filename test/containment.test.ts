@@ -358,3 +358,27 @@ test('control characters in recorded names are escaped in info and errors; JSON 
     cleanup();
   }
 });
+
+test("the user's own names are not refused: create and convert -o image_file= in another folder; later opens need --allow-path", async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const a = join(dir, 'a');
+    const b = join(dir, 'b');
+    mkdirSync(a);
+    mkdirSync(b);
+    const top = join(a, 'top.add-cow');
+    let r = vdisk('create', '-f', 'add-cow', '-o', 'image_file=../b/x.raw', top, '1M');
+    assert.equal(r.status, 0, r.stderr);
+    assert.ok(existsSync(join(b, 'x.raw')));
+    r = vdisk('convert', '--allow-path', b, '-O', 'add-cow', '-o', 'image_file=../b/y.raw', top, join(a, 'copy.add-cow'));
+    assert.equal(r.status, 0, r.stderr);
+    // An image read later is an image like any other: its names are checked.
+    r = vdisk('io', '-c', 'write -P 0x5a 0 4k', top);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /add-cow image file '\.\.\/b\/x\.raw' leads out of the image's folder/);
+    r = vdisk('io', '--allow-path', b, '-c', 'write -P 0x5a 0 4k', '-c', 'read -P 0x5a 0 4k', top);
+    assert.equal(r.status, 0, r.stderr);
+  } finally {
+    cleanup();
+  }
+});

@@ -1,5 +1,5 @@
 import { unlink } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { dirname } from 'node:path';
 import { BlockError, fromSystemError } from '../core/errors.js';
 import { FileStore, openFileStore } from '../io/file-store.js';
 import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '../io/native.js';
@@ -7,7 +7,7 @@ import type { StoreOpener } from '../io/store.js';
 import { openChain, openLayer, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
-import { backingAbsolute, createImage } from './create.js';
+import { backingAbsolute, createImage, ownFolders } from './create.js';
 import { granuleRuns, isZero, sameChecker, zeroChecker } from './zero.js';
 import { settleAll } from '../core/settle.js';
 import { Slots } from '../core/mutex.js';
@@ -473,9 +473,7 @@ async function writeData(
  * is raw because the user named it as the backing (docs/security.md).
  */
 async function ownNames(req: ConvertRequest, openStore: StoreOpener): Promise<Pick<ChainOpenOptions, 'allowPaths' | 'backingFormats'>> {
-  const allowPaths: string[] = [];
-  const imageFile = req.options?.image_file;
-  if (imageFile) allowPaths.push(dirname(resolve(dirname(req.target), imageFile)));
+  const allowPaths = ownFolders(req.target, req.options);
   if (!req.backing) return { allowPaths };
   const backing = backingAbsolute(req.target, req.backing.path);
   allowPaths.push(dirname(backing));

@@ -69,6 +69,16 @@ export async function describeBacking(
   };
 }
 
+/**
+ * Folders the names a user gives at create lead into beyond the image's own
+ * (`-o image_file=` of add-cow, relative to the image): reopening the new
+ * image must not refuse the user's own names (docs/security.md).
+ */
+export function ownFolders(imagePath: string, options: Record<string, string> | undefined): string[] {
+  const imageFile = options?.image_file;
+  return imageFile ? [dirname(resolve(dirname(resolve(imagePath)), imageFile.replace(/\\/g, '/')))] : [];
+}
+
 export async function createImage(req: CreateRequest): Promise<CreateResult> {
   const format = findFormat(req.format);
   if (!format.create) throw new BlockError('unsupported', `format ${format.name} cannot be created`, { path: req.path });
@@ -100,7 +110,8 @@ export async function createImage(req: CreateRequest): Promise<CreateResult> {
     await described?.close();
   }
   // Report the size the image really got.
-  const img = await openLayer(req.path, { format: format.name, readOnly: true, openStore });
+  // Every name in the new image is the user's own (an add-cow image_file may lie in another folder).
+  const img = await openLayer(req.path, { format: format.name, readOnly: true, openStore, allowPaths: ownFolders(req.path, options) });
   try {
     return { path: req.path, format: format.name, size: img.size, requestedSize: req.size ?? img.size };
   } finally {
