@@ -1,6 +1,6 @@
 import { createCipheriv, createHash } from 'node:crypto';
 import { open, rm } from 'node:fs/promises';
-import { basename, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { rng } from '../test/helpers/random.js';
 import { createImage, openChain } from '../src/index.js';
 import { runOk } from './measure.js';
@@ -191,7 +191,8 @@ async function buildAddCow(dir: string, backing: string, scale: Scale): Promise<
   await rm(path, { force: true });
   await rm(`${path}.raw`, { force: true });
   await createImage({ path, format: 'add-cow', backing: { path: backing, format: 'raw' } });
-  const c = await openChain(path, { readOnly: false });
+  // A raw backing is never taken for raw by probing; it may lie in another folder (docs/security.md).
+  const c = await openChain(path, { readOnly: false, backingFormats: ['raw'], allowPaths: [dirname(backing)] });
   try {
     const bytes = seededBytes(SEED + 400);
     const n = scale.size / scale.granule;

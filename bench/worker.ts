@@ -1,7 +1,7 @@
 import { createWriteStream } from 'node:fs';
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { FileStore, convert, createImage, openChain } from '../src/index.js';
@@ -33,7 +33,8 @@ interface ReadJob {
 }
 
 async function readJob(j: ReadJob): Promise<void> {
-  const chain = await openChain(j.path, { readOnly: true, format: j.format });
+  // backingFormats: the add-cow input is over a raw file, which is never taken for raw by probing (docs/security.md).
+  const chain = await openChain(j.path, { readOnly: true, format: j.format, backingFormats: ['raw'] });
   try {
     const size = chain.size;
     let next = 0;
@@ -156,7 +157,8 @@ async function addCowWrite(j: { dir: string; backing: string; total: number; bs:
   await mkdir(j.dir, { recursive: true });
   const path = join(j.dir, 'w.add-cow');
   await createImage({ path, format: 'add-cow', backing: { path: j.backing, format: 'raw' } });
-  const chain = await openChain(path, { readOnly: false });
+  // The backing lies in another folder and is raw: both need saying (docs/security.md).
+  const chain = await openChain(path, { readOnly: false, backingFormats: ['raw'], allowPaths: [dirname(j.backing)] });
   try {
     const data = new Uint8Array(j.bs).fill(0xa5);
     const t0 = process.hrtime.bigint();

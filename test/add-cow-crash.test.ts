@@ -163,7 +163,7 @@ async function reopenAfterCrash(world: World, faults: Map<string, FaultStore>, m
   fs.files.set(BASE, world.fs.files.get(BASE)!);
   fs.files.set(TOP, new MemoryStore(TOP, await faults.get(TOP)!.crashImage(m[0], m[1])));
   fs.files.set(DATA, new MemoryStore(DATA, await faults.get(DATA)!.crashImage(m[2], m[3])));
-  const c = await openChain(TOP, { openStore: fs.opener(), readOnly: true });
+  const c = await openChain(TOP, { openStore: fs.opener(), readOnly: true, backingFormats: ['raw'] });
   try {
     const disk = new Uint8Array(c.size);
     await c.read(0, disk);
@@ -185,13 +185,13 @@ test('crash at every operation of either file during writes and flushes: every s
     // Dry run to count the operations.
     const w0 = await makeWorld(size, size - 256 * 1024);
     const dry = powered(w0, Infinity);
-    await run(await openChain(TOP, { openStore: dry.opener }), w0, steps);
+    await run(await openChain(TOP, { openStore: dry.opener, backingFormats: ['raw'] }), w0, steps);
     const total = dry.power.count;
     assert.ok(total > 20, `workload makes ${total} operations`);
     for (let k = 0; k <= total; k++) {
       const world = await makeWorld(size, size - 256 * 1024);
       const { faults, opener } = powered(world, k);
-      const allowed = await run(await openChain(TOP, { openStore: opener }), world, steps);
+      const allowed = await run(await openChain(TOP, { openStore: opener, backingFormats: ['raw'] }), world, steps);
       for (const m of MODES) {
         const { disk } = await reopenAfterCrash(world, faults, m);
         for (let s = 0; s < size / SECTOR; s++) {
@@ -209,7 +209,7 @@ test('crash at every operation of a grow or a shrink: the image opens with the o
   for (const newSize of [size + 4096 * SECTOR, 21 * SECTOR]) {
     const prepare = async () => {
       const world = await makeWorld(size, 30 * SECTOR);
-      const c = await openChain(TOP, { openStore: world.fs.opener() });
+      const c = await openChain(TOP, { openStore: world.fs.opener(), backingFormats: ['raw'] });
       await c.write(0, new Uint8Array(size).fill(0xab));
       await c.close();
       return world;
@@ -217,7 +217,7 @@ test('crash at every operation of a grow or a shrink: the image opens with the o
     const dryWorld = await prepare();
     const dry = powered(dryWorld, Infinity);
     const resize = async (opener: (p: string, o: OpenStoreOptions) => Promise<Store>) => {
-      const c = await openChain(TOP, { openStore: opener });
+      const c = await openChain(TOP, { openStore: opener, backingFormats: ['raw'] });
       try {
         await c.top.resize!(newSize, { shrink: true });
         await c.close();

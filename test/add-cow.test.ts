@@ -170,7 +170,7 @@ test('create: an existing, larger image file is kept and used', async () => {
   fs.files.set('/d/big.raw', data);
   await createImage({ path: '/d/n.add-cow', format: 'add-cow', size: 8192, options: { image_file: 'big.raw' }, openStore: fs.opener() });
   assert.equal(fs.files.get('/d/big.raw')!.bytes().length, 20000);
-  const c = await openChain('/d/n.add-cow', { openStore: fs.opener() });
+  const c = await openChain('/d/n.add-cow', { openStore: fs.opener(), backingFormats: ['raw'] });
   const got = new Uint8Array(8192);
   await c.read(0, got);
   assert.ok(got.every((x) => x === 0), 'clear bits without backing read zeros, not the stale image file');
@@ -186,7 +186,7 @@ test('random unaligned writes and zero writes through the chain equal a flat mod
     const model = new Uint8Array(size);
     model.set(base);
     const r = rng(seed);
-    let c = await openChain('/d/top.add-cow', { openStore: fs.opener() });
+    let c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'] });
     for (let i = 0; i < 40; i++) {
       const off = randInt(r, 0, size - 1);
       const len = Math.min(size - off, randInt(r, 1, 9000));
@@ -201,7 +201,7 @@ test('random unaligned writes and zero writes through the chain equal a flat mod
       if (r() < 0.2) await c.flush();
       if (r() < 0.1) {
         await c.close();
-        c = await openChain('/d/top.add-cow', { openStore: fs.opener() });
+        c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'] });
       }
     }
     const got = new Uint8Array(size);
@@ -209,7 +209,7 @@ test('random unaligned writes and zero writes through the chain equal a flat mod
     assert.deepEqual(got, model);
     await c.close();
     assert.deepEqual(fs.files.get('/d/base.raw')!.bytes(), base, 'backing untouched');
-    c = await openChain('/d/top.add-cow', { openStore: fs.opener(), readOnly: true });
+    c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'], readOnly: true });
     await c.read(0, got);
     assert.deepEqual(got, model);
     // blockStatus: set runs are data in the add-cow layer at the same offset; the rest comes from the base or is zero past it.
@@ -291,7 +291,7 @@ test('resize: grow extends bitmap, size and image file; shrink drops bits past t
   assert.deepEqual([...f.subarray(HEADER_SIZE)], [0x1f, 0, 0, 0, 0, 0, 0, 0]);
   assert.equal(fs.files.get('/d/data.raw')!.bytes().length, 32 * KiB);
   await img.close();
-  const c = await openChain('/d/top.add-cow', { openStore: fs.opener() });
+  const c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'] });
   assert.equal(c.size, 32 * KiB);
   const got = new Uint8Array(32 * KiB);
   await c.read(0, got);
@@ -320,7 +320,7 @@ test('setBacking rewrites only the backing name; null removes it', async () => {
   assert.deepEqual(img.backing, { recorded: 'sub/other.raw', candidates: ['sub/other.raw'] });
   await assert.rejects(img.setBacking!({ ...target, absolutePath: '/d/data.raw' }), isKind('invalid-argument'));
   await img.close();
-  let c = await openChain('/d/top.add-cow', { openStore: fs.opener(), readOnly: true });
+  let c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'], readOnly: true });
   const got = new Uint8Array(8192);
   await c.read(0, got);
   assert.ok(got.every((x) => x === 0x77));
@@ -328,7 +328,7 @@ test('setBacking rewrites only the backing name; null removes it', async () => {
   const img2 = await openLayer('/d/top.add-cow', { openStore: fs.opener() });
   await img2.setBacking!(null);
   await img2.close();
-  c = await openChain('/d/top.add-cow', { openStore: fs.opener(), readOnly: true });
+  c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'], readOnly: true });
   assert.equal(c.layers.length, 1);
   await c.close();
 });
@@ -404,7 +404,7 @@ test('bad input: image file missing (error names the image file), image file is 
   const { fs } = await setup({ size: 4096 });
   fs.files.delete('/d/data.raw');
   const before = snapshot(fs);
-  await assert.rejects(openChain('/d/top.add-cow', { openStore: fs.opener() }), (e) => {
+  await assert.rejects(openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'] }), (e) => {
     isKind('not-found')(e);
     assert.equal((e as BlockError).context.path, '/d/data.raw');
     assert.match((e as BlockError).message, /image file 'data\.raw' not found/);
@@ -420,7 +420,7 @@ test('bad input: a backing chain that loops back (self, and through a second add
     await patchHeader((h) => h.set(new TextEncoder().encode('./top.add-cow\0'), 12))(fs);
   }, 'loop');
   const { fs } = await setup({ size: 4096 });
-  await createImage({ path: '/d/b.add-cow', format: 'add-cow', size: 4096, options: { image_file: 'b.raw' }, backing: { path: 'top.add-cow' }, openStore: fs.opener() });
+  await createImage({ path: '/d/b.add-cow', format: 'add-cow', size: 4096, options: { image_file: 'b.raw' }, backing: { path: 'top.add-cow' }, backingOpenOptions: { backingFormats: ['raw'] }, openStore: fs.opener() });
   await patchHeader((h) => h.set(new TextEncoder().encode('b.add-cow\0'), 12))(fs);
   const before = snapshot(fs);
   await assert.rejects(openChain('/d/top.add-cow', { openStore: fs.opener() }), isKind('loop'));
@@ -476,7 +476,7 @@ test('fuzz: mutated headers and bitmaps only ever raise BlockError and never cha
     for (const [k, v] of template.files) fs.files.set(k, new MemoryStore(k, k === '/d/top.add-cow' ? bytes : v.bytes()));
     const before = snapshot(fs);
     try {
-      const c = await openChain('/d/top.add-cow', { openStore: fs.opener(), format: 'add-cow' });
+      const c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'], format: 'add-cow' });
       opened++;
       try {
         const got = new Uint8Array(c.size);
@@ -496,7 +496,7 @@ test('fuzz: mutated headers and bitmaps only ever raise BlockError and never cha
 
 test('trim clears bits: the backing shows again, also after flush and reopen', async () => {
   const { fs, base } = await setup({ size: 16 * KiB });
-  let c = await openChain('/d/top.add-cow', { openStore: fs.opener() });
+  let c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'] });
   await c.write(0, new Uint8Array(16 * KiB).fill(5));
   await c.flush();
   await c.trim(1000, 5000); // whole sectors 2..10 only (bytes 1024..5632)
@@ -506,7 +506,7 @@ test('trim clears bits: the backing shows again, also after flush and reopen', a
   want.set(base.subarray(1024, 5632), 1024);
   assert.deepEqual(got, want);
   await c.close();
-  c = await openChain('/d/top.add-cow', { openStore: fs.opener(), readOnly: true });
+  c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'], readOnly: true });
   await c.read(0, got);
   assert.deepEqual(got, want);
   assert.equal(c.top.info().specific['allocated-bytes'], 16 * KiB - 4608);
@@ -523,7 +523,7 @@ test('grow after an interrupted shrink: stale bitmap bytes past the end never co
   const img = await openLayer('/d/top.add-cow', { openStore: fs.opener() });
   await img.resize!(32 * KiB, {});
   await img.close();
-  const c = await openChain('/d/top.add-cow', { openStore: fs.opener(), readOnly: true });
+  const c = await openChain('/d/top.add-cow', { openStore: fs.opener(), backingFormats: ['raw'], readOnly: true });
   const got = new Uint8Array(32 * KiB);
   await c.read(0, got);
   const want = new Uint8Array(32 * KiB);

@@ -64,7 +64,7 @@ test('check through the CLI: JSON like qemu-img, exit codes, repair of add-cow s
     r = vdisk('check', cow);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /No errors were found on the image/);
-    r = vdisk('check', '--backing-chain', '--output=json', cow);
+    r = vdisk('check', '--backing-chain', '--backing-as', 'raw', '--output=json', cow);
     assert.deepEqual(JSON.parse(r.stdout).map((x: { format: string }) => x.format), ['add-cow', 'raw']);
     // A bit set past the last sector (2047 sectors: bit 7 of the last byte): a warning, repaired by -r all.
     const odd = join(dir, 'odd.add-cow');

@@ -17,7 +17,7 @@ const MiB = 1 << 20;
 
 /** Bytes of the disk the top layer itself holds as data. */
 async function topData(path: string): Promise<number> {
-  const c = await openChain(path, { readOnly: true });
+  const c = await openChain(path, { readOnly: true, backingFormats: ['raw'] });
   try {
     let n = 0;
     for await (const e of mapChain(c)) if (e.depth === 0 && e.present && e.data) n += e.length;
@@ -310,15 +310,16 @@ test('convert to raw copies file to file through the native addon: the same file
   qemuIo('raw', sparse, `write -P 0x55 0 3M`, `write -P 0 ${4 * MiB} 2M`, `write -P 0x66 ${8 * MiB + 512} 700k`);
   const cow = join(dir, 'top.add-cow');
   assert.equal(vdisk('create', '-f', 'add-cow', '-b', 'sparse.raw', '-F', 'raw', cow).status, 0);
-  assert.equal(vdisk('io', '-c', `write -P 0x77 ${2 * MiB} 3M`, cow).status, 0);
+  assert.equal(vdisk('io', '--backing-as', 'raw', '-c', `write -P 0x77 ${2 * MiB} 3M`, cow).status, 0);
 
   for (const [source, fmt] of [[base, 'vhd'], [child, 'vhd'], [vhdx, 'vhdx'], [sparse, 'raw'], [cow, 'add-cow']] as const) {
     const outJs = join(dir, 'js.raw');
     const outNative = join(dir, 'native.raw');
     const progressJs: number[][] = [];
     const progressNative: number[][] = [];
-    const js = await convert({ source, target: outJs, targetFormat: 'raw', native: false, onProgress: (d, n) => progressJs.push([d, n]) });
-    const nat = await watchNative(() => convert({ source, target: outNative, targetFormat: 'raw', onProgress: (d, n) => progressNative.push([d, n]) }));
+    const sourceOptions = fmt === 'add-cow' ? { backingFormats: ['raw'] } : {};
+    const js = await convert({ source, sourceOptions, target: outJs, targetFormat: 'raw', native: false, onProgress: (d, n) => progressJs.push([d, n]) });
+    const nat = await watchNative(() => convert({ source, sourceOptions, target: outNative, targetFormat: 'raw', onProgress: (d, n) => progressNative.push([d, n]) }));
     assert.ok(nat.calls >= 1 && nat.planned > 0, `${fmt}: the native copier was used`);
     assert.deepEqual(nat.result, js, `${fmt}: same size and bytes written`);
     assert.equal(await sha256File(outNative), await sha256File(outJs), `${fmt}: same contents`);
@@ -326,7 +327,7 @@ test('convert to raw copies file to file through the native addon: the same file
     if (source !== child && fmt !== 'add-cow') {
       assert.equal(run('qemu-img', ['compare', '-f', fmt === 'vhd' ? 'vpc' : fmt, '-F', 'raw', source, outNative], { allowFail: true }).status, 0, fmt);
     }
-    assert.equal(vdisk('compare', source, outNative).status, 0, fmt);
+    assert.equal(vdisk('compare', ...(fmt === 'add-cow' ? ['--backing-as', 'raw'] : []), source, outNative).status, 0, fmt);
     assert.equal(await hostMap(outNative), await hostMap(outJs), `${fmt}: same holes`);
     assert.deepEqual(progressNative.at(-1), progressJs.at(-1), `${fmt}: progress reaches the end`);
     for (let i = 1; i < progressNative.length; i++) assert.ok(progressNative[i][0] >= progressNative[i - 1][0], `${fmt}: progress only grows`);

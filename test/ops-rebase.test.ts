@@ -7,7 +7,7 @@ import { rebaseImage } from '../src/ops/rebase.js';
 import { COW_FORMATS, CrashFs, chainDigest } from './helpers/ops-fixtures.js';
 import { vdisk } from './helpers/cli.js';
 import { REPO_ROOT } from './helpers/corpus.js';
-import { qemuDigest, qemuImg, qemuIo, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
+import { qemuDigest, qemuImg, qemuIo, RAW_BACKING, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
 
 const MiB = 1 << 20;
 const kind = (k: string) => (e: unknown) => e instanceof BlockError && e.kind === k;
@@ -126,32 +126,32 @@ test('add-cow: rebase, rebase -u and flatten through the CLI; the independent re
     const top = join(dir, 'top.add-cow');
     let r = vdisk('create', '-f', 'add-cow', '-b', 'a.raw', '-F', 'raw', top);
     assert.equal(r.status, 0, r.stderr);
-    r = vdisk('io', '-c', 'write -P 0x33 512k 1M', '-c', 'write -z 3M 4096', top);
+    r = vdisk('io', '--backing-as', 'raw', '-c', 'write -P 0x33 512k 1M', '-c', 'write -z 3M 4096', top);
     assert.equal(r.status, 0, r.stderr);
-    const before = await vdiskDigest(top);
+    const before = await vdiskDigest(top, RAW_BACKING);
     assert.equal(reader(top), before.digest);
-    r = vdisk('rebase', '-b', 'b.raw', '-F', 'raw', top);
+    r = vdisk('rebase', '--backing-as', 'raw', '-b', 'b.raw', '-F', 'raw', top);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /rebased onto b\.raw/);
     assert.equal(JSON.parse(vdisk('info', '--output=json', top).stdout)['backing-filename'], 'b.raw');
-    assert.equal((await vdiskDigest(top)).digest, before.digest);
+    assert.equal((await vdiskDigest(top, RAW_BACKING)).digest, before.digest);
     assert.equal(reader(top), before.digest);
     // -u back to a.raw: a.raw differs from b.raw where the top now holds copies, so the content stays.
-    r = vdisk('rebase', '-u', '-b', 'a.raw', top);
+    r = vdisk('rebase', '--backing-as', 'raw', '-u', '-b', 'a.raw', top);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(reader(top), before.digest);
-    r = vdisk('rebase', '-b', '', top);
+    r = vdisk('rebase', '--backing-as', 'raw', '-b', '', top);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(JSON.parse(vdisk('info', '--output=json', top).stdout)['backing-filename'], undefined);
     assert.equal(reader(top), before.digest);
     // Standing alone, the disk converts to raw and qemu-img reads the same.
     const flat = join(dir, 'flat.raw');
-    assert.equal(vdisk('convert', '-O', 'raw', top, flat).status, 0);
+    assert.equal(vdisk('convert', '--backing-as', 'raw', '-O', 'raw', top, flat).status, 0);
     assert.equal((await qemuDigest(flat, 'raw')).digest, before.digest);
     // A backing of another size is refused for a format that needs the same size only; add-cow accepts it.
     const small = join(dir, 'small.raw');
     qemuImg('create', '-f', 'raw', small, '1M');
-    r = vdisk('rebase', '-b', 'small.raw', '-F', 'raw', top);
+    r = vdisk('rebase', '--backing-as', 'raw', '-b', 'small.raw', '-F', 'raw', top);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(reader(top), before.digest);
   } finally {

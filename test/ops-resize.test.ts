@@ -7,7 +7,7 @@ import { resizeImage } from '../src/ops/resize.js';
 import { COW_FORMATS, CrashFs, resizeCalls } from './helpers/ops-fixtures.js';
 import { vdisk } from './helpers/cli.js';
 import { REPO_ROOT } from './helpers/corpus.js';
-import { qemuDigest, qemuImg, qemuIo, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
+import { qemuDigest, qemuImg, qemuIo, RAW_BACKING, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
 
 const MiB = 1 << 20;
 const kind = (k: string) => (e: unknown) => e instanceof BlockError && e.kind === k;
@@ -55,25 +55,25 @@ test('add-cow: grow and shrink keep the data; sizes past the limit are refused',
     qemuIo('raw', base, 'write -P 0x21 0 2M');
     const top = join(dir, 't.add-cow');
     assert.equal(vdisk('create', '-f', 'add-cow', '-b', 'base.raw', '-F', 'raw', top).status, 0);
-    assert.equal(vdisk('io', '-c', 'write -P 0x43 1M 512k', top).status, 0);
-    const before = await vdiskDigest(top);
-    let r = vdisk('resize', top, '4M');
+    assert.equal(vdisk('io', '--backing-as', 'raw', '-c', 'write -P 0x43 1M 512k', top).status, 0);
+    const before = await vdiskDigest(top, RAW_BACKING);
+    let r = vdisk('resize', '--backing-as', 'raw', top, '4M');
     assert.equal(r.status, 0, r.stderr);
     const [d4, s4] = reader(top);
     assert.equal(Number(s4), 4 * MiB);
-    assert.equal((await vdiskDigest(top)).digest, d4);
+    assert.equal((await vdiskDigest(top, RAW_BACKING)).digest, d4);
     // The first 2 MiB are as before; past the backing's end the disk reads zeros.
     const back = join(dir, 'back.raw');
-    assert.equal(vdisk('convert', '-O', 'raw', top, back).status, 0);
+    assert.equal(vdisk('convert', '--backing-as', 'raw', '-O', 'raw', top, back).status, 0);
     qemuIo('raw', back, 'read -P 0 2M 2M');
-    r = vdisk('resize', top, '3T');
+    r = vdisk('resize', '--backing-as', 'raw', top, '3T');
     assert.equal(r.status, 1);
     assert.match(r.stderr, /larger than the add-cow format allows/);
     assert.equal(reader(top)[0], d4);
-    r = vdisk('resize', '--shrink', top, '2M');
+    r = vdisk('resize', '--backing-as', 'raw', '--shrink', top, '2M');
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(reader(top), [before.digest, String(2 * MiB)]);
-    assert.equal((await vdiskDigest(top)).digest, before.digest);
+    assert.equal((await vdiskDigest(top, RAW_BACKING)).digest, before.digest);
   } finally {
     cleanup();
   }

@@ -1,5 +1,6 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError, isBlockError } from '../core/errors.js';
+import { checkContained } from '../io/contain.js';
 import { openFileStore } from '../io/file-store.js';
 import { fileIdentity } from '../io/identity.js';
 import type { Store, StoreOpener } from '../io/store.js';
@@ -33,6 +34,16 @@ export interface ChainOpenOptions extends LayerOpenOptions {
   ignoreParentId?: boolean;
   /** Open backing layers read-write too (commit needs it). Default: read-only. */
   writableBacking?: boolean;
+  /**
+   * Formats of the backing files whose format the image naming them does not
+   * record (add-cow records none), `--backing-as` (repeatable): the first
+   * such backing down the chain takes the first entry, the next the next.
+   * An entry is used as given, never second-guessed by a probe. A backing
+   * past the list is probed for the formats with a signature, and refused
+   * when only raw would match: a backing is never taken for raw by probing
+   * (docs/security.md).
+   */
+  backingFormats?: readonly string[];
 }
 
 /** Read the head and tail of a store and ask every format. */
@@ -46,7 +57,15 @@ export async function probeStore(store: Store, formats?: readonly Format[]): Pro
 }
 
 /** Open one layer, probing its format unless one is given. */
-export async function openLayer(path: string, options: LayerOpenOptions = {}): Promise<Image> {
+export function openLayer(path: string, options: LayerOpenOptions = {}): Promise<Image> {
+  return openLayerAt(path, options);
+}
+
+/**
+ * openLayer; `recordedBy` set when the layer is a backing file named by
+ * that image without a format: a probe that finds only raw is then refused.
+ */
+async function openLayerAt(path: string, options: LayerOpenOptions, recordedBy?: { image: string; name: string }): Promise<Image> {
   const readOnly = options.readOnly ?? false;
   if (options.forceShare && !readOnly) {
     throw new BlockError('invalid-argument', 'force-share (-U) can only be used with read-only images', { path });
@@ -58,7 +77,18 @@ export async function openLayer(path: string, options: LayerOpenOptions = {}): P
   const store = await openStore(path, { readOnly });
   try {
     const fmt = format ?? (await probeStore(store, options.formats));
-    return await fmt.open({ store, path, readOnly, openStore, options: { ignoreChecksums: options.ignoreChecksums } });
+    if (!format && recordedBy && fmt.name === 'raw') {
+      // CVE-2008-2004: a guest writes a format header into its raw disk; if
+      // the backing is probed, the next open reads it as that format and
+      // follows its backing name to any host file. Raw is only ever what
+      // the user said (docs/security.md).
+      throw new BlockError(
+        'invalid-argument',
+        `backing file '${recordedBy.name}' has no recorded format and is not one vdisk recognises; a backing file is never taken for raw by probing: if it is a raw disk, say so with --backing-as raw (library: backingFormats: ['raw'])`,
+        { path: recordedBy.image, backing: path },
+      );
+    }
+    return await fmt.open({ store, path, readOnly, openStore, options: { ignoreChecksums: options.ignoreChecksums, allowPaths: options.allowPaths } });
   } catch (e) {
     await store.close().catch(() => {});
     if (isBlockError(e)) throw e.withContext({ path });
@@ -99,12 +129,13 @@ export async function openChain(path: string, options: ChainOpenOptions = {}): P
     if (!options.layerOnly && top.backing) seen.add(await fileIdentity(path));
     let child = top;
     let childPath = path;
+    let unrecorded = 0; // backings met so far whose format their child does not record
     while (!options.layerOnly && child.backing) {
       const ref = child.backing;
       if (layers.length >= depthLimit) {
         throw new BlockError('too-deep', `backing chain is deeper than the limit of ${depthLimit} layers`, { path: childPath });
       }
-      const { image, path: parentPath } = await openParent(childPath, ref, options, seen);
+      const { image, path: parentPath } = await openParent(childPath, ref, options, seen, ref.format ? undefined : unrecorded++);
       layers.push(image);
       checkParent(child, childPath, ref, image, options);
       child = image;
@@ -122,31 +153,61 @@ async function openParent(
   ref: BackingRef,
   options: ChainOpenOptions,
   seen: Set<string>,
+  level: number | undefined,
 ): Promise<{ image: Image; path: string }> {
+  const opened = await openBacking(childPath, ref, options, level);
+  const key = await fileIdentity(opened.path);
+  if (seen.has(key)) {
+    await opened.image.close();
+    throw new BlockError('loop', `backing chain loops back to ${opened.path}`, { path: childPath });
+  }
+  seen.add(key);
+  return opened;
+}
+
+/**
+ * Open the backing file `ref` names, alone (not its own backing): the first
+ * candidate name that exists, kept inside the child's folder or an allowed
+ * one, opened with the recorded format, else the `backingFormats` entry for
+ * the `level`-th unrecorded backing (0: the first down the chain), else a
+ * probe that must find more than raw. Read-only unless `writableBacking`.
+ */
+export async function openBacking(
+  childPath: string,
+  ref: BackingRef,
+  options: ChainOpenOptions,
+  level = 0,
+): Promise<{ image: Image; path: string }> {
+  const given = options.backingFormats ?? [];
+  const format = ref.format ?? given[level];
   const tried: string[] = [];
+  let refused: BlockError | undefined;
   for (const name of ref.candidates) {
     if (!name) continue;
     const candidate = resolveParentName(name, childPath);
     if (tried.includes(candidate)) continue;
     tried.push(candidate);
-    const key = await fileIdentity(candidate);
+    // A Windows drive path (VHD W2ku, VHDX absolute_win32_path) names no file on this host.
+    if (process.platform !== 'win32' && /^[A-Za-z]:\//.test(candidate)) continue;
     try {
-      const image = await openLayer(candidate, {
-        ...options,
-        format: ref.format,
-        readOnly: options.writableBacking ? options.readOnly : true,
-      });
-      if (seen.has(key)) {
-        await image.close();
-        throw new BlockError('loop', `backing chain loops back to ${candidate}`, { path: childPath });
-      }
-      seen.add(key);
+      await checkContained(candidate, childPath, 'backing file', name, options.allowPaths);
+      const image = await openLayerAt(
+        candidate,
+        { ...options, format, readOnly: options.writableBacking ? options.readOnly : true },
+        format ? undefined : { image: childPath, name },
+      );
       return { image, path: candidate };
     } catch (e) {
       if (isBlockError(e, 'not-found') && e.context.path === candidate) continue;
+      // A refused name does not stop the search: another recorded name (VHD keeps several) may be fine.
+      if (isBlockError(e, 'invalid-argument') && e.context.path === childPath && e.context.name === name) {
+        refused ??= e;
+        continue;
+      }
       throw e;
     }
   }
+  if (refused) throw refused;
   throw new BlockError(
     'not-found',
     `backing file '${ref.recorded}' not found (tried: ${tried.join(', ') || 'no usable name recorded'})`,

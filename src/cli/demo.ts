@@ -37,19 +37,22 @@ export async function runDemo({ print, run }: CommandContext, keep: boolean): Pr
       await step(['io', '-c', 'write -P 0x33 512k 1M', '-c', 'write -z 8M 4k', child]);
       top = child;
     }
+    // add-cow records no backing format: over a raw base, every open says it is raw (docs/security.md).
+    let backingAs: string[] = [];
     if (has('add-cow')) {
       const cow = p('top.add-cow');
       await step(['create', '-f', 'add-cow', '-o', `backing_file=${top},image_file=${p('top.data.raw')}`, cow]);
-      await step(['io', '-c', 'write -P 0x44 700k 3000', cow]);
+      if (top === base && baseFmt === 'raw') backingAs = ['--backing-as', 'raw'];
+      await step(['io', ...backingAs, '-c', 'write -P 0x44 700k 3000', cow]);
       top = cow;
     }
-    await step(['io', '-c', 'read -P 0x11 0 512k', '-c', 'read -P 0 8M 4k', '-c', 'read -P 0x22 8196k 4k', top]);
-    await step(['info', '--backing-chain', top]);
-    await step(['map', top]);
-    await step(['map', '--output=json', top]);
+    await step(['io', ...backingAs, '-c', 'read -P 0x11 0 512k', '-c', 'read -P 0 8M 4k', '-c', 'read -P 0x22 8196k 4k', top]);
+    await step(['info', ...backingAs, '--backing-chain', top]);
+    await step(['map', ...backingAs, top]);
+    await step(['map', ...backingAs, '--output=json', top]);
     const flat = p('flat.raw');
-    await step(['convert', '-O', 'raw', top, flat]);
-    await step(['compare', top, flat]);
+    await step(['convert', ...backingAs, '-O', 'raw', top, flat]);
+    await step(['compare', ...backingAs, top, flat]);
     if (has('vhd')) {
       const vhd = p('flat.vhd');
       await step(['convert', '-O', 'vhd', '-o', 'subformat=dynamic', flat, vhd]);

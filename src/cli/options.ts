@@ -30,6 +30,8 @@ export interface OpenFlags {
   forceShare?: boolean;
   /** Text: checked by `openOptions` (a default, so always present). */
   depthLimit: string;
+  allowPath?: string[];
+  backingAs?: string[];
 }
 
 /** Options every command that opens an image accepts. */
@@ -39,7 +41,9 @@ export function withOpenOptions(cmd: Command): Command {
     .option('--ignore-parent-id', "accept a parent whose id differs from what the child records")
     .option('--ignore-checksums', 'open images whose checksums are wrong (reported by info)')
     .option('-U, --force-share', 'open read-only even while another process writes the image (its changes may show half-done)')
-    .option('--depth-limit <n>', 'most layers a backing chain may have', '64');
+    .option('--depth-limit <n>', 'most layers a backing chain may have', '64')
+    .option('--allow-path <dir>', 'let names recorded in images lead into DIR too (repeatable; docs/security.md)', collect)
+    .option('--backing-as <fmt>', 'format of a backing file its image does not record (add-cow); needed for raw; repeat for each such backing down the chain', collect);
 }
 
 export function openOptions(o: OpenFlags, format?: string): ChainOpenOptions {
@@ -52,6 +56,8 @@ export function openOptions(o: OpenFlags, format?: string): ChainOpenOptions {
     ignoreChecksums: Boolean(o.ignoreChecksums),
     forceShare: Boolean(o.forceShare),
     depthLimit: depth,
+    allowPaths: o.allowPath ?? [],
+    backingFormats: o.backingAs ?? [],
   };
 }
 

@@ -1,3 +1,4 @@
+import { escapeControl } from '../core/escape.js';
 import { formatSize } from '../core/size.js';
 import type { ImageInfo } from '../ops/info.js';
 import type { MapEntry } from '../ops/map.js';
@@ -22,7 +23,8 @@ export function humanInfo(i: ImageInfo): string {
     lines.push('Format specific information:');
     for (const l of renderTree(i['format-specific'].data, 1)) lines.push(l);
   }
-  return lines.join('\n');
+  // Every field may hold a name recorded in the image (backing file, parent locator): one line each, escaped.
+  return lines.map(escapeControl).join('\n');
 }
 
 function renderTree(v: unknown, depth: number): string[] {
@@ -52,7 +54,7 @@ export function humanMap(entries: MapEntry[]): string {
   const rows = ['Offset          Length          Mapped to       File'];
   for (const e of entries) {
     if (!e.data) continue;
-    rows.push(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${(e.offset !== undefined ? hex(e.offset) : '-').padEnd(16)}${e.filename ?? ''}`);
+    rows.push(`${hex(e.start).padEnd(16)}${hex(e.length).padEnd(16)}${(e.offset !== undefined ? hex(e.offset) : '-').padEnd(16)}${escapeControl(e.filename ?? '')}`);
   }
   return rows.join('\n');
 }

@@ -1,3 +1,5 @@
+import { escapeControl } from './escape.js';
+
 /**
  * The one error class of vdisk. Every failure that a user or a caller can act
  * on is a BlockError with a stable `kind`; the CLI prints it as one line and
@@ -32,7 +34,8 @@ export class BlockError extends Error {
   readonly context: ErrorContext;
 
   constructor(kind: BlockErrorKind, message: string, context: ErrorContext = {}, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    // Messages quote names recorded in images: escaped, so that an image's author cannot forge lines or drive a terminal (core/escape.ts). The context keeps them as they are.
+    super(escapeControl(message), options?.cause === undefined ? undefined : { cause: options.cause });
     this.kind = kind;
     this.context = context;
   }
@@ -46,7 +49,7 @@ export class BlockError extends Error {
 
   /** One line for humans: `<message> (<path>)`. */
   oneLine(): string {
-    return this.context.path ? `${this.message} (${this.context.path})` : this.message;
+    return this.context.path ? `${this.message} (${escapeControl(this.context.path)})` : this.message;
   }
 }
 

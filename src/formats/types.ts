@@ -197,6 +197,12 @@ export interface BackingTarget {
 export interface OpenOptions {
   /** Accept images whose checksums are wrong (say so in info). */
   ignoreChecksums?: boolean;
+  /**
+   * Folders besides the recording image's own where names recorded in an
+   * image (backing files, parent locators, add-cow's image file) may lead
+   * (`--allow-path`, docs/security.md).
+   */
+  allowPaths?: readonly string[];
 }
 
 export interface OpenContext {

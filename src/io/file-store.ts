@@ -1,5 +1,5 @@
 import { open, type FileHandle } from 'node:fs/promises';
-import { constants, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
+import { constants, type Stats, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { BlockError, fromSystemError, isBlockError } from '../core/errors.js';
 import { readOnlyError } from '../core/request.js';
 import { createRequire } from 'node:module';
@@ -90,23 +90,39 @@ export class FileStore implements Store {
     } else {
       flags = readOnly ? constants.O_RDONLY : constants.O_RDWR;
     }
+    // O_NONBLOCK: opening a FIFO without it waits for the other end forever
+    // (and holds a thread of libuv's pool all that time); with it, the open
+    // returns and the check below refuses the FIFO. On regular files the flag
+    // has no effect (open(2): "O_NONBLOCK ... has no effect for regular
+    // files and block devices"), so it stays set.
+    flags |= constants.O_NONBLOCK;
     const isDirectory = () => new BlockError('invalid-argument', 'is a directory, not an image file', { path });
     let fh: FileHandle | undefined;
     try {
       fh = await open(path, flags, 0o644);
-      // Every format asks the size first: the stat that checks for a
-      // directory answers it, one round trip to the thread pool instead of two.
-      const st = options.create ? undefined : await fh.stat();
+      // Only regular files are images (docs/security.md): a name recorded in
+      // an image must not make vdisk read a device (/dev/zero never ends, a
+      // tape rewinds), a FIFO or a socket. Asked of the open descriptor, not
+      // the name, so a file swapped after a stat cannot slip through. A
+      // create with O_EXCL made a new regular file: no question to ask. Every
+      // format asks the size first: this stat answers it, one round trip to
+      // the thread pool instead of two.
+      const st = options.create && !options.truncate ? undefined : await fh.stat();
       if (st?.isDirectory()) throw isDirectory();
+      if (st && !st.isFile()) {
+        throw new BlockError('invalid-argument', `is ${fileKind(st)}, not a regular file; only regular files are opened as images`, { path });
+      }
       // Locked on every open, QEMU's way (io/lock.ts); closing the descriptor releases the locks.
       lockImage(fh.fd, path, { readOnly: readOnly && !options.create, forceShare: options.forceShare });
       if (options.create && options.truncate) await fh.truncate(0);
-      return new FileStore(path, readOnly && !options.create, fh, options.noSync ?? false, st?.size ?? 0);
+      return new FileStore(path, readOnly && !options.create, fh, options.noSync ?? false, options.create ? 0 : st?.size ?? 0);
     } catch (e) {
       await fh?.close().catch(() => {});
       if (isBlockError(e)) throw e;
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EISDIR') throw isDirectory();
+      // A FIFO opened for writing with O_NONBLOCK and no reader (O_TRUNC of an existing FIFO).
+      if (code === 'ENXIO') throw new BlockError('invalid-argument', 'is not a regular file; only regular files are opened as images', { path }, { cause: e });
       if (code === 'EEXIST') {
         throw new BlockError('invalid-argument', 'file already exists', { path, operation: 'create' }, { cause: e });
       }
@@ -278,6 +294,14 @@ export class FileStore implements Store {
       throw fromSystemError(e, { path: this.path, operation: 'close' });
     }
   }
+}
+
+function fileKind(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSocket()) return 'a socket';
+  return 'a special file';
 }
 
 export const openFileStore = (path: string, options: OpenStoreOptions): Promise<Store> => FileStore.open(path, options);

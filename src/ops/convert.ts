@@ -1,12 +1,13 @@
+import { dirname } from 'node:path';
 import { BlockError, fromSystemError } from '../core/errors.js';
 import { FileStore, openFileStore } from '../io/file-store.js';
 import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '../io/native.js';
 import type { StoreOpener } from '../io/store.js';
 import type { FileHost } from '../io/staging.js';
-import { openChain, type ChainOpenOptions } from '../chain/open.js';
+import { openChain, openLayer, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
-import { createWith, stagingFor } from './create.js';
+import { backingAbsolute, createWith, ownFolders, stagingFor } from './create.js';
 import { granuleRuns, isZero, sameChecker, zeroChecker } from './zero.js';
 import { settleAll } from '../core/settle.js';
 import { Slots } from '../core/mutex.js';
@@ -161,7 +162,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     } else if (req.backing) {
       throw new BlockError('invalid-argument', '-B and -n cannot be combined (an existing target keeps its own backing)');
     }
-    dst = await openChain(req.target, { format: req.targetFormat, openStore: dstStore });
+    dst = await openChain(req.target, { format: req.targetFormat, openStore: dstStore, ...(req.existing ? {} : await ownNames(req, openStore)) });
     if (dst.size < src.size) {
       throw new BlockError('out-of-range', `target is ${dst.size} bytes, smaller than the source (${src.size})`, { path: req.target });
     }
@@ -502,4 +503,23 @@ async function writeData(
     written += run.to - run.from;
   }
   return written;
+}
+
+/**
+ * A target convert has just made records only names the user gave (-B, -F,
+ * -o image_file): reopening it follows them where they lead, and a raw -B
+ * is raw because the user named it as the backing (docs/security.md).
+ */
+async function ownNames(req: ConvertRequest, openStore: StoreOpener): Promise<Pick<ChainOpenOptions, 'allowPaths' | 'backingFormats'>> {
+  const allowPaths = ownFolders(req.target, req.options);
+  if (!req.backing) return { allowPaths };
+  const backing = backingAbsolute(req.target, req.backing.path);
+  allowPaths.push(dirname(backing));
+  let format = req.backing.format;
+  if (!format) {
+    const img = await openLayer(backing, { readOnly: true, openStore });
+    format = img.format;
+    await img.close();
+  }
+  return { allowPaths, backingFormats: [format] };
 }

@@ -7,7 +7,7 @@ import { openFileStore } from '../io/file-store.js';
 import { modifiedTime, sameFile } from '../io/identity.js';
 import { fileHost, Staging, type FileHost } from '../io/staging.js';
 import type { Store, StoreOpener } from '../io/store.js';
-import { openChain, openLayer, probeStore } from '../chain/open.js';
+import { openChain, openLayer, probeStore, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
 import type { BackingTarget, Format } from '../formats/types.js';
 
@@ -34,7 +34,12 @@ export interface CreateRequest {
    * (nothing can rename them) and `overwrite` is refused.
    */
   host?: FileHost;
+  /** How the chain under the backing file is opened: its recorded names and unrecorded formats (docs/security.md). */
+  backingOpenOptions?: BackingChainOptions;
 }
+
+/** The open options that concern names and formats recorded in the chain under a backing file named by the user. */
+type BackingChainOptions = Pick<ChainOpenOptions, 'allowPaths' | 'backingFormats'>;
 
 export interface CreateResult {
   path: string;
@@ -60,9 +65,10 @@ export async function describeBacking(
   ignoreParentId = false,
   /** The formats to choose from (default: the registry; tests and embedders may add their own). */
   formats?: readonly Format[],
+  chainOptions: BackingChainOptions = {},
 ): Promise<{ target: BackingTarget; layers: readonly string[]; close: () => Promise<void> }> {
   const absolutePath = backingAbsolute(childPath, backing.path);
-  const chain = await openChain(absolutePath, { format: backing.format, readOnly: true, openStore, ignoreParentId, formats });
+  const chain = await openChain(absolutePath, { ...chainOptions, format: backing.format, readOnly: true, openStore, ignoreParentId, formats });
   const top = chain.top;
   const mtime = (await modifiedTime(absolutePath)) ?? new Date(); // memory stores have none
   return {
@@ -88,6 +94,16 @@ export function stagingFor(
     return undefined;
   }
   return new Staging(path, { openStore, host, overwrite: req.overwrite, durable });
+}
+
+/**
+ * Folders the names a user gives at create lead into beyond the image's own
+ * (`-o image_file=` of add-cow, relative to the image): reopening the new
+ * image must not refuse the user's own names (docs/security.md).
+ */
+export function ownFolders(imagePath: string, options: Record<string, string> | undefined): string[] {
+  const imageFile = options?.image_file;
+  return imageFile ? [dirname(resolve(dirname(resolve(imagePath)), imageFile.replace(/\\/g, '/')))] : [];
 }
 
 /**
@@ -132,7 +148,7 @@ export async function createWith(req: CreateRequest, openStore: StoreOpener): Pr
   let described: Awaited<ReturnType<typeof describeBacking>> | undefined;
   try {
     if (backing) {
-      described = await describeBacking(req.path, backing, openStore, req.ignoreParentId);
+      described = await describeBacking(req.path, backing, openStore, req.ignoreParentId, undefined, req.backingOpenOptions);
       // Replacing a file of the new image's own backing chain would leave an
       // image that is its own ancestor, and the data it was to read gone.
       if (req.overwrite) {
@@ -154,7 +170,8 @@ export async function createWith(req: CreateRequest, openStore: StoreOpener): Pr
     await described?.close();
   }
   // Report the size the image really got.
-  const img = await openLayer(req.path, { format: format.name, readOnly: true, openStore });
+  // Every name in the new image is the user's own (an add-cow image_file may lie in another folder).
+  const img = await openLayer(req.path, { format: format.name, readOnly: true, openStore, allowPaths: ownFolders(req.path, options) });
   try {
     return { path: req.path, format: format.name, size: img.size, requestedSize: req.size ?? img.size };
   } finally {

@@ -56,10 +56,12 @@ export async function rebaseImage(req: RebaseRequest): Promise<RebaseResult> {
     }
     let target: BackingTarget | null = null;
     if (wanted) {
-      const { ignoreParentId, formats } = req.openOptions ?? {};
-      newChain = await openChain(backingAbsolute(req.path, wanted.path), { format: wanted.format, readOnly: true, openStore, ignoreParentId, formats });
+      // The chain under the new backing: its names and unrecorded formats follow the same user options as the top's chain.
+      const { ignoreParentId, formats, allowPaths, backingFormats } = req.openOptions ?? {};
+      const chainOptions = { allowPaths, backingFormats };
+      newChain = await openChain(backingAbsolute(req.path, wanted.path), { ...chainOptions, format: wanted.format, readOnly: true, openStore, ignoreParentId, formats });
       await refuseLoop(req.path, newChain);
-      described = await describeBacking(req.path, wanted, openStore, ignoreParentId, formats);
+      described = await describeBacking(req.path, wanted, openStore, ignoreParentId, formats, chainOptions);
       target = described.target;
       if (top.backing?.sameSize && target.size !== top.size) {
         throw new BlockError('mismatch', `the new backing file is ${target.size} bytes but this ${top.format} image is ${top.size}; its backing must have the same size`, {

@@ -1,7 +1,7 @@
 import { BlockError, isBlockError } from '../core/errors.js';
 import { openFileStore } from '../io/file-store.js';
 import type { StoreOpener } from '../io/store.js';
-import { openChain, openLayer, resolveParentName, type ChainOpenOptions } from '../chain/open.js';
+import { openBacking, openChain, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
 import type { Image } from '../formats/types.js';
 
@@ -67,20 +67,17 @@ export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
 
 /** Size of the layer's parent, opened alone (the chain's own size check would refuse a parent that has already grown). */
 async function backingSize(child: Image, childPath: string, options: ChainOpenOptions | undefined, openStore: StoreOpener): Promise<number> {
-  const ref = child.backing!;
-  for (const name of ref.candidates) {
-    if (!name) continue;
+  try {
+    const { image } = await openBacking(childPath, child.backing!, { ...options, writableBacking: false, openStore });
     try {
-      const parent = await openLayer(resolveParentName(name, childPath), { ...options, format: ref.format, readOnly: true, openStore });
-      try {
-        return parent.size;
-      } finally {
-        await parent.close();
-      }
-    } catch (e) {
-      if (isBlockError(e, 'not-found')) continue;
-      throw e;
+      return image.size;
+    } finally {
+      await image.close();
     }
+  } catch (e) {
+    if (isBlockError(e, 'not-found') && e.context.path === childPath) {
+      throw new BlockError('not-found', `${e.message}: a differencing image takes its parent's size`, e.context, { cause: e });
+    }
+    throw e;
   }
-  throw new BlockError('not-found', `backing file '${ref.recorded}' not found: a differencing image takes its parent's size`, { path: childPath });
 }

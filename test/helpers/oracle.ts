@@ -74,6 +74,9 @@ export async function sha256File(path: string): Promise<string> {
 }
 
 /** Digest of a whole disk as vdisk reads it (through its chain unless layerOnly). */
+/** Open options for an add-cow over a raw backing: add-cow records no backing format, and raw is never probed (docs/security.md). */
+export const RAW_BACKING: ChainOpenOptions = { backingFormats: ['raw'] };
+
 export async function vdiskDigest(path: string, options: ChainOpenOptions = {}): Promise<{ digest: string; size: number }> {
   const chain = await openChain(path, { readOnly: true, ...options });
   try {

@@ -1,4 +1,5 @@
 import { Option, type Command } from 'commander';
+import { escapeJson } from '../../core/escape.js';
 import { openOptions, outputOption, withOpenOptions, type CommandContext, type OpenFlags, type OutputFormat } from '../options.js';
 
 type Repair = 'leaks' | 'all';
@@ -28,7 +29,7 @@ export async function run({ print }: CommandContext, [image]: [string], o: Check
   const { checkImage, checkExitCode, humanCheck } = await import('../../ops/check.js');
   const reports = await checkImage({ path: image, openOptions: openOptions(o, o.format), repair: o.repair, backingChain: Boolean(o.backingChain) });
   if (!o.quiet) {
-    if (o.output === 'json') print(JSON.stringify(o.backingChain ? reports : reports[0], null, 4));
+    if (o.output === 'json') print(escapeJson(JSON.stringify(o.backingChain ? reports : reports[0], null, 4)));
     else print(reports.map((r) => (reports.length > 1 ? `${r.filename}:\n` : '') + humanCheck(r)).join('\n\n'));
   }
   return checkExitCode(reports);

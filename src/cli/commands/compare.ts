@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { CommandContext } from '../options.js';
+import { collect, type CommandContext } from '../options.js';
 
 interface CompareOptions {
   format?: string;
@@ -8,6 +8,8 @@ interface CompareOptions {
   quiet?: boolean;
   ignoreChecksums?: boolean;
   forceShare?: boolean;
+  allowPath?: string[];
+  backingAs?: string[];
 }
 
 export function define(cmd: Command): void {
@@ -18,6 +20,8 @@ export function define(cmd: Command): void {
     .option('-q, --quiet', 'print nothing')
     .option('--ignore-checksums', 'open images whose checksums are wrong')
     .option('-U, --force-share', 'open even while another process writes an image (its changes may show half-done)')
+    .option('--allow-path <dir>', 'let names recorded in images lead into DIR too (repeatable; docs/security.md)', collect)
+    .option('--backing-as <fmt>', 'format of a backing file its image does not record (add-cow), for both images; needed for raw; repeatable', collect)
     .argument('<a>')
     .argument('<b>');
 }
@@ -25,9 +29,10 @@ export function define(cmd: Command): void {
 /** 0 when the disks have the same content, 1 when they differ. */
 export async function run({ print }: CommandContext, [a, b]: [string, string], o: CompareOptions): Promise<number> {
   const { compareImages } = await import('../../ops/compare.js');
+  const shared = { ignoreChecksums: o.ignoreChecksums, forceShare: o.forceShare, allowPaths: o.allowPath ?? [], backingFormats: o.backingAs ?? [] };
   const r = await compareImages(a, b, {
-    a: { format: o.format, ignoreChecksums: o.ignoreChecksums, forceShare: o.forceShare },
-    b: { format: o.secondFormat, ignoreChecksums: o.ignoreChecksums, forceShare: o.forceShare },
+    a: { ...shared, format: o.format },
+    b: { ...shared, format: o.secondFormat },
     strict: o.strict,
   });
   if (!o.quiet) {

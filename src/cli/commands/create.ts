@@ -9,6 +9,8 @@ interface CreateOptions {
   options?: string[];
   backing?: string;
   backingFormat?: string;
+  allowPath?: string[];
+  backingAs?: string[];
   quiet?: boolean;
   overwrite?: boolean;
 }
@@ -19,6 +21,8 @@ export function define(cmd: Command): void {
     .option('-o, --options <k=v,...>', 'format options (repeatable)', collect)
     .option('-b, --backing <file>', 'backing file (relative names are relative to IMAGE)')
     .option('-F, --backing-format <fmt>', 'format of the backing file')
+    .option('--allow-path <dir>', 'let names recorded in the backing chain lead into DIR too (repeatable; docs/security.md)', collect)
+    .option('--backing-as <fmt>', "format of a backing file under -b that its image does not record (add-cow); needed for raw; repeatable", collect)
     .option('-q, --quiet', 'print nothing')
     .option('--overwrite', 'replace an existing file (atomically, once the new image is complete)')
     .argument('<image>')
@@ -35,6 +39,7 @@ export async function run({ print }: CommandContext, [image, size]: [string, str
       size: size === undefined ? undefined : parseSize(size),
       options: parseOptions(o.options),
       backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
+      backingOpenOptions: { allowPaths: o.allowPath ?? [], backingFormats: o.backingAs ?? [] },
       overwrite: Boolean(o.overwrite),
       signal,
     });

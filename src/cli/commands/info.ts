@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { escapeJson } from '../../core/escape.js';
 import { openOptions, outputOption, withOpenOptions, type CommandContext, type OpenFlags, type OutputFormat } from '../options.js';
 
 interface InfoOptions extends OpenFlags {
@@ -21,6 +22,6 @@ export async function run({ print }: CommandContext, [image]: [string], o: InfoO
   const { imageInfo } = await import('../../ops/info.js');
   const { humanInfo } = await import('../output.js');
   const infos = await imageInfo(image, { ...openOptions(o, o.format), backingChain: Boolean(o.backingChain) });
-  if (o.output === 'json') print(JSON.stringify(o.backingChain ? infos : infos[0], null, 4));
+  if (o.output === 'json') print(escapeJson(JSON.stringify(o.backingChain ? infos : infos[0], null, 4)));
   else print(infos.map(humanInfo).join('\n\n'));
 }

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { Command } from 'commander';
 import { BlockError } from '../../core/errors.js';
 import { DEFAULT_NBD_PORT } from '../../nbd/port.js';
-import type { CommandContext } from '../options.js';
+import { collect, type CommandContext } from '../options.js';
 
 /*
  * `vdisk serve`: export an image chain over NBD, like qemu-nbd. Binds
@@ -26,6 +26,8 @@ interface ServeOptions {
   ignoreParentId?: boolean;
   ignoreChecksums?: boolean;
   forceShare?: boolean;
+  allowPath?: string[];
+  backingAs?: string[];
   verboseConnections?: boolean;
 }
 
@@ -44,6 +46,8 @@ export function define(cmd: Command): void {
     .option('--ignore-parent-id', 'accept a parent whose id differs from what the child records')
     .option('--ignore-checksums', 'open images whose checksums are wrong')
     .option('-U, --force-share', 'with -r: serve even while another process writes the image (its changes may show half-done)')
+    .option('--allow-path <dir>', 'let names recorded in images lead into DIR too (repeatable; docs/security.md)', collect)
+    .option('--backing-as <fmt>', 'format of a backing file its image does not record (add-cow); needed for raw; repeat for each such backing down the chain', collect)
     .option('-v, --verbose-connections', 'log clients connecting, leaving and misbehaving to stderr')
     .argument('<image>');
 }
@@ -65,7 +69,13 @@ export async function run({ print }: CommandContext, [image]: [string], o: Serve
   const server = await (await import('../../nbd/server.js')).startNbdServer({
     path: image,
     format: o.format,
-    openOptions: { ignoreParentId: Boolean(o.ignoreParentId), ignoreChecksums: Boolean(o.ignoreChecksums), forceShare: Boolean(o.forceShare) },
+    openOptions: {
+      ignoreParentId: Boolean(o.ignoreParentId),
+      ignoreChecksums: Boolean(o.ignoreChecksums),
+      forceShare: Boolean(o.forceShare),
+      allowPaths: o.allowPath ?? [],
+      backingFormats: o.backingAs ?? [],
+    },
     readOnly: Boolean(o.readOnly),
     host: o.bind,
     port,

@@ -1,5 +1,6 @@
 import { BlockError, isBlockError } from '../../core/errors.js';
 import { checkRange } from '../../core/u64.js';
+import { checkContained } from '../../io/contain.js';
 import { sameFile } from '../../io/identity.js';
 import type { Store } from '../../io/store.js';
 import { readExact } from '../../io/store.js';
@@ -10,9 +11,16 @@ import { AddCowImage } from './image.js';
 import { resolveName } from './paths.js';
 import { AddCowState, MAX_SIZE } from './state.js';
 
-/** The image file is opened as raw, always: its bytes are the disk, never probed. */
+/**
+ * The image file is opened as raw, always: its bytes are the disk, never
+ * probed. Its name is the add-cow author's: it must stay inside the add-cow
+ * file's folder (or an allowed one) — opened read-write by `io` or `resize`,
+ * a name like `/home/me/thesis.odt` would otherwise be overwritten and
+ * truncated. Read-write only when the add-cow file itself is.
+ */
 async function openImageFile(ctx: OpenContext, name: string): Promise<Store> {
   const path = resolveName(name, ctx.path);
+  await checkContained(path, ctx.path, 'add-cow image file', name, ctx.options.allowPaths);
   if (await sameFile(path, ctx.path)) {
     throw new BlockError('corrupt', 'add-cow image file names the add-cow file itself', { path: ctx.path });
   }
