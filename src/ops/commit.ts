@@ -107,9 +107,12 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
         result.notes.push(`format ${top.format} cannot discard data: the top keeps its data (the base now holds the same bytes)`);
       }
     }
-    return result;
-  } finally {
     await chain.close();
+    return result;
+  } catch (e) {
+    // The failure is what the user needs to hear about, not a second one from closing after it (a full disk fails both).
+    await chain.close().catch(() => {});
+    throw e;
   }
 }
 
