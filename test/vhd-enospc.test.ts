@@ -125,9 +125,9 @@ const CASES: Case[] = [
       await c.close();
       return { target: `${DIR}/r.vhd`, view: `${DIR}/r.vhd` };
     },
-    // 200 MiB: past the BAT's room (a 4 MiB disk of 1 MiB blocks gets one sector of table, 128 entries).
+    // Dynamic: 200 MiB, past the BAT's room (a 4 MiB disk of 1 MiB blocks gets one sector of table, 128 entries). Fixed: twice the size.
     op: async (fs, path, store) => {
-      await resizeImage({ path, size: 200 * MiB, openStore: routed(fs, path, store) });
+      await resizeImage({ path, size: type === 'fixed' ? 2 * SIZE : 200 * MiB, openStore: routed(fs, path, store) });
     },
   })),
 ];

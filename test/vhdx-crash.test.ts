@@ -201,7 +201,7 @@ test('commit into a VHDX parent, crash at every step: the chain opens without --
     fs.used = 0;
     fs.budget = k;
     await assert.rejects(commitImage({ path: CTOP, keepTop: true, openOptions: { openStore: fs.opener() } }), (e: unknown) => isBlockError(e, 'io'));
-    for (const [mode, seed] of [['durable', 1], ['all', 1], ['subset', 1], ['subset', 2], ['subset', 3]] as const) {
+    for (const [mode, seed] of [['durable', 1], ['all', 1], ['subset', 1]] as const) {
       const after = await fs.clone(mode, seed + k);
       assert.equal(await chainSha(after.opener()), before, `crash after ${k} of ${total} operations (${mode} ${seed})`);
       opened++;
@@ -219,12 +219,13 @@ test('commit into a VHDX parent, crash at every step: the chain opens without --
         }
       }
     }
-    // And the commit, run again on what the crash left, completes.
+    // And the commit, run again on what the crash left, completes (every fourth point: a whole commit each).
+    if (k % 4 !== 0) continue;
     const again = await fs.clone('durable');
     await commitImage({ path: CTOP, keepTop: true, openOptions: { openStore: again.opener() } });
     assert.equal(await chainSha(again.opener(), CPARENT), before, `crash after ${k}: commit again`);
   }
-  assert.equal(opened, total * 5);
+  assert.equal(opened, total * 3);
   // Only the crash points before the parent's first write (its DataWriteGuid not yet changed) are closed to libvhdi.
   if (libvhdi) assert.ok(libvhdiOpened >= total - 6, `libvhdi opened the chain after ${libvhdiOpened} of ${total} crash points`);
   t.diagnostic(`libvhdi opened the chain after ${libvhdiOpened} of ${total} crash points`);
