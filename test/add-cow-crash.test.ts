@@ -6,6 +6,9 @@ import type { OpenStoreOptions, Store } from '../src/io/store.js';
 import { openChain } from '../src/chain/open.js';
 import type { Chain } from '../src/chain/chain.js';
 import { createImage } from '../src/ops/create.js';
+import { rebaseImage } from '../src/ops/rebase.js';
+import { resizeImage } from '../src/ops/resize.js';
+import { runIoCommand } from '../src/ops/io.js';
 import { rng, randInt, randomBytes } from './helpers/random.js';
 
 /**
@@ -241,6 +244,167 @@ test('crash at every operation of a grow or a shrink: the image opens with the o
           const want = s < 30 ? world.fs.files.get(BASE)!.bytes().subarray(s * SECTOR, (s + 1) * SECTOR) : new Uint8Array(SECTOR);
           assert.ok(sectorEquals(disk, s, want), `crash at ${k}/${total} ${m.join('/')}: sector ${s} after a grow`);
         }
+      }
+    }
+  }
+});
+
+/*
+ * rebase (ops/rebase.ts): safe mode copies into the image every range where
+ * the old and new backings differ and the image defers to its backing, then
+ * rewrites the backing name (one header write, add-cow maintenance.ts); -u
+ * rewrites the name only. After a crash at any operation of either file, the
+ * image opens, names the old or the new backing, and (safe mode) shows the
+ * same disk; -u shows the old chain or the new one.
+ */
+const BASE2 = '/c/base2.raw';
+
+async function rebaseWorld(): Promise<World> {
+  const size = 1 << 20;
+  const world = await makeWorld(size, size - 64 * 1024);
+  // The new backing: equal to the old one in some 64 KiB granules, different in others, longer than the old one.
+  const old = world.fs.files.get(BASE)!.bytes();
+  const b2 = new Uint8Array(size).map((_, i) => (i >> 16) % 3 === 0 && i < old.length ? old[i] : 1 + ((i * 7 + (i >> 10)) % 253));
+  world.fs.files.set(BASE2, new MemoryStore(BASE2, b2));
+  const c = await openChain(TOP, { openStore: world.fs.opener() });
+  const r = rng(31);
+  await c.write(4096, randomBytes(r, 3000));
+  await c.write(200 * 1024 + 512, randomBytes(r, 70 * 1024));
+  await c.write(size - 8192, randomBytes(r, 8192));
+  await c.close();
+  return world;
+}
+
+async function reopenAll(world: World, faults: Map<string, FaultStore>, m: (typeof MODES)[number]): Promise<{ disk: Uint8Array; backing: string | undefined }> {
+  const fs = new MemoryFs();
+  for (const [p, f] of world.fs.files) fs.files.set(p, f);
+  fs.files.set(TOP, new MemoryStore(TOP, await faults.get(TOP)!.crashImage(m[0], m[1])));
+  fs.files.set(DATA, new MemoryStore(DATA, await faults.get(DATA)!.crashImage(m[2], m[3])));
+  const c = await openChain(TOP, { openStore: fs.opener(), readOnly: true });
+  try {
+    const disk = new Uint8Array(c.size);
+    await c.read(0, disk);
+    return { disk, backing: c.top.backing?.recorded };
+  } finally {
+    await c.close();
+  }
+}
+
+async function diskOf(world: World): Promise<Uint8Array> {
+  const c = await openChain(TOP, { openStore: world.fs.opener(), readOnly: true });
+  try {
+    const disk = new Uint8Array(c.size);
+    await c.read(0, disk);
+    return disk;
+  } finally {
+    await c.close();
+  }
+}
+
+for (const [label, backing, unsafe] of [
+  ['safe rebase onto another backing', { path: 'base2.raw' }, false],
+  ['safe rebase to no backing', null, false],
+  ['rebase -u', { path: 'base2.raw' }, true],
+] as const) {
+  test(`crash at every operation of ${label}: the image opens with the old or the new backing and shows ${unsafe ? 'the old or the new chain' : 'the same disk'}`, async () => {
+    const w0 = await rebaseWorld();
+    const before = await diskOf(w0);
+    const rebase = async (opener: (p: string, o: OpenStoreOptions) => Promise<Store>) => {
+      try {
+        await rebaseImage({ path: TOP, backing, unsafe, openStore: opener, bufferSize: 64 * 1024 });
+      } catch (e) {
+        assert.match(String((e as Error).message), /injected crash/);
+      }
+    };
+    const dry = powered(w0, Infinity);
+    await rebase(dry.opener);
+    const total = dry.power.count;
+    assert.ok(total >= 2, `rebase makes ${total} operations`);
+    const done = await reopenAll(w0, dry.faults, ['all', 0, 'all', 0]);
+    const newName = backing ? 'base2.raw' : undefined;
+    assert.equal(done.backing, newName);
+    if (!unsafe) assert.ok(Buffer.from(done.disk).equals(before), 'without a crash the disk is unchanged');
+    const seen = new Set<string | undefined>();
+    for (let k = 0; k <= total; k++) {
+      const world = await rebaseWorld();
+      const { faults, opener } = powered(world, k);
+      await rebase(opener);
+      for (const m of MODES) {
+        const { disk, backing: got } = await reopenAll(world, faults, m);
+        const where = `crash at ${k}/${total} ${m.join('/')}`;
+        assert.ok(got === 'base.raw' || got === newName, `${where}: backing ${got}`);
+        seen.add(got);
+        if (unsafe) assert.ok(Buffer.from(disk).equals(got === newName ? done.disk : before), `${where}: the chain of the backing it names`);
+        else assert.ok(Buffer.from(disk).equals(before), `${where}: the disk is unchanged`);
+      }
+    }
+    assert.equal(seen.size, 2, 'crash points before and after the switch were both reached');
+  });
+}
+
+/*
+ * `vdisk io` (ops/io.ts) scripts, discard included, and resize through
+ * ops/resize.ts (the open, the backing-size check, the final flush and
+ * close): a crash at every operation leaves every sector showing a state it
+ * had at or after the last flush that completed, and up to the step the crash
+ * interrupted.
+ */
+const SCRIPT = ['write -P 0x11 1024 6144', 'discard 0 4096', 'write -P 0x22 2048 1024', 'flush', 'write -z 65536 8192', 'discard 66048 1024', 'write -P 0x33 70000 3000', 'resize', 'write -P 0x44 1040000 8192'];
+const GROWN = (1 << 20) + 64 * 1024;
+
+async function runScript(opener: (p: string, o: OpenStoreOptions) => Promise<Store>, power: Power, snapshots?: Uint8Array[], ends?: number[]): Promise<void> {
+  let chain = await openChain(TOP, { openStore: opener });
+  try {
+    for (const cmd of SCRIPT) {
+      if (cmd === 'resize') {
+        await chain.close();
+        await resizeImage({ path: TOP, size: GROWN, openStore: opener });
+        chain = await openChain(TOP, { openStore: opener });
+      } else await runIoCommand(chain, cmd);
+      if (snapshots) {
+        const d = new Uint8Array(GROWN);
+        await chain.read(0, d.subarray(0, chain.size));
+        snapshots.push(d);
+        ends!.push(power.count);
+      }
+    }
+    await chain.close();
+  } catch (e) {
+    assert.match(String((e as Error).message), /injected crash/);
+    await chain.close().catch(() => {});
+  }
+}
+
+test('crash at every operation of a vdisk io script with discards and a resize (ops/resize.ts): every sector shows a state since the last completed flush', async () => {
+  const size = 1 << 20;
+  const w0 = await makeWorld(size, size - 64 * 1024);
+  const initial = new Uint8Array(GROWN);
+  initial.set(await diskOf(w0));
+  const dry = powered(w0, Infinity);
+  const snapshots: Uint8Array[] = [initial];
+  const ends: number[] = [0];
+  await runScript(dry.opener, dry.power, snapshots, ends);
+  const total = dry.power.count;
+  // A flush point: the start, the `flush` command, the resize (it flushes and closes), the end (close flushes).
+  const flushAt = (i: number) => i === 0 || SCRIPT[i - 1] === 'flush' || SCRIPT[i - 1] === 'resize';
+  for (let k = 0; k <= total; k++) {
+    const world = await makeWorld(size, size - 64 * 1024);
+    const { faults, opener, power } = powered(world, k);
+    await runScript(opener, power);
+    // Steps 1..done completed before the crash; the crash hit step done+1 (if any).
+    let done = 0;
+    while (done + 1 < ends.length && ends[done + 1] <= k) done++;
+    let from = done;
+    while (!flushAt(from)) from--;
+    const last = Math.min(done + 1, snapshots.length - 1);
+    for (const m of MODES) {
+      const { disk } = await reopenAll(world, faults, m);
+      const where = `crash at ${k}/${total} (after step ${done}) ${m.join('/')}`;
+      assert.ok(disk.length === size || disk.length === GROWN, `${where}: size ${disk.length}`);
+      for (let s = 0; s < disk.length / SECTOR; s++) {
+        let ok = false;
+        for (let j = from; j <= last && !ok; j++) ok = sectorEquals(disk, s, snapshots[j].subarray(s * SECTOR, (s + 1) * SECTOR));
+        if (!ok) assert.fail(`${where}: sector ${s} shows no state of steps ${from}..${last}`);
       }
     }
   }

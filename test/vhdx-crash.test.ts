@@ -8,6 +8,17 @@ import { createImage } from '../src/ops/create.js';
 import { vhdxFormat } from '../src/formats/vhdx/index.js';
 import type { Image } from '../src/formats/types.js';
 import { rng, randomBytes } from './helpers/random.js';
+import { CrashFs, chainDigest } from './helpers/ops-fixtures.js';
+import { DiskFullStore } from './helpers/stores.js';
+import { commitImage } from '../src/ops/commit.js';
+import { BlockError, isBlockError } from '../src/core/errors.js';
+import { openLayer } from '../src/chain/open.js';
+import { openFileStore } from '../src/io/file-store.js';
+import { join } from 'node:path';
+import { writeFileSync } from 'node:fs';
+import { pyvhdiDigest, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
+import { vdisk } from './helpers/cli.js';
+import type { Store, StoreOpener } from '../src/io/store.js';
 
 const MiB = 1 << 20;
 const PARENT = '/d/parent.vhdx';
@@ -128,3 +139,169 @@ for (const s of scenarios) {
     assert.ok(checked >= total * 10);
   });
 }
+
+/*
+ * commit into a VHDX parent. Writing the parent changes its DataWriteGuid
+ * (2.2.2), which the child names as parent_linkage: without care the child
+ * then opens only with --ignore-parent-id. commit first records the
+ * parent's next DataWriteGuid in the child as parent_linkage2 (2.6.2.6.3),
+ * so at every step the chain opens as it is, and reads the same disk.
+ */
+const CPARENT = '/c/parent.vhdx';
+const CTOP = '/c/top.vhdx';
+
+async function commitChain(): Promise<{ parent: Uint8Array; top: Uint8Array }> {
+  const fs = new MemoryFs();
+  const openStore = fs.opener();
+  await createImage({ path: CPARENT, format: 'vhdx', size: 8 * MiB, options: { block_size: '1M' }, openStore });
+  let c = await openChain(CPARENT, { openStore });
+  await c.write(0, randomBytes(rng(11), 3 * MiB));
+  await c.close();
+  await createImage({ path: CTOP, format: 'vhdx', backing: { path: 'parent.vhdx', format: 'vhdx' }, options: { block_size: '1M' }, openStore });
+  c = await openChain(CTOP, { openStore });
+  await c.write(MiB + 4096, randomBytes(rng(12), 8192));
+  await c.write(4 * MiB, randomBytes(rng(13), MiB + 4096));
+  await c.close();
+  return { parent: fs.files.get(CPARENT)!.bytes(), top: fs.files.get(CTOP)!.bytes() };
+}
+
+async function chainSha(openStore: StoreOpener, path = CTOP): Promise<string> {
+  // No ignoreParentId: the child must accept its parent as it is.
+  return chainDigest(path, { openStore, formats: [vhdxFormat] });
+}
+
+async function locatorOf(openStore: StoreOpener): Promise<Record<string, string>> {
+  const c = await openChain(CTOP, { openStore, readOnly: true, layerOnly: true });
+  try {
+    return c.top.info!().specific['parent-locator'] as Record<string, string>;
+  } finally {
+    await c.close();
+  }
+}
+
+test('commit into a VHDX parent, crash at every step: the chain opens without --ignore-parent-id and reads the same disk', async (t) => {
+  const libvhdi = requireTool(t, 'pyvhdi');
+  let libvhdiOpened = 0;
+  const tmp = tempDir();
+  t.after(tmp.cleanup);
+  const files = await commitChain();
+  const fs0 = await CrashFs.from({ [CPARENT]: files.parent, [CTOP]: files.top });
+  const before = await chainSha(fs0.opener());
+  const dry = await fs0.clone();
+  dry.used = 0;
+  await commitImage({ path: CTOP, keepTop: true, openOptions: { openStore: dry.opener() } });
+  const total = dry.used;
+  assert.ok(total > 10, `commit did ${total} operations`);
+  // Done: the parent holds the disk, and the child names only its final DataWriteGuid.
+  assert.equal(await chainSha(dry.opener(), CPARENT), before);
+  assert.equal((await locatorOf(dry.opener())).parent_linkage2, undefined, 'parent_linkage2 is dropped once the commit is done');
+  let opened = 0;
+  for (let k = 0; k < total; k++) {
+    const fs = await fs0.clone();
+    fs.used = 0;
+    fs.budget = k;
+    await assert.rejects(commitImage({ path: CTOP, keepTop: true, openOptions: { openStore: fs.opener() } }), (e: unknown) => isBlockError(e, 'io'));
+    for (const [mode, seed] of [['durable', 1], ['all', 1], ['subset', 1]] as const) {
+      const after = await fs.clone(mode, seed + k);
+      assert.equal(await chainSha(after.opener()), before, `crash after ${k} of ${total} operations (${mode} ${seed})`);
+      opened++;
+      if (mode === 'all' && libvhdi) {
+        // libvhdi compares parent_linkage alone: it opens the chain wherever the parent has the DataWriteGuid parent_linkage names.
+        const named = (await locatorOf(after.opener())).parent_linkage.replace(/[{}]/g, '').toLowerCase();
+        const parentNow = await openLayer(CPARENT, { openStore: after.opener(), readOnly: true, formats: [vhdxFormat] });
+        const matches = parentNow.identity === named;
+        await parentNow.close();
+        writeFileSync(join(tmp.dir, 'top.vhdx'), await after.stores.get(CTOP)!.crashImage('all'));
+        writeFileSync(join(tmp.dir, 'parent.vhdx'), await after.stores.get(CPARENT)!.crashImage('all'));
+        if (matches) {
+          assert.equal(pyvhdiDigest([join(tmp.dir, 'top.vhdx'), join(tmp.dir, 'parent.vhdx')]).digest, before, `crash after ${k}: libvhdi reads the same disk`);
+          libvhdiOpened++;
+        }
+      }
+    }
+    // And the commit, run again on what the crash left, completes (every fourth point: a whole commit each).
+    if (k % 4 !== 0) continue;
+    const again = await fs.clone('durable');
+    await commitImage({ path: CTOP, keepTop: true, openOptions: { openStore: again.opener() } });
+    assert.equal(await chainSha(again.opener(), CPARENT), before, `crash after ${k}: commit again`);
+  }
+  assert.equal(opened, total * 3);
+  // Only the crash points before the parent's first write (its DataWriteGuid not yet changed) are closed to libvhdi.
+  if (libvhdi) assert.ok(libvhdiOpened >= total - 6, `libvhdi opened the chain after ${libvhdiOpened} of ${total} crash points`);
+  t.diagnostic(`libvhdi opened the chain after ${libvhdiOpened} of ${total} crash points`);
+});
+
+test('commit into a VHDX parent on a full disk, at every write: the chain opens without --ignore-parent-id and reads the same disk', async () => {
+  const files = await commitChain();
+  const route = (parent: Store, top: MemoryStore): StoreOpener => async (path) => (path === CPARENT ? parent : top);
+  const before = await chainSha(route(new MemoryStore(CPARENT, files.parent), new MemoryStore(CTOP, files.top)));
+  const dry = new DiskFullStore(CPARENT, files.parent);
+  await commitImage({ path: CTOP, keepTop: true, openOptions: { openStore: route(dry, new MemoryStore(CTOP, files.top)) } });
+  const writes = dry.writeCount;
+  let failed = 0;
+  for (let k = 0; k < writes; k++) {
+    const parent = new DiskFullStore(CPARENT, files.parent, k);
+    const top = new MemoryStore(CTOP, files.top);
+    const error = await commitImage({ path: CTOP, keepTop: true, openOptions: { openStore: route(parent, top) } }).then(() => undefined, (e: unknown) => e);
+    if (parent.failed) {
+      failed++;
+      assert.ok(isBlockError(error, 'io') && /no space left/.test(error.message), `full at write ${k}: ${String(error)}`);
+    }
+    assert.equal(await chainSha(route(new MemoryStore(CPARENT, parent.bytes()), new MemoryStore(CTOP, top.bytes()))), before, `full at write ${k} of ${writes}`);
+  }
+  assert.ok(failed > 0);
+});
+
+test('a VHDX commit stopped by an error: vdisk, libvhdi and qemu-img open the files, the child names the parent as it is', async (t) => {
+  if (!requireTool(t, 'pyvhdi') || !requireTool(t, 'qemu-img')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const parent = join(dir, 'parent.vhdx');
+    const top = join(dir, 'top.vhdx');
+    await createImage({ path: parent, format: 'vhdx', size: 8 * MiB, options: { block_size: '1M' } });
+    let c = await openChain(parent);
+    await c.write(0, randomBytes(rng(21), 2 * MiB));
+    await c.close();
+    await createImage({ path: top, format: 'vhdx', backing: { path: 'parent.vhdx', format: 'vhdx' }, options: { block_size: '1M' } });
+    c = await openChain(top);
+    await c.write(3 * MiB + 4096, randomBytes(rng(22), 8192));
+    await c.write(5 * MiB + 512, randomBytes(rng(23), 4096));
+    await c.close();
+    const before = await vdiskDigest(top);
+    assert.equal(pyvhdiDigest([top, parent]).digest, before.digest, 'libvhdi reads the chain before the commit');
+    // The parent's disk fills after a few writes: the commit stops with the parent's DataWriteGuid changed.
+    let writes = 0;
+    const openStore: StoreOpener = async (path, o) => {
+      const s = await openFileStore(path, o);
+      if (path !== parent || o.readOnly) return s;
+      return new Proxy(s, {
+        get(target, k, recv) {
+          if (k === 'write' || k === 'writev') {
+            const f = Reflect.get(target, k, recv) as (...a: unknown[]) => Promise<void>;
+            return async (...a: unknown[]) => {
+              if (++writes > 4) throw new BlockError('io', 'no space left on device', { path });
+              return f.apply(target, a);
+            };
+          }
+          const v = Reflect.get(target, k, recv);
+          return typeof v === 'function' ? v.bind(target) : v;
+        },
+      });
+    };
+    await assert.rejects(commitImage({ path: top, keepTop: true, openOptions: { openStore } }), /no space left/);
+    // After the error the child names the parent as it now is, with no second identity left.
+    const child = await openLayer(top, { readOnly: true });
+    const loc = child.info!().specific['parent-locator'] as Record<string, string>;
+    await child.close();
+    const p = await openLayer(parent, { readOnly: true });
+    assert.equal(loc.parent_linkage2, undefined);
+    assert.equal(loc.parent_linkage.replace(/[{}]/g, '').toLowerCase(), p.identity, 'the child names the parent\'s new DataWriteGuid');
+    await p.close();
+    assert.equal((await vdiskDigest(top)).digest, before.digest, 'vdisk opens the chain without --ignore-parent-id');
+    assert.equal(vdisk('check', top).status, 0);
+    assert.equal(pyvhdiDigest([top, parent]).digest, before.digest, 'libvhdi reads the same disk');
+    run('qemu-img', ['check', '-f', 'vhdx', parent]);
+  } finally {
+    cleanup();
+  }
+});

@@ -216,7 +216,7 @@ export async function openBacking(
 }
 
 function checkParent(child: Image, childPath: string, ref: BackingRef, parent: Image, options: ChainOpenOptions): void {
-  if (ref.expectedId && parent.identity && ref.expectedId !== parent.identity && !options.ignoreParentId) {
+  if (ref.expectedId && parent.identity && ref.expectedId !== parent.identity && ref.alternateId !== parent.identity && !options.ignoreParentId) {
     throw new BlockError(
       'mismatch',
       `parent ${parent.path} is not the one this image was made from (expected id ${ref.expectedId}, parent has ${parent.identity}; --ignore-parent-id overrides)`,

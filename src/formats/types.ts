@@ -20,6 +20,13 @@ export interface BackingRef {
   format?: string;
   /** Identity the parent must have (VHD parent UUID; VHDX parent_linkage = parent DataWriteGuid). */
   expectedId?: string;
+  /**
+   * A second identity the parent may have instead (VHDX parent_linkage2,
+   * 2.6.2.6.3): while commit writes into the parent, the child names the
+   * parent's next DataWriteGuid as expectedId and its current one here
+   * (ops/commit.ts).
+   */
+  alternateId?: string;
   /** The parent must have exactly the child's virtual size (VHD, VHDX differencing). */
   sameSize?: boolean;
 }
@@ -67,6 +74,13 @@ export interface Readable {
   readonly backing: BackingRef | null;
   /** What a child records to identify this image as its parent (VHD UUID, VHDX DataWriteGuid). */
   readonly identity?: string;
+  /**
+   * The identity this image will have once written, where a write changes it
+   * (VHDX: the DataWriteGuid it will take at its first guest-visible write
+   * since it was opened; the same value until then, and `identity` after).
+   * Lets commit tell a child the parent's next identity before it writes.
+   */
+  nextIdentity?(): string;
   /**
    * Writes, zero writes, discards and maintenance are refused (opened
    * read-only). The one signal that a layer cannot be written: a format that
@@ -188,6 +202,8 @@ export interface BackingTarget {
   format: string;
   size: number;
   identity?: string;
+  /** An identity the parent is about to take (commit, ahead of its writes): the child accepts either (VHDX parent_linkage2). */
+  nextIdentity?: string;
   /** The parent's top layer, opened (read-only). */
   image: Image;
   /** Parent file modification time (VHD records it). */

@@ -44,12 +44,23 @@ export interface CommitResult {
  *
  * Order, chosen so that a crash at any point leaves every file openable and
  * the disk's content unchanged:
+ *   0. where writing changes BASE's identity (VHDX: its DataWriteGuid, 2.2.2)
+ *      and the top names BASE directly, the top first records BASE's next
+ *      identity beside the current one (VHDX: parent_linkage2, 2.6.2.6.3,
+ *      "a GUID that may be used as an alternative to parent_linkage"),
+ *      durably: whichever identity BASE has after a crash from here on, the
+ *      top accepts it and the chain opens without --ignore-parent-id. After
+ *      an error, the top is relinked to BASE's identity as it then is (BASE
+ *      flushed first), as step 3 would: BASE holds only what the layers
+ *      above it show, so the chain is the same disk;
  *   1. copy: BASE is written only where a layer above it answers, so the
  *      chain (which reads those layers there) shows the same bytes throughout;
  *   2. flush BASE: its new content is durable before the top changes at all;
  *   3. relink the top to BASE when needed (layers skipped, or BASE's identity
- *      changed with the writes): BASE now shows the whole disk by itself, so
- *      the chain top -> BASE is the same disk; one metadata update;
+ *      changed with the writes, or step 0 left a second identity to drop):
+ *      BASE now shows the whole disk by itself, so the chain top -> BASE is
+ *      the same disk; one metadata update (VHDX: journaled), after which the
+ *      top names only BASE's final identity;
  *   4. empty the top (trim): each discarded range exposes BASE, which holds
  *      the same bytes.
  */
@@ -57,6 +68,8 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
   const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
   const bufferSize = req.bufferSize ?? 4 << 20;
   const chain = await openChain(req.path, { ...req.openOptions, openStore, readOnly: false, layerOnly: false, writableBacking: true });
+  /** Set once step 0 has given the top a second identity for BASE. */
+  let prelinked: { top: Image; base: Image } | undefined;
   try {
     const top = chain.top;
     if (chain.layers.length < 2) {
@@ -78,12 +91,17 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
       invalidated: chain.layers.slice(1, baseDepth).map((l) => l.path),
       notes: [],
     };
+    const next = base.nextIdentity?.();
+    if (baseDepth === 1 && top.setBacking && next !== undefined && next !== base.identity && top.backing?.expectedId === base.identity) {
+      await relink(top, base, openStore, req.openOptions?.formats, next);
+      prelinked = { top, base };
+    }
     if (base.size < top.size) await growBase(base, top.size);
 
     result.copied = await copyDown(chain, baseDepth, bufferSize, req.onProgress);
     await base.flush();
 
-    const needRelink = baseDepth > 1 || (top.backing?.expectedId !== undefined && base.identity !== undefined && top.backing.expectedId !== base.identity);
+    const needRelink = baseDepth > 1 || top.backing?.alternateId !== undefined || (top.backing?.expectedId !== undefined && base.identity !== undefined && top.backing.expectedId !== base.identity);
     if (needRelink) {
       if (top.setBacking) {
         await relink(top, base, openStore, req.openOptions?.formats);
@@ -107,9 +125,20 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
         result.notes.push(`format ${top.format} cannot discard data: the top keeps its data (the base now holds the same bytes)`);
       }
     }
-    return result;
-  } finally {
     await chain.close();
+    return result;
+  } catch (e) {
+    if (prelinked) {
+      // Step 0 done, the commit not: name BASE as it now is (see the order above). Best effort: the top accepts either identity meanwhile.
+      const { top, base } = prelinked;
+      await (async () => {
+        await base.flush();
+        await relink(top, base, openStore, req.openOptions?.formats);
+      })().catch(() => {});
+    }
+    // The failure is what the user needs to hear about, not a second one from closing after it (a full disk fails both).
+    await chain.close().catch(() => {});
+    throw e;
   }
 }
 
@@ -156,8 +185,12 @@ async function copyDown(chain: Chain, baseDepth: number, bufferSize: number, onP
   return copied;
 }
 
-/** Point the top at the base (rebase -u): the base alone now shows what the layers between showed. */
-async function relink(top: Image, base: Image, openStore: StoreOpener, formats?: readonly Format[]): Promise<void> {
+/**
+ * Point the top at the base (rebase -u): the base alone now shows what the
+ * layers between showed. With `nextIdentity` (step 0), the top records it as
+ * the base's second accepted identity.
+ */
+async function relink(top: Image, base: Image, openStore: StoreOpener, formats?: readonly Format[], nextIdentity?: string): Promise<void> {
   const topDir = dirname(resolve(top.path));
   const name = relative(topDir, resolve(base.path)) || base.path;
   let described: Awaited<ReturnType<typeof describeBacking>>;
@@ -170,7 +203,7 @@ async function relink(top: Image, base: Image, openStore: StoreOpener, formats?:
     throw e;
   }
   try {
-    await top.setBacking!(described.target);
+    await top.setBacking!(nextIdentity === undefined ? described.target : { ...described.target, nextIdentity });
     await top.flush();
   } finally {
     await described.close();

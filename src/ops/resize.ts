@@ -59,9 +59,13 @@ export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
       await top.resize(newSize, { shrink: req.shrink });
       await top.flush();
     }
-    return { path: req.path, format: top.format, oldSize, newSize: top.size };
-  } finally {
+    const result = { path: req.path, format: top.format, oldSize, newSize: top.size };
     await chain.close();
+    return result;
+  } catch (e) {
+    // The failure is what the user needs to hear about, not a second one from closing after it (a full disk fails both).
+    await chain.close().catch(() => {});
+    throw e;
   }
 }
 

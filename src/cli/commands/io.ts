@@ -28,7 +28,10 @@ export async function run({ print }: CommandContext, [image]: [string], o: IoOpt
   try {
     for (const c of cmds) print(await runIoCommand(chain, c));
     if (!readOnly) await chain.flush();
-  } finally {
-    await chain.close();
+  } catch (e) {
+    // The failure is what the user needs to hear about, not a second one from closing after it (a full disk fails both).
+    await chain.close().catch(() => {});
+    throw e;
   }
+  await chain.close();
 }

@@ -12,7 +12,7 @@ import { readExact, readOrZero, writeParts } from '../../io/store.js';
 import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
-import { VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName } from './footer.js';
+import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName } from './footer.js';
 import { resizeVhd, setBackingVhd } from './maintenance.js';
 import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sector-bitmap.js';
 import { type VhdState, backingRef } from './state.js';
@@ -85,9 +85,22 @@ const MAX_BLOCK_SECTOR = 0xfffffffe;
  * flight keep the crash argument of 1-2: a footer is overwritten only by the
  * next block's bitmap (step 2 or 4), which leaves the case of a last sector
  * that is not a footer (the copy at 0 is used), and no BAT entry on disk
- * points at any of their blocks. A failed
- * allocation leaves its space unused (a leak `check` reports) and has the
- * footer written again at the end by the next metadata write.
+ * points at any of their blocks.
+ *
+ * A failed allocation (ENOSPC, EFBIG, EIO) may have left the file without a
+ * footer at its end (its bitmap over the old footer, part of its data, no
+ * new footer) — Hyper-V refuses such a file even though the copy at offset 0
+ * lets vdisk and qemu open it. So the write that saw the failure puts the
+ * end back before it reports the error: it waits for every write in flight,
+ * then writes the footer at the end of the last block that did land
+ * (`solidEnd`) and cuts the file there (restoreEnd). The failed block is
+ * not in the BAT, so nothing points into what is cut, and a later write
+ * allocates from that end again: no leak. If restoring fails too (the disk
+ * is still full), the original error is reported and the next metadata
+ * write (flush, close) tries again; meanwhile the copy at offset 0 keeps the
+ * file openable. One case still leaks: a block whose allocation failed while
+ * a later one (further out, issued before the failure was seen) landed —
+ * the landed block is in use, so the file cannot be cut below it.
  */
 export class VhdImage implements Image {
   readonly format = 'vhd';
@@ -121,8 +134,10 @@ export class VhdImage implements Image {
   private readonly inflight = new InFlight();
   /** Blocks being allocated: a later write into one waits until its BAT entry is known. */
   private readonly allocating = new Map<number, Promise<void>>();
-  /** An allocation failed after the end moved: the end footer is written again before the metadata. */
+  /** An allocation failed after the end moved: the end is restored (restoreEnd) before anything else is written. */
   private footerStale = false;
+  /** End of the last block whose allocation landed (or of the metadata): where the footer goes back after a failed allocation. */
+  private solidEnd: number;
   private readonly blockSize: number;
   private readonly bitmapSize: number;
   private closed = false;
@@ -136,6 +151,7 @@ export class VhdImage implements Image {
   ) {
     const f = state.footer;
     this.store = state.store;
+    this.solidEnd = state.footerOffset;
     this.readOnly = state.readOnly;
     this.size = f.currentSize;
     this.identity = uuidToString(f.uniqueId);
@@ -306,7 +322,47 @@ export class VhdImage implements Image {
       await this.store.write(offset, data);
       return;
     }
-    await settleAll(await this.lock.run(() => this.issueBlocks(offset, data.length, data)));
+    await this.restoringEnd(async () => settleAll(await this.lock.run(() => this.issueBlocks(offset, data.length, data))));
+  }
+
+  /** Run a write; when it fails after an allocation moved the end, restore the end (see the class comment) before reporting the original error. */
+  private async restoringEnd(fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+    } catch (e) {
+      // A failed restore leaves footerStale set: flush and close try again. The caller hears of the write's failure, not of the restore's.
+      if (this.footerStale) await this.lock.run(() => this.restoreEnd()).catch(() => {});
+      throw e;
+    }
+  }
+
+  /**
+   * Under the lock: wait for the writes in flight, then, if an allocation
+   * failed, put the footer at the end of the last landed block and cut the
+   * file after it. The footer goes first, as in check's repair: a crash
+   * before the cut leaves a file whose last sector is not a footer, which the
+   * copy at offset 0 covers. When the footer cannot be written there (on a
+   * full disk the sector may be a hole that needs space), the cut goes first
+   * to free the space, then the footer.
+   */
+  private async restoreEnd(): Promise<void> {
+    await this.inflight.drain();
+    if (!this.footerStale) return;
+    const end = this.solidEnd;
+    const footer = encodeFooter(this.state.footer);
+    try {
+      await this.store.write(end, footer);
+      await this.store.flush();
+      if ((await this.store.size()) > end + FOOTER_SIZE) await this.store.truncate(end + FOOTER_SIZE);
+    } catch {
+      await this.store.truncate(end + FOOTER_SIZE);
+      await this.store.write(end, footer);
+    }
+    await this.store.flush();
+    this.state.footerOffset = end;
+    this.state.endFooterDamaged = null;
+    this.lastFooter = undefined;
+    this.footerStale = false;
   }
 
   async writeZeroes(offset: number, length: number): Promise<void> {
@@ -318,7 +374,7 @@ export class VhdImage implements Image {
     }
     // Dynamic: unallocated blocks already read as zeros and stay unallocated.
     // Differencing: zeros must hide the parent, so they are written like data.
-    await settleAll(await this.lock.run(() => this.issueBlocks(offset, length, null, !this.differencing)));
+    await this.restoringEnd(async () => settleAll(await this.lock.run(() => this.issueBlocks(offset, length, null, !this.differencing))));
   }
 
   /**
@@ -435,6 +491,7 @@ export class VhdImage implements Image {
         throw e;
       }
       if (this.state.footerOffset === newFooterOffset) this.state.endFooterDamaged = null;
+      if (newFooterOffset > this.solidEnd) this.solidEnd = newFooterOffset;
       this.state.bat![block] = sector;
       this.dirtyBatSectors.add(Math.floor(block / ENTRIES_PER_SECTOR));
       this.bitmaps.put(block, bits, !withBits);
@@ -452,13 +509,8 @@ export class VhdImage implements Image {
 
   /** Steps 3-5 of the write order. */
   private async writeMetadata(): Promise<void> {
-    await this.inflight.drain();
-    if (this.footerStale) {
-      // A failed allocation may have left no footer at the end: put one where the next block would go.
-      await this.store.write(this.state.footerOffset, encodeFooter(this.state.footer));
-      this.footerStale = false;
-      this.state.endFooterDamaged = null;
-    }
+    // A failed allocation whose end could not be restored when it failed: try again before the metadata goes out.
+    await this.restoreEnd();
     const dirtyBitmaps = this.bitmaps.dirty();
     if (dirtyBitmaps.length === 0 && this.dirtyBatSectors.size === 0) {
       await this.store.flush();
@@ -506,6 +558,8 @@ export class VhdImage implements Image {
         return await fn();
       } finally {
         this.bitmaps.clear();
+        // Maintenance may move the end (a larger BAT, new parent locators at the end of the file).
+        this.solidEnd = this.state.footerOffset;
       }
     });
   }

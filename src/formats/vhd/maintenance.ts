@@ -25,6 +25,44 @@ async function writeFooters(state: VhdState): Promise<void> {
   await state.store.flush();
 }
 
+/**
+ * Run `grow`, which writes past the footer at the end (state.footerOffset)
+ * and may move it. If it fails (a full disk: ENOSPC, EFBIG), the file may
+ * end in half-written structures with no footer after them — openable
+ * through the copy at offset 0, but Hyper-V wants the footer at the end. So
+ * the footer as it was goes back to the old end and the file is cut after
+ * it (footer first, as in check's repair), nothing having pointed into what
+ * is cut. Then the original error is reported, also when the restore fails
+ * (the copy at offset 0 still opens the file, and check -r all puts the end
+ * footer back).
+ */
+async function extending(state: VhdState, grow: () => Promise<void>): Promise<void> {
+  const end = state.footerOffset;
+  const footer = { ...state.footer };
+  try {
+    await grow();
+  } catch (e) {
+    try {
+      state.footer = footer;
+      state.footerOffset = end;
+      const bytes = encodeFooter(footer);
+      try {
+        await state.store.write(end, bytes);
+        await state.store.flush();
+        await state.store.truncate(end + FOOTER_SIZE);
+      } catch {
+        // The footer's sector may be a hole that needs space the disk has not got: cut first, then write it.
+        await state.store.truncate(end + FOOTER_SIZE);
+        await state.store.write(end, bytes);
+      }
+      await state.store.flush();
+    } catch {
+      /* the original error is the one to report */
+    }
+    throw e;
+  }
+}
+
 export async function resizeVhd(state: VhdState, newSize: number, options: { shrink?: boolean }): Promise<void> {
   const { store } = state;
   const { path } = store;
@@ -42,13 +80,16 @@ export async function resizeVhd(state: VhdState, newSize: number, options: { shr
   };
 
   if (f.diskType === 'fixed') {
-    setSize();
-    // The new footer goes first; a crash afterwards leaves a valid image whose new sectors may show the old footer.
-    await store.write(newSize, encodeFooter(f));
-    if (newSize > old) await store.write(old, new Uint8Array(FOOTER_SIZE));
-    else await store.truncate(newSize + FOOTER_SIZE);
-    state.footerOffset = newSize;
-    await store.flush();
+    const write = async () => {
+      setSize();
+      // The new footer goes first; a crash afterwards leaves a valid image whose new sectors may show the old footer.
+      await store.write(newSize, encodeFooter(f));
+      if (newSize > old) await store.write(old, new Uint8Array(FOOTER_SIZE));
+      else await store.truncate(newSize + FOOTER_SIZE);
+      state.footerOffset = newSize;
+      await store.flush();
+    };
+    await (newSize > old ? extending(state, write) : write());
     return;
   }
 
@@ -85,10 +126,12 @@ export async function resizeVhd(state: VhdState, newSize: number, options: { shr
     const newMax = newBlocks;
     const at = state.footerOffset;
     const table = encodeBat(bat, newMax);
-    await store.write(at, table);
-    state.footerOffset = at + table.length;
-    await store.write(state.footerOffset, encodeFooter(f));
-    await store.flush();
+    await extending(state, async () => {
+      await store.write(at, table);
+      state.footerOffset = at + table.length;
+      await store.write(state.footerOffset, encodeFooter(f));
+      await store.flush();
+    });
     h.tableOffset = at;
     h.maxTableEntries = newMax;
     // A batmap lives right after the table it belongs to; the moved table has none (it is optional).
@@ -118,10 +161,12 @@ export async function setBackingVhd(state: VhdState, parent: BackingTarget | nul
   // New locator data at the end of the file (nothing points there yet), footer after it; then one header write switches over.
   const at = state.footerOffset;
   const l = layoutLocators(record, at);
-  for (const [off, data] of l.writes) await store.write(off, data);
-  state.footerOffset = l.end;
-  await store.write(state.footerOffset, encodeFooter(state.footer));
-  await store.flush();
+  await extending(state, async () => {
+    for (const [off, data] of l.writes) await store.write(off, data);
+    state.footerOffset = l.end;
+    await store.write(state.footerOffset, encodeFooter(state.footer));
+    await store.flush();
+  });
   const h = state.header!;
   h.parentUniqueId = record.uuid;
   h.parentTimestamp = record.timestamp;

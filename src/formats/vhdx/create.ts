@@ -56,7 +56,13 @@ export function locatorFor(childPath: string, target: NonNullable<CreateContext[
     throw new BlockError('unsupported', `a VHDX differencing disk needs a VHDX parent (got ${target.format})`, { path: childPath });
   }
   const loc: ParentLocator = new Map();
-  loc.set('parent_linkage', `{${target.identity}}`);
+  // 2.6.2.6.3: parent_linkage2 is "a GUID that may be used as an alternative to parent_linkage". When commit is about
+  // to write into the parent (target.nextIdentity), parent_linkage names the DataWriteGuid the parent takes at its first
+  // write and parent_linkage2 the one it has now: the first is what the parent has for nearly all of an interrupted
+  // commit, and readers that know only parent_linkage (libvhdi compares it alone) open the chain then too.
+  const next = target.nextIdentity && target.nextIdentity !== target.identity ? target.nextIdentity : undefined;
+  loc.set('parent_linkage', `{${next ?? target.identity}}`);
+  if (next) loc.set('parent_linkage2', `{${target.identity}}`);
   const rel = relative(dirname(resolve(childPath)), target.absolutePath);
   // Hyper-V writes ".\\name" for a parent in the child's folder; do the same.
   if (rel && !isAbsolute(rel)) loc.set('relative_path', (rel.startsWith('..') ? '' : '.\\') + rel.split('/').join('\\'));

@@ -66,6 +66,8 @@ export class VhdxImage implements Image {
   readonly readOnly: boolean;
   private fileGuidChanged = false;
   private dataGuidChanged = false;
+  /** The DataWriteGuid the first guest-visible write will set, once nextIdentity has announced it. */
+  private nextDataWriteGuid: Uint8Array | undefined;
   private closed = false;
 
   constructor(readonly state: VhdxState) {
@@ -89,6 +91,16 @@ export class VhdxImage implements Image {
   /** The DataWriteGuid: what a child's parent_linkage must name (2.2.2, 2.6.2.6.3). */
   get identity(): string {
     return guidText(this.state.headers.current.dataWriteGuid);
+  }
+  /**
+   * The DataWriteGuid the next guest-visible write sets (chosen now, kept
+   * until then), or the current one when this open has already changed it:
+   * commit records it in a child as parent_linkage2 before writing here.
+   */
+  nextIdentity(): string {
+    if (this.dataGuidChanged) return this.identity;
+    this.nextDataWriteGuid ??= randomGuid();
+    return guidText(this.nextDataWriteGuid);
   }
   private get blockSize(): number {
     return this.state.params.blockSize;
@@ -235,7 +247,7 @@ export class VhdxImage implements Image {
   private async beginWrite(guestVisible: boolean): Promise<void> {
     const change: { fileWriteGuid?: Uint8Array; dataWriteGuid?: Uint8Array } = {};
     if (!this.fileGuidChanged) change.fileWriteGuid = randomGuid();
-    if (guestVisible && !this.dataGuidChanged) change.dataWriteGuid = randomGuid();
+    if (guestVisible && !this.dataGuidChanged) change.dataWriteGuid = this.nextDataWriteGuid ?? randomGuid();
     if (!change.fileWriteGuid && !change.dataWriteGuid) return;
     await this.state.headers.update(change);
     this.fileGuidChanged = true;

@@ -79,13 +79,24 @@ function normalizeLinkage(s: string): string {
 }
 
 /**
- * 2.6.2.6.3: parent_linkage is the parent's DataWriteGuid; the paths are
- * tried relative first, then volume, then absolute (chain/ resolves them).
+ * 2.6.2.6.3: parent_linkage is the parent's DataWriteGuid, parent_linkage2
+ * "a GUID that may be used as an alternative" (vdisk's commit names the
+ * DataWriteGuid the parent is about to take in parent_linkage and its
+ * current one there, formats/vhdx/create.ts locatorFor); the paths are tried
+ * relative first, then volume, then absolute (chain/ resolves them).
  */
 export function backingFromLocator(loc: ParentLocator, path?: string): BackingRef {
   const linkage = loc.get('parent_linkage');
   if (!linkage) throw new BlockError('corrupt', 'parent locator has no parent_linkage', { path });
   const candidates = ['relative_path', 'volume_path', 'absolute_win32_path'].map((k) => loc.get(k)).filter((v): v is string => !!v);
   if (candidates.length === 0) throw new BlockError('corrupt', 'parent locator names no parent path', { path });
-  return { recorded: candidates[0], candidates, format: 'vhdx', expectedId: normalizeLinkage(linkage), sameSize: true };
+  const linkage2 = loc.get('parent_linkage2');
+  return {
+    recorded: candidates[0],
+    candidates,
+    format: 'vhdx',
+    expectedId: normalizeLinkage(linkage),
+    ...(linkage2 ? { alternateId: normalizeLinkage(linkage2) } : {}),
+    sameSize: true,
+  };
 }
