@@ -266,7 +266,7 @@ async function rebaseWorld(): Promise<World> {
   const old = world.fs.files.get(BASE)!.bytes();
   const b2 = new Uint8Array(size).map((_, i) => (i >> 16) % 3 === 0 && i < old.length ? old[i] : 1 + ((i * 7 + (i >> 10)) % 253));
   world.fs.files.set(BASE2, new MemoryStore(BASE2, b2));
-  const c = await openChain(TOP, { openStore: world.fs.opener() });
+  const c = await openChain(TOP, { openStore: world.fs.opener(), backingFormats: ['raw'] });
   const r = rng(31);
   await c.write(4096, randomBytes(r, 3000));
   await c.write(200 * 1024 + 512, randomBytes(r, 70 * 1024));
@@ -280,7 +280,7 @@ async function reopenAll(world: World, faults: Map<string, FaultStore>, m: (type
   for (const [p, f] of world.fs.files) fs.files.set(p, f);
   fs.files.set(TOP, new MemoryStore(TOP, await faults.get(TOP)!.crashImage(m[0], m[1])));
   fs.files.set(DATA, new MemoryStore(DATA, await faults.get(DATA)!.crashImage(m[2], m[3])));
-  const c = await openChain(TOP, { openStore: fs.opener(), readOnly: true });
+  const c = await openChain(TOP, { openStore: fs.opener(), readOnly: true, backingFormats: ['raw'] });
   try {
     const disk = new Uint8Array(c.size);
     await c.read(0, disk);
@@ -291,7 +291,7 @@ async function reopenAll(world: World, faults: Map<string, FaultStore>, m: (type
 }
 
 async function diskOf(world: World): Promise<Uint8Array> {
-  const c = await openChain(TOP, { openStore: world.fs.opener(), readOnly: true });
+  const c = await openChain(TOP, { openStore: world.fs.opener(), readOnly: true, backingFormats: ['raw'] });
   try {
     const disk = new Uint8Array(c.size);
     await c.read(0, disk);
@@ -311,7 +311,7 @@ for (const [label, backing, unsafe] of [
     const before = await diskOf(w0);
     const rebase = async (opener: (p: string, o: OpenStoreOptions) => Promise<Store>) => {
       try {
-        await rebaseImage({ path: TOP, backing, unsafe, openStore: opener, bufferSize: 64 * 1024 });
+        await rebaseImage({ path: TOP, backing, unsafe, openStore: opener, bufferSize: 64 * 1024, openOptions: { backingFormats: ['raw'] } });
       } catch (e) {
         assert.match(String((e as Error).message), /injected crash/);
       }
@@ -353,13 +353,13 @@ const SCRIPT = ['write -P 0x11 1024 6144', 'discard 0 4096', 'write -P 0x22 2048
 const GROWN = (1 << 20) + 64 * 1024;
 
 async function runScript(opener: (p: string, o: OpenStoreOptions) => Promise<Store>, power: Power, snapshots?: Uint8Array[], ends?: number[]): Promise<void> {
-  let chain = await openChain(TOP, { openStore: opener });
+  let chain = await openChain(TOP, { openStore: opener, backingFormats: ['raw'] });
   try {
     for (const cmd of SCRIPT) {
       if (cmd === 'resize') {
         await chain.close();
-        await resizeImage({ path: TOP, size: GROWN, openStore: opener });
-        chain = await openChain(TOP, { openStore: opener });
+        await resizeImage({ path: TOP, size: GROWN, openStore: opener, openOptions: { backingFormats: ['raw'] } });
+        chain = await openChain(TOP, { openStore: opener, backingFormats: ['raw'] });
       } else await runIoCommand(chain, cmd);
       if (snapshots) {
         const d = new Uint8Array(GROWN);
