@@ -11,6 +11,7 @@ import { startNbdServer, type NbdServer } from '../src/nbd/server.js';
 import { requireTool, tempDir, sha256File, vdiskDigest } from './helpers/oracle.js';
 import { REPO_ROOT } from './helpers/corpus.js';
 import { rng, randomBytes, randInt } from './helpers/random.js';
+import { NbdClient } from './helpers/nbd-client.js';
 
 /*
  * Real NBD clients against the server: nbdinfo (--json, --map), nbdcopy,
@@ -337,6 +338,30 @@ test('vdisk serve: prints its address, serves, stops on SIGTERM after flushing; 
     assert.notEqual(bad.status, 0);
     assert.match(bad.stderr, /^vdisk: port must be 0\.\.65535/);
   } finally {
+    d.cleanup();
+  }
+});
+
+test('vdisk serve --idle-timeout: a client that sends nothing is dropped and its slot served to the next; bad values refused', async () => {
+  const d = tempDir('vdisk-nbd-');
+  let p: Awaited<ReturnType<typeof serveProcess>> | undefined;
+  try {
+    const path = sparseRaw(d.dir, 'a.raw', MiB, 3);
+    const bad = await runAsync(process.execPath, [join(REPO_ROOT, 'bin', 'vdisk.cjs'), 'serve', '--idle-timeout', '-1', path]);
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /^vdisk: --idle-timeout must be a number of seconds >= 0 \(got -1\)/);
+    p = await serveProcess(['serve', '-f', 'raw', '--port', '0', '--shared', '1', '--persistent', '--idle-timeout', '2', path]);
+    const port = Number(/:(\d+)\//.exec(p.address)![1]);
+    const idle = await NbdClient.connect({ port });
+    await new Promise((r) => idle.socket.once('close', r)); // never, without the idle timeout
+    const next = await NbdClient.connect({ port });
+    assert.equal((await next.read(0, 512)).length, 512);
+    await next.disconnect();
+    p.kill('SIGTERM');
+    assert.equal(await p.exit, 0);
+    p = undefined;
+  } finally {
+    p?.kill('SIGKILL'); // a persistent server left by a failed assertion would keep the test file running
     d.cleanup();
   }
 });

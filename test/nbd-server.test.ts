@@ -1,10 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
+import { once } from 'node:events';
 import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { startNbdServer, type NbdServer, type NbdServerOptions } from '../src/nbd/server.js';
+import { openChain } from '../src/chain/open.js';
+import type { Chain } from '../src/chain/chain.js';
 import { NbdClient, NbdRequestError, SocketReader, optionFrame, requestFrame } from './helpers/nbd-client.js';
 import * as P from '../src/nbd/protocol.js';
 import { tempDir } from './helpers/oracle.js';
@@ -310,4 +313,97 @@ test('tight in-flight budgets: pipelined requests from several clients all compl
     await Promise.all(jobs);
     await Promise.all(clients.map((c) => c.disconnect()));
   });
+});
+
+/** A raw image opened as a chain whose reads of `[from, to)` wait for `release()` and whose read bytes are counted. */
+async function gatedChain(path: string, from: number, to: number): Promise<{ chain: Chain; release: () => void; bytesRead: () => number }> {
+  const chain = await openChain(path, { format: 'raw' });
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let bytes = 0;
+  const read = chain.read.bind(chain);
+  chain.read = async (offset: number, into: Uint8Array) => {
+    bytes += into.length;
+    if (offset >= from && offset < to) await gate;
+    return read(offset, into);
+  };
+  return { chain, release, bytesRead: () => bytes };
+}
+
+async function socketClosed(s: Socket): Promise<void> {
+  if (!s.destroyed) await once(s, 'close');
+}
+
+test('stalled clients: idle ones lose their slot to the idle timeout, one waiting on a slow read keeps it, a newcomer is served', { timeout: 60_000 }, async () => {
+  const d = tempDir('vdisk-nbd-');
+  const path = join(d.dir, 'disk.raw');
+  writeFileSync(path, Buffer.alloc(4 * MiB, 7));
+  const g = await gatedChain(path, 3 * MiB, 4 * MiB);
+  const server = await startNbdServer({ chain: g.chain, port: 0, exportName: 'disk', persistent: true, shared: 3, idleTimeoutMs: 2000 });
+  try {
+    const busy = await client(server);
+    const slow = busy.read(3 * MiB, 4096); // held by the gate for longer than the idle timeout
+    const idle = [await client(server), await client(server)]; // handshake done, then nothing
+    await assert.rejects(client(server), 'every slot is held: a fourth client is refused');
+    // Without an idle timeout this waits forever (the test's timeout fails it).
+    await Promise.all(idle.map((c) => socketClosed(c.socket)));
+    const late = await client(server);
+    assert.ok((await late.read(0, 4096)).equals(Buffer.alloc(4096, 7)), 'a newcomer is served once the idle clients are gone');
+    await late.disconnect(); // before it is idle long enough to be dropped in turn
+    // The client with a request running all along was not idle: it still has its slot and its answer.
+    assert.equal(busy.socket.destroyed, false);
+    g.release();
+    assert.ok((await slow).equals(Buffer.alloc(4096, 7)));
+    assert.ok((await busy.read(0, 512)).equals(Buffer.alloc(512, 7)));
+    await busy.disconnect();
+  } finally {
+    g.release();
+    await server.close();
+    await g.chain.close();
+    d.cleanup();
+  }
+});
+
+test('100 clients that queue large reads and vanish: the reads they left stop, nothing is read for them after they are gone', async () => {
+  const clients = 100;
+  const readSize = 8 * MiB;
+  const d = tempDir('vdisk-nbd-');
+  const path = join(d.dir, 'disk.raw');
+  writeFileSync(path, new Uint8Array(0));
+  truncateSync(path, 64 * MiB);
+  // Every read waits until the server has seen every client go, so all reads are "running" when they leave.
+  const g = await gatedChain(path, 0, 64 * MiB);
+  let gone = 0;
+  let allGone!: () => void;
+  const left = new Promise<void>((r) => (allGone = r));
+  const server = await startNbdServer({
+    chain: g.chain,
+    port: 0,
+    exportName: 'disk',
+    persistent: true,
+    shared: clients,
+    log: (m) => {
+      if (/gone with \d+ request/.test(m) && ++gone === clients) allGone();
+    },
+  });
+  try {
+    const raws = [];
+    for (let i = 0; i < clients; i++) raws.push(await rawTransmission(server));
+    for (const [i, c] of raws.entries()) {
+      const frames = Array.from({ length: 16 }, (_, k) => requestFrame(P.CMD_READ, 0, BigInt(k + 1), ((i + k) % 8) * readSize, readSize));
+      c.socket.end(Buffer.concat(frames)); // queue the reads, then leave without waiting for a reply
+    }
+    await left;
+    g.release();
+    await server.close();
+    // Each client had at least its first read started (a connection with nothing running may always start one),
+    // so finishing abandoned reads reads >= clients * readSize; stopping them leaves about one slice each.
+    assert.equal(gone, clients);
+    assert.ok(g.bytesRead() < (clients * readSize) / 2, `read ${g.bytesRead()} bytes for clients that had gone`);
+  } finally {
+    g.release();
+    await server.close();
+    await g.chain.close();
+    d.cleanup();
+  }
 });

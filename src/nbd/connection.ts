@@ -16,6 +16,12 @@ export interface ConnectionLimits {
   maxQueuedReplyBytes: number;
   /** A client that has not chosen an export after this long is disconnected. */
   handshakeTimeoutMs: number;
+  /**
+   * In transmission, a client with no request running that has sent nothing
+   * and taken no reply for this long is disconnected, freeing its slot
+   * (0: never).
+   */
+  idleTimeoutMs: number;
 }
 
 export const DEFAULT_LIMITS: ConnectionLimits = {
@@ -23,6 +29,7 @@ export const DEFAULT_LIMITS: ConnectionLimits = {
   maxInFlightBytes: 16 << 20,
   maxQueuedReplyBytes: 4 << 20,
   handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 0,
 };
 
 /**
@@ -73,6 +80,8 @@ export class Connection {
   private paused = false;
   private pumping = false;
   private timer: NodeJS.Timeout | undefined;
+  /** When the client last sent bytes or took a reply, or a request finished (Date.now()). */
+  private lastActivity = 0;
   private transmission: TransmissionState | undefined;
   private resolveDone!: () => void;
   /** Settles once the socket is closed and every request that was running has finished. */
@@ -95,6 +104,7 @@ export class Connection {
     socket.on('data', (chunk: Buffer) => {
       // After NBD_CMD_DISC or a refused handshake nothing more is read: a client flooding then cannot fill memory.
       if (this.state !== 'handshake' && this.state !== 'transmission') return;
+      this.lastActivity = Date.now();
       this.parser.push(chunk);
       this.pump();
     });
@@ -102,7 +112,10 @@ export class Connection {
     socket.on('error', (e) => this.log(`${id}: ${e.message}`));
     socket.on('close', () => this.onClose());
     socket.on('end', () => {
-      // The client will send nothing more: finish what runs, then close.
+      // The client will send nothing more, and (the server is not half-open)
+      // no reply can reach it either: drop the reads it left, let accepted
+      // writes finish, then close.
+      this.abandon();
       if (this.state === 'handshake') socket.destroy();
       else this.drain();
     });
@@ -125,6 +138,7 @@ export class Connection {
     if (!this.socket.destroyed && this.socket.writable) {
       // Once the socket has sent a pooled read reply, its buffer is reused.
       this.socket.write(b, () => {
+        this.lastActivity = Date.now();
         replyPool.give(b);
         sent?.();
       });
@@ -189,7 +203,10 @@ export class Connection {
           structured: this.negotiation.structured,
           contexts: this.negotiation.contexts,
           log: (m) => this.log(`${this.id}: ${m}`),
+          abandoned: false,
         };
+        this.lastActivity = Date.now();
+        this.armIdleTimer(this.limits.idleTimeoutMs);
       } else if (frame.type === 'client-flags') this.parser.mode = 'option';
       return;
     }
@@ -209,6 +226,7 @@ export class Connection {
     this.inFlightBytes += bytes;
     this.budget.take(bytes);
     void executeRequest(this.transmission!, req).then((reply) => {
+      this.lastActivity = Date.now();
       this.inFlight--;
       this.inFlightBytes -= bytes;
       // The server-wide budget covers replies still queued on the socket too:
@@ -217,6 +235,35 @@ export class Connection {
       if (this.state === 'transmission') this.pump();
       else this.finishIfIdle();
     });
+  }
+
+  /**
+   * One timer per connection, re-armed for the time left rather than reset
+   * on every chunk (that would cost a timer operation per request). Idle
+   * means nothing running, nothing received and no reply taken: a client
+   * waiting on a slow read, or reading a long reply, is not idle; one that
+   * stopped reading its replies is (its socket is paused, nothing moves).
+   */
+  private armIdleTimer(ms: number): void {
+    const limit = this.limits.idleTimeoutMs;
+    if (!(limit > 0)) return;
+    this.timer = setTimeout(() => {
+      if (this.state !== 'transmission') return;
+      const quiet = Date.now() - this.lastActivity;
+      if (this.inFlight > 0) this.armIdleTimer(limit);
+      else if (quiet < limit) this.armIdleTimer(limit - quiet);
+      else {
+        this.log(`${this.id}: idle for ${quiet} ms (idle timeout ${limit} ms), disconnecting`);
+        this.abandon();
+        this.socket.destroy();
+      }
+    }, ms);
+    this.timer.unref?.();
+  }
+
+  /** The client will take no more replies: reads and block status not yet done are skipped (writes it sent whole still land). */
+  private abandon(): void {
+    if (this.transmission) this.transmission.abandoned = true;
   }
 
   /** NBD_CMD_DISC, end of input or shutdown: no new requests; close once the running ones have answered. */
@@ -239,7 +286,9 @@ export class Connection {
 
   private onClose(): void {
     clearTimeout(this.timer);
+    this.abandon();
     if (this.state === 'closed') return;
+    if (this.inFlight > 0) this.log(`${this.id}: gone with ${this.inFlight} request(s) running: reads stop, replies are dropped`);
     this.state = 'closed';
     // Requests still running finish (an accepted write lands whole); their replies go nowhere.
     this.finishIfIdle();

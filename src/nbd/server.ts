@@ -5,7 +5,7 @@ import { BlockError, fromSystemError } from '../core/errors.js';
 import { Connection, DEFAULT_LIMITS, SharedBudget, type ConnectionLimits } from './connection.js';
 import { makeExport, type NbdExport } from './export.js';
 
-import { DEFAULT_NBD_PORT } from './port.js';
+import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_NBD_PORT } from './port.js';
 
 export { DEFAULT_NBD_PORT };
 
@@ -36,10 +36,18 @@ export interface NbdServerOptions {
   shared?: number;
   /** Disconnect clients that have not chosen an export after this long (default 10 s). */
   handshakeTimeoutMs?: number;
+  /**
+   * Disconnect a client that, after the handshake, has had no request
+   * running, sent nothing and taken no reply for this long, freeing its slot
+   * (0: never). Default: 0 for one non-persistent client (the only client
+   * there is: nobody else can ever want its slot), DEFAULT_IDLE_TIMEOUT_MS
+   * otherwise. docs/nbd.md "Idle clients" says why.
+   */
+  idleTimeoutMs?: number;
   /** Largest READ/WRITE (default 32 MiB). */
   maxBlock?: number;
   /** Per-connection limits on work in flight. */
-  limits?: Partial<Omit<ConnectionLimits, 'handshakeTimeoutMs'>>;
+  limits?: Partial<Omit<ConnectionLimits, 'handshakeTimeoutMs' | 'idleTimeoutMs'>>;
   /** Read/write bytes in flight over all clients together (default 32 MiB, replies still queued on sockets included: with Node's own ~60 MiB, 16 busy clients stay well under 256 MiB). */
   maxServerInFlightBytes?: number;
   /** Where connection events and client errors are reported (default: nowhere). */
@@ -66,6 +74,10 @@ export async function startNbdServer(options: NbdServerOptions): Promise<NbdServ
   if (!Number.isInteger(shared) || shared < 1) throw new BlockError('invalid-argument', `shared must be a positive whole number (got ${shared})`);
   if (options.port !== undefined && (!Number.isInteger(options.port) || options.port < 0 || options.port > 65535)) {
     throw new BlockError('invalid-argument', `port must be 0..65535 (got ${options.port})`);
+  }
+  const idle = options.idleTimeoutMs;
+  if (idle !== undefined && !(Number.isFinite(idle) && idle >= 0)) {
+    throw new BlockError('invalid-argument', `idleTimeoutMs must be a number of milliseconds >= 0 (got ${idle})`);
   }
   if (!options.chain && !options.path) throw new BlockError('invalid-argument', 'startNbdServer needs a chain or a path');
   const ownsChain = !options.chain;
@@ -111,7 +123,12 @@ class ServerRunner implements NbdServer {
     private readonly options: NbdServerOptions,
   ) {
     this.log = options.log ?? (() => {});
-    this.limits = { ...DEFAULT_LIMITS, ...options.limits, handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_LIMITS.handshakeTimeoutMs };
+    this.limits = {
+      ...DEFAULT_LIMITS,
+      ...options.limits,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? DEFAULT_LIMITS.handshakeTimeoutMs,
+      idleTimeoutMs: options.idleTimeoutMs ?? (shared > 1 || options.persistent ? DEFAULT_IDLE_TIMEOUT_MS : 0),
+    };
     this.budget = new SharedBudget(options.maxServerInFlightBytes ?? 32 << 20);
     this.closed = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
     this.closed.catch(() => {}); // callers that never look at it do not get an unhandled rejection

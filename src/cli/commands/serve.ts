@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import type { Command } from 'commander';
 import { BlockError } from '../../core/errors.js';
-import { DEFAULT_NBD_PORT } from '../../nbd/port.js';
+import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_NBD_PORT } from '../../nbd/port.js';
 import { collect, type CommandContext } from '../options.js';
 
 /*
@@ -23,6 +23,7 @@ interface ServeOptions {
   persistent?: boolean;
   shared: string;
   handshakeTimeout: string;
+  idleTimeout?: string;
   ignoreParentId?: boolean;
   ignoreChecksums?: boolean;
   forceShare?: boolean;
@@ -43,6 +44,10 @@ export function define(cmd: Command): void {
     .option('-t, --persistent', 'keep serving after the last client leaves')
     .option('-e, --shared <n>', 'most clients at once (more than 1 also offers multi-conn)', '1')
     .option('--handshake-timeout <seconds>', 'drop clients that have not chosen an export after this long', '10')
+    .option(
+      '--idle-timeout <seconds>',
+      `drop clients that have sent nothing and have nothing running for this long, 0: never (default: ${DEFAULT_IDLE_TIMEOUT_MS / 1000} with --shared > 1 or --persistent, else 0)`,
+    )
     .option('--ignore-parent-id', 'accept a parent whose id differs from what the child records')
     .option('--ignore-checksums', 'open images whose checksums are wrong')
     .option('-U, --force-share', 'with -r: serve even while another process writes the image (its changes may show half-done)')
@@ -66,6 +71,10 @@ export async function run({ print }: CommandContext, [image]: [string], o: Serve
   const shared = wholeNumber(o.shared, '--shared', 1);
   const timeout = Number(o.handshakeTimeout);
   if (!(timeout > 0)) throw new BlockError('invalid-argument', `--handshake-timeout must be a positive number of seconds (got ${o.handshakeTimeout})`);
+  const idle = o.idleTimeout === undefined ? undefined : Number(o.idleTimeout);
+  if (idle !== undefined && !(o.idleTimeout!.trim() !== '' && idle >= 0 && Number.isFinite(idle))) {
+    throw new BlockError('invalid-argument', `--idle-timeout must be a number of seconds >= 0 (got ${o.idleTimeout})`);
+  }
   const server = await (await import('../../nbd/server.js')).startNbdServer({
     path: image,
     format: o.format,
@@ -85,6 +94,7 @@ export async function run({ print }: CommandContext, [image]: [string], o: Serve
     persistent: Boolean(o.persistent),
     shared,
     handshakeTimeoutMs: timeout * 1000,
+    idleTimeoutMs: idle === undefined ? undefined : idle * 1000,
     log: o.verboseConnections ? (m) => console.error(`vdisk serve: ${m}`) : undefined,
   });
   const stop = () => void server.close().catch(() => {});
