@@ -4,11 +4,10 @@ import type { CheckProblem, CheckResult } from '../types.js';
 import { UNALLOCATED, batBytes } from './bat.js';
 import { clearBatmap } from './batmap.js';
 import { DYNAMIC_HEADER_SIZE } from './dynamic-header.js';
-import { FOOTER_SIZE, encodeFooter } from './footer.js';
+import { FOOTER_SIZE, encodeFooter, SECTOR } from './footer.js';
 import { bitmapBytes, findBit } from './sector-bitmap.js';
 import type { VhdState } from './state.js';
 
-const SECTOR = 512;
 
 /*
  * check (and repair). Like maintenance.ts, a repair keeps the file valid at

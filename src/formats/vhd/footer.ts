@@ -28,6 +28,9 @@ export const Footer = defineStruct('VHD footer', 'be', 512, [
 ]);
 
 export const FOOTER_SIZE = Footer.SIZE;
+
+/** The VHD sector: BAT entries, block offsets, bitmaps and CHS geometry all count 512-byte sectors (VHD spec, "Hard Disk Footer Format" and "Block Allocation Table"). */
+export const SECTOR = 512;
 const FOOTER_COOKIE = 'conectix';
 /** "Features": bit 1 is reserved and must always be set (spec, "Features"). */
 export const FEATURES_RESERVED = 0x2;

@@ -12,12 +12,11 @@ import { readExact, readOrZero, writeParts } from '../../io/store.js';
 import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
-import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName } from './footer.js';
+import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName, SECTOR } from './footer.js';
 import { resizeVhd, setBackingVhd } from './maintenance.js';
 import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sector-bitmap.js';
 import { type VhdState, backingRef } from './state.js';
 
-const SECTOR = 512;
 
 /** Zero bytes written over [offset, offset+length) of the file (fixed disks, allocated blocks of differencing ones). */
 function writeZeroData(store: Store, offset: number, length: number): Promise<void> {

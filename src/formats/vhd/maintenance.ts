@@ -4,12 +4,11 @@ import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBat, encodeBatSector } from './b
 import { clearBatmap } from './batmap.js';
 import { layoutLocators, parentRecord } from './create.js';
 import { encodeDynamicHeader } from './dynamic-header.js';
-import { FOOTER_SIZE, chsForSectors, encodeFooter } from './footer.js';
+import { FOOTER_SIZE, chsForSectors, encodeFooter, SECTOR } from './footer.js';
 import { readLocators } from './parent-locator.js';
 import { bitmapBytes } from './sector-bitmap.js';
 import { MAX_SIZE, type VhdState } from './state.js';
 
-const SECTOR = 512;
 
 /**
  * resize and setBacking. Each keeps the file valid at every step by

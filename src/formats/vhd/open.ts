@@ -7,13 +7,12 @@ import type { OpenContext } from '../types.js';
 import { BAT_ENTRY_SIZE, UNALLOCATED, batBytes, readBat } from './bat.js';
 import { batmapChecksum, decodeBatmapHeader, isBatmapHeader } from './batmap.js';
 import { DYNAMIC_HEADER_SIZE, decodeDynamicHeader } from './dynamic-header.js';
-import { FOOTER_SIZE, type DecodedFooter, type VhdFooter, decodeFooter, encodeFooter, hasFooterCookie } from './footer.js';
+import { FOOTER_SIZE, type DecodedFooter, type VhdFooter, decodeFooter, encodeFooter, hasFooterCookie, SECTOR } from './footer.js';
 import { VhdImage } from './image.js';
 import { readLocators } from './parent-locator.js';
 import { bitmapBytes } from './sector-bitmap.js';
 import type { VhdState } from './state.js';
 
-const SECTOR = 512;
 /** BAT entries held in memory at most (256 MiB of table; 128 TiB of disk in 2 MiB blocks). */
 const MAX_BAT_ENTRIES = 64 << 20;
 /** How much of a VHD's head open reads at once (see openVhd). */
