@@ -27,23 +27,31 @@ static napi_value int_result(napi_env env, int v) {
   return r;
 }
 
+#if defined(F_OFD_SETLK) && defined(F_OFD_GETLK)
+// fcntl(cmd) on the one byte `byte` of `fd`, retried on EINTR; `fl` holds
+// the answer (F_OFD_GETLK). 0, or minus the errno.
+static int ofd_fcntl(int fd, int cmd, int64_t byte, short type, struct flock *fl) {
+  memset(fl, 0, sizeof *fl);
+  fl->l_whence = SEEK_SET;
+  fl->l_start = (off_t)byte;
+  fl->l_len = 1;
+  fl->l_type = type;
+  int r;
+  do {
+    r = fcntl(fd, cmd, fl);
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? -errno : 0;
+}
+#endif
+
 // ofdLock(fd, byte, type): type 0 unlock, 1 shared, 2 exclusive; one byte.
 // 0, or minus the errno (-EAGAIN: a conflicting lock; -EINVAL/-ENOSYS: no OFD locks here).
 napi_value vdisk_ofd_lock(napi_env env, napi_callback_info info) {
   int64_t a[3];
   if (!get_args(env, info, a, 3)) return int_result(env, -EINVAL);
-#ifdef F_OFD_SETLK
+#if defined(F_OFD_SETLK) && defined(F_OFD_GETLK)
   struct flock fl;
-  memset(&fl, 0, sizeof fl);
-  fl.l_whence = SEEK_SET;
-  fl.l_start = (off_t)a[1];
-  fl.l_len = 1;
-  fl.l_type = a[2] == 0 ? F_UNLCK : a[2] == 1 ? F_RDLCK : F_WRLCK;
-  int r;
-  do {
-    r = fcntl((int)a[0], F_OFD_SETLK, &fl);
-  } while (r < 0 && errno == EINTR);
-  return int_result(env, r < 0 ? -errno : 0);
+  return int_result(env, ofd_fcntl((int)a[0], F_OFD_SETLK, a[1], a[2] == 0 ? F_UNLCK : a[2] == 1 ? F_RDLCK : F_WRLCK, &fl));
 #else
   return int_result(env, -ENOSYS);
 #endif
@@ -55,18 +63,10 @@ napi_value vdisk_ofd_lock(napi_env env, napi_callback_info info) {
 napi_value vdisk_ofd_test(napi_env env, napi_callback_info info) {
   int64_t a[2];
   if (!get_args(env, info, a, 2)) return int_result(env, -EINVAL);
-#ifdef F_OFD_GETLK
+#if defined(F_OFD_SETLK) && defined(F_OFD_GETLK)
   struct flock fl;
-  memset(&fl, 0, sizeof fl);
-  fl.l_whence = SEEK_SET;
-  fl.l_start = (off_t)a[1];
-  fl.l_len = 1;
-  fl.l_type = F_WRLCK;
-  int r;
-  do {
-    r = fcntl((int)a[0], F_OFD_GETLK, &fl);
-  } while (r < 0 && errno == EINTR);
-  if (r < 0) return int_result(env, -errno);
+  int r = ofd_fcntl((int)a[0], F_OFD_GETLK, a[1], F_WRLCK, &fl);
+  if (r < 0) return int_result(env, r);
   return int_result(env, fl.l_type != F_UNLCK);
 #else
   return int_result(env, -ENOSYS);
