@@ -161,16 +161,21 @@ const MODES: ['durable' | 'all' | 'subset', number, 'durable' | 'all' | 'subset'
   ['all', 0, 'subset', 4],
 ];
 
-async function reopenAfterCrash(world: World, faults: Map<string, FaultStore>, m: (typeof MODES)[number]): Promise<{ disk: Uint8Array; size: number }> {
+async function reopenAfterCrash(
+  world: World,
+  faults: Map<string, FaultStore>,
+  m: (typeof MODES)[number],
+): Promise<{ disk: Uint8Array; size: number; backing: string | undefined }> {
   const fs = new MemoryFs();
-  fs.files.set(BASE, world.fs.files.get(BASE)!);
+  // The world's other files (the backings) as they are; the add-cow's two files as the crash left them.
+  for (const [p, f] of world.fs.files) fs.files.set(p, f);
   fs.files.set(TOP, new MemoryStore(TOP, await faults.get(TOP)!.crashImage(m[0], m[1])));
   fs.files.set(DATA, new MemoryStore(DATA, await faults.get(DATA)!.crashImage(m[2], m[3])));
   const c = await openChain(TOP, { openStore: fs.opener(), readOnly: true, backingFormats: ['raw'] });
   try {
     const disk = new Uint8Array(c.size);
     await c.read(0, disk);
-    return { disk, size: c.size };
+    return { disk, size: c.size, backing: c.top.backing?.recorded };
   } finally {
     await c.close();
   }
@@ -275,21 +280,6 @@ async function rebaseWorld(): Promise<World> {
   return world;
 }
 
-async function reopenAll(world: World, faults: Map<string, FaultStore>, m: (typeof MODES)[number]): Promise<{ disk: Uint8Array; backing: string | undefined }> {
-  const fs = new MemoryFs();
-  for (const [p, f] of world.fs.files) fs.files.set(p, f);
-  fs.files.set(TOP, new MemoryStore(TOP, await faults.get(TOP)!.crashImage(m[0], m[1])));
-  fs.files.set(DATA, new MemoryStore(DATA, await faults.get(DATA)!.crashImage(m[2], m[3])));
-  const c = await openChain(TOP, { openStore: fs.opener(), readOnly: true, backingFormats: ['raw'] });
-  try {
-    const disk = new Uint8Array(c.size);
-    await c.read(0, disk);
-    return { disk, backing: c.top.backing?.recorded };
-  } finally {
-    await c.close();
-  }
-}
-
 async function diskOf(world: World): Promise<Uint8Array> {
   const c = await openChain(TOP, { openStore: world.fs.opener(), readOnly: true, backingFormats: ['raw'] });
   try {
@@ -320,7 +310,7 @@ for (const [label, backing, unsafe] of [
     await rebase(dry.opener);
     const total = dry.power.count;
     assert.ok(total >= 2, `rebase makes ${total} operations`);
-    const done = await reopenAll(w0, dry.faults, ['all', 0, 'all', 0]);
+    const done = await reopenAfterCrash(w0, dry.faults, ['all', 0, 'all', 0]);
     const newName = backing ? 'base2.raw' : undefined;
     assert.equal(done.backing, newName);
     if (!unsafe) assert.ok(Buffer.from(done.disk).equals(before), 'without a crash the disk is unchanged');
@@ -330,7 +320,7 @@ for (const [label, backing, unsafe] of [
       const { faults, opener } = powered(world, k);
       await rebase(opener);
       for (const m of MODES) {
-        const { disk, backing: got } = await reopenAll(world, faults, m);
+        const { disk, backing: got } = await reopenAfterCrash(world, faults, m);
         const where = `crash at ${k}/${total} ${m.join('/')}`;
         assert.ok(got === 'base.raw' || got === newName, `${where}: backing ${got}`);
         seen.add(got);
@@ -398,7 +388,7 @@ test('crash at every operation of a vdisk io script with discards and a resize (
     while (!flushAt(from)) from--;
     const last = Math.min(done + 1, snapshots.length - 1);
     for (const m of MODES) {
-      const { disk } = await reopenAll(world, faults, m);
+      const { disk } = await reopenAfterCrash(world, faults, m);
       const where = `crash at ${k}/${total} (after step ${done}) ${m.join('/')}`;
       assert.ok(disk.length === size || disk.length === GROWN, `${where}: size ${disk.length}`);
       for (let s = 0; s < disk.length / SECTOR; s++) {
