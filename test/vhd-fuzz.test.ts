@@ -6,10 +6,10 @@ import { openChain } from '../src/chain/open.js';
 import { BlockError } from '../src/core/errors.js';
 import { MemoryFs, MemoryStore } from '../src/io/memory-store.js';
 import { createImage } from '../src/ops/create.js';
-import { Footer, vhdChecksum } from '../src/formats/vhd/footer.js';
 import { DynamicHeader } from '../src/formats/vhd/dynamic-header.js';
 import { ParentLocatorEntry } from '../src/formats/vhd/parent-locator.js';
 import { corpusFile } from './helpers/corpus.js';
+import { resealVhd } from './helpers/mutate.js';
 
 const MiB = 1 << 20;
 
@@ -31,18 +31,6 @@ async function pair(): Promise<MemoryFs> {
 const dv = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength);
 
 /** Recompute the footer checksums (both copies) and the header's, so a mutation reaches the checks behind them. */
-function fixChecksums(b: Uint8Array): void {
-  for (const at of [0, b.length - 512]) {
-    if (at < 0 || b.length < at + 512) continue;
-    const f = b.subarray(at, at + 512);
-    dv(f).setUint32(Footer.offsets.checksum, vhdChecksum(f, Footer.offsets.checksum));
-  }
-  if (b.length >= 1536) {
-    const h = b.subarray(512, 1536);
-    dv(h).setUint32(DynamicHeader.offsets.checksum, vhdChecksum(h, DynamicHeader.offsets.checksum));
-  }
-}
-
 async function openAndRead(fs: MemoryFs, path: string, options: Parameters<typeof openChain>[1] = {}): Promise<void> {
   const c = await openChain(path, { openStore: fs.opener(), readOnly: true, ...options });
   try {
@@ -57,7 +45,7 @@ async function openAndRead(fs: MemoryFs, path: string, options: Parameters<typeo
 function edit(fs: MemoryFs, path: string, f: (b: Uint8Array) => Uint8Array | void, fix = true): void {
   let b = fs.files.get(path)!.bytes();
   b = f(b) ?? b;
-  if (fix) fixChecksums(b);
+  if (fix) resealVhd(b);
   fs.files.set(path, new MemoryStore(path, b));
 }
 
@@ -158,7 +146,7 @@ test('fuzz: mutated corpus and vdisk-made footers, headers, BATs and locators on
           const at = atEnd ? b.length - span + (pos % span) : pos % span;
           b[at] = value;
         }
-        if (fix) fixChecksums(b);
+        if (fix) resealVhd(b);
         const fs = new MemoryFs();
         fs.files.set('/f/x.vhd', new MemoryStore('/f/x.vhd', b));
         fs.files.set('/f/win8.vhd', new MemoryStore('/f/win8.vhd', b)); // a parent candidate that is itself mutated

@@ -5,10 +5,8 @@ import fc from 'fast-check';
 import { BlockError } from '../src/core/errors.js';
 import { MemoryFs, MemoryStore } from '../src/io/memory-store.js';
 import { vhdxFormat } from '../src/formats/vhdx/index.js';
-import { sealChecksum } from '../src/formats/vhdx/layout.js';
-import { createImage } from '../src/ops/create.js';
-import { openChain } from '../src/chain/open.js';
 import { corpusFile } from './helpers/corpus.js';
+import { dirtyDifferencingVhdx, resealVhdx } from './helpers/mutate.js';
 
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -30,11 +28,6 @@ function targets(file: Uint8Array): { offset: number; length: number }[] {
 }
 
 /** Re-seal the checksums of both headers and region tables, so mutations reach the structures behind them. */
-function reseal(file: Uint8Array): void {
-  for (const o of [64 * KiB, 128 * KiB]) sealChecksum(file.subarray(o, o + 4 * KiB));
-  for (const o of [192 * KiB, 256 * KiB]) sealChecksum(file.subarray(o, o + 64 * KiB));
-}
-
 async function exercise(bytes: Uint8Array, readOnly: boolean): Promise<void> {
   const fs = new MemoryFs();
   fs.files.set('/f/x.vhdx', new MemoryStore('/f/x.vhdx', bytes));
@@ -61,15 +54,7 @@ async function seeds(): Promise<{ name: string; bytes: Uint8Array }[]> {
     bytes: new Uint8Array(readFileSync(corpusFile(rel))),
   }));
   // A differencing child of our own with partial blocks (sector bitmaps) and its log left dirty.
-  const fs = new MemoryFs();
-  const openStore = fs.opener();
-  await createImage({ path: '/d/p.vhdx', format: 'vhdx', size: 8 * MiB, options: { block_size: '1M' }, openStore });
-  await createImage({ path: '/d/c.vhdx', format: 'vhdx', backing: { path: '/d/p.vhdx' }, options: { block_size: '1M' }, openStore });
-  const c = await openChain('/d/c.vhdx', { openStore });
-  await c.write(MiB + 1024, new Uint8Array(2048).fill(3));
-  const dirty = fs.files.get('/d/c.vhdx')!.bytes(); // captured before close: the log GUID is still set
-  await c.close();
-  out.push({ name: 'own differencing (dirty log)', bytes: dirty });
+  out.push({ name: 'own differencing (dirty log)', bytes: (await dirtyDifferencingVhdx()).dirty });
   return out;
 }
 
@@ -104,7 +89,7 @@ test('mutated corpus files: only BlockError escapes open, read, write and check'
         else if (e.width === 4) dv.setUint32(at, e.value >>> 0, true);
         else dv.setBigUint64(at, BigInt(e.value) * BigInt(e.value & 0xffff), true);
       }
-      if (m.resealed) reseal(bytes);
+      if (m.resealed) resealVhdx(bytes);
       try {
         await exercise(bytes, m.readOnly);
         opened++;

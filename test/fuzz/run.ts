@@ -9,15 +9,13 @@ import { MemoryFs, MemoryStore } from '../../src/io/memory-store.js';
 import { openChain } from '../../src/chain/open.js';
 import { createImage } from '../../src/ops/create.js';
 import { checkImage } from '../../src/ops/check.js';
-import { sealChecksum } from '../../src/formats/vhdx/layout.js';
-import { Footer, vhdChecksum } from '../../src/formats/vhd/footer.js';
-import { DynamicHeader } from '../../src/formats/vhd/dynamic-header.js';
 import { NbdParser, NbdProtocolError } from '../../src/nbd/parser.js';
 import { Negotiation } from '../../src/nbd/handshake.js';
 import { makeExport } from '../../src/nbd/export.js';
 import * as P from '../../src/nbd/protocol.js';
 import { CACHE_DIR, SHARED_CORPUS, corpusDir } from '../helpers/corpus.js';
 import { rng, randInt } from '../helpers/random.js';
+import { dirtyDifferencingVhdx, resealVhd, resealVhdx } from '../helpers/mutate.js';
 
 /*
  * `npm run fuzz`: a coverage-guided fuzzer for the parsers, with no extra
@@ -362,23 +360,6 @@ async function exerciseImage(seed: Seed, bytes: Uint8Array): Promise<void> {
 /** Allocated before the allocation bound is armed: the harness's own reads do not count. */
 let readBuffer = new Uint8Array(0);
 
-function vhdReseal(b: Uint8Array): void {
-  for (const at of [0, b.length - 512]) {
-    if (at < 0 || b.length < at + 512) continue;
-    const f = b.subarray(at, at + 512);
-    new DataView(f.buffer, f.byteOffset).setUint32(Footer.offsets.checksum, vhdChecksum(f, Footer.offsets.checksum));
-  }
-  if (b.length >= 1536) {
-    const h = b.subarray(512, 1536);
-    new DataView(h.buffer, h.byteOffset).setUint32(DynamicHeader.offsets.checksum, vhdChecksum(h, DynamicHeader.offsets.checksum));
-  }
-}
-
-function vhdxReseal(b: Uint8Array): void {
-  for (const o of [64 * KiB, 128 * KiB]) if (b.length >= o + 4 * KiB) sealChecksum(b.subarray(o, o + 4 * KiB));
-  for (const o of [192 * KiB, 256 * KiB]) if (b.length >= o + 64 * KiB) sealChecksum(b.subarray(o, o + 64 * KiB));
-}
-
 const isBlockError = (e: unknown) => e instanceof BlockError;
 
 const vhd: Target = {
@@ -411,7 +392,7 @@ const vhd: Target = {
     }
     return out;
   },
-  reseal: vhdReseal,
+  reseal: resealVhd,
   run: exerciseImage,
   allowed: isBlockError,
 };
@@ -420,16 +401,8 @@ const vhdx: Target = {
   bigEndian: false,
   async seeds() {
     const out = corpusSeeds(/\.a?vhdx$/, 40 * MiB);
-    const fs = new MemoryFs();
-    const openStore = fs.opener();
-    await createImage({ path: '/d/p.vhdx', format: 'vhdx', size: 8 * MiB, options: { block_size: '1M' }, openStore });
-    await createImage({ path: '/d/c.vhdx', format: 'vhdx', backing: { path: '/d/p.vhdx' }, options: { block_size: '1M' }, openStore });
-    const c = await openChain('/d/c.vhdx', { openStore });
-    await c.write(MiB + 1024, new Uint8Array(2048).fill(3));
-    // Captured before close: the log GUID is still set, so opening replays the log.
-    const dirty = fromFs('own differencing (dirty log)', fs, '/d/c.vhdx');
-    await c.close();
-    out.push(dirty, fromFs('own dynamic', fs, '/d/p.vhdx'));
+    const { fs, dirty } = await dirtyDifferencingVhdx();
+    out.push({ ...fromFs('own differencing (dirty log)', fs, '/d/c.vhdx'), bytes: dirty }, fromFs('own dynamic', fs, '/d/p.vhdx'));
     return out;
   },
   hot(b) {
@@ -447,7 +420,7 @@ const vhdx: Target = {
     }
     return out;
   },
-  reseal: vhdxReseal,
+  reseal: resealVhdx,
   run: exerciseImage,
   allowed: isBlockError,
 };
