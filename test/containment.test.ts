@@ -214,26 +214,53 @@ test('FIFO, /dev/zero and directories named by an image are refused at once, eve
   }
 });
 
+/**
+ * x/img/child.FMT made by vdisk over x/img/own.FMT, then pointed by rebase -u
+ * at a victim with data in x/out/: the child records the victim by a
+ * relative name (..\out\victim.FMT) and an absolute one.
+ */
+async function childOfVictim(dir: string, fmt: 'vhd' | 'vhdx'): Promise<{ x: string; img: string; out: string; child: string; before: Victim }> {
+  const x = join(dir, 'x');
+  const img = join(x, 'img');
+  const out = join(x, 'out');
+  mkdirSync(img, { recursive: true });
+  mkdirSync(out);
+  const v = join(out, `victim.${fmt}`);
+  await createImage({ path: v, format: fmt, size: SIZE });
+  const c0 = await openChain(v);
+  await c0.write(0, pattern(64 * 1024, 4));
+  await c0.close();
+  const child = join(img, `child.${fmt}`);
+  await createImage({ path: join(img, `own.${fmt}`), format: fmt, size: SIZE });
+  await createImage({ path: child, format: fmt, backing: { path: `own.${fmt}`, format: fmt } });
+  await rebaseImage({ path: child, backing: { path: v, format: fmt }, unsafe: true });
+  return { x, img, out, child, before: { hash: sha256(readFileSync(v)), size: statSync(v).size, path: v } };
+}
+
+/**
+ * Each recorded name alone leads out: x moves to y, so the absolute name
+ * names nothing and the relative one leads out; then the child is pointed
+ * at the victim's new absolute path and moved one level deeper, where the
+ * relative name names nothing. Returns y and the child's folder there.
+ */
+async function refuseEachNameAlone(dir: string, x: string, fmt: 'vhd' | 'vhdx'): Promise<{ y: string; deepDir: string }> {
+  const y = join(dir, 'y');
+  renameSync(x, y);
+  const moved = join(y, 'img', `child.${fmt}`);
+  await assertRefused(moved, join(y, 'img'), 'invalid-argument', new RegExp(`'\\.\\.\\\\out\\\\victim\\.${fmt}' leads out`));
+  await rebaseImage({ path: moved, backing: { path: join(y, 'out', `victim.${fmt}`), format: fmt }, unsafe: true });
+  const deepDir = join(y, 'img', 'deep');
+  mkdirSync(deepDir);
+  renameSync(moved, join(deepDir, `child.${fmt}`));
+  await assertRefused(join(deepDir, `child.${fmt}`), deepDir, 'invalid-argument', /leads out of the image's folder/);
+  return { y, deepDir };
+}
+
 test('VHD parent names leading out: W2ku (absolute), W2ru (..), the unicode name through a link; the victim is never opened', async () => {
   const { dir, cleanup } = tempDir();
   try {
-    const x = join(dir, 'x');
-    const img = join(x, 'img');
-    const out = join(x, 'out');
-    mkdirSync(img, { recursive: true });
-    mkdirSync(out);
-    const v = join(out, 'victim.vhd');
-    await createImage({ path: v, format: 'vhd', size: SIZE });
-    const c0 = await openChain(v);
-    await c0.write(0, pattern(64 * 1024, 4));
-    await c0.close();
-    const child = join(img, 'child.vhd');
-    const own = join(img, 'own.vhd');
-    await createImage({ path: own, format: 'vhd', size: SIZE });
-    await createImage({ path: child, format: 'vhd', backing: { path: 'own.vhd', format: 'vhd' } });
     // rebase -u records the victim: W2ku = its absolute path, W2ru = ..\out\victim.vhd, unicode name = victim.vhd.
-    await rebaseImage({ path: child, backing: { path: v, format: 'vhd' }, unsafe: true });
-    const before = { hash: sha256(readFileSync(v)), size: statSync(v).size, path: v };
+    const { x, img, out, child, before } = await childOfVictim(dir, 'vhd');
     await assertRefused(child, img, 'invalid-argument', /backing file .* leads out of the image's folder/);
     const r = vdisk('info', '--backing-chain', child);
     assert.equal(r.status, 1);
@@ -242,22 +269,12 @@ test('VHD parent names leading out: W2ku (absolute), W2ru (..), the unicode name
     const ok = await openChain(child, { allowPaths: [out], readOnly: true });
     assert.equal(ok.layers.length, 2);
     await ok.close();
-
-    // W2ru alone: the folders move, the absolute W2ku now names nothing; ..\out\victim.vhd still leads out.
-    const y = join(dir, 'y');
-    renameSync(x, y);
-    const movedChild = join(y, 'img', 'child.vhd');
-    await assertRefused(movedChild, join(y, 'img'), 'invalid-argument', /'\.\.\\out\\victim\.vhd' leads out/);
-    // W2ku alone: the child moves one level deeper, where W2ru names nothing; the absolute W2ku (re-pointed at y) leads out.
-    await rebaseImage({ path: movedChild, backing: { path: join(y, 'out', 'victim.vhd'), format: 'vhd' }, unsafe: true });
-    mkdirSync(join(y, 'img', 'deep'));
-    const deep = join(y, 'img', 'deep', 'child.vhd');
-    renameSync(movedChild, deep);
-    await assertRefused(deep, join(y, 'img', 'deep'), 'invalid-argument', /leads out of the image's folder/);
+    // W2ru alone, then W2ku alone.
+    await refuseEachNameAlone(dir, x, 'vhd');
     // The unicode name alone (victim.vhd, in the child's folder) is a link leading out: the folders move
     // again, so that neither W2ru nor W2ku names a file.
     const z = join(dir, 'z');
-    renameSync(y, z);
+    renameSync(join(dir, 'y'), z);
     symlinkSync(join(z, 'out', 'victim.vhd'), join(z, 'img', 'deep', 'victim.vhd'));
     await assertRefused(join(z, 'img', 'deep', 'child.vhd'), join(z, 'img', 'deep'), 'invalid-argument', /'victim\.vhd' leads out/);
     assertIntact({ ...before, path: join(z, 'out', 'victim.vhd') });
@@ -269,31 +286,11 @@ test('VHD parent names leading out: W2ku (absolute), W2ru (..), the unicode name
 test('VHDX parent locator leading out: relative_path (..) and absolute_win32_path; a link in the folder', async () => {
   const { dir, cleanup } = tempDir();
   try {
-    const x = join(dir, 'x');
-    const img = join(x, 'img');
-    const out = join(x, 'out');
-    mkdirSync(img, { recursive: true });
-    mkdirSync(out);
-    const v = join(out, 'victim.vhdx');
-    await createImage({ path: v, format: 'vhdx', size: SIZE });
-    const own = join(img, 'own.vhdx');
-    const child = join(img, 'child.vhdx');
-    await createImage({ path: own, format: 'vhdx', size: SIZE });
-    await createImage({ path: child, format: 'vhdx', backing: { path: 'own.vhdx', format: 'vhdx' } });
-    await rebaseImage({ path: child, backing: { path: v, format: 'vhdx' }, unsafe: true });
-    const before = { hash: sha256(readFileSync(v)), size: statSync(v).size, path: v };
+    const { x, img, child, before } = await childOfVictim(dir, 'vhdx');
     // Both relative_path (..\out\victim.vhdx) and absolute_win32_path lead out.
     await assertRefused(child, img, 'invalid-argument', /leads out of the image's folder/);
-    // relative_path alone: after a move the absolute path names nothing.
-    const y = join(dir, 'y');
-    renameSync(x, y);
-    await assertRefused(join(y, 'img', 'child.vhdx'), join(y, 'img'), 'invalid-argument', /'\.\.\\out\\victim\.vhdx' leads out/);
-    // absolute_win32_path alone: deeper, relative_path names nothing.
-    await rebaseImage({ path: join(y, 'img', 'child.vhdx'), backing: { path: join(y, 'out', 'victim.vhdx'), format: 'vhdx' }, unsafe: true });
-    mkdirSync(join(y, 'img', 'deep'));
-    const deep = join(y, 'img', 'deep', 'child.vhdx');
-    renameSync(join(y, 'img', 'child.vhdx'), deep);
-    await assertRefused(deep, join(y, 'img', 'deep'), 'invalid-argument', /leads out of the image's folder/);
+    // relative_path alone, then absolute_win32_path alone.
+    const { y } = await refuseEachNameAlone(dir, x, 'vhdx');
     assertIntact({ ...before, path: join(y, 'out', 'victim.vhdx') });
     // A parent inside the folder that is a link leading out.
     const c2 = join(y, 'img', 'c2.vhdx');
