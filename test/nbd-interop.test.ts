@@ -298,17 +298,37 @@ for (const format of FORMATS.filter((f) => f.name !== 'raw' && f.create).map((f)
 }
 
 /** Start `vdisk serve` in a child process through the real launcher and wait for its address. */
-function serveProcess(args: string[]): Promise<{ address: string; exit: Promise<number>; kill: (sig: NodeJS.Signals) => void }> {
+interface ServeProcess {
+  address: string;
+  exit: Promise<number>;
+  kill: (sig: NodeJS.Signals) => void;
+  /** Resolves once the server has written a line matching `re` to stderr (with -v: its connection log). */
+  logged: (re: RegExp) => Promise<void>;
+}
+
+function serveProcess(args: string[]): Promise<ServeProcess> {
   const child = spawn(process.execPath, [join(REPO_ROOT, 'bin', 'vdisk.cjs'), ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const exit = new Promise<number>((r) => child.on('exit', (code) => r(code ?? -1)));
   let out = '';
   let err = '';
   child.stderr.on('data', (c) => (err += c));
+  const logged = (re: RegExp) =>
+    new Promise<void>((resolve, reject) => {
+      const look = () => {
+        if (!re.test(err)) return false;
+        child.stderr.off('data', look);
+        resolve();
+        return true;
+      };
+      if (look()) return;
+      child.stderr.on('data', look);
+      void exit.then((code) => reject(new Error(`vdisk serve exited ${code} before logging ${re}: ${err}`)));
+    });
   return new Promise((resolve, reject) => {
     child.stdout.on('data', (c) => {
       out += c;
       const m = /listening on (\S+)/.exec(out);
-      if (m) resolve({ address: m[1], exit, kill: (sig) => child.kill(sig) });
+      if (m) resolve({ address: m[1], exit, kill: (sig) => child.kill(sig), logged });
     });
     void exit.then((code) => reject(new Error(`vdisk serve exited ${code}: ${err}`)));
   });
@@ -344,16 +364,19 @@ test('vdisk serve: prints its address, serves, stops on SIGTERM after flushing; 
 
 test('vdisk serve --idle-timeout: a client that sends nothing is dropped and its slot served to the next; bad values refused', async () => {
   const d = tempDir('vdisk-nbd-');
-  let p: Awaited<ReturnType<typeof serveProcess>> | undefined;
+  let p: ServeProcess | undefined;
   try {
     const path = sparseRaw(d.dir, 'a.raw', MiB, 3);
     const bad = await runAsync(process.execPath, [join(REPO_ROOT, 'bin', 'vdisk.cjs'), 'serve', '--idle-timeout', '-1', path]);
     assert.notEqual(bad.status, 0);
     assert.match(bad.stderr, /^vdisk: --idle-timeout must be a number of seconds >= 0 \(got -1\)/);
-    p = await serveProcess(['serve', '-f', 'raw', '--port', '0', '--shared', '1', '--persistent', '--idle-timeout', '2', path]);
+    p = await serveProcess(['serve', '-f', 'raw', '--port', '0', '--shared', '1', '--persistent', '--idle-timeout', '2', '-v', path]);
     const port = Number(/:(\d+)\//.exec(p.address)![1]);
     const idle = await NbdClient.connect({ port });
     await new Promise((r) => idle.socket.once('close', r)); // never, without the idle timeout
+    // The slot is free once the server has finished with the dropped client,
+    // which it logs; the client can see its socket close before that.
+    await p.logged(/client 1: disconnected/);
     const next = await NbdClient.connect({ port });
     assert.equal((await next.read(0, 512)).length, 512);
     await next.disconnect();
