@@ -339,7 +339,26 @@ test('stalled clients: idle ones lose their slot to the idle timeout, one waitin
   const path = join(d.dir, 'disk.raw');
   writeFileSync(path, Buffer.alloc(4 * MiB, 7));
   const g = await gatedChain(path, 3 * MiB, 4 * MiB);
-  const server = await startNbdServer({ chain: g.chain, port: 0, exportName: 'disk', persistent: true, shared: 3, idleTimeoutMs: 2000 });
+  // The server's log says when it is done with a client: its slot is free
+  // then (the client may see its socket close before that).
+  const lines: string[] = [];
+  const waiters: (() => boolean)[] = [];
+  const disconnected = (id: string) =>
+    new Promise<void>((resolve) => {
+      const look = () => {
+        if (!lines.includes(`${id}: disconnected`)) return false;
+        resolve();
+        return true;
+      };
+      if (!look()) waiters.push(look);
+    });
+  const server = await startNbdServer({
+    chain: g.chain, port: 0, exportName: 'disk', persistent: true, shared: 3, idleTimeoutMs: 2000,
+    log: (m) => {
+      lines.push(m);
+      for (const w of waiters.splice(0)) if (!w()) waiters.push(w);
+    },
+  });
   try {
     const busy = await client(server);
     const slow = busy.read(3 * MiB, 4096); // held by the gate for longer than the idle timeout
@@ -347,6 +366,7 @@ test('stalled clients: idle ones lose their slot to the idle timeout, one waitin
     await assert.rejects(client(server), 'every slot is held: a fourth client is refused');
     // Without an idle timeout this waits forever (the test's timeout fails it).
     await Promise.all(idle.map((c) => socketClosed(c.socket)));
+    await Promise.all([disconnected('client 2'), disconnected('client 3')]);
     const late = await client(server);
     assert.ok((await late.read(0, 4096)).equals(Buffer.alloc(4096, 7)), 'a newcomer is served once the idle clients are gone');
     await late.disconnect(); // before it is idle long enough to be dropped in turn
