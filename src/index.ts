@@ -39,3 +39,4 @@ export { commitImage, type CommitRequest, type CommitResult } from './ops/commit
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
+export { findFreeSpace as findGuestFreeSpace, type GuestFreeSpace, type DiskReader } from './guestfs/index.js';
