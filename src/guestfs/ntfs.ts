@@ -299,7 +299,7 @@ class Ntfs {
  * (ntfs_check_logfile): the restart area of the first restart page ("RSTR",
  * NTFS docs "Files: $LogFile") is examined; an all-0xFF page is an emptied log.
  */
-async function checkClean(fs: Ntfs): Promise<string> {
+async function checkClean(fs: Ntfs): Promise<{ version: string; logRuns: Run[] }> {
   const vol = await fs.record(VOLUME_RECORD, '$Volume');
   const info = vol.find((a) => a.type === AT_VOLUME_INFORMATION && !a.nonResident);
   if (!info?.value || info.value.length < 12) fail('$Volume has no $VOLUME_INFORMATION');
@@ -311,7 +311,7 @@ async function checkClean(fs: Ntfs): Promise<string> {
   const log = await fs.dataExtents(LOGFILE_RECORD, '$LogFile');
   const runs = log.flatMap((e) => e.runs);
   const head = await fs.readStream(runs, 0, Math.min(4096, log[0].dataSize), '$LogFile');
-  if (head.every((b) => b === 0xff)) return version;
+  if (head.every((b) => b === 0xff)) return { version, logRuns: runs };
   const magic = new TextDecoder('latin1').decode(head.subarray(0, 4));
   if (magic === 'CHKD') throw new BlockError('unsupported', 'NTFS $LogFile was left by an interrupted chkdsk');
   if (magic !== 'RSTR') fail('$LogFile has no restart page');
@@ -330,7 +330,28 @@ async function checkClean(fs: Ntfs): Promise<string> {
   if (clientInUse !== LOGFILE_NO_CLIENT && !(raFlags & RESTART_VOLUME_IS_CLEAN)) {
     throw new BlockError('unsupported', 'NTFS $LogFile is not clean (Windows hibernated, Fast Startup, or not cleanly shut down); shut Windows down fully first');
   }
-  return version;
+  return { version, logRuns: runs };
+}
+
+/**
+ * $MFTMirr holds copies of the first MFT records ($MFT, $MFTMirr, $LogFile,
+ * $Volume); ntfs-3g refuses a volume where they differ, and so do we: the
+ * runlists read from record 0 then come from a record Windows wrote twice.
+ */
+async function checkMirror(fs: Ntfs, mirrLcn: number): Promise<void> {
+  const { recordSize, clusterSize, totalClusters } = fs.g;
+  if (mirrLcn * clusterSize + 4 * recordSize > totalClusters * clusterSize) fail(`$MFTMirr (cluster ${mirrLcn}) lies outside the volume`);
+  const mirror = await fs.vol.read(mirrLcn * clusterSize, 4 * recordSize, '$MFTMirr');
+  const main = await fs.readStream(fs.mftRuns, 0, 4 * recordSize, '$MFT');
+  for (let i = 0; i < 4; i++) {
+    const a = main.subarray(i * recordSize, (i + 1) * recordSize);
+    const b = mirror.subarray(i * recordSize, (i + 1) * recordSize);
+    applyFixups(a, `$MFT record ${i}`);
+    applyFixups(b, `$MFTMirr record ${i}`);
+    const inUse = new DataView(a.buffer, a.byteOffset).getUint32(0x18, true);
+    if (inUse > recordSize) fail(`$MFT record ${i} claims ${inUse} bytes in use`);
+    for (let k = 0; k < inUse; k++) if (a[k] !== b[k]) fail(`$MFTMirr does not match $MFT (record ${i}); run chkdsk`);
+  }
 }
 
 /**
@@ -346,7 +367,8 @@ export async function ntfsFreeSpace(vol: Volume, out: FreeRanges): Promise<strin
   if (!mftData) fail('$MFT has no unnamed $DATA attribute');
   if (mftData.runs[0]?.lcn !== geo.mftLcn) fail('$MFT does not start where the boot sector says');
   fs.mftRuns = mftData.runs;
-  const version = await checkClean(fs);
+  await checkMirror(fs, u64ToNumber(Boot.decode(await vol.read(0, 512, 'the NTFS boot sector')).mftMirrLcn, 'NTFS MFT mirror LCN'));
+  const { version, logRuns } = await checkClean(fs);
 
   const bitmap = await fs.dataExtents(BITMAP_RECORD, '$Bitmap');
   const runs = bitmap.flatMap((e) => e.runs);
@@ -355,22 +377,17 @@ export async function ntfsFreeSpace(vol: Volume, out: FreeRanges): Promise<strin
   if (bitmap[0].initializedSize < needed) fail(`$Bitmap is initialised only up to ${bitmap[0].initializedSize} of ${needed} bytes`);
   for (const r of runs) if (r.lcn < 0 && r.vcn * cs < needed) fail('$Bitmap has a sparse run');
 
-  // Keep, whatever $Bitmap says: the boot sector's $Boot area (8 KiB), the
-  // MFT's first extent and $Bitmap itself. A clean volume marks them in use.
+  // $Boot (the first 8 KiB), the MFT's first extent, $LogFile and $Bitmap
+  // itself must be marked in use: a bitmap that frees any of them is damaged
+  // (or is not $Bitmap at all), and nothing it says can be trusted.
   const pairs: number[] = [0, Math.ceil(8192 / cs)];
-  for (const r of [...fs.mftRuns, ...runs]) if (r.lcn >= 0) pairs.push(r.lcn, r.lcn + r.length);
+  for (const r of [...fs.mftRuns, ...logRuns, ...runs]) if (r.lcn >= 0) pairs.push(r.lcn, r.lcn + r.length);
   const keep = mergeSorted(pairs);
   let ki = 0;
   const emit = (s: number, e: number) => {
     while (ki < keep.length && keep[ki + 1] <= s) ki += 2;
-    let k = ki;
-    let cur = s;
-    while (cur < e && k < keep.length && keep[k] < e) {
-      if (keep[k] > cur) out.add(vol.start + cur * cs, (keep[k] - cur) * cs);
-      cur = Math.max(cur, keep[k + 1]);
-      k += 2;
-    }
-    if (cur < e) out.add(vol.start + cur * cs, (e - cur) * cs);
+    if (ki < keep.length && keep[ki] < e) fail(`$Bitmap marks cluster ${Math.max(s, keep[ki])} of a system file free`);
+    out.add(vol.start + s * cs, (e - s) * cs);
   };
 
   for (let byte = 0; byte < needed; byte += BITMAP_CHUNK) {

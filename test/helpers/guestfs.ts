@@ -14,7 +14,7 @@ import { rng, randomBytes } from './random.js';
  */
 const IN_CI = process.env.CI === 'true' || process.env.CI === '1';
 const SBIN = ['/usr/sbin', '/sbin', '/usr/bin'];
-const TOOLS = ['mkfs.ext4', 'debugfs', 'dumpe2fs', 'mkntfs', 'ntfscp', 'ntfscluster', 'ntfstruncate', 'ntfsls', 'parted', 'sgdisk'] as const;
+const TOOLS = ['mkfs.ext4', 'debugfs', 'dumpe2fs', 'mkntfs', 'ntfscp', 'ntfscluster', 'ntfstruncate', 'ntfsls', 'ntfsinfo', 'ntfsfix', 'parted', 'sgdisk'] as const;
 type Tool = (typeof TOOLS)[number];
 
 function env(): Record<string, string> {
