@@ -62,6 +62,7 @@ const ATTR_COMPRESSED_OR_ENCRYPTED = 0x00ff | 0x4000;
 const USA_STRIDE = 512;
 /** Cluster sizes Windows formats: 512 bytes .. 2 MiB. */
 const MAX_CLUSTER = 2 << 20;
+const MAX_ATTRIBUTE_LIST = 256 << 10;
 /** $Bitmap is read this many bytes at a time. */
 const BITMAP_CHUNK = 1 << 20;
 
@@ -263,6 +264,8 @@ class Ntfs {
     const list = attrs.find((a) => a.type === AT_ATTRIBUTE_LIST);
     let extents = attrs.filter((a) => a.type === AT_DATA && a.nameLength === 0);
     if (list) {
+      // An attribute list names at most a few hundred extents; a larger one is damage, not something to allocate.
+      if (list.dataSize > MAX_ATTRIBUTE_LIST) fail(`${what}'s attribute list of ${list.dataSize} bytes is too large`);
       const value = list.nonResident ? await this.readStream(list.runs, 0, list.dataSize, `${what}'s attribute list`) : list.value!;
       const lv = new DataView(value.buffer, value.byteOffset, value.byteLength);
       const others = new Set<number>();
