@@ -313,24 +313,39 @@ async function checkClean(fs: Ntfs): Promise<{ version: string; logRuns: Run[] }
 
   const log = await fs.dataExtents(LOGFILE_RECORD, '$LogFile');
   const runs = log.flatMap((e) => e.runs);
-  const head = await fs.readStream(runs, 0, Math.min(4096, log[0].dataSize), '$LogFile');
-  if (head.every((b) => b === 0xff)) return { version, logRuns: runs };
-  const magic = new TextDecoder('latin1').decode(head.subarray(0, 4));
-  if (magic === 'CHKD') throw new BlockError('unsupported', 'NTFS $LogFile was left by an interrupted chkdsk');
-  if (magic !== 'RSTR') fail('$LogFile has no restart page');
-  const hv = new DataView(head.buffer, head.byteOffset, head.byteLength);
-  const pageSize = hv.getUint32(0x10, true);
-  if (pageSize < 512 || pageSize > 65536 || (pageSize & (pageSize - 1)) !== 0) fail(`$LogFile restart page size ${pageSize} is not allowed`);
-  const page = pageSize <= head.length ? head.slice(0, pageSize) : await fs.readStream(runs, 0, pageSize, '$LogFile');
-  applyFixups(page, '$LogFile restart page');
-  const pv = new DataView(page.buffer, page.byteOffset, page.byteLength);
-  const ra = pv.getUint16(0x18, true);
-  if (ra + 0x10 > page.length) fail('$LogFile restart area lies outside its page');
-  const clientInUse = pv.getUint16(ra + 0x0c, true);
-  const raFlags = pv.getUint16(ra + 0x0e, true);
+  const size = log[0].dataSize;
+  // Two restart pages, the second one system page size after the first; the
+  // one with the higher current LSN is the restart area in force (ntfs-3g
+  // logfile.c does the same).
+  let newest: { lsn: bigint; inUse: number; flags: number } | undefined;
+  let empty = true;
+  let pageSize = 4096;
+  for (const at of [0, -1]) {
+    const offset = at === 0 ? 0 : pageSize;
+    if (offset + 512 > size) break;
+    const head = await fs.readStream(runs, offset, Math.min(4096, size - offset), '$LogFile');
+    if (head.every((b) => b === 0xff)) continue;
+    empty = false;
+    const magic = new TextDecoder('latin1').decode(head.subarray(0, 4));
+    if (magic === 'CHKD') throw new BlockError('unsupported', 'NTFS $LogFile was left by an interrupted chkdsk');
+    if (magic !== 'RSTR') continue;
+    const ps = new DataView(head.buffer, head.byteOffset, head.byteLength).getUint32(0x10, true);
+    if (ps < 512 || ps > 65536 || (ps & (ps - 1)) !== 0) fail(`$LogFile restart page size ${ps} is not allowed`);
+    if (at === 0) pageSize = ps;
+    if (offset + ps > size) fail('$LogFile restart page runs past the log');
+    const page = ps <= head.length ? head.slice(0, ps) : await fs.readStream(runs, offset, ps, '$LogFile');
+    applyFixups(page, '$LogFile restart page');
+    const pv = new DataView(page.buffer, page.byteOffset, page.byteLength);
+    const ra = pv.getUint16(0x18, true);
+    if (ra + 0x10 > page.length) fail('$LogFile restart area lies outside its page');
+    const area = { lsn: pv.getBigUint64(ra, true), inUse: pv.getUint16(ra + 0x0c, true), flags: pv.getUint16(ra + 0x0e, true) };
+    if (!newest || area.lsn > newest.lsn) newest = area;
+  }
+  if (empty) return { version, logRuns: runs };
+  if (!newest) fail('$LogFile has no restart page');
   const RESTART_VOLUME_IS_CLEAN = 0x0002;
   const LOGFILE_NO_CLIENT = 0xffff;
-  if (clientInUse !== LOGFILE_NO_CLIENT && !(raFlags & RESTART_VOLUME_IS_CLEAN)) {
+  if (newest.inUse !== LOGFILE_NO_CLIENT && !(newest.flags & RESTART_VOLUME_IS_CLEAN)) {
     throw new BlockError('unsupported', 'NTFS $LogFile is not clean (Windows hibernated, Fast Startup, or not cleanly shut down); shut Windows down fully first');
   }
   return { version, logRuns: runs };
