@@ -75,6 +75,9 @@ const VARIANTS: { name: string; args: string[]; kind: string }[] = [
   { name: 'ext4 with gdt_csum (no metadata_csum)', args: ['-t', 'ext4', '-b', '1024', '-O', '^metadata_csum,uninit_bg'], kind: 'ext4' },
   { name: 'ext4 without any group checksum', args: ['-t', 'ext4', '-b', '1024', '-O', '^metadata_csum,^uninit_bg'], kind: 'ext4' },
   { name: 'ext4 with bigalloc', args: ['-t', 'ext4', '-b', '4096', '-O', 'bigalloc', '-C', '16384'], kind: 'ext4' },
+  { name: 'ext4 with 128-byte group descriptors', args: ['-t', 'ext4', '-b', '1024', '-O', '64bit', '-E', 'desc_size=128'], kind: 'ext4' },
+  { name: 'ext4 with sparse_super2 (one backup)', args: ['-t', 'ext4', '-b', '1024', '-O', 'sparse_super2', '-E', 'num_backup_sb=1'], kind: 'ext4' },
+  { name: 'ext4, 64 KiB blocks', args: ['-t', 'ext4', '-b', '65536'], kind: 'ext4 \\(no journal\\)' },
   { name: 'ext3', args: ['-t', 'ext3', '-b', '1024'], kind: 'ext3' },
   { name: 'ext2, 4 KiB blocks', args: ['-t', 'ext2', '-b', '4096'], kind: 'ext2' },
 ];

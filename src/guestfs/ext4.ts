@@ -519,6 +519,9 @@ export async function extFreeSpace(vol: Volume, out: FreeRanges): Promise<string
       if (free !== ds[i].freeClusters) fail(`block bitmap of group ${group} counts ${free} free clusters, its descriptor ${ds[i].freeClusters}`);
     }
   }
-  const kind = g.compat & COMPAT_HAS_JOURNAL ? (g.incompat & ~0x0002 ? 'ext4' : 'ext3') : 'ext2';
+  // Named as mkfs would: ext4 features beyond filetype make it ext4, a journal alone ext3.
+  const ext4 = (g.incompat & ~0x0002) !== 0;
+  const journal = (g.compat & COMPAT_HAS_JOURNAL) !== 0;
+  const kind = ext4 ? (journal ? 'ext4' : 'ext4 (no journal)') : journal ? 'ext3' : 'ext2';
   return `${kind}, ${g.blocksCount} blocks of ${g.blockSize} bytes${g.clusterRatio > 1 ? ` in clusters of ${g.clusterRatio}` : ''}, ${g.groups} groups${uninit ? ` (${uninit} never initialised)` : ''}`;
 }

@@ -117,11 +117,6 @@ export function totalBytes(ranges: { offset: number; length: number }[]): number
   return ranges.reduce((a, r) => a + r.length, 0);
 }
 
-/** Whether byte offset `at` lies in one of the ranges. */
-export function inRanges(ranges: { offset: number; length: number }[], at: number): boolean {
-  return ranges.some((r) => at >= r.offset && at < r.offset + r.length);
-}
-
 /** Copy `src` (a file) into `dest` at byte offset `at` (dest must exist). */
 export function placeAt(src: string, dest: string, at: number): void {
   run('dd', [`if=${src}`, `of=${dest}`, 'bs=1M', `seek=${at}`, 'oflag=seek_bytes', 'conv=notrunc,sparse', 'status=none']);
