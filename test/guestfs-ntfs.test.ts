@@ -197,6 +197,37 @@ test('guestfs: an NTFS volume whose $LogFile is not clean (hibernated / Fast Sta
   }
 });
 
+test('guestfs: a hibernated Windows (hiberfil.sys starting with HIBR or hibr) is refused, as ntfs-3g refuses it; "wake" is accepted', async (t) => {
+  if (!requireFsTools(t, 'mkntfs', 'ntfscp', 'ntfscluster', 'ntfsls')) return;
+  const tmp = tempDir('vdisk-guestfs-ntfs-');
+  try {
+    const { volume } = buildNtfs(tmp.dir, 32, 4096);
+    // Enough names that the root directory index spills into an INDX block ($INDEX_ALLOCATION).
+    const small = join(tmp.dir, 'small.bin');
+    writeFileSync(small, 'x');
+    for (let i = 0; i < 60; i++) fsTool('ntfscp', ['-f', volume, small, `/file-with-a-longish-name-${String(i).padStart(3, '0')}.txt`]);
+    assert.match(fsTool('ntfsinfo', ['-f', '-v', '-i', '5', volume]), /INDEX_ALLOCATION/, 'the root index has an allocation');
+    const hiber = join(tmp.dir, 'hiberfil.sys');
+    for (const [magic, refused] of [['HIBR', true], ['hibr', true], ['wake', false]] as const) {
+      const copy = join(tmp.dir, `${magic}.img`);
+      writeFileSync(copy, readFileSync(volume));
+      const body = new Uint8Array(64 * 1024);
+      body.set(new TextEncoder().encode(magic));
+      writeFileSync(hiber, body);
+      fsTool('ntfscp', ['-f', copy, hiber, '/hiberfil.sys']);
+      if (refused) {
+        await assert.rejects(scanFile(copy), (e) => e instanceof BlockError && new RegExp(`Windows is hibernated \\(hiberfil.sys begins with "${magic}"\\)`).test(e.message), magic);
+        const r = fsTool('ntfscp', ['-f', copy, small, '/again.txt'], true);
+        assert.match(r, /hibernated/i, `ntfs-3g refuses it too: ${r}`);
+      } else {
+        assert.ok(totalBytes((await scanFile(copy)).free) > 0);
+      }
+    }
+  } finally {
+    tmp.cleanup();
+  }
+});
+
 test('guestfs: NTFS $Bitmap shorter than the volume, and one that frees $MFT, are refused', async (t) => {
   if (!requireFsTools(t, 'mkntfs', 'ntfscp', 'ntfscluster', 'ntfsls')) return;
   const tmp = tempDir('vdisk-guestfs-ntfs-');

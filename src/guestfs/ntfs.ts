@@ -2,6 +2,7 @@ import { BlockError } from '../core/errors.js';
 import { defineStruct } from '../codec/struct.js';
 import { forEachRun } from '../core/bitmap.js';
 import { u64ToNumber } from '../core/u64.js';
+import { decodeUtf16 } from '../core/utf16.js';
 import { mergeSorted, type FreeRanges, type Volume } from './volume.js';
 
 /**
@@ -44,12 +45,15 @@ const Boot = defineStruct('NTFS boot sector', 'le', 512, [
 const MFT_RECORD = 0;
 const LOGFILE_RECORD = 2;
 const VOLUME_RECORD = 3;
+const ROOT_RECORD = 5;
 const BITMAP_RECORD = 6;
 
 /** Attribute types (NTFS docs "Attributes"). */
 const AT_ATTRIBUTE_LIST = 0x20;
 const AT_VOLUME_INFORMATION = 0x70;
 const AT_DATA = 0x80;
+const AT_INDEX_ROOT = 0x90;
+const AT_INDEX_ALLOCATION = 0xa0;
 const AT_END = 0xffffffff;
 
 /** $VOLUME_INFORMATION flags: set while mounted, cleared at a clean unmount; chkdsk running. */
@@ -160,6 +164,8 @@ function decodeRuns(buf: Uint8Array, at: number, end: number, vcn: number, total
 interface Attribute {
   type: number;
   nameLength: number;
+  /** The attribute's name ("" for the unnamed one; "$I30" for directory indexes). */
+  name: string;
   flags: number;
   nonResident: boolean;
   /** Resident value. */
@@ -191,7 +197,10 @@ function attributes(rec: Uint8Array, g: Geometry, what: string): Attribute[] {
     const a = rec.subarray(at, at + length);
     const av = new DataView(a.buffer, a.byteOffset, a.byteLength);
     const nonResident = a[8] !== 0;
-    const base = { type, nameLength: a[9], flags: av.getUint16(0x0c, true), nonResident };
+    const nameOffset = av.getUint16(0x0a, true);
+    if (nameOffset + 2 * a[9] > length) fail(`${what} has an attribute name outside its attribute`);
+    const name = decodeUtf16(a.subarray(nameOffset, nameOffset + 2 * a[9]), 'le', false);
+    const base = { type, nameLength: a[9], name, flags: av.getUint16(0x0c, true), nonResident };
     if (!nonResident) {
       const valueLength = av.getUint32(0x10, true);
       const valueOffset = av.getUint16(0x14, true);
@@ -351,6 +360,85 @@ async function checkClean(fs: Ntfs): Promise<{ version: string; logRuns: Run[] }
   return { version, logRuns: runs };
 }
 
+/** The largest root-directory index read when looking for hiberfil.sys (a root holds tens of entries). */
+const MAX_ROOT_INDEX = 16 << 20;
+
+/**
+ * The MFT references of the entries of a directory index named `wanted`
+ * (lower case). Layout (NTFS docs "Attributes: $INDEX_ROOT, $INDEX_ALLOCATION",
+ * "Concepts: Index entry"): an index header (entries offset, index length)
+ * followed by entries (file reference u64, entry length u16 @8, key length
+ * u16 @10, flags u16 @12 with 2 = last, key = a $FILE_NAME value whose name
+ * length is at 0x40 and UTF-16 name at 0x42). Every entry is looked at, in
+ * the root and in every INDX block, so no B-tree order has to be trusted.
+ */
+function indexEntries(block: Uint8Array, header: number, what: string, wanted: string, found: number[]): void {
+  const dv = new DataView(block.buffer, block.byteOffset, block.byteLength);
+  if (header + 16 > block.length) fail(`${what} is truncated`);
+  const end = header + dv.getUint32(header + 4, true);
+  let at = header + dv.getUint32(header, true);
+  if (end > block.length) fail(`${what}'s entries run past it`);
+  for (;;) {
+    if (at + 16 > end) fail(`${what}'s entries run past it`);
+    const len = dv.getUint16(at + 8, true);
+    const keyLen = dv.getUint16(at + 10, true);
+    const flags = dv.getUint16(at + 12, true);
+    if (len < 16 || at + len > end || 16 + keyLen > len) fail(`${what} has an index entry of invalid length`);
+    if (flags & 2) return;
+    if (keyLen >= 0x42) {
+      const n = block[at + 16 + 0x40];
+      if (0x42 + 2 * n <= keyLen && n === wanted.length) {
+        const name = decodeUtf16(block.subarray(at + 16 + 0x42, at + 16 + 0x42 + 2 * n), 'le', false);
+        if (name.toLowerCase() === wanted) found.push(Number(dv.getBigUint64(at, true) & 0xffffffffffffn));
+      }
+    }
+    at += len;
+  }
+}
+
+/**
+ * Refuse a hibernated Windows: a hibernated (or Fast Startup) system leaves
+ * hiberfil.sys in the root directory starting with "hibr" or "HIBR"; after a
+ * resume it reads "wake" or zeros. ntfs-3g refuses to mount such a volume
+ * read-write for the same reason (volume.c, ntfs_volume_check_hiberfile).
+ */
+async function checkHibernation(fs: Ntfs): Promise<void> {
+  const root = await fs.record(ROOT_RECORD, 'the root directory');
+  const ir = root.find((a) => a.type === AT_INDEX_ROOT && a.name === '$I30' && !a.nonResident);
+  if (!ir?.value || ir.value.length < 0x20) fail('the root directory has no $I30 index root');
+  const refs: number[] = [];
+  indexEntries(ir.value, 0x10, 'the root directory index', 'hiberfil.sys', refs);
+  const blockSize = new DataView(ir.value.buffer, ir.value.byteOffset).getUint32(8, true);
+  const alloc = root.find((a) => a.type === AT_INDEX_ALLOCATION && a.name === '$I30' && a.nonResident);
+  if (alloc) {
+    if (blockSize < USA_STRIDE || blockSize > 65536 || (blockSize & (blockSize - 1)) !== 0) fail(`root directory index block size ${blockSize} is not allowed`);
+    if (alloc.dataSize > MAX_ROOT_INDEX) fail(`the root directory index of ${alloc.dataSize} bytes is too large`, 'unsupported');
+    if (alloc.lowestVcn !== 0) fail("the root directory's index allocation is split over records", 'unsupported');
+    const data = await fs.readStream(alloc.runs, 0, Math.floor(alloc.dataSize / blockSize) * blockSize, 'the root directory index');
+    for (let at = 0; at + blockSize <= data.length; at += blockSize) {
+      const block = data.subarray(at, at + blockSize);
+      if (new TextDecoder('latin1').decode(block.subarray(0, 4)) !== 'INDX') continue; // never used
+      applyFixups(block, 'a root directory index block');
+      indexEntries(block, 0x18, 'a root directory index block', 'hiberfil.sys', refs);
+    }
+  }
+  for (const ref of refs) {
+    const attrs = await fs.record(ref, 'hiberfil.sys');
+    const resident = attrs.find((a) => a.type === AT_DATA && a.nameLength === 0 && !a.nonResident);
+    let head: Uint8Array;
+    if (resident) head = resident.value!.subarray(0, 4);
+    else {
+      const extents = await fs.dataExtents(ref, 'hiberfil.sys');
+      if (extents[0].initializedSize < 4) continue;
+      head = await fs.readStream(extents.flatMap((e) => e.runs), 0, 4, 'hiberfil.sys');
+    }
+    const magic = new TextDecoder('latin1').decode(head);
+    if (magic === 'hibr' || magic === 'HIBR') {
+      throw new BlockError('unsupported', `NTFS: Windows is hibernated (hiberfil.sys begins with "${magic}"); resume it and shut it down fully (Fast Startup off)`);
+    }
+  }
+}
+
 /**
  * $MFTMirr holds copies of the first MFT records ($MFT, $MFTMirr, $LogFile,
  * $Volume); ntfs-3g refuses a volume where they differ, and so do we: the
@@ -387,6 +475,7 @@ export async function ntfsFreeSpace(vol: Volume, out: FreeRanges): Promise<strin
   fs.mftRuns = mftData.runs;
   await checkMirror(fs, u64ToNumber(Boot.decode(await vol.read(0, 512, 'the NTFS boot sector')).mftMirrLcn, 'NTFS MFT mirror LCN'));
   const { version, logRuns } = await checkClean(fs);
+  await checkHibernation(fs);
 
   const bitmap = await fs.dataExtents(BITMAP_RECORD, '$Bitmap');
   const runs = bitmap.flatMap((e) => e.runs);
