@@ -144,6 +144,8 @@ test('demo runs end to end', () => {
   const r = vdisk('demo');
   assert.equal(r.status, 0, r.stderr + r.stdout);
   assert.match(r.stdout, /Images are identical/);
+  // Every copy the demo makes has its source's size: no "Warning: Image size mismatch!", no "sizes differ".
+  assert.doesNotMatch(r.stdout + r.stderr, /mismatch|sizes differ|Warning/i);
   assert.match(r.stdout, /demo done/);
 });
 

@@ -252,6 +252,8 @@ export interface CreateOption {
   type: 'size' | 'bool' | 'string' | 'enum';
   values?: string[];
   description: string;
+  /** What the image gets when the option is not given, as `-o help` shows it. */
+  default?: string;
 }
 
 export interface ProbeInput {

@@ -5,6 +5,7 @@ import { readOnlyError } from '../core/request.js';
 import { createRequire } from 'node:module';
 import type { HostRange, OpenStoreOptions, Store } from './store.js';
 import { constants as osConstants } from 'node:os';
+import { dirname } from 'node:path';
 import { nativeAddon } from './native.js';
 import { lockImage } from './lock.js';
 
@@ -125,6 +126,10 @@ export class FileStore implements Store {
       if (code === 'ENXIO') throw new BlockError('invalid-argument', 'is not a regular file; only regular files are opened as images', { path }, { cause: e });
       if (code === 'EEXIST') {
         throw new BlockError('invalid-argument', 'file already exists', { path, operation: 'create' }, { cause: e });
+      }
+      // O_CREAT fails with ENOENT only when a folder on the way is missing: say that, not "no such file" of the file being made.
+      if (code === 'ENOENT' && options.create) {
+        throw new BlockError('not-found', `folder ${dirname(path)} does not exist (make it first)`, { path, operation: 'create' }, { cause: e });
       }
       throw fromSystemError(e, { path, operation: options.create ? 'create' : 'open' });
     }
