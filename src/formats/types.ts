@@ -188,6 +188,12 @@ export interface Checkable {
 export interface Rebaseable {
   /** Rewrite the backing reference only (no data copied): rebase -u. `parent` null removes the backing. */
   setBacking(parent: BackingTarget | null): Promise<void>;
+  /**
+   * Why `setBacking(null)` cannot remove this image's backing, when it
+   * cannot: known up front, so that rebase -b "" refuses before it copies
+   * anything into the image.
+   */
+  readonly flattenRefusal?: string;
 }
 
 /** One layer of a disk: readable and writable, and whatever of the optional contracts its format (and what open found) allows. */

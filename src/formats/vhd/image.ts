@@ -577,7 +577,8 @@ export class VhdImage implements Image {
   private changeBacking(parent: BackingTarget | null): Promise<void> {
     return this.maintain(async () => {
       await setBackingVhd(this.state, parent);
-      this.backing = backingRef(this.state.header!, this.state.locators);
+      // Without a parent the disk is dynamic now (flatten.ts): reads take each allocated block whole.
+      this.backing = this.differencing ? backingRef(this.state.header!, this.state.locators) : null;
     }, true);
   }
 

@@ -23,7 +23,7 @@ import { guidText, LOG_SECTOR, MiB, SECTOR_BITMAP_BLOCK_SIZE } from './layout.js
 import { bitRuns, type SectorBitmapCache, setBits } from './sector-bitmap.js';
 import type { VhdxState } from './state.js';
 import { checkVhdx } from './check.js';
-import { resizeVhdx, setBackingVhdx } from './maintenance.js';
+import { resizeVhdx, setBackingVhdx, VHDX_FLATTEN_REFUSAL } from './maintenance.js';
 import { unitPieces } from '../../core/align.js';
 
 /** Payload block states that say "this layer holds nothing here". */
@@ -513,6 +513,10 @@ export class VhdxImage implements Image {
       await this.beginWrite(true);
       await resizeVhdx(this.state, newSize, options);
     });
+  }
+
+  get flattenRefusal(): string | undefined {
+    return this.state.params.hasParent ? VHDX_FLATTEN_REFUSAL : undefined;
   }
 
   setBacking(parent: BackingTarget | null): Promise<void> {
