@@ -1,5 +1,6 @@
 import { CommanderError } from 'commander';
 import { parseOptions } from '../ops/options.js';
+import type { CreateOption } from '../formats/types.js';
 import type { Print } from './options.js';
 
 /*
@@ -23,14 +24,23 @@ export async function printCreateOptions(formatName: string, print: Print): Prom
     print(`Format ${format.name} has no creation options.`);
     return;
   }
-  const rows = format.createOptions.map((o) => {
-    const value = o.type === 'enum' && o.values ? o.values.join('|') : `<${o.type === 'string' ? 'str' : o.type}>`;
+  const extra = [
+    { left: 'backing_file=<str>', right: 'the backing file, as -b' },
+    { left: 'backing_fmt=<str>', right: 'its format, as -F' },
+  ];
+  printOptionTable(`Supported options for ${format.name} (-o NAME=VALUE,...):`, format.createOptions, print, extra);
+}
+
+/** A table of options: name=value, meaning, default. */
+export function printOptionTable(title: string, specs: readonly CreateOption[], print: Print, extra: { left: string; right: string }[] = []): void {
+  const rows = specs.map((o) => {
+    const value = o.type === 'enum' && o.values ? o.values.join('|') : o.type === 'bool' ? 'on|off' : `<${o.type === 'string' ? 'str' : o.type}>`;
     return { left: `${o.name}=${value}`, right: `${o.description}${o.default !== undefined ? ` [default: ${o.default}]` : ''}` };
   });
+  rows.push(...extra);
   const width = Math.max(...rows.map((r) => r.left.length));
-  print(`Supported options for ${format.name} (-o NAME=VALUE,...):`);
+  print(title);
   for (const r of rows) print(`  ${r.left.padEnd(width)}  - ${r.right}`);
-  if (format.name !== 'raw') print(`  ${'backing_file=<str>'.padEnd(width)}  - the backing file, as -b\n  ${'backing_fmt=<str>'.padEnd(width)}  - its format, as -F`);
 }
 
 /** A missing argument found by the handler (arguments optional for `-o help`): a usage error, exit 2, as commander's own. */

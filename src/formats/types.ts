@@ -196,8 +196,22 @@ export interface Rebaseable {
   readonly flattenRefusal?: string;
 }
 
+/** One identifier an identity reset changed (amend -o reset-identity=on). */
+export interface IdentityChange {
+  /** As info's format-specific data names it: "uuid" (VHD), "data-write-guid", "virtual-disk-id" (VHDX). */
+  field: string;
+  old: string;
+  new: string;
+}
+
+/** Takes new identifiers, keeping its data (Hyper-V's Set-VHD -ResetDiskIdentifier). */
+export interface IdentityResettable {
+  /** Give the image new identifiers, crash-safe; what changed. A child that recorded the old one no longer matches. */
+  resetIdentity(): Promise<IdentityChange[]>;
+}
+
 /** One layer of a disk: readable and writable, and whatever of the optional contracts its format (and what open found) allows. */
-export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable> {}
+export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable>, Partial<IdentityResettable> {}
 
 /** A parent as a child records it (create -b, rebase). */
 export interface BackingTarget {

@@ -13,7 +13,7 @@ import { encodeRegionTable } from './region-table.js';
 import type { VhdxState } from './state.js';
 
 /** Put `bytes` at file offset `at` into the transaction, sector by sector, reading sectors it only partly covers. */
-async function stage(s: VhdxState, updates: SectorUpdates, at: number, bytes: Uint8Array): Promise<void> {
+export async function stage(s: VhdxState, updates: SectorUpdates, at: number, bytes: Uint8Array): Promise<void> {
   for (let sector = alignDown(at, LOG_SECTOR); sector < at + bytes.length; sector += LOG_SECTOR) {
     let img = updates.get(sector);
     if (!img) {
