@@ -23,7 +23,8 @@ export function define(cmd: Command): void {
     .option('--ignore-checksums', 'open an image whose checksums are wrong')
     .option('-q, --quiet', 'print nothing')
     // Optional for `-o help` alone (checked in run).
-    .argument('[image]');
+    .argument('[image]')
+    .usage('[options] <image>');
 }
 
 export async function run({ print }: CommandContext, [image]: [string | undefined], o: AmendOptions): Promise<void> {

@@ -33,9 +33,10 @@ export function define(cmd: Command): void {
       .option('-p, --progress', 'show a progress bar')
       .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback'] satisfies ConvertOptions['cache'][]).default('unsafe'))
       .option('-q, --quiet', 'quiet: print nothing but errors (no progress bar, even with -p), as qemu-img convert -q')
-      // Optional for `-o help` alone (checked in run).
+      // Optional for `-o help` alone (checked in run); the usage line still says they are needed.
       .argument('[source]')
-      .argument('[target]'),
+      .argument('[target]')
+      .usage('[options] <source> <target>'),
   );
 }
 

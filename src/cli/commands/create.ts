@@ -25,9 +25,10 @@ export function define(cmd: Command): void {
     .option('--backing-as <fmt>', "format of a backing file under -b that its image does not record (add-cow); needed for raw; repeatable", collect)
     .option('-q, --quiet', 'print nothing')
     .option('--overwrite', 'replace an existing file (atomically, once the new image is complete)')
-    // Optional for `-o help` alone (checked in run).
+    // Optional for `-o help` alone (checked in run); the usage line still says it is needed.
     .argument('[image]')
-    .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size');
+    .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size')
+    .usage('[options] <image> [size]');
 }
 
 export async function run({ print }: CommandContext, [image, size]: [string | undefined, string | undefined], o: CreateOptions): Promise<number | undefined> {
