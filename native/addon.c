@@ -1,10 +1,11 @@
-// The module's exports (one C file per job: copy.c, read.c, lock.c).
+// The module's exports (one C file per job: copy.c, read.c, lock.c, seek.c).
 #include <node_api.h>
 
 napi_value vdisk_copy_ranges(napi_env env, napi_callback_info info);
 napi_value vdisk_read_nowait(napi_env env, napi_callback_info info);
 napi_value vdisk_ofd_lock(napi_env env, napi_callback_info info);
 napi_value vdisk_ofd_test(napi_env env, napi_callback_info info);
+napi_value vdisk_seek(napi_env env, napi_callback_info info);
 
 static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback cb) {
   napi_value fn;
@@ -17,5 +18,6 @@ NAPI_MODULE_INIT() {
   export_fn(env, exports, "readNoWait", vdisk_read_nowait);
   export_fn(env, exports, "ofdLock", vdisk_ofd_lock);
   export_fn(env, exports, "ofdTest", vdisk_ofd_test);
+  export_fn(env, exports, "seek", vdisk_seek);
   return exports;
 }

@@ -17,6 +17,8 @@ export type {
   Resizable,
   Checkable,
   Rebaseable,
+  IdentityResettable,
+  IdentityChange,
   WritePlacement,
   Format,
   BackingRef,
@@ -38,5 +40,6 @@ export { checkImage, checkExitCode, type CheckRequest, type CheckReport } from '
 export { commitImage, type CommitRequest, type CommitResult } from './ops/commit.js';
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
+export { amendImage, AMEND_OPTIONS, type AmendRequest, type AmendResult } from './ops/amend.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
 export { findFreeSpace as findGuestFreeSpace, type GuestFreeSpace, type DiskReader } from './guestfs/index.js';

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync, chmodSync, statSync, existsSync, readFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync, chmodSync, statSync, existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { vdisk, VDISK_BIN } from './helpers/cli.js';
@@ -144,6 +144,8 @@ test('demo runs end to end', () => {
   const r = vdisk('demo');
   assert.equal(r.status, 0, r.stderr + r.stdout);
   assert.match(r.stdout, /Images are identical/);
+  // Every copy the demo makes has its source's size: no "Warning: Image size mismatch!", no "sizes differ".
+  assert.doesNotMatch(r.stdout + r.stderr, /mismatch|sizes differ|Warning/i);
   assert.match(r.stdout, /demo done/);
 });
 
@@ -183,14 +185,24 @@ test('--version prints the package version; the CLI runs from the one-file bundl
   const cache = `${bundle}.v8-cache`;
   assert.ok(existsSync(cache), 'the build writes the code cache');
   const good = readFileSync(cache);
+  // A rejected cache (another Node, a damaged file) is left alone — the launcher never writes into the
+  // package's folder, which may be node_modules — and one of its own is kept in the user's cache folder.
+  const t = tempDir();
   try {
     writeFileSync(cache, Buffer.from('not a V8 code cache'));
-    const again = vdisk('--version');
-    assert.equal(again.status, 0, again.stderr);
-    assert.equal(again.stdout.trim(), pkg.version);
-    assert.notDeepEqual(readFileSync(cache), Buffer.from('not a V8 code cache'), 'a rejected cache is rewritten');
+    const env = { ...process.env, XDG_CACHE_HOME: t.dir };
+    for (let i = 0; i < 2; i++) {
+      const again = spawnSync(process.execPath, [VDISK_BIN, '--version'], { encoding: 'utf8', env });
+      assert.equal(again.status, 0, again.stderr);
+      assert.equal(again.stdout.trim(), pkg.version);
+    }
+    assert.deepEqual(readFileSync(cache), Buffer.from('not a V8 code cache'), 'the shipped cache is not rewritten');
+    const mine = readdirSync(join(t.dir, 'vdisk'));
+    assert.equal(mine.length, 1, 'one cache of its own, for this Node');
+    assert.match(mine[0], /^cli-v\d+.*\.v8-cache$/);
   } finally {
     writeFileSync(cache, good);
+    t.cleanup();
   }
 });
 
@@ -204,7 +216,7 @@ test('a run defines only the command it names, and help still reaches every comm
   assert.equal(viaHelp.status, 0, viaHelp.stderr);
   assert.match(viaHelp.stdout, /Usage: vdisk measure/);
   const all = vdisk('--help');
-  for (const name of ['info', 'create', 'convert', 'compare', 'map', 'io', 'demo', 'check', 'commit', 'rebase', 'resize', 'measure', 'serve']) {
+  for (const name of ['info', 'create', 'convert', 'compare', 'map', 'io', 'demo', 'check', 'commit', 'rebase', 'resize', 'measure', 'amend', 'serve']) {
     assert.match(all.stdout, new RegExp(`^  ${name} `, 'm'), `${name} is listed`);
   }
   const typo = vdisk('conver', 'a', 'b');

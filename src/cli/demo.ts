@@ -55,7 +55,10 @@ export async function runDemo({ print, run }: CommandContext, keep: boolean): Pr
     await step(['compare', ...backingAs, top, flat]);
     if (has('vhd')) {
       const vhd = p('flat.vhd');
-      await step(['convert', '-O', 'vhd', '-o', 'subformat=dynamic', flat, vhd]);
+      // force_size keeps the 64 MiB exactly: without it a VHD's size is rounded up to a whole
+      // CHS geometry (docs/formats/vhd.md "Size rounding"), 64 MiB becomes 64.5 MiB, and compare
+      // (rightly, as qemu-img compare) warns that the sizes differ.
+      await step(['convert', '-O', 'vhd', '-o', 'subformat=dynamic,force_size=on', flat, vhd]);
       await step(['compare', flat, vhd]);
     }
     print(`\ndemo done${keep ? `; files kept in ${dir}` : ''}`);

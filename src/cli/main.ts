@@ -58,7 +58,9 @@ export async function main(argv: string[], print: Print = (s) => console.log(s))
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
     if (isBlockError(e)) {
-      console.error(`vdisk: ${e.oneLine()}`);
+      // A wrong checksum (kind 'checksum', from any format) can be overridden: name the option that does it.
+      const hint = isBlockError(e, 'checksum') ? '; --ignore-checksums opens it anyway (info then lists what was wrong)' : '';
+      console.error(`vdisk: ${e.oneLine()}${hint}`);
       if (verbose) printCauses(e);
     } else {
       console.error(`vdisk: internal error: ${(e as Error)?.stack ?? String(e)}`);

@@ -17,6 +17,7 @@ export function humanInfo(i: ImageInfo): string {
     const full = i['full-backing-filename'];
     lines.push(`backing file: ${i['backing-filename']}${full && full !== i['backing-filename'] ? ` (actual path: ${full})` : ''}`);
     if (i['backing-filename-format']) lines.push(`backing file format: ${i['backing-filename-format']}`);
+    if (i['backing-file-problem']) lines.push(`backing file problem: ${i['backing-file-problem']}`);
   }
   if (i['dirty-flag']) lines.push('dirty flag: yes');
   if (i['format-specific']) {

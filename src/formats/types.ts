@@ -188,10 +188,30 @@ export interface Checkable {
 export interface Rebaseable {
   /** Rewrite the backing reference only (no data copied): rebase -u. `parent` null removes the backing. */
   setBacking(parent: BackingTarget | null): Promise<void>;
+  /**
+   * Why `setBacking(null)` cannot remove this image's backing, when it
+   * cannot: known up front, so that rebase -b "" refuses before it copies
+   * anything into the image.
+   */
+  readonly flattenRefusal?: string;
+}
+
+/** One identifier an identity reset changed (amend -o reset-identity=on). */
+export interface IdentityChange {
+  /** As info's format-specific data names it: "uuid" (VHD), "data-write-guid", "virtual-disk-id" (VHDX). */
+  field: string;
+  old: string;
+  new: string;
+}
+
+/** Takes new identifiers, keeping its data (Hyper-V's Set-VHD -ResetDiskIdentifier). */
+export interface IdentityResettable {
+  /** Give the image new identifiers, crash-safe; what changed. A child that recorded the old one no longer matches. */
+  resetIdentity(): Promise<IdentityChange[]>;
 }
 
 /** One layer of a disk: readable and writable, and whatever of the optional contracts its format (and what open found) allows. */
-export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable> {}
+export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable>, Partial<IdentityResettable> {}
 
 /** A parent as a child records it (create -b, rebase). */
 export interface BackingTarget {
@@ -252,6 +272,8 @@ export interface CreateOption {
   type: 'size' | 'bool' | 'string' | 'enum';
   values?: string[];
   description: string;
+  /** What the image gets when the option is not given, as `-o help` shows it. */
+  default?: string;
 }
 
 export interface ProbeInput {

@@ -2,32 +2,27 @@ import { open, type FileHandle } from 'node:fs/promises';
 import { constants, type Stats, read as fsRead, write as fsWrite, writev as fsWritev } from 'node:fs';
 import { BlockError, fromSystemError, isBlockError } from '../core/errors.js';
 import { readOnlyError } from '../core/request.js';
-import { createRequire } from 'node:module';
 import type { HostRange, OpenStoreOptions, Store } from './store.js';
 import { constants as osConstants } from 'node:os';
-import { nativeAddon } from './native.js';
+import { dirname } from 'node:path';
+import { nativeAddon, seekAddon } from './native.js';
 import { lockImage } from './lock.js';
 
 // lseek(2) whence values for sparse files (Linux): SEEK_DATA finds the next
 // data at or after an offset, SEEK_HOLE the next hole. Node's fs has no lseek,
-// so the small optional `fs-ext` addon provides it; without it, sparse raw
-// files are still handled correctly, by zero detection instead.
+// so vdisk's native addon (native/seek.c) provides it; without the addon,
+// sparse raw files are still handled correctly, by zero detection instead.
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
-type SeekFn = (fd: number, offset: number, whence: number) => number;
-let seekFn: SeekFn | null | undefined;
+type SeekFn = (fd: number, offset: number, whence: 3 | 4) => number;
 function lseek(): SeekFn | null {
-  if (seekFn === undefined) {
-    seekFn = null;
-    if (process.platform === 'linux') {
-      try {
-        seekFn = (createRequire(import.meta.url)('fs-ext') as { seekSync: SeekFn }).seekSync;
-      } catch {
-        seekFn = null;
-      }
-    }
-  }
-  return seekFn;
+  const addon = process.platform === 'linux' ? seekAddon() : null;
+  if (!addon?.seek) return null;
+  return (fd, offset, whence) => {
+    const r = addon.seek(fd, offset, whence);
+    if (r >= 0) return r;
+    throw Object.assign(new Error(`lseek: errno ${-r}`), { code: r === -osConstants.errno.ENXIO ? 'ENXIO' : 'EINVAL' });
+  };
 }
 
 // Positional I/O through the callback API on the FileHandle's descriptor:
@@ -125,6 +120,10 @@ export class FileStore implements Store {
       if (code === 'ENXIO') throw new BlockError('invalid-argument', 'is not a regular file; only regular files are opened as images', { path }, { cause: e });
       if (code === 'EEXIST') {
         throw new BlockError('invalid-argument', 'file already exists', { path, operation: 'create' }, { cause: e });
+      }
+      // O_CREAT fails with ENOENT only when a folder on the way is missing: say that, not "no such file" of the file being made.
+      if (code === 'ENOENT' && options.create) {
+        throw new BlockError('not-found', `folder ${dirname(path)} does not exist (make it first)`, { path, operation: 'create' }, { cause: e });
       }
       throw fromSystemError(e, { path, operation: options.create ? 'create' : 'open' });
     }

@@ -1,5 +1,5 @@
-import { realpath, stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { readdir, realpath, stat } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
 
 /**
  * The one answer to "is this the same file?" — a backing chain looping back
@@ -31,5 +31,33 @@ export async function modifiedTime(path: string): Promise<Date | undefined> {
     return (await stat(path)).mtime;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * The other regular files in the folder of `path` (links not followed):
+ * where amend looks for images that name `path` as their parent. A folder
+ * that cannot be listed gives none.
+ */
+export async function folderSiblings(path: string): Promise<string[]> {
+  const dir = dirname(resolve(path));
+  const self = resolve(path);
+  try {
+    return (await readdir(dir, { withFileTypes: true }))
+      .filter((e) => e.isFile())
+      .map((e) => join(dir, e.name))
+      .filter((p) => p !== self);
+  } catch {
+    return [];
+  }
+}
+
+/** Whether a file (or anything) exists under this name. */
+export async function fileExists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
   }
 }

@@ -47,6 +47,8 @@ export interface NativeAddon {
   ofdLock(fd: number, byte: number, type: 0 | 1 | 2): number;
   /** 1 when another open file description holds a lock on the byte (F_OFD_GETLK), 0 when none does, or minus the errno. */
   ofdTest(fd: number, byte: number): number;
+  /** lseek(fd, offset, whence) for whence 3 (SEEK_DATA) or 4 (SEEK_HOLE): the new offset, or minus the errno (-ENXIO: none at or after offset). */
+  seek(fd: number, offset: number, whence: 3 | 4): number;
 }
 
 /** The largest range copyRanges takes (each thread reads a range whole into its own buffer). */
@@ -82,6 +84,15 @@ export function nativeAddon(): NativeAddon | null {
   if (addon !== undefined) return addon;
   addon = process.env.VDISK_NATIVE === '0' ? null : loadAddon();
   return addon;
+}
+
+/**
+ * The addon for finding a sparse file's holes (io/file-store.ts), whatever
+ * VDISK_NATIVE says: not an I/O path with a JavaScript twin, a question
+ * Node's fs cannot ask (without it, zeros are found by reading them).
+ */
+export function seekAddon(): NativeAddon | null {
+  return loadAddon();
 }
 
 /**

@@ -136,7 +136,14 @@ export class Staging {
     // (A long name is cut so the temporary one stays within NAME_MAX, 255 bytes on Linux.)
     const temp = join(dirname(key), `.${basename(key).slice(0, 200)}.vdisk-tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
     // create without truncate: O_EXCL, so a name taken meanwhile is never written through.
-    const store = await this.options.openStore(temp, { ...o, truncate: false });
+    let store;
+    try {
+      store = await this.options.openStore(temp, { ...o, truncate: false });
+    } catch (e) {
+      // Not staged yet, so rename() would not know the temporary name: the error names the file asked for.
+      if (!isBlockError(e) || e.context.path !== temp) throw e;
+      throw new BlockError(e.kind, e.message, { ...e.context, path }, { cause: e.cause });
+    }
     this.staged.set(key, { key, final: path, temp });
     return store;
   }

@@ -2,7 +2,8 @@ import { createServer, isIPv6, type AddressInfo, type Server, type Socket } from
 import type { Chain } from '../chain/chain.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import { BlockError, fromSystemError } from '../core/errors.js';
-import { Connection, DEFAULT_LIMITS, SharedBudget, type ConnectionLimits } from './connection.js';
+import { Connection, SharedBudget } from './connection.js';
+import { DEFAULT_LIMITS, type ConnectionLimits } from './limits.js';
 import { makeExport, type NbdExport } from './export.js';
 
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_NBD_PORT } from './port.js';

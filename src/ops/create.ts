@@ -9,7 +9,7 @@ import { fileHost, Staging, type FileHost } from '../io/staging.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import { openChain, openLayer, probeStore, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
-import type { BackingTarget, Format } from '../formats/types.js';
+import type { BackingTarget, CreateOption, Format } from '../formats/types.js';
 
 export interface CreateRequest {
   path: string;
@@ -181,11 +181,16 @@ export async function createWith(req: CreateRequest, openStore: StoreOpener): Pr
 
 /** Every `-o` key must be one of the format's createOptions, with a valid value (create, measure). */
 export function checkCreateOptions(format: Format, options: Record<string, string>): void {
+  checkOptionValues(`format ${format.name}`, format.createOptions, options);
+}
+
+/** Every key one of `specs`, with a valid value (`what` names the owner in messages: "format vhd", "amend"). */
+export function checkOptionValues(what: string, specs: readonly CreateOption[], options: Record<string, string>): void {
   for (const key of Object.keys(options)) {
-    const spec = format.createOptions.find((o) => o.name === key);
+    const spec = specs.find((o) => o.name === key);
     if (!spec) {
-      const known = format.createOptions.map((o) => o.name).join(', ') || 'none';
-      throw new BlockError('invalid-argument', `format ${format.name} has no option '${key}' (options: ${known})`);
+      const known = specs.map((o) => o.name).join(', ') || 'none';
+      throw new BlockError('invalid-argument', `${what} has no option '${key}' (options: ${known})`);
     }
     if (spec.type === 'enum' && spec.values && !spec.values.includes(options[key])) {
       throw new BlockError('invalid-argument', `option ${key} must be one of ${spec.values.join(', ')} (got '${options[key]}')`);

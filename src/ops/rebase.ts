@@ -51,9 +51,13 @@ export async function rebaseImage(req: RebaseRequest): Promise<RebaseResult> {
   let described: Awaited<ReturnType<typeof describeBacking>> | undefined;
   try {
     const top = chain.top;
+    // -b "" on an image without a backing (already flattened, or never had one): nothing to do, as qemu-img. A rerun after an interrupted flatten ends here.
+    if (!wanted && !top.backing) return { path: req.path, backing: null, copied: 0 };
     if (!top.setBacking) {
       throw new BlockError('unsupported', `format ${top.format} cannot change its backing file`, { path: req.path });
     }
+    // Refused before anything is copied in (a copy followed by a refusal would leave the image grown for nothing).
+    if (!wanted && top.flattenRefusal) throw new BlockError('unsupported', top.flattenRefusal, { path: req.path });
     let target: BackingTarget | null = null;
     if (wanted) {
       // The chain under the new backing: its names and unrecorded formats follow the same user options as the top's chain.

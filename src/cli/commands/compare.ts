@@ -1,38 +1,32 @@
 import type { Command } from 'commander';
-import { collect, type CommandContext } from '../options.js';
+import { openOptions, withOpenOptions, type CommandContext, type OpenFlags } from '../options.js';
 
-interface CompareOptions {
+/** The open options (withOpenOptions: --layer-only, -U, ...) apply to both images. */
+interface CompareOptions extends OpenFlags {
   format?: string;
   secondFormat?: string;
   strict?: boolean;
   quiet?: boolean;
-  ignoreChecksums?: boolean;
-  forceShare?: boolean;
-  allowPath?: string[];
-  backingAs?: string[];
 }
 
 export function define(cmd: Command): void {
-  cmd
-    .option('-f, --format <fmt>', 'format of the first image')
-    .option('-F, --second-format <fmt>', 'format of the second image')
-    .option('-s, --strict', 'images of different sizes differ')
-    .option('-q, --quiet', 'print nothing')
-    .option('--ignore-checksums', 'open images whose checksums are wrong')
-    .option('-U, --force-share', 'open even while another process writes an image (its changes may show half-done)')
-    .option('--allow-path <dir>', 'let names recorded in images lead into DIR too (repeatable; docs/security.md)', collect)
-    .option('--backing-as <fmt>', 'format of a backing file its image does not record (add-cow), for both images; needed for raw; repeatable', collect)
-    .argument('<a>')
-    .argument('<b>');
+  withOpenOptions(
+    cmd
+      .option('-f, --format <fmt>', 'format of the first image')
+      .option('-F, --second-format <fmt>', 'format of the second image')
+      .option('-s, --strict', 'images of different sizes differ')
+      .option('-q, --quiet', 'print nothing')
+      .argument('<a>')
+      .argument('<b>'),
+  );
 }
 
 /** 0 when the disks have the same content, 1 when they differ. */
 export async function run({ print }: CommandContext, [a, b]: [string, string], o: CompareOptions): Promise<number> {
   const { compareImages } = await import('../../ops/compare.js');
-  const shared = { ignoreChecksums: o.ignoreChecksums, forceShare: o.forceShare, allowPaths: o.allowPath ?? [], backingFormats: o.backingAs ?? [] };
   const r = await compareImages(a, b, {
-    a: { ...shared, format: o.format },
-    b: { ...shared, format: o.secondFormat },
+    a: openOptions(o, o.format),
+    b: openOptions(o, o.secondFormat),
     strict: o.strict,
   });
   if (!o.quiet) {

@@ -16,6 +16,7 @@ interface ConvertOptions extends OpenFlags {
   progress?: boolean;
   cache: 'unsafe' | 'writeback';
   overwrite?: boolean;
+  quiet?: boolean;
 }
 
 export function define(cmd: Command): void {
@@ -31,17 +32,24 @@ export function define(cmd: Command): void {
       .option('--overwrite', 'replace an existing target (atomically, once the copy is complete)')
       .option('-p, --progress', 'show a progress bar')
       .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback'] satisfies ConvertOptions['cache'][]).default('unsafe'))
-      .argument('<source>')
-      .argument('<target>'),
+      .option('-q, --quiet', 'quiet: print nothing but errors (no progress bar, even with -p), as qemu-img convert -q')
+      // Optional for `-o help` alone (checked in run); the usage line still says they are needed.
+      .argument('[source]')
+      .argument('[target]')
+      .usage('[options] <source> <target>'),
   );
 }
 
-export async function run(_ctx: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<number | undefined> {
+export async function run({ print }: CommandContext, [source, target]: [string | undefined, string | undefined], o: ConvertOptions): Promise<number | undefined> {
+  const help = await import('../options-help.js');
+  if (help.wantsOptionHelp(o.options)) return void (await help.printCreateOptions(o.outputFormat, print));
+  if (source === undefined) return help.missingArgument('source');
+  if (target === undefined) return help.missingArgument('target');
   const { convert } = await import('../../ops/convert.js');
   const existing = o.create === false;
   const what = existing ? `${target} is partly written (-n writes in place)` : `nothing was written to ${target}`;
   return interruptible(what, (signal) =>
-    withProgress(Boolean(o.progress), (onProgress) =>
+    withProgress(Boolean(o.progress) && !o.quiet, (onProgress) =>
       convert({
         source,
         sourceOptions: openOptions(o, o.format),

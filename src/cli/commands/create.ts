@@ -25,11 +25,16 @@ export function define(cmd: Command): void {
     .option('--backing-as <fmt>', "format of a backing file under -b that its image does not record (add-cow); needed for raw; repeatable", collect)
     .option('-q, --quiet', 'print nothing')
     .option('--overwrite', 'replace an existing file (atomically, once the new image is complete)')
-    .argument('<image>')
-    .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size');
+    // Optional for `-o help` alone (checked in run); the usage line still says it is needed.
+    .argument('[image]')
+    .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size')
+    .usage('[options] <image> [size]');
 }
 
-export async function run({ print }: CommandContext, [image, size]: [string, string | undefined], o: CreateOptions): Promise<number | undefined> {
+export async function run({ print }: CommandContext, [image, size]: [string | undefined, string | undefined], o: CreateOptions): Promise<number | undefined> {
+  const help = await import('../options-help.js');
+  if (help.wantsOptionHelp(o.options)) return void (await help.printCreateOptions(o.format, print));
+  if (image === undefined) return help.missingArgument('image');
   const { createImage } = await import('../../ops/create.js');
   let r: Awaited<ReturnType<typeof createImage>> | undefined;
   const status = await interruptible(`nothing was written to ${image}`, async (signal) => {

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { Command } from 'commander';
 import { BlockError } from '../../core/errors.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_NBD_PORT } from '../../nbd/port.js';
-import { collect, type CommandContext } from '../options.js';
+import { openOptions, withOpenOptions, type CommandContext, type OpenFlags } from '../options.js';
 
 /*
  * `vdisk serve`: export an image chain over NBD, like qemu-nbd. Binds
@@ -11,7 +11,8 @@ import { collect, type CommandContext } from '../options.js';
  * flushes and closes the image.
  */
 
-interface ServeOptions {
+/** The open options (withOpenOptions: --layer-only, -U with -r, ...) as every command that opens an image has them. */
+interface ServeOptions extends OpenFlags {
   format?: string;
   readOnly?: boolean;
   bind: string;
@@ -24,16 +25,11 @@ interface ServeOptions {
   shared: string;
   handshakeTimeout: string;
   idleTimeout?: string;
-  ignoreParentId?: boolean;
-  ignoreChecksums?: boolean;
-  forceShare?: boolean;
-  allowPath?: string[];
-  backingAs?: string[];
   verboseConnections?: boolean;
 }
 
 export function define(cmd: Command): void {
-  cmd
+  withOpenOptions(cmd)
     .option('-f, --format <fmt>', 'image format (default: probe)')
     .option('-r, --read-only', 'refuse writes')
     .option('-b, --bind <addr>', 'address to listen on', '127.0.0.1')
@@ -48,11 +44,6 @@ export function define(cmd: Command): void {
       '--idle-timeout <seconds>',
       `drop clients that have sent nothing and have nothing running for this long, 0: never (default: ${DEFAULT_IDLE_TIMEOUT_MS / 1000} with --shared > 1 or --persistent, else 0)`,
     )
-    .option('--ignore-parent-id', 'accept a parent whose id differs from what the child records')
-    .option('--ignore-checksums', 'open images whose checksums are wrong')
-    .option('-U, --force-share', 'with -r: serve even while another process writes the image (its changes may show half-done)')
-    .option('--allow-path <dir>', 'let names recorded in images lead into DIR too (repeatable; docs/security.md)', collect)
-    .option('--backing-as <fmt>', 'format of a backing file its image does not record (add-cow); needed for raw; repeat for each such backing down the chain', collect)
     .option('-v, --verbose-connections', 'log clients connecting, leaving and misbehaving to stderr')
     .argument('<image>');
 }
@@ -78,13 +69,7 @@ export async function run({ print }: CommandContext, [image]: [string], o: Serve
   const server = await (await import('../../nbd/server.js')).startNbdServer({
     path: image,
     format: o.format,
-    openOptions: {
-      ignoreParentId: Boolean(o.ignoreParentId),
-      ignoreChecksums: Boolean(o.ignoreChecksums),
-      forceShare: Boolean(o.forceShare),
-      allowPaths: o.allowPath ?? [],
-      backingFormats: o.backingAs ?? [],
-    },
+    openOptions: openOptions(o),
     readOnly: Boolean(o.readOnly),
     host: o.bind,
     port,

@@ -12,6 +12,7 @@ export const CREATE_OPTIONS: readonly CreateOption[] = [
     name: 'image_file',
     type: 'string',
     description: 'raw file receiving written sectors, relative to the add-cow file (default <image>.raw); created sparse if missing',
+    default: '<image>.raw',
   },
 ];
 

@@ -75,8 +75,7 @@ export class RawImage implements Image {
     this.size = newSize;
   }
 
-  /** Nothing to check: a raw file has no structure (hence no check.ts). */
-  async check(): Promise<{ problems: [] }> {
-    return { problems: [] };
-  }
+  // No check: a raw file has no structure to check, and saying "no errors"
+  // would claim a check that never ran. Like qemu-img (raw has no
+  // bdrv_co_check), `check` reports that the format has no checks (exit 63).
 }

@@ -18,9 +18,9 @@ const CREATOR_VERSION = 0x00010000;
 const HOST_OS_WINDOWS = 0x5769326b;
 
 export const CREATE_OPTIONS: readonly CreateOption[] = [
-  { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], description: 'dynamic (grows as written, default) or fixed (all space allocated up front)' },
-  { name: 'block_size', type: 'size', description: 'block size of a dynamic or differencing disk (power of two, 512 bytes to 256 MiB; default 2 MiB)' },
-  { name: 'force_size', type: 'bool', description: 'keep the size exactly instead of rounding it up to a whole CHS geometry' },
+  { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], description: 'dynamic (grows as written, default) or fixed (all space allocated up front)', default: 'dynamic' },
+  { name: 'block_size', type: 'size', description: 'block size of a dynamic or differencing disk (power of two, 512 bytes to 256 MiB; default 2 MiB)', default: '2M' },
+  { name: 'force_size', type: 'bool', description: 'keep the size exactly instead of rounding it up to a whole CHS geometry', default: 'off' },
 ];
 
 function bool(v: string | undefined): boolean {

@@ -9,11 +9,12 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, IdentityChange, Image, WritePlacement } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
 import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName, SECTOR } from './footer.js';
 import { resizeVhd, setBackingVhd } from './maintenance.js';
+import { resetIdentityVhd } from './identity.js';
 import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sector-bitmap.js';
 import { type VhdState, backingRef } from './state.js';
 
@@ -104,7 +105,7 @@ const MAX_BLOCK_SECTOR = 0xfffffffe;
 export class VhdImage implements Image {
   readonly format = 'vhd';
   readonly logicalSectorSize = SECTOR;
-  readonly identity: string;
+  identity: string;
   readonly readOnly: boolean;
   /** Dynamic disks leave zeroed unallocated blocks unallocated. */
   readonly fastZero: boolean;
@@ -577,7 +578,16 @@ export class VhdImage implements Image {
   private changeBacking(parent: BackingTarget | null): Promise<void> {
     return this.maintain(async () => {
       await setBackingVhd(this.state, parent);
-      this.backing = backingRef(this.state.header!, this.state.locators);
+      // Without a parent the disk is dynamic now (flatten.ts): reads take each allocated block whole.
+      this.backing = this.differencing ? backingRef(this.state.header!, this.state.locators) : null;
+    }, true);
+  }
+
+  resetIdentity(): Promise<IdentityChange[]> {
+    return this.maintain(async () => {
+      const changes = await resetIdentityVhd(this.state);
+      this.identity = uuidToString(this.state.footer.uniqueId);
+      return changes;
     }, true);
   }
 

@@ -4,6 +4,7 @@ import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBat, encodeBatSector } from './b
 import { clearBatmap } from './batmap.js';
 import { layoutLocators, parentRecord } from './create.js';
 import { encodeDynamicHeader } from './dynamic-header.js';
+import { flattenVhd } from './flatten.js';
 import { FOOTER_SIZE, chsForSectors, encodeFooter, SECTOR } from './footer.js';
 import { readLocators } from './parent-locator.js';
 import { bitmapBytes } from './sector-bitmap.js';
@@ -151,7 +152,9 @@ export async function setBackingVhd(state: VhdState, parent: BackingTarget | nul
   const { path } = store;
   if (state.footer.diskType !== 'differencing') throw new BlockError('unsupported', 'only a differencing VHD has a parent', { path });
   if (!parent) {
-    throw new BlockError('unsupported', 'a differencing VHD cannot drop its parent in place (its clear bitmap bits mean "read the parent"); convert it instead', { path });
+    // The caller has copied in what the parent shows (flatten.ts says why that is all it takes).
+    await flattenVhd(state);
+    return;
   }
   if (parent.size !== state.footer.currentSize) {
     throw new BlockError('mismatch', `the new parent is ${parent.size} bytes but this disk is ${state.footer.currentSize}`, { path });

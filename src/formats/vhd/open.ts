@@ -19,7 +19,7 @@ const MAX_BAT_ENTRIES = 64 << 20;
 const HEAD_PREFETCH = 64 * 1024;
 
 function checksumProblem(what: string, where: { path?: string; offset: number }): BlockError {
-  return new BlockError('checksum', `${what} checksum is wrong (open with ignore-checksums to read it anyway)`, { ...where });
+  return new BlockError('checksum', `${what} checksum is wrong`, { ...where });
 }
 
 /** Read and decode the footer, falling back to the copy at offset 0 (dynamic and differencing disks only). */

@@ -14,11 +14,11 @@ import { encodeParentLocator, type ParentLocator } from './parent-locator.js';
 import { encodeRegionTable } from './region-table.js';
 
 export const CREATE_OPTIONS: readonly CreateOption[] = [
-  { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], description: 'dynamic (blocks allocated on write, default) or fixed (all blocks allocated up front)' },
-  { name: 'block_size', type: 'size', description: 'block size, a power of two from 1 MiB to 256 MiB (0 or absent: 32 MiB, or 2 MiB for a differencing disk)' },
-  { name: 'log_size', type: 'size', description: 'log size, a multiple of 1 MiB (default 1 MiB)' },
-  { name: 'logical_sector_size', type: 'enum', values: ['512', '4096'], description: 'logical sector size (default 512, or the parent\'s)' },
-  { name: 'physical_sector_size', type: 'enum', values: ['512', '4096'], description: 'physical sector size reported to the guest (default 4096)' },
+  { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], description: 'dynamic (blocks allocated on write, default) or fixed (all blocks allocated up front)', default: 'dynamic' },
+  { name: 'block_size', type: 'size', description: 'block size, a power of two from 1 MiB to 256 MiB (0 or absent: 32 MiB, or 2 MiB for a differencing disk)', default: '32M (2M for a differencing disk)' },
+  { name: 'log_size', type: 'size', description: 'log size, a multiple of 1 MiB (default 1 MiB)', default: '1M' },
+  { name: 'logical_sector_size', type: 'enum', values: ['512', '4096'], description: 'logical sector size (default 512, or the parent\'s)', default: "512 (a differencing disk: its parent's)" },
+  { name: 'physical_sector_size', type: 'enum', values: ['512', '4096'], description: 'physical sector size reported to the guest (default 4096)', default: '4096' },
 ];
 
 /** Hyper-V's defaults: 32 MiB blocks for base disks, 2 MiB for differencing disks (less space per scattered write). */

@@ -8,7 +8,7 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, IdentityChange, Image } from '../types.js';
 import {
   Bat,
   BAT_ENTRY_SIZE,
@@ -23,7 +23,8 @@ import { guidText, LOG_SECTOR, MiB, SECTOR_BITMAP_BLOCK_SIZE } from './layout.js
 import { bitRuns, type SectorBitmapCache, setBits } from './sector-bitmap.js';
 import type { VhdxState } from './state.js';
 import { checkVhdx } from './check.js';
-import { resizeVhdx, setBackingVhdx } from './maintenance.js';
+import { resizeVhdx, setBackingVhdx, VHDX_FLATTEN_REFUSAL } from './maintenance.js';
+import { resetIdentityVhdx } from './identity.js';
 import { unitPieces } from '../../core/align.js';
 
 /** Payload block states that say "this layer holds nothing here". */
@@ -513,6 +514,22 @@ export class VhdxImage implements Image {
       await this.beginWrite(true);
       await resizeVhdx(this.state, newSize, options);
     });
+  }
+
+  resetIdentity(): Promise<IdentityChange[]> {
+    this.checkWritable('reset identity');
+    return this.exclusive(async () => {
+      const changes = await resetIdentityVhdx(this.state, this.fileGuidChanged);
+      // Both GUIDs are new now: later writes of this open change neither again.
+      this.fileGuidChanged = true;
+      this.dataGuidChanged = true;
+      this.nextDataWriteGuid = undefined;
+      return changes;
+    });
+  }
+
+  get flattenRefusal(): string | undefined {
+    return this.state.params.hasParent ? VHDX_FLATTEN_REFUSAL : undefined;
   }
 
   setBacking(parent: BackingTarget | null): Promise<void> {

@@ -13,7 +13,7 @@ import { encodeRegionTable } from './region-table.js';
 import type { VhdxState } from './state.js';
 
 /** Put `bytes` at file offset `at` into the transaction, sector by sector, reading sectors it only partly covers. */
-async function stage(s: VhdxState, updates: SectorUpdates, at: number, bytes: Uint8Array): Promise<void> {
+export async function stage(s: VhdxState, updates: SectorUpdates, at: number, bytes: Uint8Array): Promise<void> {
   for (let sector = alignDown(at, LOG_SECTOR); sector < at + bytes.length; sector += LOG_SECTOR) {
     let img = updates.get(sector);
     if (!img) {
@@ -117,6 +117,18 @@ export async function resizeVhdx(s: VhdxState, newSize: number, options: { shrin
 }
 
 /**
+ * Why rebase -b "" cannot flatten a differencing VHDX in place: a dynamic
+ * VHDX has no PAYLOAD_BLOCK_PARTIALLY_PRESENT blocks and no sector bitmaps
+ * (2.5.1), so every partly present block would have to become fully present
+ * (its absent sectors zeroed first), the sector bitmap entries dropped, and
+ * the parent locator and HasParent flag (2.6.2.1, 2.6.2.6) removed in one
+ * logged update — which, for a large disk, is more than one log
+ * transaction holds. Not done: a copy does the same safely.
+ */
+export const VHDX_FLATTEN_REFUSAL =
+  'a differencing VHDX cannot drop its parent in place (its partly present blocks, sector bitmaps and parent locator would all have to change in one logged update); copy the disk the chain shows into a new image instead: vdisk convert -O vhdx IMAGE NEW.vhdx (then replace IMAGE with NEW.vhdx)';
+
+/**
  * Rewrite the parent locator (2.6.2.6) — rebase -u: no data moves. The new
  * locator goes where the old one was when it fits, else after the last item
  * of the metadata region; the table entry and the item change in one
@@ -125,9 +137,7 @@ export async function resizeVhdx(s: VhdxState, newSize: number, options: { shrin
 export async function setBackingVhdx(s: VhdxState, parent: BackingTarget | null): Promise<void> {
   const ctx = { path: s.path };
   if (!s.params.hasParent) throw new BlockError('unsupported', 'only a differencing VHDX can change its parent (this disk has none)', ctx);
-  if (!parent) {
-    throw new BlockError('unsupported', 'removing the parent of a differencing VHDX is not supported (convert the chain instead)', ctx);
-  }
+  if (!parent) throw new BlockError('unsupported', VHDX_FLATTEN_REFUSAL, ctx);
   const locator = locatorFor(s.path, parent);
   const raw = encodeParentLocator(locator);
   const entries = s.metadataEntries.map((e) => ({ ...e }));
