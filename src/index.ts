@@ -15,6 +15,7 @@ export type {
   Writable,
   Trimmable,
   Resizable,
+  ResizeOptions,
   Checkable,
   Rebaseable,
   WritePlacement,
@@ -38,4 +39,5 @@ export { checkImage, checkExitCode, type CheckRequest, type CheckReport } from '
 export { commitImage, type CommitRequest, type CommitResult } from './ops/commit.js';
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
+export { resizeChain, type ChainResizeRequest, type ChainResizeResult, type ChainResizeLayer } from './ops/resize-chain.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
