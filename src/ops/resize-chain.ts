@@ -84,7 +84,8 @@ export async function resizeChain(req: ChainResizeRequest): Promise<ChainResizeR
       if (oldSize !== newSize) {
         const parent = layers[i + 1];
         // What the parent chain shows in the new area: a layer's grown part reads zeros, not what lies under it.
-        const exposed = parent ? await dataBelow(layers, i, oldSize, newSize) : [];
+        // A layer that has its parent's size (VHD) follows the parent instead, which grew to zeros there.
+        const exposed = parent && !layer.backing?.sameSize ? await dataBelow(layers, i, oldSize, newSize) : [];
         const mtime = parent ? ((await modifiedTime(parent.path)) ?? new Date()) : undefined;
         await layer.resize!(newSize, { parent: parent && mtime ? { size: parent.size, mtime } : undefined });
         await layer.flush();
@@ -148,6 +149,7 @@ export async function dataBelow(layers: readonly Image[], i: number, from: numbe
 /** Make the ranges read as zeros in the layer itself (never its parent's bytes), durably. */
 export async function zeroRanges(layer: Image, ranges: ReadonlyArray<{ offset: number; length: number }>): Promise<void> {
   if (ranges.length === 0) return;
-  for (const r of ranges) await layer.writeZeroes(r.offset, r.length);
+  // mayUnmap: whole blocks may become zero blocks (VHDX PAYLOAD_BLOCK_ZERO) rather than written zeros; never the parent's bytes.
+  for (const r of ranges) await layer.writeZeroes(r.offset, r.length, { mayUnmap: true });
   await layer.flush();
 }

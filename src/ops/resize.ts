@@ -75,7 +75,8 @@ export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
       await top.resize(newSize, { shrink: req.shrink, parent: parent ? { size: parent.size, mtime: parent.mtime } : undefined });
       await top.flush();
       // A child grown over a larger parent would show the parent's bytes in its new area; a grown disk reads zeros there.
-      if (parent) await zeroRanges(top, parent.exposed(oldSize, newSize));
+      // A layer that has its parent's size (VHD) follows its parent instead: it shows what the parent shows.
+      if (parent && !top.backing?.sameSize) await zeroRanges(top, parent.exposed(oldSize, newSize));
     }
     const result = { path: req.path, format: top.format, oldSize, newSize: top.size };
     await chain.close();
