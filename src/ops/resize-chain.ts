@@ -31,7 +31,7 @@ export interface ChainResizeLayer {
 export interface ChainResizeResult {
   path: string;
   newSize: number;
-  /** Every layer, base first, with the size it had when this run opened it. */
+  /** Every layer, top first (as Chain.layers), with the size it had when this run opened it. */
   layers: ChainResizeLayer[];
 }
 
