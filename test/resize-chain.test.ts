@@ -8,7 +8,7 @@ import { resizeChain } from '../src/index.js';
 import { vdisk } from './helpers/cli.js';
 import { REPO_ROOT } from './helpers/corpus.js';
 import { CrashFs } from './helpers/ops-fixtures.js';
-import { pyvhdiDigest, qemuImg, readWholeDisk, requireTool, run, sha256, tempDir } from './helpers/oracle.js';
+import { pyvhdiDigest, qemuImg, readWholeDisk, requireTool, run, sha256, tempDir, vhdxReaderDigest } from './helpers/oracle.js';
 
 /*
  * Issue 17, item 2: `vdisk resize --chain TOP SIZE` grows every layer from
@@ -94,7 +94,7 @@ test('resize --chain grows a VHD chain of three from the base up: vdisk and the 
   }
 });
 
-test('resize --chain grows a VHDX chain of three: DataWriteGuids and parent linkages stay valid; libvhdi reads the model', async (t) => {
+test('resize --chain grows a VHDX chain of three: DataWriteGuids and parent linkages stay valid; libvhdi and the spec reader read the model', async (t) => {
   if (!requireTool(t, 'pyvhdi')) return;
   const { dir, cleanup } = tempDir();
   try {
@@ -109,6 +109,7 @@ test('resize --chain grows a VHDX chain of three: DataWriteGuids and parent link
     assert.deepEqual(chain.map((p) => info(p)['format-specific'].data['data-write-guid']), guids, 'a grow changes no DataWriteGuid');
     assert.equal(sha256(await readWholeDisk(top, { readOnly: true })), sha256(model));
     assert.deepEqual(pyvhdiDigest(chain), { digest: sha256(model), size: 20 * MiB });
+    assert.deepEqual(vhdxReaderDigest(chain), { digest: sha256(model), size: 20 * MiB }, 'the specification\'s reader (checks each parent_linkage too)');
     for (const p of chain) ok(vdisk('check', p));
     // A plain resize of the base alone keeps the chain opening too (VHDX children may be smaller than their parent).
     ok(vdisk('resize', base, '24M'));

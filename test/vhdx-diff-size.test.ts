@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { readWholeDisk, pyvhdiDigest, pyvhdiRead, qemuImg, qemuIo, requireTool, run, sha256, tempDir, vdiskDigest } from './helpers/oracle.js';
+import { readWholeDisk, pyvhdiDigest, vhdxReaderDigest, pyvhdiRead, qemuImg, qemuIo, requireTool, run, sha256, tempDir, vdiskDigest } from './helpers/oracle.js';
 import { vdisk } from './helpers/cli.js';
 
 /*
@@ -10,9 +10,9 @@ import { vdisk } from './helpers/cli.js';
  * differencing VHDX both ways). Past the parent's end the disk reads zeros
  * and writes land in the child; a smaller child shows only its own size.
  *
- * Oracles: libvhdi (pyvhdi, set_parent) and a model of the disk kept here
- * from the writes (test/oracles has a VHD reader written from the
- * specification but no VHDX one). qemu-img cannot be one: its vhdx driver
+ * Oracles: a model of the disk kept here from the writes, the VHDX reader
+ * written from the specification (test/oracles/vhdx_reader.py) and libvhdi
+ * (pyvhdi, set_parent; see libvhdiAgrees). qemu-img cannot be one: its vhdx driver
  * opens no differencing VHDX at all (has_parent: "Operation not
  * supported"), which the first test pins.
  */
@@ -72,6 +72,7 @@ test('differencing VHDX larger and smaller than its parent: vdisk and libvhdi re
     ok(vdisk('io', '-c', bm.fill(0x21, 7 * MiB + 512, MiB + 4096), '-c', bm.fill(0x22, 10 * MiB, 512 * 3), '-c', bm.fill(0x23, 12 * MiB - 512, 512), big));
     const bigDisk = await readWholeDisk(big, { readOnly: true });
     assert.equal(sha256(bigDisk), sha256(bm.bytes), 'vdisk reads the model: parent data, the child over it, zeros past the parent');
+    assert.deepEqual(vhdxReaderDigest([big, base.path]), { digest: sha256(bm.bytes), size: 12 * MiB }, 'the specification\'s reader');
     libvhdiAgrees([big, base.path], bm.bytes, 8 * MiB);
     // What the child holds past the parent's end, libvhdi reads too.
     assert.ok(pyvhdiRead([big, base.path], 10 * MiB, 512 * 3).equals(Buffer.from(bm.bytes.subarray(10 * MiB, 10 * MiB + 512 * 3))));
@@ -85,6 +86,7 @@ test('differencing VHDX larger and smaller than its parent: vdisk and libvhdi re
     const sm = new Model(6 * MiB, base.model.bytes);
     ok(vdisk('io', '-c', sm.fill(0x31, 6 * MiB - 4096, 4096), '-c', sm.fill(0x32, 512, 512), small));
     assert.equal(sha256(await readWholeDisk(small, { readOnly: true })), sha256(sm.bytes));
+    assert.deepEqual(vhdxReaderDigest([small, base.path]), { digest: sha256(sm.bytes), size: 6 * MiB });
     assert.deepEqual(pyvhdiDigest([small, base.path]), { digest: sha256(sm.bytes), size: 6 * MiB }, 'libvhdi reads a smaller child whole');
     const r = vdisk('io', '-c', `read ${6 * MiB} 512`, small);
     assert.notEqual(r.status, 0, 'nothing past the child\'s own end');
@@ -119,6 +121,7 @@ test('resize of a differencing VHDX: grows (the new area reads zeros, not the la
     const grown = new Model(10 * MiB, m.bytes);
     assert.equal(size(child), 10 * MiB);
     assert.equal(sha256(await readWholeDisk(child, { readOnly: true })), sha256(grown.bytes));
+    assert.deepEqual(vhdxReaderDigest([child, base.path]), { digest: sha256(grown.bytes), size: 10 * MiB });
     // The grown range over the parent reads zeros for libvhdi too (vdisk zeroed it in the child).
     libvhdiAgrees([child, base.path], grown.bytes, 8 * MiB);
     // Shrink needs --shrink; then the child keeps its first 2 MiB.

@@ -111,14 +111,15 @@ async function parentView(
   }
   const format = found.image.format;
   await found.image.close();
-  const chain = await openChain(found.path, { ...options, layerOnly: false, format, readOnly: true, openStore, allowSizeMismatch: true });
+  // The parent's own backings: a format the child's backing took from backingFormats is used up (chain/open.ts levels).
+  const backingFormats = child.backing!.format ? options?.backingFormats : options?.backingFormats?.slice(1);
+  const chain = await openChain(found.path, { ...options, backingFormats, layerOnly: false, format, readOnly: true, openStore, allowSizeMismatch: true });
   try {
     const mtime = (await modifiedTime(found.path)) ?? new Date();
-    const layers = [child, ...chain.layers];
-    const from = child.size;
-    const to = Math.max(from, chain.size);
-    const data = await dataBelow(layers, 0, from, to);
-    return { size: chain.size, mtime, exposed: (a, b) => data.filter((r) => r.offset < b && r.offset + r.length > a).map((r) => ({ offset: Math.max(a, r.offset), length: Math.min(b, r.offset + r.length) - Math.max(a, r.offset) })) };
+    const data = await dataBelow([child, ...chain.layers], 0, child.size, Math.max(child.size, chain.size));
+    const exposed = (a: number, b: number) =>
+      data.filter((r) => r.offset < b && r.offset + r.length > a).map((r) => ({ offset: Math.max(a, r.offset), length: Math.min(b, r.offset + r.length) - Math.max(a, r.offset) }));
+    return { size: chain.size, mtime, exposed };
   } finally {
     await chain.close();
   }
