@@ -15,6 +15,7 @@ export type {
   Writable,
   Trimmable,
   Resizable,
+  ResizeOptions,
   Checkable,
   Rebaseable,
   IdentityResettable,
@@ -41,5 +42,6 @@ export { commitImage, type CommitRequest, type CommitResult } from './ops/commit
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
 export { amendImage, AMEND_OPTIONS, type AmendRequest, type AmendResult } from './ops/amend.js';
+export { resizeChain, type ChainResizeRequest, type ChainResizeResult, type ChainResizeLayer } from './ops/resize-chain.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
 export { findFreeSpace as findGuestFreeSpace, type GuestFreeSpace, type DiskReader } from './guestfs/index.js';

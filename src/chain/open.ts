@@ -35,6 +35,12 @@ export interface ChainOpenOptions extends LayerOpenOptions {
   /** Open backing layers read-write too (commit needs it). Default: read-only. */
   writableBacking?: boolean;
   /**
+   * Open a chain in which a layer that must have its parent's size (VHD)
+   * does not: how `resize --chain` finds a chain it grew only partly before
+   * a crash (ops/resize.ts). Reads past a shorter parent's end read zeros.
+   */
+  allowSizeMismatch?: boolean;
+  /**
    * Formats of the backing files whose format the image naming them does not
    * record (add-cow records none), `--backing-as` (repeatable): the first
    * such backing down the chain takes the first entry, the next the next.
@@ -137,7 +143,7 @@ export async function openChain(path: string, options: ChainOpenOptions = {}): P
       }
       const { image, path: parentPath } = await openParent(childPath, ref, options, seen, ref.format ? undefined : unrecorded++);
       layers.push(image);
-      checkParent(child, childPath, ref, image, options);
+      checkParent(child, childPath, ref, image, options, path);
       child = image;
       childPath = parentPath;
     }
@@ -215,7 +221,7 @@ export async function openBacking(
   );
 }
 
-function checkParent(child: Image, childPath: string, ref: BackingRef, parent: Image, options: ChainOpenOptions): void {
+function checkParent(child: Image, childPath: string, ref: BackingRef, parent: Image, options: ChainOpenOptions, topPath: string): void {
   if (ref.expectedId && parent.identity && ref.expectedId !== parent.identity && ref.alternateId !== parent.identity && !options.ignoreParentId) {
     throw new BlockError(
       'mismatch',
@@ -223,9 +229,24 @@ function checkParent(child: Image, childPath: string, ref: BackingRef, parent: I
       { path: childPath },
     );
   }
-  if (ref.sameSize && parent.size !== child.size) {
-    throw new BlockError('mismatch', `parent ${parent.path} is ${parent.size} bytes but the child is ${child.size}`, {
-      path: childPath,
-    });
+  if (ref.sameSize && parent.size !== child.size && !options.allowSizeMismatch) {
+    throw new BlockError('mismatch', sizeMismatchMessage(child, parent, topPath), { path: childPath, parentSize: parent.size, childSize: child.size });
   }
+}
+
+/**
+ * Why a child (VHD) and its parent of different sizes are refused, and the
+ * way out: the VHD specification (2006, "Hard Disk Footer": a differencing
+ * disk's Current Size is its parent's) and Windows tie them; a parent that
+ * grew alone leaves its children behind until they grow too.
+ */
+function sizeMismatchMessage(child: Image, parent: Image, topPath: string): string {
+  const grew = parent.size > child.size;
+  return (
+    `parent ${parent.path} is ${parent.size} bytes but the child is ${child.size}: a differencing ${child.format.toUpperCase()} must have its parent's size ` +
+    `(the ${child.format.toUpperCase()} specification and Windows tie them)` +
+    (grew
+      ? `; the parent was grown without its children: grow the whole chain to the parent's size with \`vdisk resize --chain ${topPath} ${parent.size}\``
+      : `; grow the chain to one size with \`vdisk resize --chain ${topPath} SIZE\` (SIZE at least ${Math.max(parent.size, child.size)})`)
+  );
 }

@@ -78,7 +78,15 @@ export const COMMANDS: readonly CommandEntry[] = [
   command({ name: 'check', description: 'check an image for structural problems: exit 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 no check for this format', define: check.define, run: check.run, exit: ERROR_1 }),
   command({ name: 'commit', description: "write the image's data into its backing file (or the ancestor BASE), then empty the image unless -d", define: commit.define, run: commit.run, exit: ERROR_1 }),
   command({ name: 'rebase', description: 'change the backing file of an image (-b "" removes it); safe mode keeps the content by copying differences first', define: rebase.define, run: rebase.run, exit: ERROR_1 }),
-  command({ name: 'resize', description: 'change the virtual size: SIZE, +SIZE or -SIZE (k, M, G, T suffixes); shrinking needs --shrink', define: resize.define, run: resize.run, exit: ERROR_1 }),
+  // vdisk cannot see an image's children (nothing in a parent names them): the help says what that means for a parent.
+  command({
+    name: 'resize',
+    description:
+      "change the virtual size: SIZE, +SIZE or -SIZE (k, M, G, T suffixes); shrinking needs --shrink. vdisk cannot see an image's children: grow a VHD parent alone and its children stop opening (resize --chain CHILD SIZE grows a child and its whole chain, base first)",
+    define: resize.define,
+    run: resize.run,
+    exit: ERROR_1,
+  }),
   command({ name: 'amend', description: 'change an image in place: -o reset-identity=on gives it new identifiers (VHD UUID; VHDX DataWriteGuid and disk id)', define: amend.define, run: amend.run, exit: ERROR_1 }),
   command({ name: 'measure', description: 'how big an image of format FMT would be: for SRC converted, or a new disk of --size N', define: measure.define, run: measure.run, exit: ERROR_1 }),
   command({ name: 'serve', description: 'export an image (and its backing chain) to NBD clients', define: serve.define, run: serve.run, exit: ERROR_1 }),

@@ -58,8 +58,8 @@ export interface FormatInfo {
  * and an optional method present *is* the capability — there is no flag
  * beside it that could disagree, so `image.trim !== undefined` is the only
  * test. A layer whose capability depends on what open found (VHD: only
- * differencing disks discard and change their backing, only the others
- * resize) leaves the method undefined where it does not hold.
+ * differencing disks discard and change their backing) leaves the method
+ * undefined where it does not hold.
  */
 
 /** Reading one layer, and what every layer is. */
@@ -174,9 +174,20 @@ export interface Trimmable {
   trim(offset: number, length: number): Promise<void>;
 }
 
+export interface ResizeOptions {
+  /** Allow the disk to get smaller (data past the new end is lost). */
+  shrink?: boolean;
+  /**
+   * The layer's parent as it now is, for a differencing layer that follows
+   * its parent (`resize --chain`): a VHD child takes only its parent's size
+   * and records the parent's modification time (its Parent Time Stamp).
+   */
+  parent?: { size: number; mtime: Date };
+}
+
 /** Changes its virtual size. */
 export interface Resizable {
-  resize(newSize: number, options: { shrink?: boolean }): Promise<void>;
+  resize(newSize: number, options: ResizeOptions): Promise<void>;
 }
 
 /** Checks (and repairs) its own structures. */

@@ -3,6 +3,8 @@ import { openFileStore } from '../io/file-store.js';
 import type { StoreOpener } from '../io/store.js';
 import { openBacking, openChain, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
+import { modifiedTime } from '../io/identity.js';
+import { dataBelow, zeroRanges } from './resize-chain.js';
 import type { Image } from '../formats/types.js';
 
 export interface ResizeRequest {
@@ -24,9 +26,17 @@ export interface ResizeResult {
 
 /**
  * Change a disk's virtual size through the format's resize hook. Only the
- * named layer is opened read-write; its parent is opened (read-only) only to
- * learn its size, because a differencing layer may take no size but its
- * parent's (VHD, VHDX) — which is how a child follows a parent that grew.
+ * named layer is opened read-write. When it grows over a parent, the
+ * parent's chain is opened (read-only) to learn its size — a VHD child may
+ * take no size but its parent's, which is how it follows a parent that grew
+ * — and what it shows in the grown range, which the child then zeroes
+ * (a VHDX child smaller than its parent would otherwise show the parent's
+ * bytes there).
+ *
+ * vdisk cannot see an image's children (nothing in a parent names them):
+ * growing a VHD parent alone leaves its children unopenable until they grow
+ * too (resizeChain from each child, `vdisk resize --chain`); a VHDX parent's
+ * grow leaves its children valid (they keep their size).
  */
 export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
   const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
@@ -49,15 +59,24 @@ export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
     if (newSize < oldSize && !req.shrink) {
       throw new BlockError('invalid-argument', `shrinking from ${oldSize} to ${newSize} bytes needs --shrink (data past the new end is lost)`, ctx);
     }
-    if (top.backing?.sameSize) {
-      const parentSize = await backingSize(top, req.path, req.openOptions, openStore);
+    const parent = top.backing && newSize > oldSize ? await parentView(top, req.path, req.openOptions, openStore) : undefined;
+    if (top.backing?.sameSize && newSize !== oldSize) {
+      const parentSize = parent?.size ?? (await backingSize(top, req.path, req.openOptions, openStore));
       if (newSize !== parentSize) {
-        throw new BlockError('mismatch', `a differencing ${top.format} image must have its parent's size (${parentSize} bytes), not ${newSize}`, ctx);
+        throw new BlockError(
+          'mismatch',
+          `a differencing ${top.format} image must have its parent's size (${parentSize} bytes), not ${newSize}: ` +
+            `grow the whole chain with \`vdisk resize --chain ${req.path} ${newSize}\` (vdisk cannot see a parent's other children: they must grow too)`,
+          ctx,
+        );
       }
     }
     if (newSize !== oldSize) {
-      await top.resize(newSize, { shrink: req.shrink });
+      await top.resize(newSize, { shrink: req.shrink, parent: parent ? { size: parent.size, mtime: parent.mtime } : undefined });
       await top.flush();
+      // A child grown over a larger parent would show the parent's bytes in its new area; a grown disk reads zeros there.
+      // A layer that has its parent's size (VHD) follows its parent instead: it shows what the parent shows.
+      if (parent && !top.backing?.sameSize) await zeroRanges(top, parent.exposed(oldSize, newSize));
     }
     const result = { path: req.path, format: top.format, oldSize, newSize: top.size };
     await chain.close();
@@ -66,6 +85,43 @@ export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
     // The failure is what the user needs to hear about, not a second one from closing after it (a full disk fails both).
     await chain.close().catch(() => {});
     throw e;
+  }
+}
+
+/**
+ * The layer's parent as a grow needs it: its size, its modification time
+ * (a VHD child records it) and what its chain shows as data in the range
+ * the layer is about to gain. The parent's chain is opened read-only and
+ * leniently (a VHD parent that grew alone is the usual reason to be here).
+ */
+async function parentView(
+  child: Image,
+  childPath: string,
+  options: ChainOpenOptions | undefined,
+  openStore: StoreOpener,
+): Promise<{ size: number; mtime: Date; exposed: (from: number, to: number) => Array<{ offset: number; length: number }> } | undefined> {
+  let found: { image: Image; path: string };
+  try {
+    found = await openBacking(childPath, child.backing!, { ...options, writableBacking: false, openStore });
+  } catch (e) {
+    if (isBlockError(e, 'not-found') && e.context.path === childPath) {
+      throw new BlockError('not-found', `${e.message}: growing a differencing image needs its parent (its size, and what the grown area must not show)`, e.context, { cause: e });
+    }
+    throw e;
+  }
+  const format = found.image.format;
+  await found.image.close();
+  // The parent's own backings: a format the child's backing took from backingFormats is used up (chain/open.ts levels).
+  const backingFormats = child.backing!.format ? options?.backingFormats : options?.backingFormats?.slice(1);
+  const chain = await openChain(found.path, { ...options, backingFormats, layerOnly: false, format, readOnly: true, openStore, allowSizeMismatch: true });
+  try {
+    const mtime = (await modifiedTime(found.path)) ?? new Date();
+    const data = await dataBelow([child, ...chain.layers], 0, child.size, Math.max(child.size, chain.size));
+    const exposed = (a: number, b: number) =>
+      data.filter((r) => r.offset < b && r.offset + r.length > a).map((r) => ({ offset: Math.max(a, r.offset), length: Math.min(b, r.offset + r.length) - Math.max(a, r.offset) }));
+    return { size: chain.size, mtime, exposed };
+  } finally {
+    await chain.close();
   }
 }
 

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { openChain, type ChainOpenOptions } from '../../src/chain/open.js';
 import { nativeAddon, type NativeAddon } from '../../src/io/native.js';
+import { REPO_ROOT } from './corpus.js';
 
 /**
  * Outside oracles: qemu-img / qemu-io, libvhdi (pyvhdi under /usr/bin/python3)
@@ -168,6 +169,15 @@ sys.stdout.buffer.write(files[0].read_buffer_at_offset(n, off))
   const r = spawnSync('/usr/bin/python3', ['-c', script, String(offset), String(length), ...chain], { maxBuffer: 1 << 30 });
   if (r.status !== 0) throw new Error(`pyvhdi read failed: ${r.stderr}`);
   return r.stdout;
+}
+
+/**
+ * Digest of a VHDX chain (files top first) as the reader written from the
+ * VHDX specification reads it (test/oracles/vhdx_reader.py).
+ */
+export function vhdxReaderDigest(files: string[]): { digest: string; size: number } {
+  const out = run('python3', [join(REPO_ROOT, 'test', 'oracles', 'vhdx_reader.py'), ...files]).stdout.trim().split(/\s+/);
+  return { digest: out[0], size: Number(out[1]) };
 }
 
 /** vdisk's native addon, or a skip outside CI (in CI it must load: its paths are tested through it). */

@@ -48,7 +48,7 @@ export function plannedSize(requested: number, forceSize: boolean): { size: numb
   return { size: r.size, ...r.chs };
 }
 
-function vhdNow(date = new Date()): number {
+export function vhdNow(date = new Date()): number {
   return Math.max(0, Math.min(0xffffffff, Math.floor(date.getTime() / 1000) - VHD_EPOCH_UNIX));
 }
 
@@ -134,7 +134,13 @@ export async function createVhd(ctx: CreateContext): Promise<void> {
   if (ctx.backing) {
     // The spec requires a differencing disk to have its parent's size (the chain checks it on open).
     if (ctx.size !== ctx.backing.size) {
-      throw new BlockError('invalid-argument', `a VHD differencing disk has its parent's size (${ctx.backing.size} bytes), not ${ctx.size}`, { path: ctx.path });
+      throw new BlockError(
+        'invalid-argument',
+        `a VHD differencing disk has its parent's size (${ctx.backing.size} bytes), not ${ctx.size}: the VHD specification and Windows tie a child's size to its parent's; ` +
+          (ctx.size > ctx.backing.size ? `grow the parent's chain first (\`vdisk resize --chain PARENT ${ctx.size}\`) and make the child without a size, or ` : '') +
+          'use VHDX, whose children may differ in size from their parent',
+        { path: ctx.path },
+      );
     }
     size = ctx.size;
     geometry = chsForSectors(size / 512);

@@ -9,7 +9,7 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, IdentityChange, Image, WritePlacement } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions, WritePlacement } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
 import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName, SECTOR } from './footer.js';
@@ -118,8 +118,8 @@ export class VhdImage implements Image {
    */
   /** Differencing disks only: see discard(). */
   readonly trim: ((offset: number, length: number) => Promise<void>) | undefined;
-  /** Fixed and dynamic disks only: a differencing disk has its parent's size. */
-  readonly resize: ((newSize: number, options?: { shrink?: boolean }) => Promise<void>) | undefined;
+  /** Every disk type: a differencing disk only to follow its parent's size (ResizeOptions.parent, maintenance.ts). */
+  readonly resize: ((newSize: number, options?: ResizeOptions) => Promise<void>) | undefined;
   /** Differencing disks only. */
   readonly setBacking: ((parent: BackingTarget | null) => Promise<void>) | undefined;
   backing: BackingRef | null;
@@ -163,7 +163,7 @@ export class VhdImage implements Image {
     // A fixed disk's data is the file's first bytes, written in place (the footer follows it); the others allocate in call order (see the class comment).
     this.placement = f.diskType === 'fixed' ? 'identity' : 'call-order';
     this.trim = differencing ? (offset, length) => this.discard(offset, length) : undefined;
-    this.resize = differencing ? undefined : (newSize, options) => this.resizeDisk(newSize, options);
+    this.resize = (newSize, options) => this.resizeDisk(newSize, options);
     this.setBacking = differencing ? (parent) => this.changeBacking(parent) : undefined;
   }
 
@@ -568,7 +568,7 @@ export class VhdImage implements Image {
     return this.maintain(() => checkVhd(this.state, options), options.repair !== undefined);
   }
 
-  private resizeDisk(newSize: number, options: { shrink?: boolean } = {}): Promise<void> {
+  private resizeDisk(newSize: number, options: ResizeOptions = {}): Promise<void> {
     return this.maintain(async () => {
       await resizeVhd(this.state, newSize, options);
       this.size = this.state.footer.currentSize;

@@ -1,8 +1,8 @@
 import { BlockError } from '../../core/errors.js';
-import type { BackingTarget } from '../types.js';
+import type { BackingTarget, ResizeOptions } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBat, encodeBatSector } from './bat.js';
 import { clearBatmap } from './batmap.js';
-import { layoutLocators, parentRecord } from './create.js';
+import { layoutLocators, parentRecord, vhdNow } from './create.js';
 import { encodeDynamicHeader } from './dynamic-header.js';
 import { flattenVhd } from './flatten.js';
 import { FOOTER_SIZE, chsForSectors, encodeFooter, SECTOR } from './footer.js';
@@ -63,16 +63,44 @@ async function extending(state: VhdState, grow: () => Promise<void>): Promise<vo
   }
 }
 
-export async function resizeVhd(state: VhdState, newSize: number, options: { shrink?: boolean }): Promise<void> {
+/**
+ * Change the virtual size. A differencing disk has its parent's size (VHD
+ * spec 2006, "Hard Disk Footer"), so it only follows a parent that has
+ * already grown (`resize --chain`, ops/resize.ts): `parent` is that parent
+ * as it now is. Growing it rewrote the parent, whose modification time the
+ * child records ("Dynamic Disk Header", Parent Time Stamp), so the child's
+ * header takes the new time first — a crash after it leaves the child at its
+ * old size, which the next `resize --chain` grows — then the size changes as
+ * for a dynamic disk: unallocated new blocks read the parent's new area,
+ * zeros.
+ */
+export async function resizeVhd(state: VhdState, newSize: number, options: ResizeOptions): Promise<void> {
   const { store } = state;
   const { path } = store;
   const shrink = options.shrink ?? false;
   const f = state.footer;
   if (!Number.isSafeInteger(newSize) || newSize < 0 || newSize % SECTOR) throw new BlockError('invalid-argument', `new size ${newSize} is not a whole number of 512-byte sectors`, { path });
   if (newSize > MAX_SIZE) throw new BlockError('out-of-range', `a VHD holds at most 2040 GiB (${MAX_SIZE} bytes)`, { path });
-  if (f.diskType === 'differencing') throw new BlockError('unsupported', 'a differencing VHD has its parent\'s size and cannot be resized on its own', { path });
   if (newSize < f.currentSize && !shrink) throw new BlockError('invalid-argument', 'shrinking needs --shrink (data past the new end is lost)', { path });
   const old = f.currentSize;
+  if (f.diskType === 'differencing') {
+    const parent = options.parent;
+    if (!parent || parent.size !== newSize) {
+      throw new BlockError(
+        'unsupported',
+        `a differencing VHD has its parent's size${parent ? ` (${parent.size} bytes)` : ''} and cannot be resized on its own: grow the whole chain with \`vdisk resize --chain ${path} SIZE\``,
+        { path },
+      );
+    }
+    if (newSize < old) throw new BlockError('unsupported', 'a differencing VHD cannot shrink (vdisk grows chains only)', { path });
+    const h = state.header!;
+    const stamp = vhdNow(parent.mtime);
+    if (newSize !== old && h.parentTimestamp !== stamp) {
+      h.parentTimestamp = stamp;
+      await store.write(state.headerOffset, encodeDynamicHeader(h));
+      await store.flush();
+    }
+  }
   if (newSize === old) return;
   const setSize = () => {
     f.currentSize = newSize;

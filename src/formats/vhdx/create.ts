@@ -106,7 +106,9 @@ export async function createVhdx(ctx: CreateContext): Promise<void> {
   const lss = o.logical_sector_size ? Number(o.logical_sector_size) : parentLss === 4096 ? 4096 : 512;
   const pss = o.physical_sector_size ? Number(o.physical_sector_size) : 4096;
   if (![512, 4096].includes(lss) || ![512, 4096].includes(pss)) throw new BlockError('invalid-argument', 'sector sizes must be 512 or 4096');
-  const size = diff ? ctx.backing!.size : ctx.size;
+  // A differencing VHDX may have another size than its parent (2.6.2.6 ties none; Hyper-V resizes such children):
+  // the size asked for is the size made. ctx.size is the parent's when none was asked (ops/create.ts).
+  const size = ctx.size;
   if (!Number.isSafeInteger(size) || size <= 0) throw new BlockError('invalid-argument', `invalid VHDX size ${size}`);
   if (size > MAX_SIZE) throw new BlockError('out-of-range', `VHDX disks hold at most 64 TiB (asked for ${size} bytes)`);
   if (size % lss !== 0) throw new BlockError('invalid-argument', `size ${size} is not a multiple of the ${lss}-byte logical sector`);

@@ -8,7 +8,7 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, IdentityChange, Image } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions } from '../types.js';
 import {
   Bat,
   BAT_ENTRY_SIZE,
@@ -508,10 +508,18 @@ export class VhdxImage implements Image {
     return this.exclusive(() => checkVhdx(this.state, options));
   }
 
-  resize(newSize: number, options: { shrink?: boolean }): Promise<void> {
+  /**
+   * Only a shrink changes the DataWriteGuid (2.2.2: it names the content of
+   * the user-visible data, and changes before that content does). A grow
+   * changes no byte a child can read: past this disk's end a child read
+   * zeros, and the new area reads zeros too. So a child's parent_linkage
+   * stays valid, and `resize --chain` grows a VHDX chain layer by layer with
+   * no relinking (docs/formats/vhdx.md).
+   */
+  resize(newSize: number, options: ResizeOptions): Promise<void> {
     this.checkWritable('resize');
     return this.exclusive(async () => {
-      await this.beginWrite(true);
+      await this.beginWrite(newSize < this.state.params.virtualSize);
       await resizeVhdx(this.state, newSize, options);
     });
   }

@@ -1,7 +1,7 @@
 import { BlockError } from '../../core/errors.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import { readExact } from '../../io/store.js';
-import type { BackingTarget } from '../types.js';
+import type { BackingTarget, ResizeOptions } from '../types.js';
 import { Bat, BAT_ENTRY_SIZE, batGeometry, batRegionLength, PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT } from './bat.js';
 import { locatorFor } from './create.js';
 import type { SectorUpdates } from './journal.js';
@@ -33,7 +33,7 @@ export async function stage(s: VhdxState, updates: SectorUpdates, at: number, by
  * transaction switches everything: changed BAT sectors first, the region
  * tables and the size item last, so a crash leaves either disk.
  */
-export async function resizeVhdx(s: VhdxState, newSize: number, options: { shrink?: boolean }): Promise<void> {
+export async function resizeVhdx(s: VhdxState, newSize: number, options: ResizeOptions): Promise<void> {
   const p = s.params;
   const ctx = { path: s.path };
   if (!Number.isSafeInteger(newSize) || newSize <= 0 || newSize % p.logicalSectorSize !== 0) {
@@ -43,11 +43,11 @@ export async function resizeVhdx(s: VhdxState, newSize: number, options: { shrin
   if (newSize < p.virtualSize && !options.shrink) {
     throw new BlockError('invalid-argument', 'shrinking needs --shrink (data past the new end is lost)', ctx);
   }
-  if (p.hasParent) throw new BlockError('unsupported', 'a differencing VHDX must keep its parent\'s size', ctx);
   if (newSize === p.virtualSize) return;
 
   const old = s.bat;
-  const g = batGeometry(newSize, p.blockSize, p.logicalSectorSize, false);
+  // A differencing disk resizes too (its size is its own, 2.6.2.6): its BAT keeps a sector bitmap entry after every chunk.
+  const g = batGeometry(newSize, p.blockSize, p.logicalSectorSize, p.hasParent);
   const bytes = new Uint8Array(Bat.loadLength(g));
   bytes.set(old.bytes.subarray(0, Math.min(bytes.length, old.bytes.length)));
   const bat = new Bat(g, bytes);

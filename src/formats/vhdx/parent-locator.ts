@@ -83,7 +83,8 @@ function normalizeLinkage(s: string): string {
  * "a GUID that may be used as an alternative" (vdisk's commit names the
  * DataWriteGuid the parent is about to take in parent_linkage and its
  * current one there, formats/vhdx/create.ts locatorFor); the paths are tried
- * relative first, then volume, then absolute (chain/ resolves them).
+ * relative first, then volume, then absolute (chain/ resolves them). The
+ * specification ties no size to the parent's.
  */
 export function backingFromLocator(loc: ParentLocator, path?: string): BackingRef {
   const linkage = loc.get('parent_linkage');
@@ -97,6 +98,7 @@ export function backingFromLocator(loc: ParentLocator, path?: string): BackingRe
     format: 'vhdx',
     expectedId: normalizeLinkage(linkage),
     ...(linkage2 ? { alternateId: normalizeLinkage(linkage2) } : {}),
-    sameSize: true,
+    // No sameSize: a differencing VHDX may be larger or smaller than its parent (Hyper-V's ResizeVirtualDisk resizes
+    // differencing VHDX both ways); past the parent's end the child reads zeros, and it shows only its own size (chain/).
   };
 }
