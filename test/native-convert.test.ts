@@ -9,6 +9,7 @@ import { createImage } from '../src/ops/create.js';
 import type { NativeAddon } from '../src/io/native.js';
 import type { Extent } from '../src/core/extent.js';
 import { rng, randomBytes } from './helpers/random.js';
+import { Journal } from '../src/formats/vhdx/journal.js';
 import { vdisk } from './helpers/cli.js';
 import { pyvhdiDigest, qemuImg, requireNativeAddon, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
 
@@ -169,4 +170,42 @@ test('native convert and flatten into VHD and VHDX: qemu-img check and compare a
       rmSync(out);
     }
   }
+});
+
+test('native convert into VHDX: the allocations of a window go into one group commit, not one log transaction per block', async (t) => {
+  const addon = requireNativeAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  const source = join(dir, 'src.raw');
+  await createImage({ path: source, format: 'raw', size: 64 * MiB, options: {} });
+  const c = await openChain(source, { backingFormats: ['raw'] });
+  const r = rng(7);
+  for (let b = 0; b < 64; b += 3) await c.write(b * MiB + 4096 * (b % 5), randomBytes(r, 70000));
+  await c.close();
+  const blocks = Math.ceil(64 / 3);
+  const real = Journal.prototype.commit;
+  let commits = 0;
+  let sectors = 0;
+  Journal.prototype.commit = function (this: Journal, updates, apply) {
+    commits++;
+    sectors += updates.size;
+    return real.call(this, updates, apply);
+  };
+  try {
+    const out = join(dir, 'out.vhdx');
+    for (const native of [false, true]) {
+      commits = 0;
+      const w: { calls: number } = await watchBlocks(addon, () => convert({ source, target: out, targetFormat: 'vhdx', options: { block_size: '1M' }, native }));
+      if (native) {
+        assert.equal(w.calls, 1);
+        assert.equal(commits, 1, 'one commit for the whole window');
+      } else assert.equal(commits, blocks, 'the JavaScript path commits each allocation');
+      assert.equal((await vdiskDigest(out)).digest, (await vdiskDigest(source, { backingFormats: ['raw'] })).digest);
+      rmSync(out);
+    }
+  } finally {
+    Journal.prototype.commit = real;
+  }
+  assert.ok(sectors > 0);
 });
