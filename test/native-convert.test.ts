@@ -1,10 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { openChain } from '../src/chain/open.js';
 import { convert, type ConvertRequest } from '../src/ops/convert.js';
+import { commitImage } from '../src/ops/commit.js';
 import { createImage } from '../src/ops/create.js';
 import type { NativeAddon } from '../src/io/native.js';
 import type { Extent } from '../src/core/extent.js';
@@ -209,3 +210,81 @@ test('native convert into VHDX: the allocations of a window go into one group co
   }
   assert.ok(sectors > 0);
 });
+
+test('commit through the native copier: the same base disk and chain as the JavaScript path, VHD and VHDX, any writes', async (t) => {
+  const addon = requireNativeAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  t.after(cleanup);
+  let nativeCalls = 0;
+  const write = fc.record({ at: fc.nat(6 * 2048), sectors: fc.integer({ min: 1, max: 3000 }), kind: fc.integer({ min: 0, max: 3 }) });
+  await fc.assert(
+    fc.asyncProperty(
+      fc.constantFrom('vhd', 'vhdx') as fc.Arbitrary<'vhd' | 'vhdx'>,
+      fc.array(write, { maxLength: 6 }),
+      fc.array(write, { minLength: 1, maxLength: 8 }),
+      fc.constantFrom(64 * 1024, MiB, 4 * MiB),
+      fc.boolean(),
+      fc.nat(),
+      async (format, parentWrites, childWrites, bufferSize, keepTop, seed) => {
+        const size = 6 * MiB;
+        const digests: string[] = [];
+        const results: unknown[] = [];
+        try {
+          for (const native of [false, true]) {
+            const sub = join(dir, native ? 'n' : 'j');
+            rmSync(sub, { recursive: true, force: true });
+            mkdirSync(sub);
+            const parent = join(sub, `parent.${format}`);
+            const child = join(sub, `child.${format}`);
+            await createImage({ path: parent, format, size, options: format === 'vhd' ? { force_size: 'on', block_size: String(512 * 1024) } : { block_size: '1M' } });
+            await applyWrites(parent, parentWrites, seed);
+            await createImage({ path: child, format, backing: { path: `parent.${format}`, format } });
+            await applyWrites(child, childWrites, seed + 1);
+            const before = await vdiskDigest(child);
+            const w = await watchBlocks(addon, () => commitImage({ path: child, keepTop, bufferSize, native }));
+            if (native) nativeCalls += w.calls;
+            const { copied: _copied, top: _t, base: _b, ...rest } = w.result;
+            results.push(rest);
+            // The base now shows the whole disk by itself, and the chain still shows it.
+            assert.deepEqual(await vdiskDigest(parent), before, `the base holds the disk (native ${native})`);
+            assert.deepEqual(await vdiskDigest(child), before, 'the chain reads the same disk');
+            digests.push((await vdiskDigest(parent)).digest);
+            const check = await openChain(parent, { readOnly: true });
+            try {
+              assert.equal((await check.top.check!({})).problems.filter((p) => p.severity === 'corruption').length, 0);
+            } finally {
+              await check.close();
+            }
+          }
+          assert.equal(digests[0], digests[1]);
+          assert.deepEqual(results[1], results[0], 'same result but for the bytes count');
+        } catch (e) {
+          if (process.env.DEBUG_PROP) writeFileSync(process.env.DEBUG_PROP, String((e as Error).stack));
+          throw e;
+        }
+      },
+    ),
+    { numRuns: 40 },
+  );
+  assert.ok(nativeCalls > 10, `the native copier was used (${nativeCalls} calls)`);
+});
+
+async function applyWrites(path: string, writes: { at: number; sectors: number; kind: number }[], seed: number): Promise<void> {
+  const r = rng(seed);
+  const c = await openChain(path);
+  try {
+    for (const w of writes) {
+      const at = Math.min(w.at * 512, c.size - 512);
+      const n = Math.min(w.sectors * 512, c.size - at);
+      if (w.kind === 3) await c.writeZeroes(at, n);
+      else {
+        const data = w.kind === 1 ? randomBytes(r, n) : new Uint8Array(n);
+        if (w.kind === 2) data[Math.floor(r() * n)] = 1 + Math.floor(r() * 255);
+        await c.write(at, data);
+      }
+    }
+  } finally {
+    await c.close();
+  }
+}
