@@ -76,7 +76,7 @@ export interface LargeInputs {
   missing: Record<string, string>;
 }
 
-export const LARGE_SIZE = 4 * 2 ** 30;
+const LARGE_SIZE = 4 * 2 ** 30;
 
 export async function buildLargeInputs(root: string, log: (s: string) => void): Promise<LargeInputs> {
   const dir = join(root, 'large');
