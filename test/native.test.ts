@@ -364,7 +364,7 @@ test('native copyToBlocks: same places, bytes and written count as a model of th
   }
 });
 
-test('native copyToBlocks: a failed read stops the copy (no thread waits forever for its slot); bad arguments throw', async (t) => {
+test('native copyToBlocks: slots in plan order whichever range finishes first; a failed read stops the copy (no thread waits forever for its slot); bad arguments throw', async (t) => {
   const addon = requireNativeAddon(t);
   if (!addon) return;
   const { dir, cleanup } = tempDir();
@@ -385,6 +385,26 @@ test('native copyToBlocks: a failed read stops the copy (no thread waits forever
         assert.equal(e.fd, wo);
         return true;
       });
+      // A long first range (32 MiB to read and scan) and short ones after it: threads finish the short ones
+      // first, yet slots still go in plan order (the file is laid out in disk order, as by the JavaScript path).
+      writeFileSync(join(dir, 'big'), new Uint8Array(32 << 20).fill(9));
+      const big = openSync(join(dir, 'big'), 'r');
+      try {
+        const order = [big, 0, 0, 0, 0, 32 << 20];
+        for (let k = 1; k < 16; k++) order.push(src, 0, k * (32 << 20), k, 0, 4096);
+        const u = new Float64Array(32);
+        for (let k = 0; k < 16; k++) u[2 * k] = -1;
+        const placed = new Float64Array(16);
+        const dst2 = openSync(join(dir, 'dst2'), 'w+');
+        try {
+          assert.equal(await addon.copyToBlocks(dst2, new Float64Array(order), u, 0, 32 << 20, 4096, 4, placed), (32 << 20) + 15 * 4096);
+        } finally {
+          closeSync(dst2);
+        }
+        assert.deepEqual([...placed], Array.from({ length: 16 }, (_, k) => k * (32 << 20)));
+      } finally {
+        closeSync(big);
+      }
       const ok = [src, 0, 0, 0, 0, 512];
       const bad: unknown[][] = [
         [dst, [src, 0, 0, 0, 0], [-1, 0], 0, 512, 512, 1, new Float64Array(1)], // not whole ranges
