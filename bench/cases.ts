@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { FORMATS } from '../src/formats/registry.js';
-import type { Inputs } from './inputs.js';
+import type { Inputs, LargeInputs } from './inputs.js';
 import { formatAvailable, vdiskBin, workerJs } from './peers.js';
 
 /**
@@ -28,11 +28,13 @@ export interface Tool {
    * argv is then the client. The tool's peak RSS is the server's (VmHWM).
    */
   server?: { argv: string[]; socket: string };
+  /** Run before each measured run, untimed (fresh copies of the files a commit changes). */
+  setup?: string[];
 }
 
 export interface Case {
   id: string;
-  group: 'reference' | 'convert' | 'read' | 'chain' | 'memory' | 'add-cow' | 'nbd';
+  group: 'reference' | 'convert' | 'commit' | 'read' | 'chain' | 'memory' | 'add-cow' | 'nbd';
   title: string;
   /** Virtual bytes handled per run (for MB/s). */
   bytes: number;
@@ -50,6 +52,10 @@ export interface Case {
   /** Most a time-per-byte ratio `subject/peer` may be (`vdisk/cp` compares with the ref-cp case). */
   limits?: Record<string, number>;
   note?: string;
+  /** Drop the page cache (sync; echo 3 > /proc/sys/vm/drop_caches) before each run: the source is read from the disk. */
+  cold?: boolean;
+  /** The reference case whose cp time `vdisk/cp` is judged against (default ref-cp). */
+  cpRef?: string;
 }
 
 export interface CaseOptions {
@@ -141,6 +147,108 @@ export interface Environment {
   convertCache: boolean;
 }
 
+/** Issue 21's goals: every convert at most 0.8x qemu-img's time and 1.2x cp's for the same data. */
+const CONVERT_GOAL = 'vdisk/qemu-img <= 0.8, vdisk/vhd-lib <= 0.5, vdisk/cp <= 1.2; peak RSS < 256 MiB';
+const CONVERT_LIMITS = { 'vdisk/qemu-img': 0.8, 'vdisk/vhd-lib': 0.5, 'vdisk/cp': 1.2 };
+const FLATTEN_GOAL = 'vdisk/cp <= 1.3; peak RSS < 256 MiB';
+const FLATTEN_LIMITS = { 'vdisk/cp': 1.3 };
+
+/**
+ * `--large`: the 4 GiB cases (inputs: buildLargeInputs), warm and cold.
+ * Cold runs drop the page cache before each run, so the source is read from
+ * the disk as it is on a real host; `dropCaches` is null when this machine
+ * lets the bench do that, else why not (the cold cases are then skipped).
+ */
+export function buildLargeCases(L: LargeInputs, env: Environment & { dropCaches: string | null }): Case[] {
+  const cache: CacheMode = env.convertCache ? 'unsafe' : 'writeback';
+  const sync = cache === 'writeback';
+  const w = (name: string) => join(L.dir, name);
+  const cases: Case[] = [];
+  for (const cold of [false, true]) {
+    const tag = cold ? '-cold' : '';
+    const cpOut = w(`out-cp${tag}.raw`);
+    cases.push({
+      id: `ref-cp-4g${tag}`,
+      group: 'reference',
+      title: `cp --sparse=always 4 GiB in.raw${cold ? ', cold cache' : ''}`,
+      bytes: L.size,
+      cold,
+      unavailable: cold ? (env.dropCaches ?? undefined) : undefined,
+      note: 'half of its 2 MiB blocks data (2 GiB), the rest holes',
+      tools: [{ name: 'cp', role: 'peer', argv: ['sh', '-c', `cp --sparse=always "$1" "$2"${sync ? ' && sync -d "$2"' : ''}`, 'sh', L.raw, cpOut], outputs: [cpOut] }],
+    });
+  }
+  const denseOut = w('out-cp-dense.raw');
+  cases.push({
+    id: 'ref-cp-1g-dense',
+    group: 'reference',
+    title: 'cp 1 GiB of data (no holes)',
+    bytes: 2 ** 30,
+    note: 'the reference for committing a child that holds 1 GiB of data',
+    tools: [{ name: 'cp', role: 'peer', argv: ['sh', '-c', `cp --sparse=always "$1" "$2"${sync ? ' && sync -d "$2"' : ''}`, 'sh', L.dense, denseOut], outputs: [denseOut] }],
+  });
+  const pairs: [string, string, string][] = [
+    ['raw', L.raw, 'vhd'],
+    ['raw', L.raw, 'vhdx'],
+    ['vhd', L.vhd, 'vhdx'],
+    ['vhdx', L.vhdx, 'vhd'],
+  ];
+  for (const cold of [false, true]) {
+    for (const [sf, src, df] of pairs) {
+      const dst = w(`out-convert.${df}`);
+      const tag = cold ? '-cold' : '';
+      cases.push({
+        id: `convert4g-${sf}-${df}${tag}`,
+        group: 'convert',
+        title: `convert 4 GiB ${sf} → ${df}${cold ? ', cold cache' : ''}`,
+        bytes: L.size,
+        cold,
+        cpRef: `ref-cp-4g${tag}`,
+        unavailable: cold ? (env.dropCaches ?? undefined) : undefined,
+        goal: CONVERT_GOAL,
+        limits: CONVERT_LIMITS,
+        rssLimit: 256 << 20,
+        tools: [vdiskConvert(src, sf, dst, df, cache, env.convertCache), qemuConvert(src, sf, dst, df, cache)],
+      });
+    }
+  }
+  const flat = w('out-chain.vhdx');
+  cases.push({
+    id: 'convert4g-chain5-vhdx',
+    group: 'convert',
+    title: 'flatten 4 GiB depth-5 VHD chain → dynamic VHDX',
+    bytes: L.size,
+    cpRef: 'ref-cp-4g',
+    unavailable: L.missing.chain,
+    goal: FLATTEN_GOAL,
+    limits: FLATTEN_LIMITS,
+    rssLimit: 256 << 20,
+    note: 'no peer follows a VHD chain into a VHDX; judged against cp of the same amount of disk',
+    tools: [{ name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', ...(env.convertCache ? ['-t', cache] : []), '-O', 'vhdx', L.chain5 ?? '', flat), outputs: [flat] }],
+  });
+  // Commit: each run gets fresh copies of the pair (untimed), as a commit changes its parent.
+  const master = L.commitDir ?? '';
+  const runDir = w('commit-run');
+  const fresh = ['sh', '-c', 'rm -rf "$2" && mkdir -p "$2" && cp --sparse=always -p "$1/parent.vhd" "$1/child.vhd" "$2/"', 'sh', master, runDir];
+  cases.push({
+    id: 'commit4g-1g-child',
+    group: 'commit',
+    title: 'commit a VHD child holding 1 GiB into its 4 GiB parent',
+    bytes: L.commitChildBytes,
+    cpRef: 'ref-cp-1g-dense',
+    unavailable: L.missing.commit,
+    goal: 'vdisk/cp <= 1.3 (cp of 1 GiB of data), vdisk/vhd-lib <= 0.3; peak RSS < 256 MiB',
+    limits: { 'vdisk/cp': 1.3, 'vdisk/vhd-lib': 0.3 },
+    rssLimit: 256 << 20,
+    note: 'vdisk commit -d (the child keeps its data, as vhd-lib\'s merge leaves it); vhd-lib: mergeVhd(parent, child); the copies are made before each run, untimed',
+    tools: [
+      { name: 'vdisk', role: 'vdisk', setup: fresh, argv: vdiskCli('commit', '-q', '-d', join(runDir, 'child.vhd')), outputs: [runDir] },
+      { name: 'vhd-lib', role: 'peer', setup: fresh, unavailable: env.vhdLibMissing ?? undefined, argv: worker('vhdlib-merge', { parent: join(runDir, 'parent.vhd'), child: join(runDir, 'child.vhd') }), outputs: [runDir] },
+    ],
+  });
+  return cases;
+}
+
 export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[] {
   const { vhdLibMissing, serveMissing } = env;
   // Before vdisk convert had -t it always synced the target once: then everyone syncs.
@@ -172,14 +280,16 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
   });
 
   // --- convert ---------------------------------------------------------------
-  const convertGoal = 'vdisk/qemu-img <= 1.0, vdisk/vhd-lib <= 0.5, vdisk/cp <= 1.5';
-  const convertLimits = { 'vdisk/qemu-img': 1.0, 'vdisk/vhd-lib': 0.5, 'vdisk/cp': 1.5 };
+  const convertGoal = CONVERT_GOAL;
+  const convertLimits = CONVERT_LIMITS;
   const pairs: [string, string, string, string, boolean][] = [
     ['raw', inp.raw, 'vhd', 'in.raw', true],
     ['raw', inp.raw, 'vhdx', 'in.raw', false],
     ['vhd', inp.vhd!, 'raw', 'in.vhd', true],
     ['vhdx', inp.vhdx!, 'raw', 'in.vhdx', true],
     ['raw', inp.raw, 'raw', 'in.raw', false],
+    ['vhd', inp.vhd!, 'vhdx', 'in.vhd', false],
+    ['vhdx', inp.vhdx!, 'vhd', 'in.vhdx', false],
   ];
   for (const [sf, src, df, label, quick] of pairs) {
     const dst = w(`out-convert.${df}`);
@@ -192,7 +302,7 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
       tools.push({ name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-to-raw', { src, dst, sync }), outputs: [dst] });
     }
     cases.push({ id: `convert-${sf}-${df}`, group: 'convert', title: `convert ${label} → ${df}`, bytes: size, quick, goal: convertGoal,
-      limits: convertLimits, tools });
+      limits: convertLimits, rssLimit: 256 << 20, tools });
   }
   {
     const depth = Math.min(5, inp.chain.length);
@@ -225,6 +335,18 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
         { name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', ...(env.convertCache ? ['-t', cache] : []), '-O', 'vhd', ...vdiskOptions('vhd', TARGET_OPTS.vhd), top ?? '', dstVhd), outputs: [dstVhd] },
         { name: 'vhd-lib', role: 'peer', unavailable: vhdLibMissing ?? undefined, argv: worker('vhdlib-flatten', { src: top, dst: dstVhd, sync }), outputs: [dstVhd] },
       ],
+    });
+    const dstVhdx = w('out-chain.vhdx');
+    cases.push({
+      id: 'convert-chain5-vhdx',
+      group: 'convert',
+      title: 'flatten depth-5 VHD chain → dynamic VHDX',
+      bytes: size,
+      unavailable: noChain,
+      goal: FLATTEN_GOAL,
+      limits: FLATTEN_LIMITS,
+      note: 'no peer follows a VHD chain into a VHDX; judged against cp of the same amount of disk',
+      tools: [{ name: 'vdisk', role: 'vdisk', argv: vdiskCli('convert', ...(env.convertCache ? ['-t', cache] : []), '-O', 'vhdx', top ?? '', dstVhdx), outputs: [dstVhdx] }],
     });
   }
 
@@ -342,8 +464,8 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
         quick: clients === 1 && fmt === 'vhdx',
         maxRuns: clients === 1 ? undefined : 2,
         unavailable: serveMissing ?? formatAvailable(fmt) ?? undefined,
-        goal: clients === 1 ? 'vdisk/qemu-nbd <= 1.25 (at least 0.8x the speed)' : 'server peak RSS bounded (< 256 MiB)',
-        limits: clients === 1 ? { 'vdisk serve/qemu-nbd': 1.25 } : undefined,
+        goal: clients === 1 ? 'vdisk/qemu-nbd <= 0.8' : 'server peak RSS bounded (< 256 MiB)',
+        limits: clients === 1 ? { 'vdisk serve/qemu-nbd': 0.8 } : undefined,
         rssLimit: clients === 1 ? undefined : 256 << 20,
         note: 'both servers read-only, persistent, 16 clients allowed (multi-conn); peak RSS is the server\'s',
         tools: [

@@ -1,5 +1,5 @@
 import { createCipheriv, createHash } from 'node:crypto';
-import { open, rm } from 'node:fs/promises';
+import { mkdir, open, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { rng } from '../test/helpers/random.js';
 import { createImage, openChain } from '../src/index.js';
@@ -49,6 +49,77 @@ export const SMOKE_SCALE: Scale = {
   layerGranules: 1,
   layerPieces: 4,
 };
+
+/**
+ * `--large`: the 4 GiB set beside the 1 GiB one (the same shape: half of
+ * the 2 MiB blocks random data, the rest holes), in its own folder:
+ *
+ *   large/in.raw, in.vhd, in.vhdx   as above, 4 GiB
+ *   large/chain-02..05.vhd          a depth-5 VHD chain over large/in.vhd
+ *   large/commit/parent.vhd         = in.vhd (4 GiB, 2 GiB of data)
+ *   large/commit/child.vhd          its differencing child holding 1 GiB of
+ *                                   data (512 whole 2 MiB blocks)
+ *   large/dense-1g.raw              1 GiB of data and no holes: the cp
+ *                                   reference for the commit
+ */
+export interface LargeInputs {
+  dir: string;
+  size: number;
+  dataBytes: number;
+  raw: string;
+  vhd: string;
+  vhdx: string;
+  chain5?: string;
+  commitDir?: string;
+  commitChildBytes: number;
+  dense: string;
+  missing: Record<string, string>;
+}
+
+const LARGE_SIZE = 4 * 2 ** 30;
+
+export async function buildLargeInputs(root: string, log: (s: string) => void): Promise<LargeInputs> {
+  const dir = join(root, 'large');
+  await mkdir(dir, { recursive: true });
+  const missing: Record<string, string> = {};
+  const granule = 2 << 20;
+  const n = LARGE_SIZE / granule;
+  const raw = join(dir, 'in.raw');
+  const dataBytes = await writeSparse(raw, LARGE_SIZE, pick(n, n / 2, SEED + 7).map((g) => ({ offset: g * granule, length: granule })), SEED + 7);
+  const vhd = join(dir, 'in.vhd');
+  await runOk(['qemu-img', 'convert', '-f', 'raw', '-O', 'vpc', '-o', 'subformat=dynamic,force_size=on', raw, vhd]);
+  const vhdx = join(dir, 'in.vhdx');
+  await runOk(['qemu-img', 'convert', '-f', 'raw', '-O', 'vhdx', '-o', 'subformat=dynamic', raw, vhdx]);
+  log(`  large/in.raw, in.vhd, in.vhdx: ${LARGE_SIZE} bytes, ${dataBytes} of data`);
+  const dense = join(dir, 'dense-1g.raw');
+  await writeSparse(dense, 2 ** 30, [{ offset: 0, length: 2 ** 30 }], SEED + 8);
+  let chain5: string | undefined;
+  let commitDir: string | undefined;
+  const commitChildBytes = 2 ** 30;
+  const why = formatAvailable('vhd', true);
+  if (why) missing.chain = missing.commit = why;
+  else {
+    const chain: string[] = [];
+    await buildChain(dir, vhd, { size: LARGE_SIZE, granule, chainDepth: 5, layerGranules: 8, layerPieces: 32 }, chain);
+    chain5 = chain[4];
+    log('  large/chain-02..05.vhd: differencing children written by vdisk');
+    commitDir = join(dir, 'commit');
+    await mkdir(commitDir, { recursive: true });
+    await runOk(['cp', '--sparse=always', '-p', vhd, join(commitDir, 'parent.vhd')]);
+    const child = join(commitDir, 'child.vhd');
+    await createImage({ path: child, format: 'vhd', backing: { path: 'parent.vhd', format: 'vhd' } });
+    const c = await openChain(child, { readOnly: false });
+    try {
+      const bytes = seededBytes(SEED + 9);
+      for (const g of pick(n, commitChildBytes / granule, SEED + 10)) await c.write(g * granule, bytes(granule));
+      await c.flush();
+    } finally {
+      await c.close();
+    }
+    log('  large/commit/child.vhd: 1 GiB of data over large/commit/parent.vhd');
+  }
+  return { dir, size: LARGE_SIZE, dataBytes, raw, vhd, vhdx, chain5, commitDir, commitChildBytes, dense, missing };
+}
 
 export interface Inputs {
   dir: string;
@@ -163,7 +234,7 @@ export async function buildInputs(dir: string, scale: Scale, log: (s: string) =>
  * blocks: sector bitmaps with runs), at seeded places, through vdisk's
  * library (qemu-img cannot create VHD children).
  */
-async function buildChain(dir: string, base: string, scale: Scale, chain: string[]): Promise<void> {
+async function buildChain(dir: string, base: string, scale: Pick<Scale, 'size' | 'granule' | 'chainDepth' | 'layerGranules' | 'layerPieces'>, chain: string[]): Promise<void> {
   chain.push(base);
   const nGranules = scale.size / scale.granule;
   for (let d = 2; d <= scale.chainDepth; d++) {

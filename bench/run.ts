@@ -3,8 +3,8 @@ import { existsSync } from 'node:fs';
 import { cp, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { buildCases, type Case, type CaseOptions, type Tool } from './cases.js';
-import { buildInputs, FULL_SCALE, SMOKE_SCALE } from './inputs.js';
+import { buildCases, buildLargeCases, type Case, type CaseOptions, type Tool } from './cases.js';
+import { buildInputs, buildLargeInputs, FULL_SCALE, SMOKE_SCALE } from './inputs.js';
 import { CommandError, hasGnuTime, measure, median } from './measure.js';
 import { convertHasCache, ensureVhdLib, REPO, serveAvailable, toolVersion, useApp, VHD_LIB_VERSION } from './peers.js';
 import { formatSummary, summarizeDir, type ProfileSummary } from './profile.js';
@@ -14,6 +14,8 @@ import { formatSummary, summarizeDir, type ProfileSummary } from './profile.js';
  * times alternating tools, print medians and ratios, save results.
  *
  *   --quick          the ~2-minute subset (3 runs, fewer cases)
+ *   --large          also the 4 GiB cases (converts warm and cold-cache, flatten, commit;
+ *                    ~14 GB of scratch space, about 15 minutes more on 2 cores)
  *   --smoke          tiny inputs, every case once (the smoke test uses it)
  *   --runs N         runs per tool (default 5; quick 3; smoke 1)
  *   --only a,b       only cases whose id contains one of these
@@ -27,6 +29,7 @@ import { formatSummary, summarizeDir, type ProfileSummary } from './profile.js';
 
 interface Args {
   quick: boolean;
+  large: boolean;
   smoke: boolean;
   runs: number;
   only: string[];
@@ -39,7 +42,7 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, smoke: false, runs: 0, only: [], profile: false, updateMd: false, keep: false, install: true };
+  const a: Args = { quick: false, large: false, smoke: false, runs: 0, only: [], profile: false, updateMd: false, keep: false, install: true };
   for (let i = 0; i < argv.length; i++) {
     const v = argv[i];
     const next = () => {
@@ -48,6 +51,7 @@ function parseArgs(argv: string[]): Args {
       return x;
     };
     if (v === '--quick') a.quick = true;
+    else if (v === '--large') a.large = true;
     else if (v === '--smoke') a.smoke = true;
     else if (v === '--runs') a.runs = Number(next());
     else if (v === '--only') a.only.push(...next().split(','));
@@ -118,14 +122,33 @@ function syncAll(): Promise<void> {
   return new Promise((resolve) => spawn('sync', { stdio: 'ignore' }).once('exit', () => resolve()).once('error', () => resolve()));
 }
 
-async function runTool(t: Tool, scratch: string): Promise<{ seconds: number; rss?: number }> {
-  for (const f of t.outputs ?? []) await rm(f, { force: true });
+/**
+ * Empty the page cache (untimed, after syncAll): the next run reads its
+ * source from the disk. Root only, and not in every container: null when
+ * it worked, else why not.
+ */
+async function dropCaches(): Promise<string | null> {
+  try {
+    await writeFile('/proc/sys/vm/drop_caches', '3\n');
+    return null;
+  } catch (e) {
+    return `cannot drop the page cache here (${(e as NodeJS.ErrnoException).code ?? e}): cold-cache cases skipped`;
+  }
+}
+
+async function runTool(t: Tool, scratch: string, cold = false): Promise<{ seconds: number; rss?: number }> {
+  for (const f of t.outputs ?? []) await rm(f, { force: true, recursive: true });
+  if (t.setup) await measure(t.setup, { scratch });
   await syncAll();
+  if (cold) {
+    const why = await dropCaches();
+    if (why) throw new Error(why);
+  }
   try {
     const m = await measure(t.argv, { scratch });
     return { seconds: t.inner && m.inner !== undefined ? m.inner : m.wall, rss: m.rss };
   } finally {
-    for (const f of t.outputs ?? []) await rm(f, { force: true });
+    for (const f of t.outputs ?? []) await rm(f, { force: true, recursive: true });
   }
 }
 
@@ -209,7 +232,7 @@ async function runRounds(c: Case, res: CaseResult, runs: number, scratch: string
       const tr = res.tools[i];
       if (tr.unavailable || tr.error) continue;
       try {
-        const m = await runTool(c.tools[i], scratch);
+        const m = await runTool(c.tools[i], scratch, c.cold);
         tr.seconds.push(m.seconds);
         if (m.rss !== undefined && !c.tools[i].server) tr.rss.push(m.rss);
       } catch (e) {
@@ -226,7 +249,7 @@ function ratios(c: Case, res: CaseResult, cp: CaseResult | undefined): void {
     const sv = perByte(s);
     if (sv === undefined) continue;
     const peers = res.tools.filter((t) => t.role === 'peer');
-    if (c.group === 'convert' && cp) peers.push(...cp.tools);
+    if ((c.group === 'convert' || c.group === 'commit') && cp) peers.push(...cp.tools);
     for (const p of peers) {
       const pv = perByte(p);
       if (pv === undefined) continue;
@@ -321,7 +344,7 @@ async function main(): Promise<number> {
   const extraCa = dropExtraCaCerts();
   const facts = await machine();
   if (extraCa) facts.env = `NODE_EXTRA_CA_CERTS (${extraCa}) unset for the measured tools`;
-  log(`vdisk bench (${args.smoke ? 'smoke' : args.quick ? 'quick' : 'full'}, ${args.runs} runs per tool)`);
+  log(`vdisk bench (${args.smoke ? 'smoke' : args.quick ? 'quick' : 'full'}${args.large ? ' + 4 GiB' : ''}, ${args.runs} runs per tool)`);
   log(Object.entries(facts).map(([k, v]) => `  ${k}: ${v}`).join('\n'));
   if (facts['qemu-img'] === 'missing') throw new Error('qemu-img is required (it builds the VHD and VHDX inputs and is the main peer)');
   if (!hasGnuTime) log('  /usr/bin/time missing: peak RSS not measured');
@@ -357,13 +380,23 @@ async function main(): Promise<number> {
     log(`converts: target cache ${env.convertCache ? 'unsafe (no sync, every tool)' : 'writeback (one sync at the end, every tool)'}`);
     let cases = buildCases(inputs, opts, env);
     if (args.quick) cases = cases.filter((c) => c.quick);
+    if (args.large) {
+      const drop = await dropCaches();
+      log(`cold-cache cases: ${drop ?? 'the page cache is dropped before each run (echo 3 > /proc/sys/vm/drop_caches)'}`);
+      log('building the 4 GiB inputs');
+      const t1 = Date.now();
+      const large = await buildLargeInputs(work, log);
+      await syncAll();
+      log(`  (${((Date.now() - t1) / 1000).toFixed(1)} s)`);
+      cases.push(...buildLargeCases(large, { ...env, dropCaches: drop }));
+    }
     if (args.only.length) cases = cases.filter((c) => c.group === 'reference' || args.only.some((o) => c.id.includes(o)));
 
     const results: CaseResult[] = [];
     let failures = 0;
     for (const c of cases) {
       const r = await runCase(c, args.runs, work);
-      ratios(c, r, results.find((x) => x.id === 'ref-cp'));
+      ratios(c, r, results.find((x) => x.id === (c.cpRef ?? 'ref-cp')));
       results.push(r);
       if (r.unavailable) log(`- ${c.title}: ${r.unavailable}`);
       else {

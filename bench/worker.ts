@@ -15,6 +15,7 @@ import { PEERS_DIR } from './peers.js';
  *       bench uses (offset_i = i * step mod size), `depth` requests in flight
  *   node dist/bench/worker.js vhdlib-to-raw|vhdlib-from-raw|vhdlib-flatten '{"src":..,"dst":..}'
  *       the same jobs done by Xen Orchestra's vhd-lib (the peer)
+ *   node dist/bench/worker.js vhdlib-merge '{"parent":..,"child":..}'
  *   node dist/bench/worker.js convert '{"src":..,"srcFormat":..,"dst":..,"dstFormat":..}'
  *       vdisk's convert() without the CLI (start-up cost shown apart)
  *   node dist/bench/worker.js addcow-write '{...}'
@@ -147,6 +148,13 @@ async function vhdlibFromRaw(j: CopyJob): Promise<void> {
   console.log(`BENCH ${JSON.stringify({ seconds: Number(process.hrtime.bigint() - t0) / 1e9 })}`);
 }
 
+/** vhd-lib's merge of a differencing VHD into its parent (what Xen Orchestra runs to coalesce a chain). */
+async function vhdlibMerge(j: { parent: string; child: string }): Promise<void> {
+  const t0 = process.hrtime.bigint();
+  await vhdLib().mergeVhd(handler, rel(j.parent), handler, rel(j.child));
+  console.log(`BENCH ${JSON.stringify({ seconds: Number(process.hrtime.bigint() - t0) / 1e9 })}`);
+}
+
 /**
  * add-cow sequential writes: a fresh add-cow over `backing`, `total` bytes
  * written in `bs` requests from offset 0, flushed every `flushEvery` bytes
@@ -189,6 +197,7 @@ const OPS: Record<string, (j: any) => Promise<void>> = {
   'vhdlib-to-raw': vhdlibToRaw,
   'vhdlib-from-raw': vhdlibFromRaw,
   'vhdlib-flatten': vhdlibFlatten,
+  'vhdlib-merge': vhdlibMerge,
   'addcow-write': addCowWrite,
 };
 

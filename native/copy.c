@@ -10,6 +10,18 @@
 // ops/zero.ts granuleRuns): granules are aligned to the target offset; a
 // read that meets the end of the source file reads zeros there, as
 // readOrZero does; a write the host takes none of is an error, not a loop.
+//
+// copyToBlocks is the same copy into a target whose format allocates blocks
+// (dynamic VHD, VHDX): each range belongs to a unit (one block of the
+// target's disk) whose place in the file is either known (an allocated
+// block: written in place) or taken on its first data, from consecutive
+// slots at the end of the file (base + k * stride). Slots go to units in
+// the plan's order — a range that holds data waits until every range
+// before it has been read and found zero or not — so the file is laid out
+// exactly as the JavaScript path lays it out (one block after the other,
+// in disk order, blocks of zeros never allocated), while the reads, zero
+// scans and writes of many blocks still run at once. The format writes
+// the metadata afterwards (src/ops/convert.ts, Image.fillBlocks).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
@@ -29,6 +41,9 @@
 #define MAX_RANGE (64u << 20)
 
 #define STRIDE 4  // a range of the plan: source descriptor, source offset, target offset, length
+// A range of a copyToBlocks plan: source descriptor, source offset, disk offset, unit, offset in the unit's place, length.
+#define BSTRIDE 6
+#define UNIT_WRITE_ALL 1  // a unit flag: write zero granules too (in place over data that may not be zero)
 
 typedef struct {
   int dst;
@@ -47,6 +62,18 @@ typedef struct {
   atomic_int no_fallocate;  // the target's file system cannot allocate ahead
   uint64_t *progress;  // optional: bytes of ranges finished, for a progress bar
   napi_ref progress_ref;
+  // copyToBlocks only (blocks != 0): see the comment at the top.
+  int blocks;
+  size_t units;
+  int64_t *unit_host;    // where each unit's data starts in the file, -1 while it has no place
+  uint8_t *unit_flags;
+  uint8_t *decided;      // per range: 0 not yet scanned, 1 needs no slot, 2 holds data for a unit without one
+  size_t frontier;       // ranges before it are decided, and their units placed
+  uint64_t next_slot;
+  uint64_t base, stride;
+  uv_mutex_t mu;
+  uv_cond_t cv;
+  napi_ref placed_ref;   // Float64Array receiving unit_host at the end
   int pending;  // workers not yet completed (main thread only)
   napi_deferred deferred;
   napi_async_work works[MAX_WORKERS];
@@ -60,6 +87,12 @@ static void fail(Job *job, int err, const char *op, uint64_t offset, int fd) {
     job->op = op;
     job->err_offset = offset;
     job->err_fd = fd;
+  }
+  // copyToBlocks: a range waiting for its slot must not wait for ranges that will never be decided.
+  if (job->blocks) {
+    uv_mutex_lock(&job->mu);
+    uv_cond_broadcast(&job->cv);
+    uv_mutex_unlock(&job->mu);
   }
 }
 
@@ -131,6 +164,95 @@ static int all_zero(const uint8_t *p, uint64_t n) {
   return p[0] == 0 && (n == 1 || memcmp(p, p + 1, n - 1) == 0);
 }
 
+// The next granule boundary after pos (granules are aligned to `at`, the
+// disk offset or the target offset of the range's first byte).
+static inline uint64_t granule_end(uint64_t at, uint64_t pos, uint64_t g, uint64_t len) {
+  uint64_t end = ((at + pos) / g + 1) * g - at;
+  return end > len ? len : end;
+}
+
+// Mark range i decided and place the units of every range decided in a row
+// from the frontier on; then, if range i holds data, wait for its unit's
+// place. Returns the unit's host offset (-1: it has none, or a failure elsewhere).
+static int64_t place(Job *job, size_t i, uint64_t unit, int needs_slot) {
+  uv_mutex_lock(&job->mu);
+  job->decided[i] = needs_slot ? 2 : 1;
+  int moved = 0;
+  while (job->frontier < job->count && job->decided[job->frontier]) {
+    const uint64_t *r = job->plan + BSTRIDE * job->frontier;
+    if (job->decided[job->frontier] == 2 && job->unit_host[r[3]] < 0) {
+      job->unit_host[r[3]] = (int64_t)(job->base + job->next_slot * job->stride);
+      job->next_slot++;
+    }
+    job->frontier++;
+    moved = 1;
+  }
+  if (moved) uv_cond_broadcast(&job->cv);
+  // Only a range that takes a slot waits: its place depends on every range before it.
+  if (needs_slot) {
+    while (job->frontier <= i && !atomic_load(&job->failed)) uv_cond_wait(&job->cv, &job->mu);
+  }
+  int64_t host = atomic_load(&job->failed) ? -1 : job->unit_host[unit];
+  uv_mutex_unlock(&job->mu);
+  return host;
+}
+
+static void execute_blocks(Job *job, uint8_t *buf) {
+  const uint64_t g = job->granule;
+  while (!atomic_load(&job->failed)) {
+    size_t i = atomic_fetch_add(&job->next, 1);
+    if (i >= job->count) break;
+    const uint64_t *r = job->plan + BSTRIDE * i;
+    const uint64_t from = r[1], disk = r[2], unit = r[3], in = r[4], len = r[5];
+    if (!read_full(job, (int)r[0], buf, len, from)) break;
+    const int write_all = job->unit_flags[unit] & UNIT_WRITE_ALL;
+    // The first data granule (granules aligned to the disk offset, as ops/zero.ts granuleRuns).
+    uint64_t pos = 0, end;
+    if (!write_all) {
+      while (pos < len) {
+        end = granule_end(disk, pos, g, len);
+        if (!all_zero(buf + pos, end - pos)) break;
+        pos = end;
+      }
+    }
+    const int has_data = pos < len;
+    uv_mutex_lock(&job->mu);
+    const int placed = job->unit_host[unit] >= 0;
+    uv_mutex_unlock(&job->mu);
+    // Every range is marked decided (the frontier passes only decided ranges).
+    const int64_t host = place(job, i, unit, has_data && !placed);
+    if (!has_data) {
+      if (job->progress) __atomic_fetch_add(job->progress, len, __ATOMIC_RELAXED);
+      continue;
+    }
+    if (host < 0) break;  // failed elsewhere
+    uint64_t bytes = 0;
+    if (write_all) {
+      if (!write_full(job, buf, len, (uint64_t)host + in)) return;
+      bytes = len;
+    } else {
+      while (pos < len) {
+        // A run of data granules from pos, then the zero granules after it skipped.
+        const uint64_t run = pos;
+        while (pos < len) {
+          end = granule_end(disk, pos, g, len);
+          if (all_zero(buf + pos, end - pos)) break;
+          pos = end;
+        }
+        if (!write_full(job, buf + run, pos - run, (uint64_t)host + in + run)) return;
+        bytes += pos - run;
+        while (pos < len) {
+          end = granule_end(disk, pos, g, len);
+          if (!all_zero(buf + pos, end - pos)) break;
+          pos = end;
+        }
+      }
+    }
+    atomic_fetch_add(&job->written, bytes);
+    if (job->progress) __atomic_fetch_add(job->progress, len, __ATOMIC_RELAXED);
+  }
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   Job *job = data;
@@ -145,6 +267,11 @@ static void execute(napi_env env, void *data) {
 #ifdef MADV_HUGEPAGE
   if (job->max_len >= huge) madvise(buf, job->max_len, MADV_HUGEPAGE);
 #endif
+  if (job->blocks) {
+    execute_blocks(job, buf);
+    free(buf);
+    return;
+  }
   const uint64_t g = job->granule;
   while (!atomic_load(&job->failed)) {
     size_t i = atomic_fetch_add(&job->next, 1);
@@ -180,7 +307,31 @@ out:
   free(buf);
 }
 
+static void free_job(napi_env env, Job *job) {
+  if (job->blocks) {
+    if (job->placed_ref) napi_delete_reference(env, job->placed_ref);
+    uv_mutex_destroy(&job->mu);
+    uv_cond_destroy(&job->cv);
+    free(job->unit_host);
+    free(job->unit_flags);
+    free(job->decided);
+  }
+  free(job->plan);
+  free(job);
+}
+
 static void finish(napi_env env, Job *job) {
+  if (job->blocks && !job->failed) {
+    // Where each unit's data went (-1: no data, no place): the format records the new places.
+    napi_value placed;
+    napi_typedarray_type t;
+    size_t n;
+    void *d;
+    if (napi_get_reference_value(env, job->placed_ref, &placed) == napi_ok &&
+        napi_get_typedarray_info(env, placed, &t, &n, &d, NULL, NULL) == napi_ok && t == napi_float64_array && n >= job->units) {
+      for (size_t u = 0; u < job->units; u++) ((double *)d)[u] = (double)job->unit_host[u];
+    }
+  }
   napi_value result;
   if (job->failed) {
     const char *code = job->err > 0 ? uv_err_name(-job->err) : "EIO";
@@ -204,8 +355,7 @@ static void finish(napi_env env, Job *job) {
     napi_resolve_deferred(env, job->deferred, result);
   }
   if (job->progress_ref) napi_delete_reference(env, job->progress_ref);
-  free(job->plan);
-  free(job);
+  free_job(env, job);
 }
 
 static void complete(napi_env env, napi_status status, void *data) {
@@ -232,88 +382,69 @@ static int get_u64(napi_env env, napi_value v, uint64_t *out) {
   return 1;
 }
 
-// copyRanges(dstFd, plan: Float64Array of STRIDE-tuples, granule, workers[, progress: BigUint64Array])
-//   -> Promise<bytes written>
-static napi_value copy_ranges(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 4) return throw_type(env, "copyRanges takes 4 or 5 arguments");
-  bool has_progress = false;
-  if (argc == 5) {
-    napi_valuetype t;
-    napi_typeof(env, argv[4], &t);
-    has_progress = t != napi_undefined;
-  }
-  int32_t dst, workers;
-  uint64_t granule;
-  if (napi_get_value_int32(env, argv[0], &dst) != napi_ok || dst < 0) return throw_type(env, "target descriptor");
-  if (!get_u64(env, argv[2], &granule) || granule == 0) return throw_type(env, "granule");
-  if (napi_get_value_int32(env, argv[3], &workers) != napi_ok || workers < 1 || workers > MAX_WORKERS) return throw_type(env, "workers");
+// A plan (Float64Array of `stride`-tuples of non-negative safe integers:
+// the first a descriptor, the last a length of at most MAX_RANGE) copied
+// into C memory. NULL after throwing a TypeError (or an out-of-memory error).
+static uint64_t *get_plan(napi_env env, napi_value v, size_t stride, size_t *count, uint64_t *max_len, const char *shape) {
   bool is_typed;
-  napi_is_typedarray(env, argv[1], &is_typed);
-  if (!is_typed) return throw_type(env, "plan must be a Float64Array");
+  napi_is_typedarray(env, v, &is_typed);
+  if (!is_typed) return throw_type(env, "plan must be a Float64Array"), NULL;
   napi_typedarray_type type;
   size_t length;
   void *values;
-  napi_get_typedarray_info(env, argv[1], &type, &length, &values, NULL, NULL);
-  if (type != napi_float64_array || length % STRIDE != 0) return throw_type(env, "plan must be a Float64Array of (descriptor, from, to, length) ranges");
-
-  uint64_t *progress = NULL;
-  if (has_progress) {
-    bool ok;
-    napi_is_typedarray(env, argv[4], &ok);
-    napi_typedarray_type ptype = napi_int8_array;
-    size_t plength = 0;
-    void *pdata = NULL;
-    if (ok) napi_get_typedarray_info(env, argv[4], &ptype, &plength, &pdata, NULL, NULL);
-    if (!ok || ptype != napi_biguint64_array || plength < 1) return throw_type(env, "progress must be a BigUint64Array");
-    progress = pdata;
-  }
-
-  Job *job = calloc(1, sizeof *job);
+  napi_get_typedarray_info(env, v, &type, &length, &values, NULL, NULL);
+  if (type != napi_float64_array || length % stride != 0) return throw_type(env, shape), NULL;
   uint64_t *plan = malloc(length ? length * sizeof *plan : 1);
-  if (!job || !plan) {
-    free(job);
-    free(plan);
+  if (!plan) {
     napi_throw_error(env, "ENOMEM", "out of memory");
     return NULL;
   }
   const double *d = values;
-  uint64_t max_len = 1;
-  for (size_t i = 0; i < length; i++) {
-    double v = d[i];
-    if (!(v >= 0 && v <= 9007199254740991.0) || floor(v) != v) {
-      free(job);
-      free(plan);
-      return throw_type(env, "plan values must be non-negative safe integers");
+  *max_len = 1;
+  const char *bad = NULL;
+  for (size_t i = 0; i < length && !bad; i++) {
+    double x = d[i];
+    if (!(x >= 0 && x <= 9007199254740991.0) || floor(x) != x) bad = "plan values must be non-negative safe integers";
+    else {
+      plan[i] = (uint64_t)x;
+      if (i % stride == 0 && plan[i] > INT32_MAX) bad = "a source descriptor of the plan is out of range";
+      if (i % stride == stride - 1 && plan[i] > *max_len) *max_len = plan[i];
     }
-    plan[i] = (uint64_t)v;
-    if (i % STRIDE == 0 && plan[i] > INT32_MAX) {
-      free(job);
-      free(plan);
-      return throw_type(env, "a source descriptor of the plan is out of range");
-    }
-    if (i % STRIDE == STRIDE - 1 && plan[i] > max_len) max_len = plan[i];
   }
-  if (max_len > MAX_RANGE) {
-    free(job);
+  if (!bad && *max_len > MAX_RANGE) bad = "a range of the plan is larger than 64 MiB";
+  if (bad) {
     free(plan);
-    return throw_type(env, "a range of the plan is larger than 64 MiB");
+    return throw_type(env, bad), NULL;
   }
-  job->dst = dst;
-  job->granule = granule;
-  job->count = length / STRIDE;
-  job->plan = plan;
-  job->max_len = max_len;
-  job->progress = progress;
-  // The progress array stays alive (and its memory in place) while the threads count into it.
-  if (progress) napi_create_reference(env, argv[4], 1, &job->progress_ref);
-  if ((size_t)workers > job->count) workers = job->count > 0 ? (int32_t)job->count : 1;
+  *count = length / stride;
+  return plan;
+}
 
+// The optional progress argument: 1 and *out set (NULL when undefined), 0 after throwing.
+static int get_progress(napi_env env, napi_value v, uint64_t **out) {
+  *out = NULL;
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_undefined) return 1;
+  bool ok;
+  napi_is_typedarray(env, v, &ok);
+  napi_typedarray_type ptype = napi_int8_array;
+  size_t plength = 0;
+  void *pdata = NULL;
+  if (ok) napi_get_typedarray_info(env, v, &ptype, &plength, &pdata, NULL, NULL);
+  if (!ok || ptype != napi_biguint64_array || plength < 1) return throw_type(env, "progress must be a BigUint64Array"), 0;
+  *out = pdata;
+  return 1;
+}
+
+// Queue the job on `workers` threads; the promise settles when all are done.
+static napi_value start(napi_env env, Job *job, int32_t workers, napi_value progress_v) {
+  // The progress array stays alive (and its memory in place) while the threads count into it.
+  if (job->progress) napi_create_reference(env, progress_v, 1, &job->progress_ref);
+  if ((size_t)workers > job->count) workers = job->count > 0 ? (int32_t)job->count : 1;
   napi_value promise, name;
   napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, "vdisk.copyRanges", NAPI_AUTO_LENGTH, &name);
+  napi_create_string_utf8(env, job->blocks ? "vdisk.copyToBlocks" : "vdisk.copyRanges", NAPI_AUTO_LENGTH, &name);
   job->pending = workers;
   for (int i = 0; i < workers; i++) {
     if (napi_create_async_work(env, NULL, name, execute, complete, job, &job->works[i]) != napi_ok) {
@@ -323,9 +454,8 @@ static napi_value copy_ranges(napi_env env, napi_callback_info info) {
       napi_create_string_utf8(env, "could not start the copy threads", NAPI_AUTO_LENGTH, &msg);
       napi_create_error(env, NULL, msg, &err);
       napi_reject_deferred(env, job->deferred, err);
-      free(job->plan);
       if (job->progress_ref) napi_delete_reference(env, job->progress_ref);
-      free(job);
+      free_job(env, job);
       return promise;
     }
   }
@@ -333,6 +463,121 @@ static napi_value copy_ranges(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// copyRanges(dstFd, plan: Float64Array of STRIDE-tuples, granule, workers[, progress: BigUint64Array])
+//   -> Promise<bytes written>
+static napi_value copy_ranges(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 4) return throw_type(env, "copyRanges takes 4 or 5 arguments");
+  int32_t dst, workers;
+  uint64_t granule;
+  if (napi_get_value_int32(env, argv[0], &dst) != napi_ok || dst < 0) return throw_type(env, "target descriptor");
+  if (!get_u64(env, argv[2], &granule) || granule == 0) return throw_type(env, "granule");
+  if (napi_get_value_int32(env, argv[3], &workers) != napi_ok || workers < 1 || workers > MAX_WORKERS) return throw_type(env, "workers");
+  uint64_t *progress = NULL;
+  if (argc == 5 && !get_progress(env, argv[4], &progress)) return NULL;
+  size_t count;
+  uint64_t max_len;
+  uint64_t *plan = get_plan(env, argv[1], STRIDE, &count, &max_len, "plan must be a Float64Array of (descriptor, from, to, length) ranges");
+  if (!plan) return NULL;
+  Job *job = calloc(1, sizeof *job);
+  if (!job) {
+    free(plan);
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  job->dst = dst;
+  job->granule = granule;
+  job->count = count;
+  job->plan = plan;
+  job->max_len = max_len;
+  job->progress = progress;
+  return start(env, job, workers, argc == 5 ? argv[4] : NULL);
+}
+
+// copyToBlocks(dstFd, plan: Float64Array of BSTRIDE-tuples, units: Float64Array of (host or -1, flags),
+//              base, stride, granule, workers, placed: Float64Array[, progress]) -> Promise<bytes written>
+static napi_value copy_to_blocks(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 8) return throw_type(env, "copyToBlocks takes 8 or 9 arguments");
+  int32_t dst, workers;
+  uint64_t base, stride, granule;
+  if (napi_get_value_int32(env, argv[0], &dst) != napi_ok || dst < 0) return throw_type(env, "target descriptor");
+  if (!get_u64(env, argv[3], &base)) return throw_type(env, "base");
+  if (!get_u64(env, argv[4], &stride) || stride == 0) return throw_type(env, "stride");
+  if (!get_u64(env, argv[5], &granule) || granule == 0) return throw_type(env, "granule");
+  if (napi_get_value_int32(env, argv[6], &workers) != napi_ok || workers < 1 || workers > MAX_WORKERS) return throw_type(env, "workers");
+  bool ok;
+  napi_typedarray_type ut = napi_int8_array, pt = napi_int8_array;
+  size_t ulen = 0, plen = 0;
+  void *udata = NULL;
+  napi_is_typedarray(env, argv[2], &ok);
+  if (ok) napi_get_typedarray_info(env, argv[2], &ut, &ulen, &udata, NULL, NULL);
+  if (!ok || ut != napi_float64_array || ulen % 2 != 0) return throw_type(env, "units must be a Float64Array of (host offset or -1, flags) pairs");
+  napi_is_typedarray(env, argv[7], &ok);
+  if (ok) napi_get_typedarray_info(env, argv[7], &pt, &plen, NULL, NULL, NULL);
+  const size_t units = ulen / 2;
+  if (!ok || pt != napi_float64_array || plen < units) return throw_type(env, "placed must be a Float64Array with one value per unit");
+  uint64_t *progress = NULL;
+  if (argc == 9 && !get_progress(env, argv[8], &progress)) return NULL;
+  size_t count;
+  uint64_t max_len;
+  uint64_t *plan = get_plan(env, argv[1], BSTRIDE, &count, &max_len, "plan must be a Float64Array of (descriptor, from, disk offset, unit, offset in unit, length) ranges");
+  if (!plan) return NULL;
+  for (size_t i = 0; i < count; i++) {
+    if (plan[BSTRIDE * i + 3] >= units) {
+      free(plan);
+      return throw_type(env, "a range of the plan names a unit that is not in units");
+    }
+  }
+  Job *job = calloc(1, sizeof *job);
+  int64_t *unit_host = malloc((units ? units : 1) * sizeof *unit_host);
+  uint8_t *unit_flags = malloc(units ? units : 1);
+  uint8_t *decided = calloc(count ? count : 1, 1);
+  if (!job || !unit_host || !unit_flags || !decided) {
+    free(job), free(plan), free(unit_host), free(unit_flags), free(decided);
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  const double *u = udata;
+  for (size_t k = 0; k < units; k++) {
+    const double h = u[2 * k], f = u[2 * k + 1];
+    if (!((h == -1 || (h >= 0 && h <= 9007199254740991.0)) && floor(h) == h && (f == 0 || f == UNIT_WRITE_ALL))) {
+      free(job), free(plan), free(unit_host), free(unit_flags), free(decided);
+      return throw_type(env, "a unit must be (host offset or -1, 0 or 1)");
+    }
+    unit_host[k] = (int64_t)h;
+    unit_flags[k] = (uint8_t)f;
+  }
+  if (uv_mutex_init(&job->mu) != 0 || uv_cond_init(&job->cv) != 0) {
+    free(job), free(plan), free(unit_host), free(unit_flags), free(decided);
+    napi_throw_error(env, "ENOMEM", "could not make a lock");
+    return NULL;
+  }
+  job->blocks = 1;
+  job->dst = dst;
+  job->granule = granule;
+  job->count = count;
+  job->plan = plan;
+  job->max_len = max_len;
+  job->progress = progress;
+  job->units = units;
+  job->unit_host = unit_host;
+  job->unit_flags = unit_flags;
+  job->decided = decided;
+  job->base = base;
+  job->stride = stride;
+  napi_create_reference(env, argv[7], 1, &job->placed_ref);
+  return start(env, job, workers, argc == 9 ? argv[8] : NULL);
+}
+
 napi_value vdisk_copy_ranges(napi_env env, napi_callback_info info) {
   return copy_ranges(env, info);
+}
+
+napi_value vdisk_copy_to_blocks(napi_env env, napi_callback_info info) {
+  return copy_to_blocks(env, info);
 }

@@ -278,3 +278,156 @@ test('file store reads: from memory when the page cache has it, else (or for the
     cleanup();
   }
 });
+
+test('native copyToBlocks: same places, bytes and written count as a model of the JavaScript path, any plans and granules', async (t) => {
+  const addon = requireNativeAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(fc.integer({ min: 0, max: 2 }), { minLength: 1, maxLength: 48 }),
+        fc.constantFrom(512, 4096),
+        fc.constantFrom(512, 4096, 65536),
+        fc.constantFrom(8192, 65536),
+        // Per unit: whether it has a place already (and then whether zero granules are written too), and its ranges.
+        fc.array(
+          fc.record({ placed: fc.boolean(), writeAll: fc.boolean(), ranges: fc.array(fc.record({ from: fc.nat(), len: fc.nat() }), { minLength: 1, maxLength: 3 }) }),
+          { minLength: 1, maxLength: 10 },
+        ),
+        fc.integer({ min: 1, max: 4 }),
+        fc.nat(),
+        async (kinds, patch, granule, blockSize, unitsWanted, workers, seed) => {
+          const src = patchwork(kinds, patch, seed);
+          const srcPath = join(dir, 'src');
+          const dstPath = join(dir, 'dst');
+          writeFileSync(srcPath, src);
+          writeFileSync(dstPath, new Uint8Array(0));
+          // Units are blocks 0, 2, 4...; placed ones live at the file's start, new slots after them.
+          const stride = blockSize + 512;
+          const base = unitsWanted.length * blockSize + 512;
+          const plan: number[] = [];
+          const units: number[] = [];
+          const model = { slot: 0, written: 0, progress: 0 };
+          const expect = new Uint8Array(base + unitsWanted.length * stride);
+          const placedWant: number[] = [];
+          const srcFd = openSync(srcPath, 'r');
+          const dstFd = openSync(dstPath, 'r+');
+          try {
+            unitsWanted.forEach((u, k) => {
+              const blockStart = 2 * k * blockSize;
+              let host = u.placed ? k * blockSize : -1;
+              const writeAll = u.placed && u.writeAll;
+              units.push(host, writeAll ? 1 : 0);
+              let cursor = 0;
+              for (const r of u.ranges) {
+                const len = 1 + (r.len % Math.max(1, Math.min(src.length + 700, blockSize - cursor)));
+                if (cursor + len > blockSize) break;
+                const from = r.from % (src.length + 100);
+                const bytes = new Uint8Array(len);
+                bytes.set(src.subarray(from, Math.min(src.length, from + len)));
+                const disk = blockStart + cursor;
+                plan.push(srcFd, from, disk, k, cursor, len);
+                model.progress += len;
+                const runs = writeAll ? [{ from: 0, to: len, same: false }] : [...granuleRuns(bytes, disk, granule, zeroChecker(bytes))];
+                const data = runs.filter((x) => !x.same);
+                if (data.length && host < 0) host = base + model.slot++ * stride;
+                for (const x of data) {
+                  expect.set(bytes.subarray(x.from, x.to), host + cursor + x.from);
+                  model.written += x.to - x.from;
+                }
+                cursor += len + (r.from % 3) * 512;
+              }
+              placedWant.push(host);
+            });
+            const placed = new Float64Array(unitsWanted.length).fill(-2);
+            const progress = new BigUint64Array(1);
+            const written = await addon.copyToBlocks(dstFd, new Float64Array(plan), new Float64Array(units), base, stride, granule, workers, placed, progress);
+            assert.equal(written, model.written);
+            assert.equal(Number(progress[0]), model.progress);
+            assert.deepEqual([...placed], placedWant, 'places: slots taken in plan order by units holding data');
+          } finally {
+            closeSync(srcFd);
+            closeSync(dstFd);
+          }
+          const got = readFileSync(dstPath);
+          assert.ok(got.length <= expect.length);
+          const cmp = new Uint8Array(expect.length);
+          cmp.set(got);
+          assert.equal(firstDifference(cmp, expect), -1, 'first differing byte');
+        },
+      ),
+      { numRuns: 150 },
+    );
+  } finally {
+    cleanup();
+  }
+});
+
+test('native copyToBlocks: slots in plan order whichever range finishes first; a failed read stops the copy (no thread waits forever for its slot); bad arguments throw', async (t) => {
+  const addon = requireNativeAddon(t);
+  if (!addon) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    writeFileSync(join(dir, 'src'), new Uint8Array(1 << 20).fill(7));
+    const src = openSync(join(dir, 'src'), 'r');
+    const wo = openSync(join(dir, 'wo'), 'w');
+    const dst = openSync(join(dir, 'dst'), 'w+');
+    try {
+      // Range 0 reads from a write-only descriptor and fails; ranges after it hold data and wait for their slots.
+      const plan = [wo, 0, 0, 0, 0, 4096];
+      for (let k = 1; k < 40; k++) plan.push(src, 0, k * 65536, k, 0, 65536);
+      const units = new Float64Array(80).fill(0);
+      for (let k = 0; k < 40; k++) units[2 * k] = -1;
+      await assert.rejects(addon.copyToBlocks(dst, new Float64Array(plan), units, 0, 65536, 4096, 4, new Float64Array(40)), (e: NodeJS.ErrnoException & { fd: number }) => {
+        assert.equal(e.code, 'EBADF');
+        assert.equal(e.syscall, 'read');
+        assert.equal(e.fd, wo);
+        return true;
+      });
+      // A long first range (32 MiB to read and scan) and short ones after it: threads finish the short ones
+      // first, yet slots still go in plan order (the file is laid out in disk order, as by the JavaScript path).
+      writeFileSync(join(dir, 'big'), new Uint8Array(32 << 20).fill(9));
+      const big = openSync(join(dir, 'big'), 'r');
+      try {
+        const order = [big, 0, 0, 0, 0, 32 << 20];
+        for (let k = 1; k < 16; k++) order.push(src, 0, k * (32 << 20), k, 0, 4096);
+        const u = new Float64Array(32);
+        for (let k = 0; k < 16; k++) u[2 * k] = -1;
+        const placed = new Float64Array(16);
+        const dst2 = openSync(join(dir, 'dst2'), 'w+');
+        try {
+          assert.equal(await addon.copyToBlocks(dst2, new Float64Array(order), u, 0, 32 << 20, 4096, 4, placed), (32 << 20) + 15 * 4096);
+        } finally {
+          closeSync(dst2);
+        }
+        assert.deepEqual([...placed], Array.from({ length: 16 }, (_, k) => k * (32 << 20)));
+      } finally {
+        closeSync(big);
+      }
+      const ok = [src, 0, 0, 0, 0, 512];
+      const bad: unknown[][] = [
+        [dst, [src, 0, 0, 0, 0], [-1, 0], 0, 512, 512, 1, new Float64Array(1)], // not whole ranges
+        [dst, ok, [-1, 0], 0, 512, 512, 1, new Float64Array(0)], // no room for the places
+        [dst, [src, 0, 0, 1, 0, 512], [-1, 0], 0, 512, 512, 1, new Float64Array(1)], // unit out of range
+        [dst, ok, [-2, 0], 0, 512, 512, 1, new Float64Array(1)], // a place of -2
+        [dst, ok, [-1, 2], 0, 512, 512, 1, new Float64Array(1)], // unknown flags
+        [dst, ok, [-1], 0, 512, 512, 1, new Float64Array(1)], // not whole units
+        [dst, ok, [-1, 0], 0, 0, 512, 1, new Float64Array(1)], // stride 0
+        [dst, ok, [-1, 0], -1, 512, 512, 1, new Float64Array(1)], // negative base
+        [dst, ok, [-1, 0], 0, 512, 512, 9, new Float64Array(1)], // too many workers
+      ];
+      for (const [target, p, u, base, stride, granule, workers, placed] of bad) {
+        assert.throws(
+          () => addon.copyToBlocks(target as number, new Float64Array(p as number[]), new Float64Array(u as number[]), base as number, stride as number, granule as number, workers as number, placed as Float64Array),
+          TypeError,
+          JSON.stringify([p, u, base, stride, workers]),
+        );
+      }
+    } finally {
+      [src, wo, dst].forEach((f) => closeSync(f));
+    }
+  } finally {
+    cleanup();
+  }
+});

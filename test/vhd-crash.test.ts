@@ -29,6 +29,12 @@ interface Scenario {
   writes: Array<[number, number]>;
   /** Issue all writes at once (sector-aligned, disjoint): several allocations in flight together. */
   concurrent?: boolean;
+  /**
+   * Instead of writes: one batch through fillBlocks (the native copier's path), the data written
+   * through the store here so the crash points cover it: [block, bytes skipped at its start] for new
+   * blocks in slot order, then [disk offset, length] written in place into allocated blocks.
+   */
+  fill?: { blocks: Array<[number, number]>; inPlace: Array<[number, number]> };
 }
 
 const SCENARIOS: Scenario[] = [
@@ -40,6 +46,7 @@ const SCENARIOS: Scenario[] = [
   // Whole new blocks: bitmap, data and footer go as one request (writeParts), next to each other in flight.
   { name: 'dynamic: concurrent whole-block writes (bitmap, data and footer in one request)', differencing: false, concurrent: true, writes: [[MiB, MiB], [0, MiB]] },
   { name: 'differencing: whole new block, then one ending at its block end', differencing: true, writes: [[MiB, MiB], [2 * MiB + 4096, MiB - 4096]] },
+  { name: 'dynamic: a batch of new blocks filled by a copier (fillBlocks), one partly, and an in-place write', differencing: false, writes: [], fill: { blocks: [[1, 0], [2, 4096]], inPlace: [[65536, 4096]] } },
 ];
 
 async function prepare(s: Scenario): Promise<{ fs: MemoryFs; top: string }> {
@@ -82,7 +89,14 @@ async function runOp(fs: MemoryFs, top: string, store: Store, s: Scenario): Prom
   const c = await openChain(top, { openStore: opener(fs, top, store) });
   try {
     const r = rng(99);
-    if (s.concurrent) await Promise.all(s.writes.map(([off, len]) => c.write(off, randomBytes(r, len), { disjoint: true })));
+    if (s.fill) {
+      const { blocks, inPlace } = s.fill;
+      await c.top.fillBlocks!(async (w) => {
+        for (let k = 0; k < blocks.length; k++) await w.store.write(w.base + k * w.stride + blocks[k][1], randomBytes(r, w.blockSize - blocks[k][1]));
+        for (const [off, len] of inPlace) await w.store.write(w.placeOf(Math.floor(off / w.blockSize))! + (off % w.blockSize), randomBytes(r, len));
+        return blocks.map(([b]) => b);
+      });
+    } else if (s.concurrent) await Promise.all(s.writes.map(([off, len]) => c.write(off, randomBytes(r, len), { disjoint: true })));
     else for (const [off, len] of s.writes) await c.write(off, randomBytes(r, len));
     await c.flush();
   } finally {
@@ -105,6 +119,8 @@ for (const s of SCENARIOS) {
     const model = oldDisk.slice();
     const r = rng(99);
     for (const [off, len] of s.writes) model.set(randomBytes(r, len), off);
+    for (const [b, skip] of s.fill?.blocks ?? []) model.set(randomBytes(r, MiB - skip), b * MiB + skip);
+    for (const [off, len] of s.fill?.inPlace ?? []) model.set(randomBytes(r, len), off);
     assert.ok(equal(newDisk, model), 'without a crash, every write reads back');
 
     let images = 0;

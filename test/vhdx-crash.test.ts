@@ -91,6 +91,24 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    // The native copier's path (Image.fillBlocks), with the data written through the store here so
+    // the crash points cover it: data into slots and in place, then one group commit of every BAT entry.
+    name: 'dynamic: a batch of new blocks filled by a copier (fillBlocks), one group commit',
+    differencing: false,
+    sector: 512,
+    op: async (img) => {
+      await img.fillBlocks!(async (where) => {
+        const blocks = [2, 3, 6, 7];
+        for (let k = 0; k < blocks.length; k++) {
+          const skip = k === 1 ? 4096 : 0; // a block only partly written: the rest of its fresh space reads as zeros
+          await where.store.write(where.base + k * where.stride + skip, randomBytes(rng(20 + k), MiB - skip));
+        }
+        await where.store.write(where.placeOf(0)! + 8192, randomBytes(rng(30), 4096)); // in place
+        return blocks;
+      });
+    },
+  },
+  {
     name: 'differencing with 4096-byte sectors',
     differencing: true,
     sector: 4096,

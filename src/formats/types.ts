@@ -146,6 +146,34 @@ export interface Writable {
    * Absent: writes allocate, in no promised order.
    */
   readonly placement?: WritePlacement;
+  /**
+   * New data written by a copier that writes the layer's file itself
+   * (convert's and commit's native path, native/copy.c copyToBlocks): the
+   * layer takes its lock, tells `fill` where blocks go (BlockFill), and
+   * `fill` writes the data — in place for blocks that have a place, into
+   * consecutive slots for the others — and returns the blocks it gave
+   * slots 0, 1, ... in that order. The layer then records them in its
+   * metadata in its crash-safe order (VHD: footer now; bitmaps, then BAT at
+   * the next flush; VHDX: all the batch's BAT entries in as few log
+   * transactions as the log holds). When `fill` fails, nothing is recorded
+   * and the file is cut back to where it was. Absent where blocks cannot be
+   * placed this way (differencing disks: partly present blocks need
+   * bitmaps; fixed disks and raw are 'identity').
+   */
+  readonly fillBlocks?: (fill: (where: BlockFill) => Promise<number[]>) => Promise<void>;
+}
+
+/** Where a copier writing new data into a layer's file puts it (Writable.fillBlocks). */
+export interface BlockFill {
+  /** The layer's file. */
+  store: Store;
+  /** Every range the copier writes lies inside one block of this size (aligned to it on the disk). */
+  blockSize: number;
+  /** File offset of slot k's data: base + k * stride. */
+  base: number;
+  stride: number;
+  /** File offset of a block's data where it has a place already (written in place); undefined where it takes a slot. */
+  placeOf(block: number): number | undefined;
 }
 
 /**

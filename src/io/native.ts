@@ -32,6 +32,32 @@ export interface NativeAddon {
    */
   copyRanges(target: number, plan: Float64Array, granule: number, workers: number, progress?: BigUint64Array): Promise<number>;
   /**
+   * The same copy into a target whose format places blocks (dynamic VHD,
+   * VHDX; see Image.fillBlocks). `plan` holds one 6-tuple per range:
+   * source descriptor, source offset, disk offset, unit, offset in the
+   * unit's place, length; a range lies in one unit (a block of the disk).
+   * `units` holds a pair per unit: the file offset of its place, or -1
+   * when it has none yet, and flags (1: write zero granules too, for a
+   * place that may hold other data; 0: skip them). A unit without a place
+   * takes the next slot (`base + k * stride`, k = 0, 1, ...) on its first
+   * range holding data, in plan order, so slots follow the plan whatever
+   * order the threads finish in; units with no data take none. Zero
+   * granules are aligned to the disk offset. On success `placed[u]` is
+   * each unit's place (-1: none). Resolves to the bytes written; rejects
+   * as copyRanges.
+   */
+  copyToBlocks(
+    target: number,
+    plan: Float64Array,
+    units: Float64Array,
+    base: number,
+    stride: number,
+    granule: number,
+    workers: number,
+    placed: Float64Array,
+    progress?: BigUint64Array,
+  ): Promise<number>;
+  /**
    * Read into `into` at `position` from what the page cache holds, on this
    * thread, never waiting for the device (preadv2 with RWF_NOWAIT): the
    * bytes read (0 at end of file; fewer than asked when only part is in

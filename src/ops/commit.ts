@@ -1,6 +1,7 @@
 import { dirname, relative, resolve } from 'node:path';
 import { BlockError, isBlockError } from '../core/errors.js';
-import { openFileStore } from '../io/file-store.js';
+import { FileStore, openFileStore } from '../io/file-store.js';
+import { nativeAddon, NATIVE_MAX_RANGE } from '../io/native.js';
 import { fileIdentity } from '../io/identity.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
@@ -9,6 +10,7 @@ import type { Format, Image } from '../formats/types.js';
 import { describeBacking } from './create.js';
 import { chainPieces, writeLayer, zeroLayer } from './walk.js';
 import { isZero } from './zero.js';
+import { copyIntoBlocks, type HostCopy } from './convert.js';
 
 export interface CommitRequest {
   /** The top image. */
@@ -22,6 +24,12 @@ export interface CommitRequest {
   onProgress?: (done: number, total: number) => void;
   /** Copy buffer size (default 4 MiB). */
   bufferSize?: number;
+  /**
+   * false: copy through JavaScript even where the native addon could write
+   * the base's file itself (see copyDown). For comparisons and tests; the
+   * disk is the same.
+   */
+  native?: boolean;
 }
 
 export interface CommitResult {
@@ -98,7 +106,7 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
     }
     if (base.size < top.size) await growBase(base, top.size);
 
-    result.copied = await copyDown(chain, baseDepth, bufferSize, req.onProgress);
+    result.copied = await copyDown(chain, baseDepth, bufferSize, req.native !== false, req.onProgress);
     await base.flush();
 
     const needRelink = baseDepth > 1 || top.backing?.alternateId !== undefined || (top.backing?.expectedId !== undefined && base.identity !== undefined && top.backing.expectedId !== base.identity);
@@ -164,24 +172,58 @@ async function growBase(base: Image, size: number): Promise<void> {
   await base.flush();
 }
 
-/** Copy every range a layer above `baseDepth` answers for into the base. Returns bytes of data written. */
-async function copyDown(chain: Chain, baseDepth: number, bufferSize: number, onProgress?: (done: number, total: number) => void): Promise<number> {
+/** Bytes of layer data handed to the native copier at once (one fillBlocks batch: one BAT update, one VHDX log commit). */
+const NATIVE_BATCH = 1 << 30;
+
+/**
+ * Copy every range a layer above `baseDepth` answers for into the base.
+ * Returns bytes of data written.
+ *
+ * Where the base places its own blocks for a copier (Image.fillBlocks:
+ * dynamic VHD, VHDX without a parent) and the native addon is built, data
+ * that lies as-is in a layer's file goes file to file in batches
+ * (copyIntoBlocks): into the base's allocated blocks in place, zeros
+ * included (they replace older data), into new blocks with zero granules
+ * skipped (a new block reads as zeros already); the base records the new
+ * blocks once per batch. Everything else (zero ranges, data a layer cannot
+ * hand over as a file range, unaligned pieces) goes through JavaScript, as
+ * before. The written count then counts the bytes the copier wrote.
+ */
+async function copyDown(chain: Chain, baseDepth: number, bufferSize: number, native: boolean, onProgress?: (done: number, total: number) => void): Promise<number> {
   const base = chain.layers[baseDepth];
   const readBelow = (o: number, into: Uint8Array) => chain.readFrom(baseDepth, o, into);
   const buf = new Uint8Array(bufferSize);
+  const addon = native && base.fillBlocks && bufferSize <= NATIVE_MAX_RANGE && base.hostStore instanceof FileStore && !base.readOnly ? nativeAddon() : null;
+  const align = base.logicalSectorSize;
   let copied = 0;
+  let batch: HostCopy[] = [];
+  let batchBytes = 0;
+  const flushBatch = async () => {
+    if (!batch.length) return;
+    copied += await copyIntoBlocks(addon!, base.fillBlocks!, batch, 4096, true);
+    batch = [];
+    batchBytes = 0;
+  };
   for await (const p of chainPieces(chain, bufferSize)) {
     if (p.depth < baseDepth) {
-      const data = buf.subarray(0, p.length);
-      if (p.kind === 'data') await chain.read(p.offset, data);
-      if (p.kind === 'zero' || isZero(data)) await zeroLayer(base, p.offset, p.length, readBelow);
-      else {
-        await writeLayer(base, p.offset, data, readBelow);
-        copied += p.length;
+      const store = addon && p.kind === 'data' && p.hostOffset !== undefined ? chain.layers[p.depth].hostStore : undefined;
+      if (store instanceof FileStore && p.offset % align === 0 && p.length % align === 0) {
+        batch.push({ store, from: p.hostOffset!, offset: p.offset, length: p.length });
+        batchBytes += p.length;
+        if (batchBytes >= NATIVE_BATCH) await flushBatch();
+      } else {
+        const data = buf.subarray(0, p.length);
+        if (p.kind === 'data') await chain.read(p.offset, data);
+        if (p.kind === 'zero' || isZero(data)) await zeroLayer(base, p.offset, p.length, readBelow);
+        else {
+          await writeLayer(base, p.offset, data, readBelow);
+          copied += p.length;
+        }
       }
     }
     onProgress?.(p.offset + p.length, chain.size);
   }
+  await flushBatch();
   return copied;
 }
 

@@ -6,7 +6,7 @@ import type { StoreOpener } from '../io/store.js';
 import type { FileHost } from '../io/staging.js';
 import { openChain, openLayer, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
-import type { Image } from '../formats/types.js';
+import type { BlockFill, Image } from '../formats/types.js';
 import { backingAbsolute, createWith, ownFolders, stagingFor } from './create.js';
 import { granuleRuns, isZero, sameChecker, zeroChecker } from './zero.js';
 import { settleAll } from '../core/settle.js';
@@ -281,8 +281,8 @@ async function copy(
       break;
     }
     const map = wOff === 0 ? firstMap : src.blockStatus(wOff, Math.min(WINDOW, total - wOff), { findZeroes: true });
-    const jsPieces: Piece[] = [];
-    const plan: Piece[] = [];
+    let jsPieces: Piece[] = [];
+    let plan: Piece[] = [];
     for (const p of pieces(await map, bufferSize, direct ? src : undefined)) {
       if (p.zero && mode === 'fresh' && sparse !== 0) {
         // A fresh target without backing already reads as zeros.
@@ -290,6 +290,14 @@ async function copy(
         onProgress?.(done, total);
       } else if (direct && p.host) plan.push(p);
       else jsPieces.push(p);
+    }
+    if (direct?.fill && plan.length) {
+      if (jsPieces.length) {
+        // A target that places blocks takes them in disk order: a window the
+        // copier cannot take whole goes through the lanes whole.
+        jsPieces = [...plan, ...jsPieces].sort((a, b) => a.offset - b.offset);
+        plan = [];
+      } else await drain(); // the lanes' writes before the copier takes the target's lock (they allocate too)
     }
     // The native copier takes what lies in layers' files, at the same time
     // as the lanes below copy the rest (disjoint ranges of a raw target).
@@ -374,21 +382,27 @@ function* pieces(extents: ChainExtent[], bufferSize: number, src: Chain | undefi
 interface NativeTarget {
   addon: NativeAddon;
   store: FileStore;
+  /** A target whose format places blocks (Image.fillBlocks): the copier writes into the places it gives. */
+  fill?: Image['fillBlocks'];
 }
 
 /**
  * The native copier and the target's file, when data can go from the
  * source's files straight into it (io/native.ts says why that is faster):
- * a fresh target of one layer whose disk is its file's bytes
- * (copyHints' fileToFile: raw, fixed VHD; no backing, so nothing to compare
- * with), zero granules skipped (-S other than 0). Otherwise undefined and
- * every piece goes through the lanes.
+ * a fresh target of one layer (no backing, so nothing to compare with),
+ * zero granules skipped (-S other than 0), whose disk is its file's bytes
+ * (copyHints' fileToFile: raw, fixed VHD) or whose format places new
+ * blocks for the copier (fillBlocks: dynamic VHD, VHDX without a parent).
+ * Otherwise undefined and every piece goes through the lanes.
  */
 function nativeTarget(dst: Chain, mode: Mode, sparse: number): NativeTarget | undefined {
-  if (mode !== 'fresh' || sparse === 0 || dst.layers.length !== 1 || !copyHints(dst.top).fileToFile) return undefined;
+  if (mode !== 'fresh' || sparse === 0 || dst.layers.length !== 1) return undefined;
+  const fileToFile = copyHints(dst.top).fileToFile;
+  if (!fileToFile && !dst.top.fillBlocks) return undefined;
   const store = dst.top.hostStore;
   const addon = nativeAddon();
-  return addon && store instanceof FileStore && !store.readOnly ? { addon, store } : undefined;
+  if (!addon || !(store instanceof FileStore) || store.readOnly) return undefined;
+  return fileToFile ? { addon, store } : { addon, store, fill: dst.top.fillBlocks };
 }
 
 /** How often a running native copy reports progress. */
@@ -400,6 +414,7 @@ const PROGRESS_MS = 100;
  * written; an error names the file and offset it happened at.
  */
 async function copyNative(target: NativeTarget, plan: Piece[], granule: number, onProgress?: (finished: number) => void): Promise<number> {
+  if (target.fill) return copyIntoBlocks(target.addon, target.fill, plan.map((p) => ({ store: p.host!.store, from: p.host!.offset, offset: p.offset, length: p.length })), granule, false, onProgress);
   const ranges = new Float64Array(plan.length * 4);
   const byFd = new Map<number, FileStore>([[target.store.fd, target.store]]);
   plan.forEach((p, i) => {
@@ -419,6 +434,81 @@ async function copyNative(target: NativeTarget, plan: Piece[], granule: number, 
   } finally {
     clearInterval(timer);
   }
+}
+
+/** A range of data in a layer's file, to be copied to the same disk offset of a target. */
+export interface HostCopy {
+  store: FileStore;
+  /** Offset in `store`. */
+  from: number;
+  /** Disk offset. */
+  offset: number;
+  length: number;
+}
+
+/**
+ * Copy ranges (in disk order, disjoint) into a layer that places its blocks
+ * (Image.fillBlocks), in one native call under the layer's lock: the layer
+ * says where allocated blocks are and where new ones go, the addon writes
+ * the data there (new blocks take slots in disk order as their first data
+ * comes, blocks of zeros none: the layout the JavaScript path makes), and
+ * the layer then records the new blocks. `inPlaceWritesAll`: zero granules
+ * of ranges into allocated blocks are written too (commit: the place holds
+ * older data); convert's fresh targets skip them. Resolves to the bytes
+ * written; an error names the file and offset it happened at.
+ */
+export async function copyIntoBlocks(
+  addon: NativeAddon,
+  fillBlocks: NonNullable<Image['fillBlocks']>,
+  copies: HostCopy[],
+  granule: number,
+  inPlaceWritesAll: boolean,
+  onProgress?: (finished: number) => void,
+): Promise<number> {
+  let written = 0;
+  await fillBlocks(async (where: BlockFill) => {
+    const target = where.store;
+    if (!(target instanceof FileStore)) throw new BlockError('unsupported', 'the native copier writes only host files', { path: target.path });
+    const bs = where.blockSize;
+    // Ranges cut at block boundaries (a range lies in one unit); units are the blocks, in disk order.
+    const plan: number[] = [];
+    const units: number[] = [];
+    const blockOf: number[] = [];
+    const byFd = new Map<number, FileStore>([[target.fd, target]]);
+    for (const c of copies) {
+      byFd.set(c.store.fd, c.store);
+      for (let o = 0; o < c.length; ) {
+        const at = c.offset + o;
+        const block = Math.floor(at / bs);
+        const n = Math.min(c.length - o, (block + 1) * bs - at);
+        if (blockOf[blockOf.length - 1] !== block) {
+          const place = where.placeOf(block);
+          blockOf.push(block);
+          units.push(place ?? -1, place !== undefined && inPlaceWritesAll ? 1 : 0);
+        }
+        plan.push(c.store.fd, c.from + o, at, blockOf.length - 1, at - block * bs, n);
+        o += n;
+      }
+    }
+    const placed = new Float64Array(blockOf.length);
+    const progress = new BigUint64Array(1);
+    const timer = onProgress && setInterval(() => onProgress(Number(progress[0])), PROGRESS_MS);
+    timer?.unref();
+    try {
+      written = await addon.copyToBlocks(target.fd, new Float64Array(plan), new Float64Array(units), where.base, where.stride, granule, copyWorkers(), placed, progress);
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException & { fd?: number; offset?: number };
+      const store = err.fd === undefined ? undefined : byFd.get(err.fd);
+      throw fromSystemError(e, { path: store?.path, offset: err.offset, operation: err.syscall === 'read' ? 'read' : 'write' });
+    } finally {
+      clearInterval(timer);
+    }
+    // The blocks that took slots, in slot order (which is disk order: the addon hands slots out along the plan).
+    const taken: number[] = [];
+    for (let u = 0; u < blockOf.length; u++) if (units[2 * u] === -1 && placed[u] >= 0) taken.push(blockOf[u]);
+    return taken;
+  });
+  return written;
 }
 
 /**

@@ -12,7 +12,10 @@ const WINDOW = 1 << 30;
 export async function* chainPieces(chain: Chain, pieceSize: number): AsyncGenerator<ChainExtent> {
   for (let w = 0; w < chain.size; w += WINDOW) {
     for (const e of await chain.blockStatus(w, Math.min(WINDOW, chain.size - w))) {
-      for (let o = 0; o < e.length; o += pieceSize) yield { ...e, offset: e.offset + o, length: Math.min(pieceSize, e.length - o) };
+      for (let o = 0; o < e.length; o += pieceSize) {
+        // A piece's hostOffset moves with it (commit's native path reads the layer's file there).
+        yield { ...e, offset: e.offset + o, length: Math.min(pieceSize, e.length - o), hostOffset: e.hostOffset === undefined ? undefined : e.hostOffset + o };
+      }
     }
   }
 }

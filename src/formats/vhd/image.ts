@@ -9,7 +9,7 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions, WritePlacement } from '../types.js';
+import type { BackingRef, BackingTarget, BlockFill, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions, WritePlacement } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
 import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName, SECTOR } from './footer.js';
@@ -122,6 +122,8 @@ export class VhdImage implements Image {
   readonly resize: ((newSize: number, options?: ResizeOptions) => Promise<void>) | undefined;
   /** Differencing disks only. */
   readonly setBacking: ((parent: BackingTarget | null) => Promise<void>) | undefined;
+  /** Dynamic disks only (a differencing disk's partly written blocks need their own bitmaps): see fill(). */
+  readonly fillBlocks: ((fill: (where: BlockFill) => Promise<number[]>) => Promise<void>) | undefined;
   backing: BackingRef | null;
   size: number;
 
@@ -165,6 +167,7 @@ export class VhdImage implements Image {
     this.trim = differencing ? (offset, length) => this.discard(offset, length) : undefined;
     this.resize = (newSize, options) => this.resizeDisk(newSize, options);
     this.setBacking = differencing ? (parent) => this.changeBacking(parent) : undefined;
+    this.fillBlocks = f.diskType === 'dynamic' && !state.readOnly ? (fill) => this.fill(fill) : undefined;
   }
 
   get path(): string {
@@ -505,6 +508,76 @@ export class VhdImage implements Image {
     };
     done.then(forget, forget);
     return done;
+  }
+
+  /**
+   * Writable.fillBlocks for a dynamic disk: a batch of allocations whose
+   * data a copier writes itself. Slot k is the block at footerOffset +
+   * k * (bitmap + block), exactly where allocate() would have put the k-th
+   * new block, so the file is laid out as by writes in that order. The
+   * write order is allocate()'s (see the class comment): the data lands
+   * first, past the old footer (a crash here leaves a last sector that is
+   * not a footer: the copy at offset 0 covers it, and no BAT entry points
+   * at the new blocks); then the new footer at the new end; the bitmaps
+   * (all set: a dynamic block holds the whole of its disk range) and BAT
+   * entries stay dirty in memory for steps 3-5. If the copier fails, the
+   * end is restored (restoreEnd) as after a failed allocation.
+   */
+  private async fill(fill: (where: BlockFill) => Promise<number[]>): Promise<void> {
+    await this.restoringEnd(() =>
+      this.lock.run(async () => {
+        await this.restoreEnd();
+        const bat = this.state.bat!;
+        const start = this.state.footerOffset;
+        const stride = this.bitmapSize + this.blockSize;
+        let blocks: number[];
+        try {
+          blocks = await fill({
+            store: this.store,
+            blockSize: this.blockSize,
+            base: start + this.bitmapSize,
+            stride,
+            placeOf: (b) => (bat[b] === UNALLOCATED ? undefined : bat[b] * SECTOR + this.bitmapSize),
+          });
+          const last = start + (blocks.length - 1) * stride;
+          if (blocks.length && last / SECTOR > MAX_BLOCK_SECTOR) {
+            throw new BlockError('out-of-range', 'the VHD file cannot grow further: block offsets are limited to 32-bit sector numbers', { path: this.path, offset: last });
+          }
+          const seen = new Set<number>();
+          for (const b of blocks) {
+            if (!Number.isSafeInteger(b) || b < 0 || b >= bat.length || bat[b] !== UNALLOCATED || seen.has(b)) {
+              throw new BlockError('invalid-argument', `block ${b} cannot take a new place (allocated already, repeated or out of range)`, { path: this.path });
+            }
+            seen.add(b);
+          }
+        } catch (e) {
+          // Whatever the copier wrote past the old end is cut away with the end restored.
+          this.footerStale = true;
+          throw e;
+        }
+        if (blocks.length === 0) return;
+        const end = start + blocks.length * stride;
+        this.state.footerOffset = end;
+        try {
+          await this.store.write(end, encodeFooter(this.state.footer));
+        } catch (e) {
+          this.state.footerOffset = start;
+          this.footerStale = true;
+          throw e;
+        }
+        this.state.endFooterDamaged = null;
+        this.solidEnd = end;
+        this.lastFooter = undefined;
+        blocks.forEach((b, k) => {
+          const bits = new Uint8Array(this.bitmapSize);
+          setBits(bits, 0, this.blockSize / SECTOR);
+          bat[b] = (start + k * stride) / SECTOR;
+          this.dirtyBatSectors.add(Math.floor(b / ENTRIES_PER_SECTOR));
+          this.bitmaps.put(b, bits, true);
+        });
+        if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
+      }),
+    );
   }
 
   /** Steps 3-5 of the write order. */

@@ -8,7 +8,7 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions } from '../types.js';
+import type { BackingRef, BackingTarget, BlockFill, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions } from '../types.js';
 import {
   Bat,
   BAT_ENTRY_SIZE,
@@ -70,11 +70,14 @@ export class VhdxImage implements Image {
   /** The DataWriteGuid the first guest-visible write will set, once nextIdentity has announced it. */
   private nextDataWriteGuid: Uint8Array | undefined;
   private closed = false;
+  /** Disks without a parent only (a differencing disk's partly written blocks need sector bitmaps): see fill(). */
+  readonly fillBlocks: ((fill: (where: BlockFill) => Promise<number[]>) => Promise<void>) | undefined;
 
   constructor(readonly state: VhdxState) {
     this.store = state.store;
     this.bitmaps = state.bitmaps;
     this.readOnly = state.readOnly;
+    this.fillBlocks = !state.params.hasParent && !state.readOnly ? (fill) => this.fill(fill) : undefined;
   }
 
   get path(): string {
@@ -315,6 +318,54 @@ export class VhdxImage implements Image {
       return inPlace.map(([host, slice]) => this.inflight.track(this.store.write(host, slice)));
     });
     await settleAll(issued);
+  }
+
+  /**
+   * Writable.fillBlocks: a batch of allocations whose data a copier writes
+   * itself. Slot k is the space the k-th allocate(blockSize) would take
+   * (blocks are whole MiBs, so one after the other from fileEnd). Order
+   * (2.3, as writeLocked): the data is written first; then all the batch's
+   * BAT entries go into one commit — group commit: the journal flushes
+   * once (the data becomes durable before any entry names it), logs the
+   * sectors in as few entries as its capacity allows, then writes them in
+   * place — instead of one log transaction per block. Blocks that have a
+   * place (FULLY_PRESENT) are written in place and need no metadata. If the
+   * copier fails, nothing is logged and the file is cut back, so no later
+   * allocation finds its stray data in fresh space.
+   */
+  private async fill(fill: (where: BlockFill) => Promise<number[]>): Promise<void> {
+    this.checkWritable('write');
+    await this.exclusive(async () => {
+      await this.beginWrite(true);
+      const bs = this.blockSize;
+      const base = this.state.fileEnd;
+      const placeOf = (block: number): number | undefined => {
+        const i = this.bat.payloadIndex(block);
+        return this.bat.state(i) === PAYLOAD_FULLY_PRESENT ? this.bat.offset(i) : undefined;
+      };
+      let blocks: number[];
+      try {
+        blocks = await fill({ store: this.store, blockSize: bs, base, stride: bs, placeOf });
+        const count = Math.ceil(this.size / bs);
+        const seen = new Set<number>();
+        for (const b of blocks) {
+          const ok = Number.isSafeInteger(b) && b >= 0 && b < count && !seen.has(b);
+          const state = ok ? this.bat.state(this.bat.payloadIndex(b)) : 0;
+          if (!ok || !(isUnallocated(state) || state === PAYLOAD_ZERO)) {
+            throw new BlockError('invalid-argument', `block ${b} cannot take a new place (allocated already, repeated or out of range)`, { path: this.path });
+          }
+          seen.add(b);
+        }
+      } catch (e) {
+        await this.store.truncate(base).catch(() => {});
+        if (this.state.fileSize > base) await this.store.truncate(this.state.fileSize).catch(() => {});
+        throw e;
+      }
+      const updates: SectorUpdates = new Map();
+      const fresh = new Set<number>();
+      for (const b of blocks) await this.setBatEntry(updates, this.bat.payloadIndex(b), PAYLOAD_FULLY_PRESENT, this.allocate(bs), fresh);
+      if (updates.size) await this.commit(updates);
+    });
   }
 
   /** Run `fn` under the lock once every write in flight outside it has settled. */
