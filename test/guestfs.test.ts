@@ -283,6 +283,27 @@ test('guestfs: bad partition tables and damaged ext structures are BlockErrors, 
   }
 });
 
+test('guestfs: a looping extended partition chain and a protective MBR without a GPT are BlockErrors', async () => {
+  const disk = new Uint8Array(4 * MiB);
+  // Extended partition at sector 2048 whose EBR points at itself as the next EBR.
+  writeMbr(disk, [[0x05, 2048, 4096]]);
+  const ebr = disk.subarray(2048 * 512, 2049 * 512);
+  const dv = new DataView(ebr.buffer, ebr.byteOffset);
+  ebr[446 + 4] = 0x83;
+  dv.setUint32(446 + 8, 1, true);
+  dv.setUint32(446 + 12, 100, true);
+  ebr[446 + 16 + 4] = 0x05;
+  dv.setUint32(446 + 16 + 8, 0, true); // next EBR: the extended partition's start, i.e. this one
+  dv.setUint32(446 + 16 + 12, 100, true);
+  ebr[510] = 0x55;
+  ebr[511] = 0xaa;
+  await assert.rejects(findFreeSpace(memoryDisk(disk), disk.length), (e) => e instanceof BlockError && /extended partition chain loops/.test(e.message));
+
+  const gptless = new Uint8Array(4 * MiB);
+  writeMbr(gptless, [[0xee, 1, 8191]]);
+  await assert.rejects(findFreeSpace(memoryDisk(gptless), gptless.length), (e) => e instanceof BlockError && /protective .* no GPT header/.test(e.message));
+});
+
 test('guestfs: a disk with no partition table and no file system gives no ranges and says so', async () => {
   const bytes = new Uint8Array(4 * MiB);
   const found = await findFreeSpace(memoryDisk(bytes), bytes.length);
