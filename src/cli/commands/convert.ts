@@ -16,6 +16,7 @@ interface ConvertOptions extends OpenFlags {
   progress?: boolean;
   cache: 'unsafe' | 'writeback';
   overwrite?: boolean;
+  resume?: boolean;
 }
 
 export function define(cmd: Command): void {
@@ -29,6 +30,7 @@ export function define(cmd: Command): void {
       .option('-S, --sparse-size <size>', 'skip zero runs of at least this size (0: write everything)', '4k')
       .option('-n, --no-create', 'write into an existing target (in place: not atomic)')
       .option('--overwrite', 'replace an existing target (atomically, once the copy is complete)')
+      .option('--resume', 'TARGET is an Azure page blob: finish an interrupted upload (sends only what the blob lacks or holds differently)')
       .option('-p, --progress', 'show a progress bar')
       .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback'] satisfies ConvertOptions['cache'][]).default('unsafe'))
       .argument('<source>')
@@ -36,10 +38,15 @@ export function define(cmd: Command): void {
   );
 }
 
-export async function run(_ctx: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<number | undefined> {
+export async function run({ print }: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<number | undefined> {
   const { convert } = await import('../../ops/convert.js');
   const existing = o.create === false;
-  const what = existing ? `${target} is partly written (-n writes in place)` : `nothing was written to ${target}`;
+  const { isAzureLocation, displayLocation } = await import('../../io/azure-location.js');
+  const what = isAzureLocation(target)
+    ? `${displayLocation(target)} is partly uploaded and has no footer yet: the same command with --resume finishes it`
+    : existing
+      ? `${target} is partly written (-n writes in place)`
+      : `nothing was written to ${target}`;
   return interruptible(what, (signal) =>
     withProgress(Boolean(o.progress), (onProgress) =>
       convert({
@@ -52,9 +59,12 @@ export async function run(_ctx: CommandContext, [source, target]: [string, strin
         sparseSize: parseSize(o.sparseSize, 'sparse size'),
         existing,
         overwrite: Boolean(o.overwrite),
+        resume: Boolean(o.resume),
         cache: o.cache,
         onProgress,
         signal,
+      }).then((r) => {
+        if (r.note) print(r.note);
       }),
     ),
   );

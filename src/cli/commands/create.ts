@@ -46,6 +46,7 @@ export async function run({ print }: CommandContext, [image, size]: [string, str
   });
   if (status !== undefined || !r) return status;
   if (!o.quiet) {
+    if (r.note) print(r.note);
     const rounded = r.size !== r.requestedSize ? ` (requested ${r.requestedSize}, rounded by the format)` : '';
     print(`Formatting '${image}', fmt=${r.format} size=${r.size}${rounded}${o.backing ? ` backing_file=${o.backing}` : ''}`);
   }
