@@ -116,7 +116,7 @@ async function checkForAzure(path: string, openStore: StoreOpener): Promise<Chec
   const store = await openStore(path, { readOnly: true });
   try {
     const problems = await azureProblems(store);
-    const report: CheckReport = { filename: path, format: 'vhd', 'check-errors': 0, problems: problems.map((message) => ({ severity: 'corruption', message: `Azure: ${message}` })) };
+    const report: CheckReport = { filename: path, format: 'vhd', 'check-errors': 0, azure: true, problems: problems.map((message) => ({ severity: 'corruption', message: `Azure: ${message}` })) };
     if (problems.length) report.corruptions = problems.length;
     report['image-end-offset'] = await store.size();
     return report;
@@ -158,11 +158,13 @@ export function humanCheck(r: CheckReport): string {
     lines.push('', 'The following inconsistencies were found and repaired:', '', `    ${fixedL} leaked clusters`, `    ${fixedC} corruptions`, '');
   }
   if (r['check-errors']) lines.push(`${r['check-errors']} internal errors have occurred during the check.`);
-  if (r.corruptions) {
+  if (r.azure) {
+    lines.push(r.corruptions ? `${r.corruptions} reason(s) Azure would refuse this image for.` : 'Azure would take this image as a disk.');
+  } else if (r.corruptions) {
     lines.push(`${r.corruptions} errors were found on the image.`, 'Data may be corrupted, or further writes to the image may corrupt it.');
   }
   if (r.leaks) lines.push(`${r.leaks} leaked clusters were found on the image.`, 'This means waste of disk space, but no harm to data.');
-  if (!r['check-errors'] && !r.corruptions && !r.leaks) lines.push('No errors were found on the image.');
+  if (!r['check-errors'] && !r.corruptions && !r.leaks && !r.azure) lines.push('No errors were found on the image.');
   if (r['image-end-offset'] !== undefined) lines.push(`Image end offset: ${r['image-end-offset']}`);
   return lines.join('\n');
 }

@@ -26,7 +26,13 @@ export function define(cmd: Command): void {
     .option('-q, --quiet', 'print nothing')
     .option('--overwrite', 'replace an existing file (atomically, once the new image is complete)')
     .argument('<image>')
-    .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size');
+    .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size')
+    .addHelpText(
+      'after',
+      '\nVHD sizes: dynamic and differencing disks hold at most 2040 GiB; fixed ones up to 32 TiB,\n' +
+        'but Hyper-V attaches fixed VHDs only up to 2040 GiB (Azure takes them up to 32 TiB).\n' +
+        '-o azure=on: a fixed VHD Azure takes (size rounded up to a whole MiB, 20 MiB to 32 TiB).',
+    );
 }
 
 export async function run({ print }: CommandContext, [image, size]: [string, string | undefined], o: CreateOptions): Promise<number | undefined> {
