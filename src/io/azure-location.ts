@@ -96,7 +96,7 @@ export interface AzureOpenOptions {
 }
 
 /** Open an existing page blob as a Store (the source of info, convert, compare, serve, check). */
-export async function openAzureLocation(location: string, options: OpenStoreOptions, azure: AzureOpenOptions = {}): Promise<AzurePageBlobStore> {
+async function openAzureLocation(location: string, options: OpenStoreOptions, azure: AzureOpenOptions = {}): Promise<AzurePageBlobStore> {
   const path = displayLocation(location);
   if (options.create || options.truncate) {
     throw new BlockError('unsupported', 'a page blob is written by convert -O vhd -o azure=on SRC URL only (an upload), not created in place', { path });

@@ -2,10 +2,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { BlobSASPermissions, BlobServiceClient, type ContainerClient } from '@azure/storage-blob';
-import { REPO_ROOT } from './corpus.js';
 
 /**
  * Azurite, Microsoft's Azure Storage emulator (a dev dependency), for the
@@ -55,7 +55,7 @@ function stop(): void {
 process.once('exit', stop);
 
 async function launch(): Promise<Azurite> {
-  const bin = join(REPO_ROOT, 'node_modules', 'azurite', 'dist', 'src', 'blob', 'main.js');
+  const bin = join(dirname(createRequire(import.meta.url).resolve('azurite/package.json')), 'dist', 'src', 'blob', 'main.js');
   let lastError = '';
   for (let attempt = 0; attempt < 3; attempt++) {
     const port = await freePort();

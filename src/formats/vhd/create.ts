@@ -34,7 +34,7 @@ function bool(v: string | undefined): boolean {
 }
 
 /** `-o force_size`, as create and measure read it. */
-export function forceSizeOption(o: Record<string, string>): boolean {
+function forceSizeOption(o: Record<string, string>): boolean {
   return bool(o.force_size);
 }
 
@@ -48,7 +48,7 @@ export function blockSizeOption(o: Record<string, string>): number {
 }
 
 /** `-o azure`, as create, measure and convert read it. */
-export function azureOption(o: Record<string, string>): boolean {
+function azureOption(o: Record<string, string>): boolean {
   return bool(o.azure);
 }
 
@@ -58,7 +58,7 @@ export function azureOption(o: Record<string, string>): boolean {
  * outside 20 MiB to 32 TiB. Rounding down would lose data; rounding up only
  * adds zeros at the end.
  */
-export function azureSize(requested: number): number {
+function azureSize(requested: number): number {
   const size = Math.ceil(requested / MiB) * MiB;
   if (size < AZURE_MIN_SIZE) throw new BlockError('out-of-range', `Azure takes disks of at least 20 MiB; this one is ${requested} bytes`);
   if (size > AZURE_MAX_SIZE) throw new BlockError('out-of-range', `Azure takes disks of at most 32 TiB (${AZURE_MAX_SIZE} bytes); this one is ${requested} bytes`);
