@@ -114,11 +114,16 @@ async function launch(): Promise<Azurite> {
   throw new Error(`Azurite did not start: ${lastError.slice(0, 500)}`);
 }
 
+/** Azurite for this process (started on first call; the bench uses it too). */
+export function startAzurite(): Promise<Azurite> {
+  started ??= launch();
+  return started;
+}
+
 /** Azurite for this test file, or null (the test is skipped) where it cannot start outside CI. */
 export async function requireAzurite(t: TestContext): Promise<Azurite | null> {
-  started ??= launch();
   try {
-    return await started;
+    return await startAzurite();
   } catch (e) {
     if (IN_CI) throw e;
     t.skip(`Azurite not available: ${(e as Error).message}`);
