@@ -162,6 +162,33 @@ test('upload a VHDX chain as a fixed VHD page blob: only its non-zero pages, foo
     // (qemu's VHDX driver reports every block as data: the file's size tells; its metadata is a few MiB.)
     const fileSize = statSync(back).size;
     assert.ok(touched.size < 40 && fileSize <= (touched.size + 8) * MiB, `VHDX file of ${fileSize} bytes, ${touched.size} blocks touched`);
+    // Served over NBD (read-only: a page blob is written only by an upload).
+    const writable = vdisk('serve', '--socket', join(tmp.dir, 'w.sock'), url);
+    assert.notEqual(writable.status, 0);
+    assert.match(writable.stderr, /page blob opens read-only/);
+    if (requireTool(t, 'nbdinfo')) {
+      const sock = join(tmp.dir, 'nbd.sock');
+      const server = spawn(process.execPath, [VDISK_BIN, 'serve', '--read-only', '--socket', sock, url], { stdio: ['ignore', 'pipe', 'pipe'] });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          let out = '';
+          server.stdout.on('data', (d: Buffer) => {
+            out += d.toString();
+            if (/listening/.test(out)) resolve();
+          });
+          server.on('exit', (code) => reject(new Error(`serve exited ${code}`)));
+        });
+        const nbd = await new Promise<string>((resolve) => {
+          const p = spawn('nbdinfo', ['--size', `nbd+unix:///?socket=${sock}`], { stdio: ['ignore', 'pipe', 'pipe'] });
+          let o = '';
+          p.stdout.on('data', (d: Buffer) => (o += d.toString()));
+          p.on('close', () => resolve(o.trim()));
+        });
+        assert.equal(Number(nbd), diskSize);
+      } finally {
+        server.kill('SIGTERM');
+      }
+    }
     // azure:// with the connection string, the convention of Microsoft's tools.
     const viaEnv = run(process.execPath, [VDISK_BIN, 'info', '--output=json', 'azure://disks/chain.vhd'], { env: { AZURE_STORAGE_CONNECTION_STRING: az.connectionString } });
     assert.equal(JSON.parse(viaEnv.stdout)['virtual-size'], diskSize);

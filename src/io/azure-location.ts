@@ -95,17 +95,20 @@ export interface AzureOpenOptions {
   requireVhd?: boolean;
 }
 
-/** Open an existing page blob as a Store (the source of info, convert, compare, serve, check). */
+/** Open an existing page blob as a read-only Store (the source of info, convert, compare, serve, check, map). */
 async function openAzureLocation(location: string, options: OpenStoreOptions, azure: AzureOpenOptions = {}): Promise<AzurePageBlobStore> {
   const path = displayLocation(location);
   if (options.create || options.truncate) {
     throw new BlockError('unsupported', 'a page blob is written by convert -O vhd -o azure=on SRC URL only (an upload), not created in place', { path });
   }
+  if (!options.readOnly) {
+    throw new BlockError('read-only', 'a page blob opens read-only (serve it with --read-only); a page blob is written by convert -O vhd -o azure=on SRC URL', { path });
+  }
   const client = await pageBlobClient(location);
   const props = await blobProperties(client, path);
   if (!props) throw new BlockError('not-found', 'no such page blob', { path });
   if (!props.pageBlob) throw new BlockError('unsupported', 'not a page blob (Azure keeps disks as page blobs)', { path });
-  const store = new AzurePageBlobStore(client, path, options.readOnly ?? false, props.length);
+  const store = new AzurePageBlobStore(client, path, true, props.length);
   if (azure.requireVhd ?? true) {
     const tail = new Uint8Array(FOOTER_COOKIE_TEXT.length);
     const n = props.length >= 512 ? await store.read(props.length - 512, tail) : 0;
