@@ -73,7 +73,11 @@ try {
   console.log(`vdisk convert -O vhd -o azure=on SRC URL:                median ${v.toFixed(2)} s (runs ${vdiskTimes.map((x) => x.toFixed(2)).join(', ')}), peak RSS ${vdiskRss.length ? (Math.max(...vdiskRss) / MiB).toFixed(0) : '?'} MiB, local space 0`);
   console.log(`qemu-img convert -O vpc fixed,force_size + whole upload:  median ${b.toFixed(2)} s (runs ${baseTimes.map((x) => x.toFixed(2)).join(', ')}; the qemu-img step ${median(convTimes).toFixed(2)} s), local space ${gib(baseFile)} GiB`);
   console.log(`ratio vdisk / baseline: ${(v / b).toFixed(2)}`);
+} catch (e) {
+  console.error(e);
+  process.exitCode = 1;
 } finally {
   await rm(work, { recursive: true, force: true });
-  process.exit(0);
+  // Azurite (started by the helper) would keep the process alive.
+  process.exit();
 }

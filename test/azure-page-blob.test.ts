@@ -241,15 +241,21 @@ test('SIGINT at a random moment of a CLI upload, then --resume: the blob ends id
   try {
     const { child, raw, disk } = makeChain(tmp.dir, 96 * MiB, 7, 300, 600_000);
     const seed = Date.now() % 100_000;
-    const delay = randInt(rng(seed), 50, 1200);
+    const delay = randInt(rng(seed), 0, 800);
     const url = await az.sasUrl('disks', 'resume.vhd');
     const proc = spawn(process.execPath, [VDISK_BIN, 'convert', '-O', 'vhd', '-o', 'azure=on', child, url], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     proc.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number>((resolve) => proc.on('exit', (code, signal) => resolve(code ?? (signal ? 128 : -1))));
-    setTimeout(() => proc.kill('SIGINT'), delay);
+    // The random moment is counted from the blob's creation (the upload under way), not from the process start.
+    const blob = az.service.getContainerClient('disks').getBlobClient('resume.vhd');
+    let finished = false;
+    void exited.then(() => (finished = true));
+    while (!finished && !(await blob.exists())) await new Promise((r) => setTimeout(r, 10));
+    await new Promise((r) => setTimeout(r, delay));
+    proc.kill('SIGINT');
     const status = await exited;
-    const msg = `seed ${seed}, SIGINT after ${delay} ms`;
+    const msg = `seed ${seed}, SIGINT ${delay} ms into the upload`;
     t.diagnostic(`${msg}: exit ${status}`);
     assert.ok(status === 130 || status === 0, `${msg}: exit ${status}: ${stderr}`);
     if (status === 130) {
