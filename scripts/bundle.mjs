@@ -13,7 +13,9 @@
 // get the plain ES modules tsc writes.
 //
 // Left outside the bundle, loaded at run time from node_modules:
-// - cli-progress: loaded the same way, only when a progress bar is shown.
+// - cli-progress: loaded the same way, only when a progress bar is shown;
+// - @azure/storage-blob: imported dynamically (io/azure-location.ts), only
+//   when a location is an Azure page blob.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
@@ -46,7 +48,7 @@ await build({
   format: 'cjs',
   target: 'node20',
   sourcemap: true,
-  external: ['cli-progress'],
+  external: ['cli-progress', '@azure/storage-blob'],
   // The sources are ES modules and find files next to them through
   // import.meta.url, which CommonJS lacks: give the bundle its own URL.
   define: { 'import.meta.url': '__vdiskBundleUrl' },

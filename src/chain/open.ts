@@ -1,7 +1,7 @@
 import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError, isBlockError } from '../core/errors.js';
 import { checkContained } from '../io/contain.js';
-import { openFileStore } from '../io/file-store.js';
+import { openStoreOrAzure } from '../io/azure-location.js';
 import { fileIdentity } from '../io/identity.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import { findFormat, probeFormat } from '../formats/registry.js';
@@ -77,7 +77,7 @@ async function openLayerAt(path: string, options: LayerOpenOptions, recordedBy?:
     throw new BlockError('invalid-argument', 'force-share (-U) can only be used with read-only images', { path });
   }
   // Every file of the layer (add-cow's image file too) is opened with the layer's sharing.
-  const given = options.openStore ?? openFileStore;
+  const given = options.openStore ?? openStoreOrAzure;
   const openStore: StoreOpener = options.forceShare ? (p, o) => given(p, { ...o, forceShare: true }) : given;
   const format = options.format ? findFormat(options.format, options.formats) : undefined;
   const store = await openStore(path, { readOnly });

@@ -1,6 +1,7 @@
 import { stat } from 'node:fs/promises';
-import { isBlockError } from '../core/errors.js';
-import { openFileStore } from '../io/file-store.js';
+import { BlockError, isBlockError } from '../core/errors.js';
+import { openAnyForAzureCheck, openStoreOrAzure } from '../io/azure-location.js';
+import { azureProblems } from '../formats/vhd/azure.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { CheckProblem, Image } from '../formats/types.js';
@@ -14,6 +15,13 @@ export interface CheckRequest {
   /** Check every layer of the backing chain, not only the named image. */
   backingChain?: boolean;
   openStore?: StoreOpener;
+  /**
+   * `--azure`: instead of the format's check, list everything Azure would
+   * refuse in this file or page blob as a VHD to make a disk from (one
+   * problem each, severity corruption; formats/vhd/azure.ts). The image
+   * need not be a VHD at all: that is one of the answers.
+   */
+  azure?: boolean;
 }
 
 /**
@@ -46,7 +54,11 @@ export const CHECK_EXIT = { clean: 0, notCompleted: 1, corruptions: 2, leaks: 3,
  * a check error, not as a crash.
  */
 export async function checkImage(req: CheckRequest): Promise<CheckReport[]> {
-  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openStoreOrAzure;
+  if (req.azure) {
+    if (req.repair || req.backingChain) throw new BlockError('invalid-argument', '--azure checks one image as Azure would take it: no --repair, no --backing-chain');
+    return [await checkForAzure(req.path, req.openStore ?? req.openOptions?.openStore ?? openAnyForAzureCheck)];
+  }
   const readOnly = !req.repair;
   const chain = await openChain(req.path, {
     ...req.openOptions,
@@ -100,6 +112,19 @@ async function checkLayer(layer: Image, repair: 'leaks' | 'all' | undefined): Pr
   return report;
 }
 
+async function checkForAzure(path: string, openStore: StoreOpener): Promise<CheckReport> {
+  const store = await openStore(path, { readOnly: true });
+  try {
+    const problems = await azureProblems(store);
+    const report: CheckReport = { filename: path, format: 'vhd', 'check-errors': 0, azure: true, problems: problems.map((message) => ({ severity: 'corruption', message: `Azure: ${message}` })) };
+    if (problems.length) report.corruptions = problems.length;
+    report['image-end-offset'] = await store.size();
+    return report;
+  } finally {
+    await store.close();
+  }
+}
+
 /** qemu-img's exit status for a set of reports: the worst one wins. */
 export function checkExitCode(reports: CheckReport[]): number {
   let code: number = CHECK_EXIT.clean;
@@ -133,11 +158,13 @@ export function humanCheck(r: CheckReport): string {
     lines.push('', 'The following inconsistencies were found and repaired:', '', `    ${fixedL} leaked clusters`, `    ${fixedC} corruptions`, '');
   }
   if (r['check-errors']) lines.push(`${r['check-errors']} internal errors have occurred during the check.`);
-  if (r.corruptions) {
+  if (r.azure) {
+    lines.push(r.corruptions ? `${r.corruptions} reason(s) Azure would refuse this image for.` : 'Azure would take this image as a disk.');
+  } else if (r.corruptions) {
     lines.push(`${r.corruptions} errors were found on the image.`, 'Data may be corrupted, or further writes to the image may corrupt it.');
   }
   if (r.leaks) lines.push(`${r.leaks} leaked clusters were found on the image.`, 'This means waste of disk space, but no harm to data.');
-  if (!r['check-errors'] && !r.corruptions && !r.leaks) lines.push('No errors were found on the image.');
+  if (!r['check-errors'] && !r.corruptions && !r.leaks && !r.azure) lines.push('No errors were found on the image.');
   if (r['image-end-offset'] !== undefined) lines.push(`Image end offset: ${r['image-end-offset']}`);
   return lines.join('\n');
 }

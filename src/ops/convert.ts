@@ -1,6 +1,7 @@
 import { dirname } from 'node:path';
 import { BlockError, fromSystemError } from '../core/errors.js';
-import { FileStore, openFileStore } from '../io/file-store.js';
+import { FileStore } from '../io/file-store.js';
+import { isAzureLocation, openStoreOrAzure } from '../io/azure-location.js';
 import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '../io/native.js';
 import type { StoreOpener } from '../io/store.js';
 import type { FileHost } from '../io/staging.js';
@@ -33,6 +34,12 @@ export interface ConvertRequest {
   existing?: boolean;
   /** Replace an existing file at `target` (atomically, once the copy is complete); without it an existing target is refused. */
   overwrite?: boolean;
+  /**
+   * Target is an Azure page blob (ops/azure-upload.ts): continue an
+   * interrupted upload into the blob that is there, sending only what it
+   * lacks or holds differently.
+   */
+  resume?: boolean;
   /** Abort the copy: the new target is removed and the promise rejects with the signal's reason. */
   signal?: AbortSignal;
   /** How the new target's files are named and removed (see CreateRequest.host). */
@@ -58,6 +65,10 @@ export interface ConvertRequest {
 
 export interface ConvertResult {
   size: number;
+  /** The target's size, when the format made it larger than the source (VHD CHS rounding, `-o azure=on`). */
+  targetSize?: number;
+  /** Said when `-o azure=on` rounded the size up (see CreateResult.note). */
+  note?: string;
   /** Bytes of data written to the target (zero runs skipped are not counted). */
   written: number;
 }
@@ -108,7 +119,10 @@ interface Lane {
  * too, so the target stays sparse.
  */
 export async function convert(req: ConvertRequest): Promise<ConvertResult> {
-  const openStore = req.openStore ?? openFileStore;
+  // An Azure page blob target is an upload (loaded only then: it brings the SDK).
+  if (isAzureLocation(req.target)) return (await import('./azure-upload.js')).uploadToPageBlob(req);
+  if (req.resume) throw new BlockError('invalid-argument', '--resume continues an upload to an Azure page blob; this target is not one', { path: req.target });
+  const openStore = req.openStore ?? openStoreOrAzure;
   const cache = req.cache ?? 'unsafe';
   if (cache !== 'unsafe' && cache !== 'writeback') throw new BlockError('invalid-argument', `unknown cache mode '${cache}' (unsafe or writeback)`);
   // Only the target's own files go without syncs; its backing (-B) is only read.
@@ -138,6 +152,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   const firstMap = src.blockStatus(0, Math.min(WINDOW, src.size), { findZeroes: true });
   firstMap.catch(() => {}); // an error surfaces when copy() awaits it; until then it must not count as unhandled
   let dst: Chain | undefined;
+  let note: string | undefined;
   try {
     if (!req.existing) {
       const r = await createWith(
@@ -159,6 +174,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
           path: req.target,
         });
       }
+      note = r.note;
     } else if (req.backing) {
       throw new BlockError('invalid-argument', '-B and -n cannot be combined (an existing target keeps its own backing)');
     }
@@ -169,6 +185,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     // A fresh target without backing already reads as zeros: nothing to write there.
     const mode: Mode = req.existing ? 'overwrite' : req.backing ? 'diff' : 'fresh';
     const direct = req.native === false || bufferSize > NATIVE_MAX_RANGE ? undefined : nativeTarget(dst, mode, sparse);
+    const dstSize = dst.size;
     const written = await copy(src, dst, mode, sparse, bufferSize, firstMap, direct, req.onProgress, req.signal);
     await dst.flush();
     const closing = dst;
@@ -176,7 +193,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     await closing.close();
     req.signal?.throwIfAborted();
     await staging?.commit();
-    return { size: src.size, written };
+    return { size: src.size, written, ...(dstSize !== src.size ? { targetSize: dstSize } : {}), ...(note ? { note } : {}) };
   } catch (e) {
     if (staging) {
       // Whatever was made so far (a partly created image too) goes.

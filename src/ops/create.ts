@@ -47,6 +47,14 @@ export interface CreateResult {
   /** The size the image really has (a format may round the request, e.g. VHD CHS geometry). */
   size: number;
   requestedSize: number;
+  /** Said when `-o azure=on` rounded the size up to a whole MiB: from what to what (never silently). */
+  note?: string;
+}
+
+/** The note for a size `-o azure=on` rounded up (create, convert, upload). */
+export function azureRoundingNote(options: Record<string, string> | undefined, from: number, to: number): string | undefined {
+  if (from === to || !['on', 'true', 'yes'].includes(options?.azure ?? '')) return undefined;
+  return `note: size rounded up from ${from} to ${to} bytes (Azure takes a whole number of MiB)`;
 }
 
 /**
@@ -173,7 +181,8 @@ export async function createWith(req: CreateRequest, openStore: StoreOpener): Pr
   // Every name in the new image is the user's own (an add-cow image_file may lie in another folder).
   const img = await openLayer(req.path, { format: format.name, readOnly: true, openStore, allowPaths: ownFolders(req.path, options) });
   try {
-    return { path: req.path, format: format.name, size: img.size, requestedSize: req.size ?? img.size };
+    const requestedSize = req.size ?? img.size;
+    return { path: req.path, format: format.name, size: img.size, requestedSize, note: azureRoundingNote(options, requestedSize, img.size) };
   } finally {
     await img.close();
   }

@@ -1,5 +1,5 @@
 import { BlockError } from '../core/errors.js';
-import { openFileStore } from '../io/file-store.js';
+import { openStoreOrAzure } from '../io/azure-location.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
@@ -27,6 +27,12 @@ export interface MeasureResult {
   'fully-allocated': number;
   /** Virtual size measured (not in qemu's JSON; handy for callers). */
   size: number;
+  /**
+   * With `-O vhd -o azure=on`: the bytes an upload to a page blob sends —
+   * the source's data ranges (an upper bound: data that reads as zeros is
+   * skipped too) and the footer. The page blob itself is `required` bytes.
+   */
+  'upload-size'?: number;
 }
 
 const WINDOW = 1 << 30;
@@ -55,7 +61,7 @@ export async function measureImage(req: MeasureRequest): Promise<MeasureResult> 
   if (req.size !== undefined) {
     size = req.size;
   } else {
-    const chain = await openChain(req.source!, { ...req.sourceOptions, readOnly: true, openStore: req.openStore ?? req.sourceOptions?.openStore ?? openFileStore });
+    const chain = await openChain(req.source!, { ...req.sourceOptions, readOnly: true, openStore: req.openStore ?? req.sourceOptions?.openStore ?? openStoreOrAzure });
     try {
       size = chain.size;
       for (let off = 0; off < size; off += WINDOW) {
@@ -72,5 +78,12 @@ export async function measureImage(req: MeasureRequest): Promise<MeasureResult> 
   }
   validateSize(size, format.maxSize, format.name);
   const r = format.measure({ size, allocated, options });
-  return { required: r.required, 'fully-allocated': r.fullyAllocated, size };
+  const out: MeasureResult = { required: r.required, 'fully-allocated': r.fullyAllocated, size };
+  if (format.name === 'vhd' && ['on', 'true', 'yes'].includes(options.azure ?? '')) {
+    // Every data range goes up in whole 512-byte pages (Put Page), then the footer page.
+    let bytes = 512;
+    for (const a of allocated) bytes += Math.ceil((a.offset + a.length) / 512) * 512 - Math.floor(a.offset / 512) * 512;
+    out['upload-size'] = bytes;
+  }
+  return out;
 }

@@ -10,6 +10,7 @@ interface CheckOptions extends OpenFlags {
   output: OutputFormat;
   backingChain?: boolean;
   quiet?: boolean;
+  azure?: boolean;
 }
 
 export function define(cmd: Command): void {
@@ -20,6 +21,7 @@ export function define(cmd: Command): void {
       .addOption(outputOption())
       .option('--backing-chain', 'check every layer of the backing chain, not only IMAGE')
       .option('-q, --quiet', 'print nothing (the exit status tells)')
+      .option('--azure', 'say everything Azure would refuse in this VHD (file or page blob URL), one line each')
       .argument('<image>'),
   );
 }
@@ -27,7 +29,7 @@ export function define(cmd: Command): void {
 /** Resolves to qemu-img check's status for what was found (ops/check.ts CHECK_EXIT). */
 export async function run({ print }: CommandContext, [image]: [string], o: CheckOptions): Promise<number> {
   const { checkImage, checkExitCode, humanCheck } = await import('../../ops/check.js');
-  const reports = await checkImage({ path: image, openOptions: openOptions(o, o.format), repair: o.repair, backingChain: Boolean(o.backingChain) });
+  const reports = await checkImage({ path: image, openOptions: openOptions(o, o.format), repair: o.repair, backingChain: Boolean(o.backingChain), azure: Boolean(o.azure) });
   if (!o.quiet) {
     if (o.output === 'json') print(escapeJson(JSON.stringify(o.backingChain ? reports : reports[0], null, 4)));
     else print(reports.map((r) => (reports.length > 1 ? `${r.filename}:\n` : '') + humanCheck(r)).join('\n\n'));

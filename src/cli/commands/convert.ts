@@ -17,6 +17,7 @@ interface ConvertOptions extends OpenFlags {
   cache: 'unsafe' | 'writeback';
   overwrite?: boolean;
   quiet?: boolean;
+  resume?: boolean;
 }
 
 export function define(cmd: Command): void {
@@ -30,6 +31,7 @@ export function define(cmd: Command): void {
       .option('-S, --sparse-size <size>', 'skip zero runs of at least this size (0: write everything)', '4k')
       .option('-n, --no-create', 'write into an existing target (in place: not atomic)')
       .option('--overwrite', 'replace an existing target (atomically, once the copy is complete)')
+      .option('--resume', 'TARGET is an Azure page blob: finish an interrupted upload (sends only what the blob lacks or holds differently)')
       .option('-p, --progress', 'show a progress bar')
       .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback'] satisfies ConvertOptions['cache'][]).default('unsafe'))
       .option('-q, --quiet', 'quiet: print nothing but errors (no progress bar, even with -p), as qemu-img convert -q')
@@ -47,7 +49,12 @@ export async function run({ print }: CommandContext, [source, target]: [string |
   if (target === undefined) return help.missingArgument('target');
   const { convert } = await import('../../ops/convert.js');
   const existing = o.create === false;
-  const what = existing ? `${target} is partly written (-n writes in place)` : `nothing was written to ${target}`;
+  const { isAzureLocation, displayLocation } = await import('../../io/azure-location.js');
+  const what = isAzureLocation(target)
+    ? `${displayLocation(target)} is partly uploaded and has no footer yet: the same command with --resume finishes it`
+    : existing
+      ? `${target} is partly written (-n writes in place)`
+      : `nothing was written to ${target}`;
   return interruptible(what, (signal) =>
     withProgress(Boolean(o.progress) && !o.quiet, (onProgress) =>
       convert({
@@ -60,9 +67,12 @@ export async function run({ print }: CommandContext, [source, target]: [string |
         sparseSize: parseSize(o.sparseSize, 'sparse size'),
         existing,
         overwrite: Boolean(o.overwrite),
+        resume: Boolean(o.resume),
         cache: o.cache,
         onProgress,
         signal,
+      }).then((r) => {
+        if (r.note) print(r.note);
       }),
     ),
   );

@@ -28,7 +28,13 @@ export function define(cmd: Command): void {
     // Optional for `-o help` alone (checked in run); the usage line still says it is needed.
     .argument('[image]')
     .argument('[size]', 'virtual size (k, M, G, T suffixes); default: the backing file size')
-    .usage('[options] <image> [size]');
+    .usage('[options] <image> [size]')
+    .addHelpText(
+      'after',
+      '\nVHD sizes: dynamic and differencing disks hold at most 2040 GiB; fixed ones up to 32 TiB,\n' +
+        'but Hyper-V attaches fixed VHDs only up to 2040 GiB (Azure takes them up to 32 TiB).\n' +
+        '-o azure=on: a fixed VHD Azure takes (size rounded up to a whole MiB, 20 MiB to 32 TiB).',
+    );
 }
 
 export async function run({ print }: CommandContext, [image, size]: [string | undefined, string | undefined], o: CreateOptions): Promise<number | undefined> {
@@ -51,6 +57,7 @@ export async function run({ print }: CommandContext, [image, size]: [string | un
   });
   if (status !== undefined || !r) return status;
   if (!o.quiet) {
+    if (r.note) print(r.note);
     const rounded = r.size !== r.requestedSize ? ` (requested ${r.requestedSize}, rounded by the format)` : '';
     print(`Formatting '${image}', fmt=${r.format} size=${r.size}${rounded}${o.backing ? ` backing_file=${o.backing}` : ''}`);
   }

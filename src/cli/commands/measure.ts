@@ -34,6 +34,7 @@ export async function run({ print }: CommandContext, [source]: [string | undefin
     sourceOptions: openOptions(o, o.format),
     size: o.size === undefined ? undefined : parseSize(o.size),
   });
-  if (o.output === 'json') print(JSON.stringify({ required: r.required, 'fully-allocated': r['fully-allocated'] }, null, 4));
-  else print(`required size: ${r.required}\nfully allocated size: ${r['fully-allocated']}`);
+  const upload = r['upload-size'];
+  if (o.output === 'json') print(JSON.stringify({ required: r.required, 'fully-allocated': r['fully-allocated'], ...(upload !== undefined ? { 'upload-size': upload } : {}) }, null, 4));
+  else print(`required size: ${r.required}\nfully allocated size: ${r['fully-allocated']}${upload !== undefined ? `\nupload size: ${upload} (data ranges and footer sent to a page blob of ${r.required} bytes)` : ''}`);
 }

@@ -6,9 +6,9 @@ import { parseSize } from '../../core/size.js';
 import type { CreateContext, CreateOption } from '../types.js';
 import { batBytes, encodeBat } from './bat.js';
 import { DYNAMIC_HEADER_SIZE, HEADER_VERSION, MAX_BLOCK_SIZE, encodeDynamicHeader } from './dynamic-header.js';
-import { FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE, VHD_EPOCH_UNIX, type VhdFooter, chsForSectors, encodeFooter, roundSizeToChs } from './footer.js';
+import { FEATURES_RESERVED, FILE_FORMAT_VERSION, FOOTER_SIZE, VHD_EPOCH_UNIX, type VhdFooter, encodeFooter, geometryForSize, roundSizeToChs } from './footer.js';
 import { LOCATOR_COUNT, ParentLocatorEntry, PlatformCode, encodeLocatorData, encodeLocatorEntry } from './parent-locator.js';
-import { MAX_SIZE } from './state.js';
+import { MAX_FIXED_SIZE, MAX_SIZE, sizeLimitMessage } from './state.js';
 
 const DEFAULT_BLOCK_SIZE = 2 << 20;
 /** Creator application recorded in new images (spec "Creator Application": a four-character tag of the tool). */
@@ -21,14 +21,20 @@ export const CREATE_OPTIONS: readonly CreateOption[] = [
   { name: 'subformat', type: 'enum', values: ['dynamic', 'fixed'], description: 'dynamic (grows as written, default) or fixed (all space allocated up front)', default: 'dynamic' },
   { name: 'block_size', type: 'size', description: 'block size of a dynamic or differencing disk (power of two, 512 bytes to 256 MiB; default 2 MiB)', default: '2M' },
   { name: 'force_size', type: 'bool', description: 'keep the size exactly instead of rounding it up to a whole CHS geometry', default: 'off' },
+  { name: 'azure', type: 'bool', description: 'a VHD Azure takes: fixed, the size rounded up to a whole MiB (20 MiB to 32 TiB)', default: 'off' },
 ];
+
+const MiB = 1 << 20;
+/** Azure's limits for an uploaded VHD (its "prepare a VHD" rules): the smallest and the largest disk. */
+export const AZURE_MIN_SIZE = 20 * MiB;
+export const AZURE_MAX_SIZE = MAX_FIXED_SIZE;
 
 function bool(v: string | undefined): boolean {
   return v !== undefined && ['on', 'true', 'yes'].includes(v);
 }
 
 /** `-o force_size`, as create and measure read it. */
-export function forceSizeOption(o: Record<string, string>): boolean {
+function forceSizeOption(o: Record<string, string>): boolean {
   return bool(o.force_size);
 }
 
@@ -41,11 +47,46 @@ export function blockSizeOption(o: Record<string, string>): number {
   return blockSize;
 }
 
+/** `-o azure`, as create, measure and convert read it. */
+function azureOption(o: Record<string, string>): boolean {
+  return bool(o.azure);
+}
+
+/**
+ * The size Azure gets for a disk of `requested` bytes: rounded up to a whole
+ * MiB (Azure: "the virtual size must be a whole number of MiB"), refused
+ * outside 20 MiB to 32 TiB. Rounding down would lose data; rounding up only
+ * adds zeros at the end.
+ */
+function azureSize(requested: number): number {
+  const size = Math.ceil(requested / MiB) * MiB;
+  if (size < AZURE_MIN_SIZE) throw new BlockError('out-of-range', `Azure takes disks of at least 20 MiB; this one is ${requested} bytes`);
+  if (size > AZURE_MAX_SIZE) throw new BlockError('out-of-range', `Azure takes disks of at most 32 TiB (${AZURE_MAX_SIZE} bytes); this one is ${requested} bytes`);
+  return size;
+}
+
 /** The size a request gets and its geometry; see docs/formats/vhd.md "Size rounding". */
 export function plannedSize(requested: number, forceSize: boolean): { size: number; cylinders: number; heads: number; sectorsPerTrack: number } {
-  if (forceSize) return { size: requested, ...chsForSectors(requested / 512) };
+  if (forceSize) return { size: requested, ...geometryForSize(requested) };
   const r = roundSizeToChs(requested);
   return { size: r.size, ...r.chs };
+}
+
+/**
+ * What `-o` makes of a requested size (create and measure must agree):
+ * the disk type, the size and the geometry. `azure=on` is a fixed disk of
+ * a whole number of MiB, the size kept exactly otherwise (no CHS rounding).
+ */
+export function planVhd(requested: number, o: Record<string, string>): { diskType: 'fixed' | 'dynamic'; size: number; cylinders: number; heads: number; sectorsPerTrack: number } {
+  if (azureOption(o)) {
+    if (o.subformat === 'dynamic') throw new BlockError('invalid-argument', 'azure=on makes a fixed VHD (Azure takes no other); drop subformat=dynamic');
+    const size = azureSize(requested);
+    return { diskType: 'fixed', size, ...geometryForSize(size) };
+  }
+  const diskType = o.subformat === 'fixed' ? 'fixed' : 'dynamic';
+  const p = plannedSize(requested, forceSizeOption(o));
+  if (p.size > (diskType === 'fixed' ? MAX_FIXED_SIZE : MAX_SIZE)) throw new BlockError('out-of-range', `${sizeLimitMessage(diskType)}; ${p.size} bytes asked`);
+  return { diskType, ...p };
 }
 
 export function vhdNow(date = new Date()): number {
@@ -70,6 +111,14 @@ function newFooter(size: number, geometry: { cylinders: number; heads: number; s
     uniqueId: randomGuid(),
     savedState: 0,
   };
+}
+
+/**
+ * The footer of a new fixed disk of exactly `size` bytes (its geometry by
+ * geometryForSize): what an upload to a page blob writes last.
+ */
+export function fixedFooter(size: number): Uint8Array {
+  return encodeFooter(newFooter(size, geometryForSize(size), 'fixed'));
 }
 
 /** VHD UUIDs are stored as 16 bytes in text order. */
@@ -126,11 +175,13 @@ export function layoutLocators(record: ParentRecord, start: number): { table: Ui
 export async function createVhd(ctx: CreateContext): Promise<void> {
   const o = ctx.options;
   const differencing = ctx.backing !== undefined;
-  const subformat = o.subformat ?? 'dynamic';
-  if (differencing && o.subformat === 'fixed') throw new BlockError('invalid-argument', 'a VHD with a backing file is a differencing disk; subformat=fixed does not apply', { path: ctx.path });
+  if (differencing && (o.subformat === 'fixed' || azureOption(o))) {
+    throw new BlockError('invalid-argument', `a VHD with a backing file is a differencing disk; ${o.subformat === 'fixed' ? 'subformat=fixed' : 'azure=on'} does not apply`, { path: ctx.path });
+  }
   const blockSize = blockSizeOption(o);
   let size: number;
   let geometry: { cylinders: number; heads: number; sectorsPerTrack: number };
+  let diskType: VhdFooter['diskType'];
   if (ctx.backing) {
     // The spec requires a differencing disk to have its parent's size (the chain checks it on open).
     if (ctx.size !== ctx.backing.size) {
@@ -143,16 +194,20 @@ export async function createVhd(ctx: CreateContext): Promise<void> {
       );
     }
     size = ctx.size;
-    geometry = chsForSectors(size / 512);
+    geometry = geometryForSize(size);
+    diskType = 'differencing';
+    if (size > MAX_SIZE) throw new BlockError('out-of-range', sizeLimitMessage(diskType), { path: ctx.path });
   } else {
-    const p = plannedSize(ctx.size, forceSizeOption(o));
+    let p: ReturnType<typeof planVhd>;
+    try {
+      p = planVhd(ctx.size, o);
+    } catch (e) {
+      throw e instanceof BlockError ? e.withContext({ path: ctx.path }) : e;
+    }
     size = p.size;
     geometry = p;
+    diskType = p.diskType;
   }
-  if (size > MAX_SIZE) {
-    throw new BlockError('out-of-range', `a VHD holds at most 2040 GiB (${MAX_SIZE} bytes); ${size} bytes asked`, { path: ctx.path });
-  }
-  const diskType = differencing ? 'differencing' : subformat === 'fixed' ? 'fixed' : 'dynamic';
   const footer = newFooter(size, geometry, diskType);
   const footerBytes = encodeFooter(footer);
 

@@ -177,6 +177,7 @@ interface Chs {
 
 /** Largest geometry the footer can record: 65535 cylinders, 16 heads, 255 sectors per track. */
 const MAX_CHS_SECTORS = 65535 * 16 * 255;
+const MAX_CHS: Chs = { cylinders: 65535, heads: 16, sectorsPerTrack: 255 };
 
 /** The spec's appendix algorithm: geometry for a disk of `totalSectors` (rounds down). */
 export function chsForSectors(totalSectors: number): Chs {
@@ -208,6 +209,27 @@ export function chsForSectors(totalSectors: number): Chs {
 
 export function chsBytes(g: Chs): number {
   return g.cylinders * g.heads * g.sectorsPerTrack * 512;
+}
+
+/** The maximum geometry, 65535/16/255: qemu then takes the current size whatever the creator. */
+export function isMaxGeometry(g: Chs): boolean {
+  return g.cylinders === MAX_CHS.cylinders && g.heads === MAX_CHS.heads && g.sectorsPerTrack === MAX_CHS.sectorsPerTrack;
+}
+
+/**
+ * The geometry to record for a disk of exactly `size` bytes, so that every
+ * reader takes the same size from the footer (docs/formats/vhd.md, "Size
+ * rounding"): the appendix geometry when it spells the size exactly;
+ * otherwise the maximum geometry 65535/16/255, as Disk2VHD writes. A reader
+ * that sizes a VHD by its geometry (qemu for creators it does not know:
+ * block/vpc.c takes the current size only from "win ", "qem2", "d2v ",
+ * "CTXS", "tap\0" or when the geometry is the maximum one) would otherwise
+ * see a disk up to a track smaller than the current size says; Hyper-V and
+ * libvhdi do not read the geometry at all.
+ */
+export function geometryForSize(size: number): Chs {
+  const g = chsForSectors(Math.floor(size / 512));
+  return chsBytes(g) === size ? g : { ...MAX_CHS };
 }
 
 /**

@@ -12,11 +12,11 @@ import { readExact, readOrZero, writeParts } from '../../io/store.js';
 import type { BackingRef, BackingTarget, BlockFill, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions, WritePlacement } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
-import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName, SECTOR } from './footer.js';
+import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName, isMaxGeometry, SECTOR } from './footer.js';
 import { resizeVhd, setBackingVhd } from './maintenance.js';
 import { resetIdentityVhd } from './identity.js';
 import { BitmapCache, bitmapBytes, clearBits, forEachRun, setBits } from './sector-bitmap.js';
-import { type VhdState, backingRef } from './state.js';
+import { MAX_SIZE, type VhdState, backingRef } from './state.js';
 
 
 /** Zero bytes written over [offset, offset+length) of the file (fixed disks, allocated blocks of differencing ones). */
@@ -714,7 +714,9 @@ export class VhdImage implements Image {
     const warnings: string[] = [];
     if (this.state.endFooterDamaged) warnings.push(`footer at the end of the file is damaged (${this.state.endFooterDamaged}); using the copy at offset 0 (check -r all rewrites it)`);
     if (this.state.badChecksums.length) warnings.push(`wrong checksums tolerated (ignore-checksums): ${this.state.badChecksums.join(', ')}`);
-    if (f.currentSize !== chsBytes(f)) warnings.push(`CHS geometry gives ${chsBytes(f)} bytes; the footer's current size (${f.currentSize}) is used`);
+    // The maximum geometry means "size by the current size" to qemu too (block/vpc.c): no disagreement to report.
+    if (f.currentSize !== chsBytes(f) && !isMaxGeometry(f)) warnings.push(`CHS geometry gives ${chsBytes(f)} bytes; the footer's current size (${f.currentSize}) is used`);
+    if (f.diskType === 'fixed' && f.currentSize > MAX_SIZE) warnings.push(`Hyper-V attaches fixed VHDs only up to 2040 GiB, and qemu opens none larger; this one is ${f.currentSize} bytes (Azure takes up to 32 TiB)`);
     if (warnings.length) specific.warnings = warnings;
     if (this.state.badChecksums.length) specific['checksums-ignored'] = this.state.badChecksums;
     return { clusterSize: h?.blockSize, specific };

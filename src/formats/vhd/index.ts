@@ -3,7 +3,7 @@ import { CREATE_OPTIONS, createVhd } from './create.js';
 import { FOOTER_SIZE, hasFooterCookie } from './footer.js';
 import { measureVhd } from './measure.js';
 import { openVhd } from './open.js';
-import { MAX_SIZE } from './state.js';
+import { MAX_FIXED_SIZE } from './state.js';
 
 /**
  * VHD (Virtual PC / Hyper-V; qemu-img calls it "vpc"): fixed, dynamic and
@@ -13,7 +13,8 @@ export const vhdFormat: Format = {
   name: 'vhd',
   aliases: ['vpc'],
   description: 'Virtual PC / Hyper-V VHD (fixed, dynamic, differencing)',
-  maxSize: MAX_SIZE,
+  // Fixed disks; dynamic and differencing ones stop at 2040 GiB (create.ts, maintenance.ts).
+  maxSize: MAX_FIXED_SIZE,
   probe(input: ProbeInput): number {
     // The footer at the end is what every VHD has (a fixed disk has nothing else).
     if (input.size >= FOOTER_SIZE && input.tail.length >= FOOTER_SIZE && hasFooterCookie(input.tail, input.tail.length - FOOTER_SIZE)) return 100;

@@ -5,10 +5,10 @@ import { clearBatmap } from './batmap.js';
 import { layoutLocators, parentRecord, vhdNow } from './create.js';
 import { encodeDynamicHeader } from './dynamic-header.js';
 import { flattenVhd } from './flatten.js';
-import { FOOTER_SIZE, chsForSectors, encodeFooter, SECTOR } from './footer.js';
+import { FOOTER_SIZE, encodeFooter, geometryForSize, SECTOR } from './footer.js';
 import { readLocators } from './parent-locator.js';
 import { bitmapBytes } from './sector-bitmap.js';
-import { MAX_SIZE, type VhdState } from './state.js';
+import { MAX_FIXED_SIZE, MAX_SIZE, sizeLimitMessage, type VhdState } from './state.js';
 
 
 /**
@@ -80,7 +80,7 @@ export async function resizeVhd(state: VhdState, newSize: number, options: Resiz
   const shrink = options.shrink ?? false;
   const f = state.footer;
   if (!Number.isSafeInteger(newSize) || newSize < 0 || newSize % SECTOR) throw new BlockError('invalid-argument', `new size ${newSize} is not a whole number of 512-byte sectors`, { path });
-  if (newSize > MAX_SIZE) throw new BlockError('out-of-range', `a VHD holds at most 2040 GiB (${MAX_SIZE} bytes)`, { path });
+  if (f.diskType === 'fixed' ? newSize > MAX_FIXED_SIZE : newSize > MAX_SIZE) throw new BlockError('out-of-range', sizeLimitMessage(f.diskType), { path });
   if (newSize < f.currentSize && !shrink) throw new BlockError('invalid-argument', 'shrinking needs --shrink (data past the new end is lost)', { path });
   const old = f.currentSize;
   if (f.diskType === 'differencing') {
@@ -102,9 +102,13 @@ export async function resizeVhd(state: VhdState, newSize: number, options: Resiz
     }
   }
   if (newSize === old) return;
+  // Original size follows the current size, as Hyper-V's resize does: libvhdi
+  // sizes a disk by the original size, so a stale one would show the old
+  // size there (docs/formats/vhd.md, "Size rounding").
   const setSize = () => {
     f.currentSize = newSize;
-    Object.assign(f, chsForSectors(newSize / SECTOR));
+    f.originalSize = newSize;
+    Object.assign(f, geometryForSize(newSize));
   };
 
   if (f.diskType === 'fixed') {

@@ -1,7 +1,7 @@
 import { blocksTouched } from '../measure-helpers.js';
 import type { MeasureInput, MeasureResult } from '../types.js';
 import { batBytes } from './bat.js';
-import { blockSizeOption, forceSizeOption, plannedSize } from './create.js';
+import { blockSizeOption, planVhd } from './create.js';
 import { DYNAMIC_HEADER_SIZE } from './dynamic-header.js';
 import { FOOTER_SIZE } from './footer.js';
 import { bitmapBytes } from './sector-bitmap.js';
@@ -20,8 +20,8 @@ import { bitmapBytes } from './sector-bitmap.js';
  */
 export function measureVhd(input: MeasureInput): MeasureResult {
   const o = input.options;
-  const size = plannedSize(input.size, forceSizeOption(o)).size;
-  if ((o.subformat ?? 'dynamic') === 'fixed') return { required: size + FOOTER_SIZE, fullyAllocated: size + FOOTER_SIZE };
+  const { size, diskType } = planVhd(input.size, o);
+  if (diskType === 'fixed') return { required: size + FOOTER_SIZE, fullyAllocated: size + FOOTER_SIZE };
   const blockSize = blockSizeOption(o);
   const entries = Math.ceil(size / blockSize);
   const meta = FOOTER_SIZE + DYNAMIC_HEADER_SIZE + batBytes(entries) + FOOTER_SIZE;

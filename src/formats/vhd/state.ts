@@ -6,8 +6,26 @@ import type { VhdDynamicHeader } from './dynamic-header.js';
 import type { VhdFooter } from './footer.js';
 import { type ParentLocator, PlatformCode } from './parent-locator.js';
 
-/** The spec's largest disk: 2040 GiB (the CHS field and the 32-bit BAT sector numbers both allow it). */
+/**
+ * The largest dynamic or differencing disk: 2040 GiB (the spec's limit; the
+ * 32-bit BAT sector numbers allow it, and Hyper-V and qemu refuse more).
+ */
 export const MAX_SIZE = 2040 * 2 ** 30;
+
+/**
+ * The largest fixed disk vdisk writes: 32 TiB, the most Azure takes (a
+ * fixed disk has no BAT: only the footer's 64-bit current size bounds it).
+ * Hyper-V attaches fixed VHDs only up to 2040 GiB, and qemu opens none
+ * larger (block/vpc.c VHD_MAX_SECTORS); info says so.
+ */
+export const MAX_FIXED_SIZE = 32 * 2 ** 40;
+
+/** Why a size is refused, by disk type. */
+export function sizeLimitMessage(diskType: 'fixed' | 'dynamic' | 'differencing'): string {
+  return diskType === 'fixed'
+    ? `a fixed VHD holds at most 32 TiB (${MAX_FIXED_SIZE} bytes)`
+    : `a ${diskType} VHD holds at most 2040 GiB (${MAX_SIZE} bytes); a fixed one may hold up to 32 TiB`;
+}
 
 /**
  * One open VHD as held in memory: everything decoded at open time (open.ts),
