@@ -1,4 +1,5 @@
 import { Option, type Command } from 'commander';
+import { BlockError } from '../../core/errors.js';
 import { parseSize } from '../../core/size.js';
 import { parseOptions } from '../../ops/options.js';
 import { interruptible } from '../interrupt.js';
@@ -16,6 +17,7 @@ interface ConvertOptions extends OpenFlags {
   progress?: boolean;
   cache: 'unsafe' | 'writeback';
   overwrite?: boolean;
+  streamed?: boolean;
 }
 
 export function define(cmd: Command): void {
@@ -29,6 +31,7 @@ export function define(cmd: Command): void {
       .option('-S, --sparse-size <size>', 'skip zero runs of at least this size (0: write everything)', '4k')
       .option('-n, --no-create', 'write into an existing target (in place: not atomic)')
       .option('--overwrite', 'replace an existing target (atomically, once the copy is complete)')
+      .option('--streamed', 'write the target as one sequential stream (as to stdout), not in place; a target of - is always streamed')
       .option('-p, --progress', 'show a progress bar')
       .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback'] satisfies ConvertOptions['cache'][]).default('unsafe'))
       .argument('<source>')
@@ -37,6 +40,8 @@ export function define(cmd: Command): void {
 }
 
 export async function run(_ctx: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<number | undefined> {
+  const { isStdio } = await import('../../io/stdio.js');
+  if (isStdio(target) || o.streamed) return streamed(source, target, o);
   const { convert } = await import('../../ops/convert.js');
   const existing = o.create === false;
   const what = existing ? `${target} is partly written (-n writes in place)` : `nothing was written to ${target}`;
@@ -55,6 +60,38 @@ export async function run(_ctx: CommandContext, [source, target]: [string, strin
         cache: o.cache,
         onProgress,
         signal,
+      }),
+    ),
+  );
+}
+
+/**
+ * The sequential writer (ops/sequential.ts): `-` (stdout) or, with
+ * --streamed, a file written front to back. Options that only make sense
+ * for a target written in place are refused rather than ignored.
+ */
+async function streamed(source: string, target: string, o: ConvertOptions): Promise<number | undefined> {
+  const { isStdio, stdoutSink } = await import('../../io/stdio.js');
+  const { fileSink } = await import('../../io/file-sink.js');
+  const { convertToSink } = await import('../../ops/sequential.js');
+  const toStdout = isStdio(target);
+  if (o.create === false) throw new BlockError('invalid-argument', `-n writes into an existing target in place; ${toStdout ? 'stdout' : 'a streamed target'} is always new`);
+  if (o.sparseSize !== '4k') throw new BlockError('invalid-argument', '-S does not apply to a streamed target (its zero blocks are always left out)');
+  if (toStdout && o.overwrite) throw new BlockError('invalid-argument', '--overwrite does not apply to stdout');
+  const sink = toStdout ? stdoutSink() : await fileSink(target, { overwrite: Boolean(o.overwrite), durable: o.cache === 'writeback' });
+  const what = toStdout ? 'the stream on stdout is incomplete' : `nothing was written to ${target}`;
+  return interruptible(what, (signal) =>
+    withProgress(Boolean(o.progress), (onProgress) =>
+      convertToSink({
+        source,
+        sourceOptions: openOptions(o, o.format),
+        targetFormat: o.outputFormat,
+        options: parseOptions(o.options),
+        backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
+        target: toStdout ? undefined : target,
+        sink,
+        signal,
+        onProgress,
       }),
     ),
   );
