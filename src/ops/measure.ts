@@ -19,6 +19,14 @@ export interface MeasureRequest {
   openStore?: StoreOpener;
   /** The formats to choose the target from (default: the registry). */
   formats?: readonly Format[];
+  /**
+   * Also give the exact length of the image written as a stream
+   * (`streamed-size`: what `convert SRC -` writes, ops/sequential.ts). Reads
+   * the source's data to find its zero blocks. Needs a source.
+   */
+  streamed?: boolean;
+  /** `-B` for the streamed size: the stream is a child of this image. */
+  backing?: { path: string; format?: string };
 }
 
 /** Field names of `qemu-img measure --output=json`. */
@@ -27,6 +35,8 @@ export interface MeasureResult {
   'fully-allocated': number;
   /** Virtual size measured (not in qemu's JSON; handy for callers). */
   size: number;
+  /** With `streamed`: bytes `convert` sends when it writes the image as a stream (exact). */
+  'streamed-size'?: number;
 }
 
 const WINDOW = 1 << 30;
@@ -42,6 +52,7 @@ const WINDOW = 1 << 30;
 export async function measureImage(req: MeasureRequest): Promise<MeasureResult> {
   const format = findFormat(req.format, req.formats);
   if (!format.measure) throw new BlockError('unsupported', `format ${format.name} cannot be measured`);
+  if (req.backing && !req.streamed) throw new BlockError('invalid-argument', '-B changes only the streamed size (give --streamed)');
   if ((req.source === undefined) === (req.size === undefined)) {
     throw new BlockError('invalid-argument', 'give either a source image or --size, not both or neither');
   }
@@ -72,5 +83,16 @@ export async function measureImage(req: MeasureRequest): Promise<MeasureResult> 
   }
   validateSize(size, format.maxSize, format.name);
   const r = format.measure({ size, allocated, options });
-  return { required: r.required, 'fully-allocated': r.fullyAllocated, size };
+  const result: MeasureResult = { required: r.required, 'fully-allocated': r.fullyAllocated, size };
+  if (req.streamed) result['streamed-size'] = await streamedSize(req, options);
+  return result;
+}
+
+/** The exact length of the stream convert would write (the plan is made, nothing is sent). */
+async function streamedSize(req: MeasureRequest, options: Record<string, string>): Promise<number> {
+  if (req.source === undefined) throw new BlockError('invalid-argument', 'the streamed size needs a source image (not --size)');
+  const { planSequentialConvert } = await import('./sequential.js');
+  const plan = await planSequentialConvert({ source: req.source, sourceOptions: req.sourceOptions, targetFormat: req.format, options, backing: req.backing, openStore: req.openStore });
+  await plan.close();
+  return plan.length;
 }

@@ -238,6 +238,8 @@ class DiskData {
         await this.read(offset + o, piece);
         await pending;
         pending = send(piece);
+        // Observed at once: it may fail while the next piece is being read (seen again by the await above).
+        pending.catch(() => {});
       }
     } finally {
       // A read failure must not leave a write running unobserved.
