@@ -1,6 +1,8 @@
 import type { Writable } from 'node:stream';
 import { BlockError } from '../core/errors.js';
 import type { ByteSink } from './sink.js';
+import type { Store, StoreOpener } from './store.js';
+import { StreamStore } from './stream-store.js';
 
 /**
  * The location `-`: stdout when written, stdin when read (issue 18). A host
@@ -67,4 +69,21 @@ export function streamSink(stream: Writable, location = STDIO): ByteSink {
 /** Stdout as a ByteSink (the target `-`). */
 export function stdoutSink(): ByteSink {
   return streamSink(process.stdout);
+}
+
+/**
+ * Stdin as a read-only Store (the source `-`; io/stream-store.ts): raw with
+ * a declared `length` (--size), or an image whose blocks come in file order.
+ */
+export function stdinStore(options: { length?: number; capacity?: number } = {}): Store {
+  return new StreamStore(process.stdin, STDIO, { ...options, name: 'stdin' });
+}
+
+/** `openStore` with `-` opening `stdin` (once: a stream is read once) and every other name as before. */
+export function withStdin(openStore: StoreOpener, stdin: Store): StoreOpener {
+  return async (path, options) => {
+    if (!isStdio(path)) return openStore(path, options);
+    if (!options.readOnly) throw new BlockError('invalid-argument', 'stdin can only be read', { path });
+    return stdin;
+  };
 }

@@ -2,6 +2,8 @@ import { Option, type Command } from 'commander';
 import { BlockError } from '../../core/errors.js';
 import { parseSize } from '../../core/size.js';
 import { parseOptions } from '../../ops/options.js';
+import { findFormat } from '../../formats/registry.js';
+import type { StoreOpener } from '../../io/store.js';
 import { interruptible } from '../interrupt.js';
 import { collect, openOptions, withOpenOptions, withProgress, type CommandContext, type OpenFlags } from '../options.js';
 
@@ -18,6 +20,7 @@ interface ConvertOptions extends OpenFlags {
   cache: 'unsafe' | 'writeback';
   overwrite?: boolean;
   streamed?: boolean;
+  size?: string;
 }
 
 export function define(cmd: Command): void {
@@ -32,6 +35,7 @@ export function define(cmd: Command): void {
       .option('-n, --no-create', 'write into an existing target (in place: not atomic)')
       .option('--overwrite', 'replace an existing target (atomically, once the copy is complete)')
       .option('--streamed', 'write the target as one sequential stream (as to stdout), not in place; a target of - is always streamed')
+      .option('--size <size>', 'with SOURCE - and -f raw: the length of the raw stream read from stdin')
       .option('-p, --progress', 'show a progress bar')
       .addOption(new Option('-t, --cache <mode>', 'target cache: unsafe (no syncs, as qemu-img convert) or writeback (sync as the format orders writes)').choices(['unsafe', 'writeback'] satisfies ConvertOptions['cache'][]).default('unsafe'))
       .argument('<source>')
@@ -41,8 +45,10 @@ export function define(cmd: Command): void {
 
 export async function run(_ctx: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<number | undefined> {
   const { isStdio } = await import('../../io/stdio.js');
-  if (isStdio(target) || o.streamed) return streamed(source, target, o);
+  const openStore = await sourceOpener(source, o);
+  if (isStdio(target) || o.streamed) return streamed(source, target, o, openStore);
   const { convert } = await import('../../ops/convert.js');
+  const { fileHost } = await import('../../io/staging.js');
   const existing = o.create === false;
   const what = existing ? `${target} is partly written (-n writes in place)` : `nothing was written to ${target}`;
   return interruptible(what, (signal) =>
@@ -60,6 +66,8 @@ export async function run(_ctx: CommandContext, [source, target]: [string, strin
         cache: o.cache,
         onProgress,
         signal,
+        // With stdin in the opener, the target's files are still named and renamed on the host.
+        ...(openStore ? { openStore, host: fileHost } : {}),
       }),
     ),
   );
@@ -70,7 +78,7 @@ export async function run(_ctx: CommandContext, [source, target]: [string, strin
  * --streamed, a file written front to back. Options that only make sense
  * for a target written in place are refused rather than ignored.
  */
-async function streamed(source: string, target: string, o: ConvertOptions): Promise<number | undefined> {
+async function streamed(source: string, target: string, o: ConvertOptions, openStore: StoreOpener | undefined): Promise<number | undefined> {
   const { isStdio, stdoutSink } = await import('../../io/stdio.js');
   const { fileSink } = await import('../../io/file-sink.js');
   const { convertToSink } = await import('../../ops/sequential.js');
@@ -78,6 +86,10 @@ async function streamed(source: string, target: string, o: ConvertOptions): Prom
   if (o.create === false) throw new BlockError('invalid-argument', `-n writes into an existing target in place; ${toStdout ? 'stdout' : 'a streamed target'} is always new`);
   if (o.sparseSize !== '4k') throw new BlockError('invalid-argument', '-S does not apply to a streamed target (its zero blocks are always left out)');
   if (toStdout && o.overwrite) throw new BlockError('invalid-argument', '--overwrite does not apply to stdout');
+  if (isStdio(source) && findFormat(o.outputFormat).name !== 'raw') {
+    // A streamed image's block map is decided by a first pass over the data, which a stream cannot give twice.
+    throw new BlockError('unsupported', `a stream read from stdin can be streamed out as raw only (-O ${o.outputFormat} needs two passes over its source); write it to a file`);
+  }
   const sink = toStdout ? stdoutSink() : await fileSink(target, { overwrite: Boolean(o.overwrite), durable: o.cache === 'writeback' });
   const what = toStdout ? 'the stream on stdout is incomplete' : `nothing was written to ${target}`;
   return interruptible(what, (signal) =>
@@ -89,10 +101,25 @@ async function streamed(source: string, target: string, o: ConvertOptions): Prom
         options: parseOptions(o.options),
         backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
         target: toStdout ? undefined : target,
+        openStore,
         sink,
         signal,
         onProgress,
       }),
     ),
   );
+}
+
+/**
+ * The source `-`: stdin, raw with --size or an image whose blocks come in
+ * file order (io/stream-store.ts). Undefined for any other source.
+ */
+async function sourceOpener(source: string, o: ConvertOptions): Promise<StoreOpener | undefined> {
+  const { isStdio } = await import('../../io/stdio.js');
+  if (!isStdio(source)) {
+    if (o.size !== undefined) throw new BlockError('invalid-argument', '--size gives the length of a raw stream read from stdin (SOURCE -)');
+    return undefined;
+  }
+  const { stdinOpener } = await import('../../ops/stdin.js');
+  return stdinOpener({ format: o.format, size: o.size === undefined ? undefined : parseSize(o.size, 'size') });
 }
