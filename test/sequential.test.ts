@@ -315,3 +315,115 @@ test('planSequentialConvert: a wrong request fails before anything is written', 
     cleanup();
   }
 });
+
+/** Nothing but `keep` in `dir`: no output, no temporary file. */
+function onlyThese(dir: string, keep: string[]): void {
+  assert.deepEqual(readdirSync(dir).sort(), [...keep].sort());
+}
+
+test('stdin raw with --size: exact stream converted; a short or a long stream is one clear error and leaves nothing', (tc) => {
+  if (!requireTool(tc, 'qemu-img')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const src = sourceDisk(dir);
+    const out = join(dir, 'out.vhdx');
+    let r = sh(`cat ${q(src)} | ${VDISK} convert -f raw --size 40M -O vhdx - ${q(out)}`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(qemuImg('compare', '-f', 'raw', '-F', 'vhdx', src, out), /Images are identical/);
+    // Raw in, raw out: stdin to stdout.
+    const copy = join(dir, 'copy.raw');
+    r = sh(`cat ${q(src)} | ${VDISK} convert -f raw --size 40M -O raw - - | cat > ${q(copy)}; exit \${PIPESTATUS[1]}`);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(qemuImg('compare', '-f', 'raw', '-F', 'raw', src, copy), /Images are identical/);
+    const bad = join(dir, 'bad.vhd');
+    for (const [feed, why] of [
+      [`head -c 1000000 ${q(src)}`, /^vdisk: stdin: the stream ended after 1000000 bytes, but --size gives 41943040/],
+      [`cat ${q(src)} ${q(src)}`, /^vdisk: stdin: the stream holds more than the 41943040 bytes --size gives/],
+      [`{ cat ${q(src)}; printf x; }`, /^vdisk: stdin: the stream holds more than the 41943040 bytes --size gives/],
+    ] as const) {
+      r = sh(`${feed} | ${VDISK} convert -f raw --size 40M -O vhd - ${q(bad)}`);
+      assert.equal(r.status, 1, feed);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, why);
+      onlyThese(dir, ['src.raw', 'out.vhdx', 'copy.raw']);
+    }
+    for (const [args, why] of [
+      [['-f', 'raw'], /a raw stream from stdin needs --size N/],
+      [['--size', '40M'], /--size applies to a raw stream \(-f raw\)/],
+    ] as const) {
+      r = sh(`cat ${q(src)} | ${VDISK} convert ${args.join(' ')} -O vhd - ${q(bad)}`);
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, why);
+    }
+    onlyThese(dir, ['src.raw', 'out.vhdx', 'copy.raw']);
+  } finally {
+    cleanup();
+  }
+});
+
+test('stdin VHD and VHDX streams (from the sequential writers and from qemu-img) read in file order', (tc) => {
+  if (!requireTool(tc, 'qemu-img')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const src = sourceDisk(dir);
+    for (const format of ['vhd', 'vhdx']) {
+      // One vdisk writes the stream, another reads it: nothing touches a file in between.
+      const out = join(dir, `piped-${format}.raw`);
+      const r = sh(`${VDISK} convert -O ${format} ${q(src)} - | ${VDISK} convert -O raw - ${q(out)}; exit \${PIPESTATUS[1]}`);
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(qemuImg('compare', '-f', 'raw', '-F', 'raw', src, out), /Images are identical/);
+      const made = join(dir, `qemu.${format}`);
+      qemuImg('convert', '-f', 'raw', '-O', QEMU_NAME[format], src, made);
+      const out2 = join(dir, `qemu-${format}.raw`);
+      const r2 = sh(`cat ${q(made)} | ${VDISK} convert -f ${format} -O raw - ${q(out2)}`);
+      assert.equal(r2.status, 0, r2.stderr);
+      assert.match(qemuImg('compare', '-f', 'raw', '-F', 'raw', src, out2), /Images are identical/);
+    }
+    // A differencing stream reads its parent (named relative to the current folder) while the child streams by.
+    const base = join(dir, 'base.vhdx');
+    assert.equal(vdisk('create', '-f', 'vhdx', base, '40M').status, 0);
+    assert.equal(vdisk('io', '-c', 'write -P 0x11 0 8M', base).status, 0);
+    const r3 = sh(`cd ${q(dir)} && ${VDISK} convert -O vhdx -B base.vhdx src.raw - | ${VDISK} convert -O raw - child.raw; exit \${PIPESTATUS[1]}`);
+    assert.equal(r3.status, 0, r3.stderr);
+    assert.match(qemuImg('compare', '-f', 'raw', '-F', 'raw', src, join(dir, 'child.raw')), /Images are identical/);
+  } finally {
+    cleanup();
+  }
+});
+
+test('stdin streams that cannot be read in order: a backward seek past the buffer, a truncated stream, a fixed VHD, two passes', (tc) => {
+  if (!requireTool(tc, 'qemu-img')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    // Blocks written last to first: the file holds them in reverse disk order, 32 MiB apart.
+    const rev = join(dir, 'rev.vhdx');
+    assert.equal(vdisk('create', '-f', 'vhdx', rev, '128M').status, 0);
+    assert.equal(vdisk('io', '-c', 'write -P 3 96M 1M', '-c', 'write -P 2 64M 1M', '-c', 'write -P 1 32M 1M', '-c', 'write -P 9 0 1M', rev).status, 0);
+    const src = sourceDisk(dir);
+    const fixed = join(dir, 'fixed.vhd');
+    assert.equal(vdisk('convert', '-O', 'vhd', '-o', 'subformat=fixed', src, fixed).status, 0);
+    const dyn = join(dir, 'dyn.vhd');
+    assert.equal(vdisk('convert', '-O', 'vhd', src, dyn).status, 0);
+    const keep = ['rev.vhdx', 'src.raw', 'fixed.vhd', 'dyn.vhd'];
+    const out = join(dir, 'out.raw');
+    for (const [feed, args, why] of [
+      [`cat ${q(rev)}`, [], /^vdisk: stdin: bytes at offset \d+ were needed after offset \d+ had passed \(a stream keeps only its last 64 MiB\); a stream must hold its blocks in file order/],
+      [`head -c 3000000 ${q(dyn)}`, [], /^vdisk: stdin: the stream ended after 3000000 bytes, but the image needs bytes up to offset \d+ \(the stream is truncated\)/],
+      [`cat ${q(fixed)}`, [], /^vdisk: stdin: not a VHD or VHDX stream that can be read from its start \(a fixed VHD's only footer is at its end/],
+      [`cat ${q(fixed)}`, ['-f', 'vhd'], /^vdisk: stdin: not a vhd stream/],
+      [`cat ${q(dyn)}`, ['-f', 'vhdx'], /^vdisk: stdin: not a vhdx stream/],
+    ] as const) {
+      const r = sh(`${feed} | ${VDISK} convert ${args.join(' ')} -O raw - ${q(out)}`);
+      assert.equal(r.status, 1, `${feed}: ${r.stderr}`);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, why);
+      onlyThese(dir, keep);
+    }
+    const r = sh(`cat ${q(dyn)} | ${VDISK} convert -O vhd - -`);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /can be streamed out as raw only/);
+    assert.equal(r.stdout, '');
+  } finally {
+    cleanup();
+  }
+});
