@@ -39,3 +39,9 @@ export { commitImage, type CommitRequest, type CommitResult } from './ops/commit
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
+// Sequential writers and pipes (issue 18): an image as one ordered byte stream of known length, and stdin as a source.
+export { planSequentialConvert, convertToSink, type SequentialConvertRequest, type SequentialPlan } from './ops/sequential.js';
+export type { ByteSink } from './io/sink.js';
+export { stdoutSink, streamSink } from './io/stdio.js';
+export { fileSink } from './io/file-sink.js';
+export { stdinOpener } from './ops/stdin.js';

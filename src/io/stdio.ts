@@ -9,7 +9,7 @@ import { StreamStore } from './stream-store.js';
  * table plugs it in through `isStdio` and the two openers below; nothing
  * else in vdisk needs to know that `-` is special.
  */
-export const STDIO = '-';
+const STDIO = '-';
 
 export function isStdio(location: string): boolean {
   return location === STDIO;

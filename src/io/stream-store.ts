@@ -13,7 +13,7 @@ const DEFAULT_CAPACITY = 64 << 20;
  * consumed to find its end: a dynamic VHD then opens from its footer copy
  * at offset 0, and a format that must have its end (a fixed VHD) fails.
  */
-export const UNKNOWN_LENGTH = 2 ** 52;
+const UNKNOWN_LENGTH = 2 ** 52;
 const TAIL = 64 * 1024;
 
 interface Waiter {
