@@ -44,4 +44,4 @@ export { planSequentialConvert, convertToSink, type SequentialConvertRequest, ty
 export type { ByteSink } from './io/sink.js';
 export { stdoutSink, streamSink } from './io/stdio.js';
 export { fileSink } from './io/file-sink.js';
-export { stdinOpener } from './ops/stdin.js';
+export { stdinSource, type StdinSource } from './ops/stdin.js';

@@ -372,6 +372,11 @@ test('stdin VHD and VHDX streams (from the sequential writers and from qemu-img)
       const r = sh(`${VDISK} convert -O ${format} ${q(src)} - | ${VDISK} convert -O raw - ${q(out)}; exit \${PIPESTATUS[1]}`);
       assert.equal(r.status, 0, r.stderr);
       assert.match(qemuImg('compare', '-f', 'raw', '-F', 'raw', src, out), /Images are identical/);
+      // Stdin to stdout: a VHD/VHDX stream in, the raw disk out (its end checked before the stream is complete).
+      const through = join(dir, `through-${format}.raw`);
+      const rt = sh(`${VDISK} convert -O ${format} ${q(src)} - | ${VDISK} convert -O raw - - > ${q(through)}; exit \${PIPESTATUS[1]}`);
+      assert.equal(rt.status, 0, rt.stderr);
+      assert.match(qemuImg('compare', '-f', 'raw', '-F', 'raw', src, through), /Images are identical/);
       const made = join(dir, `qemu.${format}`);
       qemuImg('convert', '-f', 'raw', '-O', QEMU_NAME[format], src, made);
       const out2 = join(dir, `qemu-${format}.raw`);
@@ -409,6 +414,8 @@ test('stdin streams that cannot be read in order: a backward seek past the buffe
     for (const [feed, args, why] of [
       [`cat ${q(rev)}`, [], /^vdisk: stdin: bytes at offset \d+ were needed after offset \d+ had passed \(a stream keeps only its last 64 MiB\); a stream must hold its blocks in file order/],
       [`head -c 3000000 ${q(dyn)}`, [], /^vdisk: stdin: the stream ended after 3000000 bytes, but the image needs bytes up to offset \d+ \(the stream is truncated\)/],
+      [`{ cat ${q(dyn)}; printf x; }`, [], /^vdisk: stdin: the VHD stream \(\d+ bytes\) does not end with its footer/],
+      [`head -c ${statSync(dyn).size - 512} ${q(dyn)}`, [], /^vdisk: stdin: the VHD stream \(\d+ bytes\) does not end with its footer/],
       [`cat ${q(fixed)}`, [], /^vdisk: stdin: not a VHD or VHDX stream that can be read from its start \(a fixed VHD's only footer is at its end/],
       [`cat ${q(fixed)}`, ['-f', 'vhd'], /^vdisk: stdin: not a vhd stream/],
       [`cat ${q(dyn)}`, ['-f', 'vhdx'], /^vdisk: stdin: not a vhdx stream/],

@@ -75,7 +75,7 @@ export function stdoutSink(): ByteSink {
  * Stdin as a read-only Store (the source `-`; io/stream-store.ts): raw with
  * a declared `length` (--size), or an image whose blocks come in file order.
  */
-export function stdinStore(options: { length?: number; capacity?: number } = {}): Store {
+export function stdinStore(options: { length?: number; capacity?: number } = {}): StreamStore {
   return new StreamStore(process.stdin, STDIO, { ...options, name: 'stdin' });
 }
 

@@ -45,6 +45,7 @@ export class StreamStore implements Store {
   private failure: BlockError | undefined;
   private waiters: Waiter[] = [];
   private closed = false;
+  private drainer: { resolve(): void; reject(e: unknown): void } | undefined;
   private readonly onData = (c: Buffer) => this.received(new Uint8Array(c.buffer, c.byteOffset, c.length));
   private readonly onEnd = () => {
     this.ended = true;
@@ -115,6 +116,8 @@ export class StreamStore implements Store {
     this.failure = e;
     for (const w of this.waiters) w.reject(e);
     this.waiters = [];
+    this.drainer?.reject(e);
+    this.drainer = undefined;
     this.stream.pause();
   }
 
@@ -150,7 +153,11 @@ export class StreamStore implements Store {
     const keepFrom = Math.min(this.pos - this.capacity, ...this.waiters.map((w) => w.offset));
     while (this.chunks.length && this.chunks[0].start + this.chunks[0].data.length <= keepFrom) this.chunks.shift();
     this.base = this.chunks.length ? this.chunks[0].start : this.pos;
-    if (this.waiters.length && !this.ended) this.stream.resume();
+    if (this.drainer && this.ended && !this.waiters.length) {
+      this.drainer.resolve();
+      this.drainer = undefined;
+    }
+    if ((this.waiters.length || this.drainer) && !this.ended) this.stream.resume();
     else this.stream.pause();
   }
 
@@ -161,6 +168,25 @@ export class StreamStore implements Store {
       const b = Math.min(end, c.start + c.data.length);
       if (a < b) into.set(c.data.subarray(a - c.start, b - c.start), a - offset);
     }
+  }
+
+  /**
+   * Read the stream to its end, nothing kept but the buffer: its length and
+   * its last `keep` bytes (fewer if it is shorter), for a check of how an
+   * image ends (a VHD's footer) once everything before was read.
+   */
+  async drain(keep: number): Promise<{ length: number; tail: Uint8Array }> {
+    if (this.failure) throw this.failure;
+    if (!this.ended) {
+      await new Promise<void>((resolve, reject) => {
+        this.drainer = { resolve, reject };
+        this.serve();
+      });
+    }
+    const from = Math.max(this.base, this.pos - keep);
+    const tail = new Uint8Array(this.pos - from);
+    this.copy(from, tail);
+    return { length: this.pos, tail };
   }
 
   async write(): Promise<void> {

@@ -38,6 +38,8 @@ export interface ConvertRequest {
   /** How the new target's files are named and removed (see CreateRequest.host). */
   host?: FileHost;
   onProgress?: (done: number, total: number) => void;
+  /** Called after the copy, before the new target gets its name: a failure discards it (a stdin source checks its stream's end). */
+  beforeCommit?: () => Promise<void>;
   openStore?: StoreOpener;
   /**
    * Target cache mode, as qemu-img's `-t`: 'unsafe' (default, as qemu-img
@@ -175,6 +177,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     dst = undefined;
     await closing.close();
     req.signal?.throwIfAborted();
+    await req.beforeCommit?.();
     await staging?.commit();
     return { size: src.size, written };
   } catch (e) {

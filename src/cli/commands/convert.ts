@@ -3,7 +3,8 @@ import { BlockError } from '../../core/errors.js';
 import { parseSize } from '../../core/size.js';
 import { parseOptions } from '../../ops/options.js';
 import { findFormat } from '../../formats/registry.js';
-import type { StoreOpener } from '../../io/store.js';
+import type { StdinSource } from '../../ops/stdin.js';
+import type { ByteSink } from '../../io/sink.js';
 import { interruptible } from '../interrupt.js';
 import { collect, openOptions, withOpenOptions, withProgress, type CommandContext, type OpenFlags } from '../options.js';
 
@@ -45,8 +46,8 @@ export function define(cmd: Command): void {
 
 export async function run(_ctx: CommandContext, [source, target]: [string, string], o: ConvertOptions): Promise<number | undefined> {
   const { isStdio } = await import('../../io/stdio.js');
-  const openStore = await sourceOpener(source, o);
-  if (isStdio(target) || o.streamed) return streamed(source, target, o, openStore);
+  const stdin = await sourceOpener(source, o);
+  if (isStdio(target) || o.streamed) return streamed(source, target, o, stdin);
   const { convert } = await import('../../ops/convert.js');
   const { fileHost } = await import('../../io/staging.js');
   const existing = o.create === false;
@@ -67,7 +68,7 @@ export async function run(_ctx: CommandContext, [source, target]: [string, strin
         onProgress,
         signal,
         // With stdin in the opener, the target's files are still named and renamed on the host.
-        ...(openStore ? { openStore, host: fileHost } : {}),
+        ...(stdin ? { openStore: stdin.openStore, host: fileHost, beforeCommit: stdin.finish } : {}),
       }),
     ),
   );
@@ -78,7 +79,7 @@ export async function run(_ctx: CommandContext, [source, target]: [string, strin
  * --streamed, a file written front to back. Options that only make sense
  * for a target written in place are refused rather than ignored.
  */
-async function streamed(source: string, target: string, o: ConvertOptions, openStore: StoreOpener | undefined): Promise<number | undefined> {
+async function streamed(source: string, target: string, o: ConvertOptions, stdin: StdinSource | undefined): Promise<number | undefined> {
   const { isStdio, stdoutSink } = await import('../../io/stdio.js');
   const { fileSink } = await import('../../io/file-sink.js');
   const { convertToSink } = await import('../../ops/sequential.js');
@@ -90,7 +91,11 @@ async function streamed(source: string, target: string, o: ConvertOptions, openS
     // A streamed image's block map is decided by a first pass over the data, which a stream cannot give twice.
     throw new BlockError('unsupported', `a stream read from stdin can be streamed out as raw only (-O ${o.outputFormat} needs two passes over its source); write it to a file`);
   }
-  const sink = toStdout ? stdoutSink() : await fileSink(target, { overwrite: Boolean(o.overwrite), durable: o.cache === 'writeback' });
+  const out = toStdout ? stdoutSink() : await fileSink(target, { overwrite: Boolean(o.overwrite), durable: o.cache === 'writeback' });
+  // A stdin source's end is checked before the stream is declared complete.
+  const sink: ByteSink = stdin
+    ? { location: out.location, write: (d) => out.write(d), finish: async () => (await stdin.finish(), out.finish()), abort: (r) => out.abort(r) }
+    : out;
   const what = toStdout ? 'the stream on stdout is incomplete' : `nothing was written to ${target}`;
   return interruptible(what, (signal) =>
     withProgress(Boolean(o.progress), (onProgress) =>
@@ -101,7 +106,7 @@ async function streamed(source: string, target: string, o: ConvertOptions, openS
         options: parseOptions(o.options),
         backing: o.backing !== undefined ? { path: o.backing, format: o.backingFormat } : undefined,
         target: toStdout ? undefined : target,
-        openStore,
+        openStore: stdin?.openStore,
         sink,
         signal,
         onProgress,
@@ -114,12 +119,12 @@ async function streamed(source: string, target: string, o: ConvertOptions, openS
  * The source `-`: stdin, raw with --size or an image whose blocks come in
  * file order (io/stream-store.ts). Undefined for any other source.
  */
-async function sourceOpener(source: string, o: ConvertOptions): Promise<StoreOpener | undefined> {
+async function sourceOpener(source: string, o: ConvertOptions): Promise<StdinSource | undefined> {
   const { isStdio } = await import('../../io/stdio.js');
   if (!isStdio(source)) {
     if (o.size !== undefined) throw new BlockError('invalid-argument', '--size gives the length of a raw stream read from stdin (SOURCE -)');
     return undefined;
   }
-  const { stdinOpener } = await import('../../ops/stdin.js');
-  return stdinOpener({ format: o.format, size: o.size === undefined ? undefined : parseSize(o.size, 'size') });
+  const { stdinSource } = await import('../../ops/stdin.js');
+  return stdinSource({ format: o.format, size: o.size === undefined ? undefined : parseSize(o.size, 'size') });
 }
