@@ -87,6 +87,7 @@ async function streamed(source: string, target: string, o: ConvertOptions, stdin
   if (o.create === false) throw new BlockError('invalid-argument', `-n writes into an existing target in place; ${toStdout ? 'stdout' : 'a streamed target'} is always new`);
   if (o.sparseSize !== '4k') throw new BlockError('invalid-argument', '-S does not apply to a streamed target (its zero blocks are always left out)');
   if (toStdout && o.overwrite) throw new BlockError('invalid-argument', '--overwrite does not apply to stdout');
+  if (toStdout && process.stdout.isTTY) throw new BlockError('invalid-argument', 'stdout is a terminal: pipe or redirect the image (vdisk convert ... - > FILE)');
   if (isStdio(source) && findFormat(o.outputFormat).name !== 'raw') {
     // A streamed image's block map is decided by a first pass over the data, which a stream cannot give twice.
     throw new BlockError('unsupported', `a stream read from stdin can be streamed out as raw only (-O ${o.outputFormat} needs two passes over its source); write it to a file`);
