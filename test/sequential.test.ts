@@ -171,6 +171,10 @@ test('convert --streamed to a file: the same image as through stdout; options th
       assert.match(r.stderr, why);
       assert.equal(r.stdout, '');
     }
+    // A terminal as stdout is refused (script(1), from util-linux, gives the command a pseudo-terminal).
+    const tty = spawnSync('script', ['-qec', `${VDISK} convert -O raw ${q(src)} -`, '/dev/null'], { encoding: 'utf8' });
+    assert.equal(tty.status, 1, tty.stdout);
+    assert.match(tty.stdout, /vdisk: stdout is a terminal: pipe or redirect the image/);
     assert.deepEqual(readdirSync(dir).filter((n) => n.includes('vdisk-tmp')), []);
   } finally {
     cleanup();
