@@ -3,12 +3,14 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { convert } from '../src/ops/convert.js';
 import { convertToSink, planSequentialConvert } from '../src/ops/sequential.js';
 import { measureImage } from '../src/ops/measure.js';
 import { createImage } from '../src/ops/create.js';
 import { openChain } from '../src/chain/open.js';
 import { fileSink } from '../src/io/file-sink.js';
+import { streamSink } from '../src/io/stdio.js';
 import { openFileStore } from '../src/io/file-store.js';
 import type { ByteSink } from '../src/io/sink.js';
 import type { Store, StoreOpener } from '../src/io/store.js';
@@ -434,6 +436,58 @@ test('stdin streams that cannot be read in order: a backward seek past the buffe
     assert.equal(r.status, 1);
     assert.match(r.stderr, /can be streamed out as raw only/);
     assert.equal(r.stdout, '');
+  } finally {
+    cleanup();
+  }
+});
+
+test('library: planSequentialConvert gives the length first, then streams exactly that many bytes into any Writable (an uploader)', async () => {
+  const { dir, cleanup } = tempDir();
+  try {
+    const src = join(dir, 'src.raw');
+    const disk = new Uint8Array(5 * MiB);
+    disk.set(randomBytes(rng(11), MiB), 3 * MiB);
+    writeFileSync(src, disk);
+    const plan = await planSequentialConvert({ source: src, targetFormat: 'vhdx', options: { block_size: '1M' } });
+    const announced = plan.length; // what a Content-Length header would carry
+    const chunks: Buffer[] = [];
+    let ended = false;
+    const upload = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        chunks.push(Buffer.from(chunk));
+        setImmediate(cb); // a slow consumer: every write waits for it
+      },
+      final(cb) {
+        ended = true;
+        cb();
+      },
+    });
+    try {
+      await plan.write(streamSink(upload, 'upload'));
+    } finally {
+      await plan.close();
+    }
+    assert.ok(ended, 'the sink ended the stream');
+    const body = Buffer.concat(chunks);
+    assert.equal(body.length, announced);
+    const file = join(dir, 'up.vhdx');
+    writeFileSync(file, body);
+    assert.equal((await vdiskDigest(file)).digest, (await vdiskDigest(src)).digest);
+    assert.equal(plan.blocks, 1);
+    // An upload that fails: the write rejects with one BlockError naming the sink, and the plan aborts it.
+    const plan2 = await planSequentialConvert({ source: src, targetFormat: 'raw' });
+    const broken = new Writable({
+      write(_chunk, _enc, cb) {
+        cb(new Error('connection reset'));
+      },
+    });
+    try {
+      await assert.rejects(plan2.write(streamSink(broken, 'upload')), (e) => isBlockError(e, 'io') && /^upload: writing failed \(connection reset\) after 0 bytes$/.test((e as Error).message));
+      assert.ok(broken.destroyed);
+      await assert.rejects(plan2.write(streamSink(broken, 'upload')), /written once/);
+    } finally {
+      await plan2.close();
+    }
   } finally {
     cleanup();
   }

@@ -59,7 +59,7 @@ export function streamSink(stream: Writable, location = STDIO): ByteSink {
       settled();
     },
     async abort() {
-      settled();
+      // The error listener stays: a broken stream may still report errors, which must not become uncaught.
       // A pipe cannot take bytes back: the reader sees a short stream, and our exit status says why.
       if (stream !== process.stdout && !stream.destroyed) stream.destroy();
     },
