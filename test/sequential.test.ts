@@ -390,6 +390,16 @@ test('stdin VHD and VHDX streams (from the sequential writers and from qemu-img)
       assert.equal(r2.status, 0, r2.stderr);
       assert.match(qemuImg('compare', '-f', 'raw', '-F', 'raw', src, out2), /Images are identical/);
     }
+    // A VHD child holding more than the stream's 64 MiB buffer: its bitmaps are read just before their blocks (a small map window).
+    const big = join(dir, 'big.raw');
+    writeFileSync(big, randomBytes(rng(21), 96 * MiB));
+    const bigBase = join(dir, 'bigbase.vhd');
+    assert.equal(vdisk('create', '-f', 'vhd', '-o', 'force_size=on', bigBase, '96M').status, 0);
+    assert.equal(vdisk('io', '-c', 'write -P 0x11 0 8M', bigBase).status, 0);
+    const bigOut = join(dir, 'big-out.raw');
+    const rb = sh(`cd ${q(dir)} && ${VDISK} convert -O vhd -B bigbase.vhd big.raw - | ${VDISK} convert -O raw - big-out.raw; exit \${PIPESTATUS[1]}`);
+    assert.equal(rb.status, 0, rb.stderr);
+    assert.match(qemuImg('compare', '-f', 'raw', '-F', 'raw', big, bigOut), /Images are identical/);
     // A differencing stream reads its parent (named relative to the current folder) while the child streams by.
     const base = join(dir, 'base.vhdx');
     assert.equal(vdisk('create', '-f', 'vhdx', base, '40M').status, 0);

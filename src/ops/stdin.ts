@@ -18,7 +18,12 @@ export interface StdinSource {
    * offset 0). Call it before the result is kept (convert's beforeCommit).
    */
   finish(): Promise<void>;
+  /** convert's mapWindow for this source: a few blocks, so sector bitmaps are read just before their blocks. */
+  mapWindow: number;
 }
+
+/** Mapped at once from a stream: far less than the stream's 64 MiB buffer. */
+const MAP_WINDOW = 8 << 20;
 
 /**
  * The source `-` (issue 18): stdin as a store opener for convert. Raw needs
@@ -35,7 +40,7 @@ export async function stdinSource(options: { format?: string; size?: number; ope
   const stdin = options.stdin ?? stdinStore({ length: options.size });
   const openStore = withStdin(options.openStore ?? openFileStore, stdin);
   // A raw stream's end is checked as it is read (the declared length).
-  if (raw) return { openStore, finish: async () => {} };
+  if (raw) return { openStore, finish: async () => {}, mapWindow: MAP_WINDOW };
   // The head read here stays in the stream's buffer for the open that follows.
   const probed = (await probeStore(stdin)).name;
   const wanted = options.format === undefined ? undefined : findFormat(options.format).name;
@@ -47,11 +52,12 @@ export async function stdinSource(options: { format?: string; size?: number; ope
       { path: stdin.path },
     );
   }
-  if (probed !== 'vhd') return { openStore, finish: async () => {} };
+  if (probed !== 'vhd') return { openStore, finish: async () => {}, mapWindow: MAP_WINDOW };
   const copy = new Uint8Array(VHD_FOOTER);
   await stdin.read(0, copy);
   return {
     openStore,
+    mapWindow: MAP_WINDOW,
     async finish() {
       const { length, tail } = await stdin.drain(VHD_FOOTER);
       if (tail.length !== VHD_FOOTER || !Buffer.from(tail).equals(copy)) {

@@ -68,7 +68,7 @@ export async function run(_ctx: CommandContext, [source, target]: [string, strin
         onProgress,
         signal,
         // With stdin in the opener, the target's files are still named and renamed on the host.
-        ...(stdin ? { openStore: stdin.openStore, host: fileHost, beforeCommit: stdin.finish } : {}),
+        ...(stdin ? { openStore: stdin.openStore, host: fileHost, beforeCommit: stdin.finish, mapWindow: stdin.mapWindow } : {}),
       }),
     ),
   );

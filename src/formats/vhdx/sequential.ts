@@ -14,8 +14,8 @@ const PIECE = 4 << 20;
  * VHDX is) and the blocks to allocate:
  *
  *   header section | log (empty: LogGuid is zero, 2.3.3) | metadata region
- *   | BAT region | chunk 0: its allocated payload blocks in disk order,
- *   then (children) its sector bitmap block | chunk 1 ...
+ *   | BAT region | chunk 0: (children) its sector bitmap block, then its
+ *   allocated payload blocks in disk order | chunk 1 ...
  *
  * A chunk is the `chunkRatio` payload blocks one 1 MiB sector bitmap block
  * covers (2.5.1). Every block is 1 MiB aligned (blocks are whole MiB), so
@@ -25,8 +25,8 @@ const PIECE = 4 << 20;
  * QEMU read as zeros on a disk without a parent). A child's allocated block
  * is PARTIALLY_PRESENT, its chunk's bitmap naming the sectors that differ
  * from the parent (2.5.1, 2.5.2.2); its other blocks stay NOT_PRESENT and
- * read from the parent. The bitmap comes after the chunk's payload, so it
- * is built while those blocks stream by.
+ * read from the parent. The bitmap comes before the chunk's payload, as a
+ * reader of the stream needs it (the chunk's blocks are read for it first).
  */
 export async function sequentialVhdx(ctx: SequentialContext): Promise<SequentialLayout> {
   const sk = ctx.skeleton;
@@ -41,15 +41,16 @@ export async function sequentialVhdx(ctx: SequentialContext): Promise<Sequential
   const batAt = s.regions.bat.offset;
   const child = g.hasParent;
   const sectorsPerBlock = g.blockSize / g.logicalSectorSize;
-  /** Calls fn for each allocated block of each chunk, then done(chunk) after a chunk with any. */
-  const walk = async (map: BlockMap, block: (b: number) => Promise<void> | void, chunkDone: (c: number) => Promise<void> | void) => {
+  /** The allocated blocks of each chunk that has any, in disk order. */
+  function* chunks(map: BlockMap): Generator<{ chunk: number; blocks: number[] }> {
     for (let b = map.next(0); b >= 0; ) {
       const chunk = Math.floor(b / g.chunkRatio);
       const end = (chunk + 1) * g.chunkRatio;
-      for (; b >= 0 && b < end; b = map.next(b + 1)) await block(b);
-      await chunkDone(chunk);
+      const blocks: number[] = [];
+      for (; b >= 0 && b < end; b = map.next(b + 1)) blocks.push(b);
+      yield { chunk, blocks };
     }
-  };
+  }
   /** Chunks holding at least one allocated block: each costs a sector bitmap block in a child. */
   const chunksUsed = (map: BlockMap): number => {
     let n = 0;
@@ -65,18 +66,16 @@ export async function sequentialVhdx(ctx: SequentialContext): Promise<Sequential
       const bat = new Bat(g, s.bat.bytes.slice());
       const dv = new DataView(bat.bytes.buffer, bat.bytes.byteOffset, bat.bytes.byteLength);
       let at = dataStart;
-      await walk(
-        map!,
-        (b) => {
+      for (const { chunk, blocks } of chunks(map!)) {
+        if (child) {
+          Bat.encode(dv, bat.bitmapIndex(chunk) * BAT_ENTRY_SIZE, SB_PRESENT, at);
+          at += SECTOR_BITMAP_BLOCK_SIZE;
+        }
+        for (const b of blocks) {
           Bat.encode(dv, bat.payloadIndex(b) * BAT_ENTRY_SIZE, child ? PAYLOAD_PARTIALLY_PRESENT : PAYLOAD_FULLY_PRESENT, at);
           at += g.blockSize;
-        },
-        (c) => {
-          if (!child) return;
-          Bat.encode(dv, bat.bitmapIndex(c) * BAT_ENTRY_SIZE, SB_PRESENT, at);
-          at += SECTOR_BITMAP_BLOCK_SIZE;
-        },
-      );
+        }
+      }
       for (let pos = 0; pos < dataStart; pos += PIECE) {
         const piece = new Uint8Array(Math.min(PIECE, dataStart - pos));
         await sk.read(pos, piece);
@@ -86,22 +85,18 @@ export async function sequentialVhdx(ctx: SequentialContext): Promise<Sequential
         await out.bytes(piece);
       }
       const bitmap = child ? new Uint8Array(SECTOR_BITMAP_BLOCK_SIZE) : undefined;
-      await walk(
-        map!,
-        async (b) => {
-          const offset = b * g.blockSize;
-          if (bitmap) {
-            const first = (b % g.chunkRatio) * sectorsPerBlock;
-            for (const [from, to] of await out.present(offset, g.blockSize)) setBits(bitmap, first + from / g.logicalSectorSize, (to - from) / g.logicalSectorSize, true);
-          }
-          await out.disk(offset, g.blockSize);
-        },
-        async () => {
-          if (!bitmap) return;
-          await out.bytes(bitmap);
+      for (const { blocks } of chunks(map!)) {
+        if (bitmap) {
+          // The chunk's bitmap goes first, so a reader of the stream meets it before the blocks it describes.
           bitmap.fill(0);
-        },
-      );
+          for (const b of blocks) {
+            const first = (b % g.chunkRatio) * sectorsPerBlock;
+            for (const [from, to] of await out.present(b * g.blockSize, g.blockSize)) setBits(bitmap, first + from / g.logicalSectorSize, (to - from) / g.logicalSectorSize, true);
+          }
+          await out.bytes(bitmap);
+        }
+        for (const b of blocks) await out.disk(b * g.blockSize, g.blockSize);
+      }
     },
   };
 }
