@@ -2,7 +2,6 @@ import { Option, type Command } from 'commander';
 import { BlockError } from '../../core/errors.js';
 import { parseSize } from '../../core/size.js';
 import { parseOptions } from '../../ops/options.js';
-import { findFormat } from '../../formats/registry.js';
 import type { StdinSource } from '../../ops/stdin.js';
 import type { ByteSink } from '../../io/sink.js';
 import { interruptible } from '../interrupt.js';
@@ -88,6 +87,7 @@ async function streamed(source: string, target: string, o: ConvertOptions, stdin
   if (o.sparseSize !== '4k') throw new BlockError('invalid-argument', '-S does not apply to a streamed target (its zero blocks are always left out)');
   if (toStdout && o.overwrite) throw new BlockError('invalid-argument', '--overwrite does not apply to stdout');
   if (toStdout && process.stdout.isTTY) throw new BlockError('invalid-argument', 'stdout is a terminal: pipe or redirect the image (vdisk convert ... - > FILE)');
+  const { findFormat } = await import('../../formats/registry.js');
   if (isStdio(source) && findFormat(o.outputFormat).name !== 'raw') {
     // A streamed image's block map is decided by a first pass over the data, which a stream cannot give twice.
     throw new BlockError('unsupported', `a stream read from stdin can be streamed out as raw only (-O ${o.outputFormat} needs two passes over its source); write it to a file`);
