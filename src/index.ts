@@ -45,3 +45,9 @@ export { amendImage, AMEND_OPTIONS, type AmendRequest, type AmendResult } from '
 export { resizeChain, type ChainResizeRequest, type ChainResizeResult, type ChainResizeLayer } from './ops/resize-chain.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
 export { findFreeSpace as findGuestFreeSpace, type GuestFreeSpace, type DiskReader } from './guestfs/index.js';
+// Sequential writers and pipes (issue 18): an image as one ordered byte stream of known length, and stdin as a source.
+export { planSequentialConvert, convertToSink, type SequentialConvertRequest, type SequentialPlan } from './ops/sequential.js';
+export type { ByteSink } from './io/sink.js';
+export { stdoutSink, streamSink } from './io/stdio.js';
+export { fileSink } from './io/file-sink.js';
+export { stdinSource, type StdinSource } from './ops/stdin.js';

@@ -360,4 +360,65 @@ export interface Format {
    * layout knowledge belongs to the format; absent means "cannot measure".
    */
   measure?(input: MeasureInput): MeasureResult;
+  /**
+   * How an image of this format is laid out as one strictly sequential
+   * byte stream (ops/sequential.ts drives it; formats/<fmt>/sequential.ts).
+   * Absent: the format cannot be streamed.
+   */
+  sequential?(ctx: SequentialContext): Promise<SequentialLayout>;
+}
+
+/** What a format's sequential layout is planned from. */
+export interface SequentialContext {
+  /**
+   * The target as the format's create made it, into a store that keeps only
+   * what was written (headers, tables, footers; io/skeleton-store.ts): the
+   * layout takes its metadata from here instead of computing it again.
+   */
+  skeleton: Store;
+  /** Virtual size of the target. */
+  size: number;
+  /** The target is a child of a backing (`-B`): it holds only what differs. */
+  differencing: boolean;
+}
+
+/** Which of the target's blocks hold data (decided before the first byte is written). */
+export interface BlockMap {
+  readonly blocks: number;
+  readonly count: number;
+  has(block: number): boolean;
+  /** The first allocated block at or after `from`, or -1. */
+  next(from: number): number;
+}
+
+/** What a layout writes through (ops/sequential.ts). */
+export interface SequentialOutput {
+  /** Metadata bytes, as they are. */
+  bytes(data: Uint8Array): Promise<void>;
+  /** `length` zero bytes (padding, an empty log). */
+  zeros(length: number): Promise<void>;
+  /** The disk's bytes [offset, offset+length): zeros past the disk's end. */
+  disk(offset: number, length: number): Promise<void>;
+  /**
+   * The runs of [offset, offset+length) the new layer holds as its own,
+   * relative to `offset`, in `sectorSize` units of bytes: all of what lies
+   * inside the disk for a base image; what differs from the backing for a
+   * child. Reads the data (a child's twice: once here, once by disk()).
+   */
+  present(offset: number, length: number): Promise<Array<[number, number]>>;
+}
+
+export interface SequentialLayout {
+  /**
+   * Block size by which the driver decides what to write: a block is
+   * allocated when it holds a non-zero byte (base) or a byte that differs
+   * from the backing (child). Undefined: every byte of the disk is written
+   * (raw, fixed VHD) and no map is needed.
+   */
+  readonly blockSize?: number;
+  /** Granule of present(): the sector a bitmap bit stands for. */
+  readonly sectorSize: number;
+  /** Exact bytes write() sends for `map`. */
+  length(map: BlockMap | undefined): number;
+  write(map: BlockMap | undefined, out: SequentialOutput): Promise<void>;
 }

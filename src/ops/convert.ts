@@ -45,6 +45,15 @@ export interface ConvertRequest {
   /** How the new target's files are named and removed (see CreateRequest.host). */
   host?: FileHost;
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Bytes of the source mapped at once (default 1 GiB). A stream source
+   * (stdin) wants little: a map that reads sector bitmaps (VHD and VHDX
+   * children) must not run further ahead of the data it describes than the
+   * stream's buffer reaches back.
+   */
+  mapWindow?: number;
+  /** Called after the copy, before the new target gets its name: a failure discards it (a stdin source checks its stream's end). */
+  beforeCommit?: () => Promise<void>;
   openStore?: StoreOpener;
   /**
    * Target cache mode, as qemu-img's `-t`: 'unsafe' (default, as qemu-img
@@ -149,7 +158,8 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore });
   // The source's first map is asked for now, while the target is made:
   // copy() starts from it without waiting.
-  const firstMap = src.blockStatus(0, Math.min(WINDOW, src.size), { findZeroes: true });
+  const window = req.mapWindow ?? WINDOW;
+  const firstMap = src.blockStatus(0, Math.min(window, src.size), { findZeroes: true });
   firstMap.catch(() => {}); // an error surfaces when copy() awaits it; until then it must not count as unhandled
   let dst: Chain | undefined;
   let note: string | undefined;
@@ -186,12 +196,13 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
     const mode: Mode = req.existing ? 'overwrite' : req.backing ? 'diff' : 'fresh';
     const direct = req.native === false || bufferSize > NATIVE_MAX_RANGE ? undefined : nativeTarget(dst, mode, sparse);
     const dstSize = dst.size;
-    const written = await copy(src, dst, mode, sparse, bufferSize, firstMap, direct, req.onProgress, req.signal);
+    const written = await copy(src, dst, mode, sparse, bufferSize, firstMap, direct, req.onProgress, req.signal, window);
     await dst.flush();
     const closing = dst;
     dst = undefined;
     await closing.close();
     req.signal?.throwIfAborted();
+    await req.beforeCommit?.();
     await staging?.commit();
     return { size: src.size, written, ...(dstSize !== src.size ? { targetSize: dstSize } : {}), ...(note ? { note } : {}) };
   } catch (e) {
@@ -249,6 +260,7 @@ async function copy(
   direct: NativeTarget | undefined,
   onProgress?: (done: number, total: number) => void,
   signal?: AbortSignal,
+  window = WINDOW,
 ): Promise<number> {
   const total = src.size;
   let written = 0;
@@ -292,12 +304,12 @@ async function copy(
     while (running.size) await Promise.race(running);
   };
 
-  for (let wOff = 0; wOff < total && !failure; wOff += WINDOW) {
+  for (let wOff = 0; wOff < total && !failure; wOff += window) {
     if (signal?.aborted) {
       failure ??= { error: signal.reason };
       break;
     }
-    const map = wOff === 0 ? firstMap : src.blockStatus(wOff, Math.min(WINDOW, total - wOff), { findZeroes: true });
+    const map = wOff === 0 ? firstMap : src.blockStatus(wOff, Math.min(window, total - wOff), { findZeroes: true });
     let jsPieces: Piece[] = [];
     let plan: Piece[] = [];
     for (const p of pieces(await map, bufferSize, direct ? src : undefined)) {

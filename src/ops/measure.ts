@@ -19,6 +19,14 @@ export interface MeasureRequest {
   openStore?: StoreOpener;
   /** The formats to choose the target from (default: the registry). */
   formats?: readonly Format[];
+  /**
+   * Also give the exact length of the image written as a stream
+   * (`streamed-size`: what `convert SRC -` writes, ops/sequential.ts). Reads
+   * the source's data to find its zero blocks. Needs a source.
+   */
+  streamed?: boolean;
+  /** `-B` for the streamed size: the stream is a child of this image. */
+  backing?: { path: string; format?: string };
 }
 
 /** Field names of `qemu-img measure --output=json`. */
@@ -33,6 +41,8 @@ export interface MeasureResult {
    * skipped too) and the footer. The page blob itself is `required` bytes.
    */
   'upload-size'?: number;
+  /** With `streamed`: bytes `convert` sends when it writes the image as a stream (exact). */
+  'streamed-size'?: number;
 }
 
 const WINDOW = 1 << 30;
@@ -48,6 +58,7 @@ const WINDOW = 1 << 30;
 export async function measureImage(req: MeasureRequest): Promise<MeasureResult> {
   const format = findFormat(req.format, req.formats);
   if (!format.measure) throw new BlockError('unsupported', `format ${format.name} cannot be measured`);
+  if (req.backing && !req.streamed) throw new BlockError('invalid-argument', '-B changes only the streamed size (give --streamed)');
   if ((req.source === undefined) === (req.size === undefined)) {
     throw new BlockError('invalid-argument', 'give either a source image or --size, not both or neither');
   }
@@ -78,12 +89,22 @@ export async function measureImage(req: MeasureRequest): Promise<MeasureResult> 
   }
   validateSize(size, format.maxSize, format.name);
   const r = format.measure({ size, allocated, options });
-  const out: MeasureResult = { required: r.required, 'fully-allocated': r.fullyAllocated, size };
+  const result: MeasureResult = { required: r.required, 'fully-allocated': r.fullyAllocated, size };
   if (format.name === 'vhd' && ['on', 'true', 'yes'].includes(options.azure ?? '')) {
     // Every data range goes up in whole 512-byte pages (Put Page), then the footer page.
     let bytes = 512;
     for (const a of allocated) bytes += Math.ceil((a.offset + a.length) / 512) * 512 - Math.floor(a.offset / 512) * 512;
-    out['upload-size'] = bytes;
+    result['upload-size'] = bytes;
   }
-  return out;
+  if (req.streamed) result['streamed-size'] = await streamedSize(req, options);
+  return result;
+}
+
+/** The exact length of the stream convert would write (the plan is made, nothing is sent). */
+async function streamedSize(req: MeasureRequest, options: Record<string, string>): Promise<number> {
+  if (req.source === undefined) throw new BlockError('invalid-argument', 'the streamed size needs a source image (not --size)');
+  const { planSequentialConvert } = await import('./sequential.js');
+  const plan = await planSequentialConvert({ source: req.source, sourceOptions: req.sourceOptions, targetFormat: req.format, options, backing: req.backing, openStore: req.openStore });
+  await plan.close();
+  return plan.length;
 }

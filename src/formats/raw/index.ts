@@ -40,4 +40,6 @@ export const rawFormat: Format = {
   // The file is the disk: its length is the virtual size whatever it holds
   // (holes are the host's business, not the image's).
   measure: ({ size }) => ({ required: size, fullyAllocated: size }),
+  // Streamed, the file is the disk too: every byte in order, zeros included (a pipe has no holes).
+  sequential: async ({ size }) => ({ sectorSize: 512, length: () => size, write: (_map, out) => out.disk(0, size) }),
 };

@@ -3,6 +3,7 @@ import { CREATE_OPTIONS, createVhd } from './create.js';
 import { FOOTER_SIZE, hasFooterCookie } from './footer.js';
 import { measureVhd } from './measure.js';
 import { openVhd } from './open.js';
+import { sequentialVhd } from './sequential.js';
 import { MAX_FIXED_SIZE } from './state.js';
 
 /**
@@ -26,4 +27,5 @@ export const vhdFormat: Format = {
   create: createVhd,
   createOptions: CREATE_OPTIONS,
   measure: measureVhd,
+  sequential: sequentialVhd,
 };

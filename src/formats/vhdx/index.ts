@@ -4,6 +4,7 @@ import { MAX_SIZE } from './layout.js';
 import { openVhdx } from './open.js';
 import { createVhdx, CREATE_OPTIONS } from './create.js';
 import { measureVhdx } from './measure.js';
+import { sequentialVhdx } from './sequential.js';
 
 /** VHDX (Microsoft, VHDX Format Specification v1.00 / MS-VHDX): fixed, dynamic and differencing. */
 export const vhdxFormat: Format = {
@@ -22,4 +23,5 @@ export const vhdxFormat: Format = {
   },
   createOptions: CREATE_OPTIONS,
   measure: measureVhdx,
+  sequential: sequentialVhdx,
 };
