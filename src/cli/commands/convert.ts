@@ -117,7 +117,7 @@ async function streamed(source: string, target: string, o: ConvertOptions, stdin
     : out;
   const what = toStdout ? 'the stream on stdout is incomplete' : `nothing was written to ${target}`;
   return interruptible(what, (signal) =>
-    withProgress(Boolean(o.progress), (onProgress) =>
+    withProgress(Boolean(o.progress) && !o.quiet, (onProgress) =>
       convertToSink({
         source,
         sourceOptions: openOptions(o, o.format),
