@@ -36,7 +36,7 @@ export { convert, type ConvertRequest, type ConvertResult } from './ops/convert.
 export { compareImages, compareChains, type CompareResult } from './ops/compare.js';
 export { mapChain, type MapEntry } from './ops/map.js';
 export { runIoCommand } from './ops/io.js';
-export { startNbdServer, DEFAULT_NBD_PORT, type NbdServer, type NbdServerOptions } from './nbd/index.js';
+export { startNbdServer, DEFAULT_NBD_PORT, type NbdServer, type NbdServerOptions, type NbdServerStats } from './nbd/index.js';
 export { checkImage, checkExitCode, type CheckRequest, type CheckReport } from './ops/check.js';
 export { commitImage, type CommitRequest, type CommitResult } from './ops/commit.js';
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';

@@ -27,6 +27,22 @@ export class SharedBudget {
     this.waiting.add(wake);
   }
 
+  unwait(wake: () => void): void {
+    this.waiting.delete(wake);
+  }
+
+  /**
+   * Reserve a write payload before the parser holds any of it: whole or not
+   * at all (a payload half admitted could wait forever for bytes that other
+   * half-admitted payloads hold). An empty budget always admits, so the one
+   * client left can always make progress, whatever the payload's size.
+   */
+  tryReserve(n: number): boolean {
+    if (this.used > 0 && this.used + n > this.max) return false;
+    this.used += n;
+    return true;
+  }
+
   take(n: number): void {
     this.used += n;
   }
@@ -59,6 +75,8 @@ export class Connection {
   /** When the client last sent bytes or took a reply, or a request finished (Date.now()). */
   private lastActivity = 0;
   private transmission: TransmissionState | undefined;
+  /** Budget bytes reserved for the write payload the parser is receiving now (0: none). */
+  private reservedPayload = 0;
   private resolveDone!: () => void;
   /** Settles once the socket is closed and every request that was running has finished. */
   readonly done: Promise<void>;
@@ -74,7 +92,10 @@ export class Connection {
     readonly id: string,
   ) {
     this.done = new Promise((r) => (this.resolveDone = r));
-    this.parser = new NbdParser({ maxPayload: exp.maxBlock });
+    // A write's payload is counted in the server-wide budget before the parser
+    // keeps a byte of it; while the budget is short the socket stays paused
+    // (TCP pushes back on the client) instead of the payload piling up here.
+    this.parser = new NbdParser({ maxPayload: exp.maxBlock, admit: (n) => this.admitPayload(n) });
     this.negotiation = new Negotiation(exp);
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => {
@@ -133,6 +154,34 @@ export class Connection {
 
   private readonly wake = () => this.pump();
 
+  private admitPayload(n: number): boolean {
+    if (this.state !== 'transmission') return false;
+    if (!this.budget.tryReserve(n)) {
+      this.budget.wait(this.wake);
+      return false;
+    }
+    this.reservedPayload = n;
+    return true;
+  }
+
+  /** The payload being received will never become a request (client gone, draining): give its reservation back. */
+  private dropReservation(): void {
+    this.budget.unwait(this.wake);
+    const n = this.reservedPayload;
+    this.reservedPayload = 0;
+    if (n > 0) this.budget.release(n);
+  }
+
+  /** Bytes received from the client and held by the parser (queued chunks and a partial payload). */
+  get bufferedBytes(): number {
+    return this.parser.buffered;
+  }
+
+  /** Whether this client's next write payload waits (socket paused) for the server-wide budget. */
+  get waitingForBudget(): boolean {
+    return this.parser.awaitingAdmission && this.state === 'transmission';
+  }
+
   /** Take frames from the parser while there is room; pause the socket when there is not. */
   private pump(): void {
     if (this.pumping) return;
@@ -147,7 +196,17 @@ export class Connection {
           return;
         }
         const frame = this.parser.next();
-        if (!frame) break;
+        if (!frame) {
+          if (this.parser.awaitingAdmission) {
+            // Backpressure, not buffering: read nothing more until the budget has room (wake).
+            if (!this.paused) {
+              this.paused = true;
+              this.socket.pause();
+            }
+            return;
+          }
+          break;
+        }
         this.handle(frame);
       }
       if (this.paused && this.state !== 'closed') {
@@ -200,14 +259,23 @@ export class Connection {
     if (req.command === CMD_WRITE || req.command === CMD_WRITE_ZEROES || req.command === CMD_TRIM) this.wrote = true;
     this.inFlight++;
     this.inFlightBytes += bytes;
-    this.budget.take(bytes);
+    // A write's payload took its budget when the parser admitted it (now
+    // handed to the request); a write too big to keep holds nothing.
+    let budgeted = 0;
+    if (req.command === CMD_READ) {
+      budgeted = bytes;
+      this.budget.take(bytes);
+    } else if (req.command === CMD_WRITE && req.payload && req.payload.length > 0) {
+      budgeted = this.reservedPayload;
+      this.reservedPayload = 0;
+    }
     void executeRequest(this.transmission!, req).then((reply) => {
       this.lastActivity = Date.now();
       this.inFlight--;
       this.inFlightBytes -= bytes;
       // The server-wide budget covers replies still queued on the socket too:
       // with many slow readers, queued read data is what memory is made of.
-      this.send(reply, () => this.budget.release(bytes));
+      this.send(reply, () => this.budget.release(budgeted));
       if (this.state === 'transmission') this.pump();
       else this.finishIfIdle();
     });
@@ -246,6 +314,7 @@ export class Connection {
   private drain(): void {
     if (this.state === 'closed' || this.state === 'draining') return;
     this.state = 'draining';
+    this.dropReservation();
     this.finishIfIdle();
   }
 
@@ -263,6 +332,7 @@ export class Connection {
   private onClose(): void {
     clearTimeout(this.timer);
     this.abandon();
+    this.dropReservation();
     if (this.state === 'closed') return;
     if (this.inFlight > 0) this.log(`${this.id}: gone with ${this.inFlight} request(s) running: reads stop, replies are dropped`);
     this.state = 'closed';

@@ -62,6 +62,13 @@ export interface ParserOptions {
   maxOptionData?: number;
   /** Longest write payload kept (longer is skipped). Default 32 MiB. */
   maxPayload?: number;
+  /**
+   * Asked before a write payload of `length` bytes is kept: false leaves the
+   * payload unread in the queue (and `next` returns undefined, with
+   * `awaitingAdmission` set) until a later `next` is admitted. This is how the
+   * server counts payloads against its memory budget before holding them.
+   */
+  admit?: (length: number) => boolean;
 }
 
 /** A queue of received chunks, consumed from the front without copying when it can. */
@@ -140,11 +147,18 @@ export class NbdParser {
   private readonly maxOptionData: number;
   private readonly maxPayload: number;
   /** A frame whose header is decoded while its data is still streaming in (or being skipped). */
-  private partial: { frame: OptionFrame | RequestFrame; buffer?: Buffer; filled: number; skip: number } | undefined;
+  private partial: { frame: OptionFrame | RequestFrame; buffer?: Buffer; filled: number; skip: number; admitted: boolean } | undefined;
+  private readonly admit: (length: number) => boolean;
 
   constructor(options: ParserOptions = {}) {
     this.maxOptionData = options.maxOptionData ?? 64 * 1024;
     this.maxPayload = options.maxPayload ?? DEFAULT_MAX_BLOCK;
+    this.admit = options.admit ?? (() => true);
+  }
+
+  /** A write's header is decoded and its payload waits for `admit` to say yes. */
+  get awaitingAdmission(): boolean {
+    return this.partial !== undefined && !this.partial.admitted;
   }
 
   push(chunk: Buffer): void {
@@ -175,8 +189,8 @@ export class NbdParser {
         const option = h.readUInt32BE(8);
         const length = h.readUInt32BE(12);
         const frame: OptionFrame = { type: 'option', option, data: undefined, length };
-        if (length > this.maxOptionData) this.partial = { frame, filled: 0, skip: length };
-        else this.partial = { frame, filled: 0, skip: 0 };
+        if (length > this.maxOptionData) this.partial = { frame, filled: 0, skip: length, admitted: true };
+        else this.partial = { frame, filled: 0, skip: 0, admitted: true };
         return this.continuePartial();
       }
       case 'request': {
@@ -198,8 +212,8 @@ export class NbdParser {
           if (frame.command === CMD_WRITE) frame.payload = Buffer.alloc(0);
           return frame;
         }
-        if (frame.length > this.maxPayload) this.partial = { frame, filled: 0, skip: frame.length };
-        else this.partial = { frame, filled: 0, skip: 0 };
+        if (frame.length > this.maxPayload) this.partial = { frame, filled: 0, skip: frame.length, admitted: true };
+        else this.partial = { frame, filled: 0, skip: 0, admitted: false };
         return this.continuePartial();
       }
     }
@@ -208,6 +222,10 @@ export class NbdParser {
   private continuePartial(): ClientFrame | undefined {
     const p = this.partial!;
     const q = this.queue;
+    if (!p.admitted) {
+      if (!this.admit(p.frame.length)) return undefined;
+      p.admitted = true;
+    }
     if (p.skip > 0) {
       p.skip -= q.skip(p.skip);
       if (p.skip > 0) return undefined;

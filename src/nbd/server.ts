@@ -55,6 +55,16 @@ export interface NbdServerOptions {
   log?: (message: string) => void;
 }
 
+export interface NbdServerStats {
+  /** Bytes received from clients and held by the connections' parsers (queued chunks and write payloads being received). */
+  receivedBytes: number;
+  /** Bytes counted in the server-wide budget: reserved write payloads, running requests, replies queued on sockets. */
+  budgetUsed: number;
+  budgetMax: number;
+  /** Clients whose next write payload waits for the budget (their sockets are paused). */
+  waitingForBudget: number;
+}
+
 export interface NbdServer {
   /** Where clients connect: nbd://host:port/name or nbd+unix:///name?socket=path. */
   readonly address: string;
@@ -63,6 +73,8 @@ export interface NbdServer {
   readonly export: NbdExport;
   /** Clients connected now. */
   readonly connections: number;
+  /** What the server holds for its clients now (memory accounting; tests and diagnostics). */
+  stats(): NbdServerStats;
   /** Stop: refuse new clients, let running requests answer, flush, close the image if the server opened it. */
   close(): Promise<void>;
   /** Settles when the server has stopped (by close(), or after the last client when not persistent). */
@@ -142,6 +154,16 @@ class ServerRunner implements NbdServer {
 
   get connections(): number {
     return this.live.size;
+  }
+
+  stats(): NbdServerStats {
+    let receivedBytes = 0;
+    let waitingForBudget = 0;
+    for (const c of this.live) {
+      receivedBytes += c.bufferedBytes;
+      if (c.waitingForBudget) waitingForBudget++;
+    }
+    return { receivedBytes, budgetUsed: this.budget.used, budgetMax: this.budget.max, waitingForBudget };
   }
 
   async listen(): Promise<void> {
