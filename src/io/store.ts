@@ -29,6 +29,12 @@ export interface Store {
    * host can tell (Linux SEEK_DATA/SEEK_HOLE); undefined when it cannot.
    */
   allocation?(offset: number, length: number): Promise<HostRange[] | undefined>;
+  /**
+   * Optional: the descriptor of the local file under this store, for vdisk's
+   * native file-to-file copy (io/native.ts). Only a store that is exactly a
+   * local file's bytes has it; valid until close().
+   */
+  nativeFd?(): number;
 }
 
 export interface HostRange {

@@ -1,6 +1,5 @@
-import { stat } from 'node:fs/promises';
 import { isBlockError } from '../core/errors.js';
-import { openFileStore } from '../io/file-store.js';
+import { openLocation, statLocation } from '../io/hosts.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { CheckProblem, Image } from '../formats/types.js';
@@ -46,7 +45,7 @@ export const CHECK_EXIT = { clean: 0, notCompleted: 1, corruptions: 2, leaks: 3,
  * a check error, not as a crash.
  */
 export async function checkImage(req: CheckRequest): Promise<CheckReport[]> {
-  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openLocation;
   const readOnly = !req.repair;
   const chain = await openChain(req.path, {
     ...req.openOptions,
@@ -91,7 +90,7 @@ async function checkLayer(layer: Image, repair: 'leaks' | 'all' | undefined): Pr
   }
   if (report['image-end-offset'] === undefined) {
     try {
-      const size = (await stat(layer.path)).size;
+      const size = (await statLocation(layer.path))?.size;
       if (size) report['image-end-offset'] = size;
     } catch {
       /* not a host file (memory store in tests) */

@@ -1,8 +1,7 @@
-import { dirname } from 'node:path';
 import { BlockError, fromSystemError } from '../core/errors.js';
-import { FileStore, openFileStore } from '../io/file-store.js';
+import { folderOf, openLocation } from '../io/hosts.js';
 import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '../io/native.js';
-import type { StoreOpener } from '../io/store.js';
+import type { Store, StoreOpener } from '../io/store.js';
 import type { FileHost } from '../io/staging.js';
 import { openChain, openLayer, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
@@ -91,7 +90,7 @@ interface Piece {
   length: number;
   zero: boolean;
   /** Where a data piece lies in a layer's own file, when reading that file there gives its bytes. */
-  host?: { store: FileStore; offset: number };
+  host?: { store: NativeStore; offset: number };
 }
 
 /** One lane's buffers: the data read, and what the target shows there (-B, -n). */
@@ -108,7 +107,7 @@ interface Lane {
  * too, so the target stays sparse.
  */
 export async function convert(req: ConvertRequest): Promise<ConvertResult> {
-  const openStore = req.openStore ?? openFileStore;
+  const openStore = req.openStore ?? openLocation;
   const cache = req.cache ?? 'unsafe';
   if (cache !== 'unsafe' && cache !== 'writeback') throw new BlockError('invalid-argument', `unknown cache mode '${cache}' (unsafe or writeback)`);
   // Only the target's own files go without syncs; its backing (-B) is only read.
@@ -363,7 +362,7 @@ function* pieces(extents: ChainExtent[], bufferSize: number, src: Chain | undefi
       continue;
     }
     const store = e.hostOffset === undefined ? undefined : src?.layers[e.depth]?.hostStore;
-    const file = store instanceof FileStore ? store : undefined;
+    const file = store?.nativeFd ? (store as NativeStore) : undefined;
     for (let o = 0; o < e.length; o += bufferSize) {
       const length = Math.min(bufferSize, e.length - o);
       yield { offset: e.offset + o, length, zero: false, host: file && { store: file, offset: e.hostOffset! + o } };
@@ -371,9 +370,12 @@ function* pieces(extents: ChainExtent[], bufferSize: number, src: Chain | undefi
   }
 }
 
+/** A store with a local file under it (the capability the native copy needs). */
+type NativeStore = Store & { nativeFd(): number };
+
 interface NativeTarget {
   addon: NativeAddon;
-  store: FileStore;
+  store: NativeStore;
 }
 
 /**
@@ -388,7 +390,7 @@ function nativeTarget(dst: Chain, mode: Mode, sparse: number): NativeTarget | un
   if (mode !== 'fresh' || sparse === 0 || dst.layers.length !== 1 || !copyHints(dst.top).fileToFile) return undefined;
   const store = dst.top.hostStore;
   const addon = nativeAddon();
-  return addon && store instanceof FileStore && !store.readOnly ? { addon, store } : undefined;
+  return addon && store?.nativeFd && !store.readOnly ? { addon, store: store as NativeStore } : undefined;
 }
 
 /** How often a running native copy reports progress. */
@@ -401,9 +403,9 @@ const PROGRESS_MS = 100;
  */
 async function copyNative(target: NativeTarget, plan: Piece[], granule: number, onProgress?: (finished: number) => void): Promise<number> {
   const ranges = new Float64Array(plan.length * 4);
-  const byFd = new Map<number, FileStore>([[target.store.fd, target.store]]);
+  const byFd = new Map<number, Store>([[target.store.nativeFd(), target.store]]);
   plan.forEach((p, i) => {
-    const fd = p.host!.store.fd;
+    const fd = p.host!.store.nativeFd();
     byFd.set(fd, p.host!.store);
     ranges.set([fd, p.host!.offset, p.offset, p.length], i * 4);
   });
@@ -411,7 +413,7 @@ async function copyNative(target: NativeTarget, plan: Piece[], granule: number, 
   const timer = onProgress && setInterval(() => onProgress(Number(progress[0])), PROGRESS_MS);
   timer?.unref();
   try {
-    return await target.addon.copyRanges(target.store.fd, ranges, granule, copyWorkers(), progress);
+    return await target.addon.copyRanges(target.store.nativeFd(), ranges, granule, copyWorkers(), progress);
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { fd?: number; offset?: number };
     const store = err.fd === undefined ? undefined : byFd.get(err.fd);
@@ -514,7 +516,7 @@ async function ownNames(req: ConvertRequest, openStore: StoreOpener): Promise<Pi
   const allowPaths = ownFolders(req.target, req.options);
   if (!req.backing) return { allowPaths };
   const backing = backingAbsolute(req.target, req.backing.path);
-  allowPaths.push(dirname(backing));
+  allowPaths.push(folderOf(backing));
   let format = req.backing.format;
   if (!format) {
     const img = await openLayer(backing, { readOnly: true, openStore });

@@ -1,4 +1,4 @@
-import { stat } from 'node:fs/promises';
+import { statLocation } from '../io/hosts.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Image } from '../formats/types.js';
 
@@ -19,7 +19,7 @@ export interface ImageInfo {
 
 async function actualSize(path: string): Promise<number | undefined> {
   try {
-    return (await stat(path)).blocks * 512;
+    return (await statLocation(path))?.allocated;
   } catch {
     return undefined;
   }

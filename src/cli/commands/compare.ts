@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
-import { collect, type CommandContext } from '../options.js';
+import { applyRemoteOptions, collect, withRemoteOptions, type CommandContext, type RemoteFlags } from '../options.js';
 
-interface CompareOptions {
+interface CompareOptions extends RemoteFlags {
   format?: string;
   secondFormat?: string;
   strict?: boolean;
@@ -13,7 +13,7 @@ interface CompareOptions {
 }
 
 export function define(cmd: Command): void {
-  cmd
+  withRemoteOptions(cmd)
     .option('-f, --format <fmt>', 'format of the first image')
     .option('-F, --second-format <fmt>', 'format of the second image')
     .option('-s, --strict', 'images of different sizes differ')
@@ -28,6 +28,7 @@ export function define(cmd: Command): void {
 
 /** 0 when the disks have the same content, 1 when they differ. */
 export async function run({ print }: CommandContext, [a, b]: [string, string], o: CompareOptions): Promise<number> {
+  applyRemoteOptions(o);
   const { compareImages } = await import('../../ops/compare.js');
   const shared = { ignoreChecksums: o.ignoreChecksums, forceShare: o.forceShare, allowPaths: o.allowPath ?? [], backingFormats: o.backingAs ?? [] };
   const r = await compareImages(a, b, {

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { Command } from 'commander';
 import { BlockError } from '../../core/errors.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_NBD_PORT } from '../../nbd/port.js';
-import { collect, type CommandContext } from '../options.js';
+import { applyRemoteOptions, collect, withRemoteOptions, type CommandContext, type RemoteFlags } from '../options.js';
 
 /*
  * `vdisk serve`: export an image chain over NBD, like qemu-nbd. Binds
@@ -11,7 +11,7 @@ import { collect, type CommandContext } from '../options.js';
  * flushes and closes the image.
  */
 
-interface ServeOptions {
+interface ServeOptions extends RemoteFlags {
   format?: string;
   readOnly?: boolean;
   bind: string;
@@ -33,7 +33,7 @@ interface ServeOptions {
 }
 
 export function define(cmd: Command): void {
-  cmd
+  withRemoteOptions(cmd)
     .option('-f, --format <fmt>', 'image format (default: probe)')
     .option('-r, --read-only', 'refuse writes')
     .option('-b, --bind <addr>', 'address to listen on', '127.0.0.1')
@@ -67,6 +67,7 @@ export async function run({ print }: CommandContext, [image]: [string], o: Serve
   // node:v8 is loaded here, not at start-up (other commands never need
   // it); by require, which the CLI bundle's vm.Script supports and import() not.
   (createRequire(import.meta.url)('node:v8') as typeof import('node:v8')).setFlagsFromString('--max-semi-space-size=1');
+  applyRemoteOptions(o);
   const port = wholeNumber(o.port, '--port', 0);
   const shared = wholeNumber(o.shared, '--shared', 1);
   const timeout = Number(o.handshakeTimeout);
