@@ -1,4 +1,5 @@
 import type { OpenStoreOptions, Store } from './store.js';
+import type { ByteSink } from './sink.js';
 import type { FileHost } from './staging.js';
 
 /**
@@ -40,6 +41,19 @@ export interface Host {
    * whether that is inside; `real` is null when nothing is there.
    */
   contained(target: string, recorder: string, allowed: readonly string[]): Promise<{ inside: boolean; real: string | null }>;
+  /**
+   * A new file written as one ordered byte stream (io/sink.ts), for hosts
+   * whose files cannot be written in place (object stores). Nothing shows
+   * under `location` until finish(); an existing file there is refused
+   * unless `overwrite`.
+   */
+  createSink?(location: string, options: SinkOptions): Promise<ByteSink>;
+}
+
+export interface SinkOptions {
+  overwrite?: boolean;
+  /** The length, when known before the first byte (sizes the upload's parts). */
+  size?: number;
 }
 
 export interface HostStat {

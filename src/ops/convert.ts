@@ -1,5 +1,5 @@
 import { BlockError, fromSystemError } from '../core/errors.js';
-import { folderOf, openLocation } from '../io/hosts.js';
+import { folderOf, hostFor, openLocation } from '../io/hosts.js';
 import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '../io/native.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import type { FileHost } from '../io/staging.js';
@@ -122,6 +122,9 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   }
   if (req.existing && req.overwrite) throw new BlockError('invalid-argument', '-n writes into an existing target; --overwrite replaces one (choose one)');
   req.signal?.throwIfAborted();
+  // A host that cannot write files in place (S3) takes the target as one ordered stream.
+  const targetHost = hostFor(req.target);
+  if (!targetHost.files && targetHost.createSink) return (await import('./convert-sink.js')).convertToSink(req, { ...targetHost, createSink: targetHost.createSink }, openStore);
   // A new target is written under a temporary name and renamed into place
   // once complete (io/staging.ts); with -t writeback its folder is synced
   // after the rename too. With -t unsafe nothing is synced: a host crash
