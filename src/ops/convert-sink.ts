@@ -1,8 +1,22 @@
 import { BlockError } from '../core/errors.js';
 import { openChain } from '../chain/open.js';
 import type { Host } from '../io/host.js';
+import type { ChainOpenOptions } from '../chain/open.js';
 import type { StoreOpener } from '../io/store.js';
-import type { ConvertRequest, ConvertResult } from './convert.js';
+
+/** What of a ConvertRequest (ops/convert.ts) a convert to a sink reads. */
+interface SinkConvertRequest {
+  source: string;
+  sourceOptions?: ChainOpenOptions;
+  target: string;
+  targetFormat: string;
+  options?: Record<string, string>;
+  backing?: unknown;
+  existing?: boolean;
+  overwrite?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (done: number, total: number) => void;
+}
 
 /**
  * convert to a host whose files cannot be written in place (S3): the
@@ -19,7 +33,7 @@ const PIECE = 8 << 20;
 const READ_AHEAD = 4;
 const WINDOW = 1 << 30;
 
-export async function convertToSink(req: ConvertRequest, host: Host & Required<Pick<Host, 'createSink'>>, openStore: StoreOpener): Promise<ConvertResult> {
+export async function convertToSink(req: SinkConvertRequest, host: Host & Required<Pick<Host, 'createSink'>>, openStore: StoreOpener): Promise<{ size: number; written: number }> {
   const unsupported = (what: string) => new BlockError('unsupported', `${what} cannot be written to ${host.name} (${req.target}) yet`, { path: req.target });
   if (req.targetFormat !== 'raw') throw unsupported(`format ${req.targetFormat}: only raw`);
   if (req.existing) throw unsupported('-n (writing into an existing object)');
