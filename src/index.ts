@@ -39,3 +39,9 @@ export { commitImage, type CommitRequest, type CommitResult } from './ops/commit
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
+// Hosts (docs/hosts.md): where images live — local files, S3 (s3://), HTTP(S).
+export type { Host, HostPaths, HostStat, SinkOptions } from './io/host.js';
+export { hostFor, openLocation } from './io/hosts.js';
+export { setRemoteOptions, type RemoteOptions } from './io/remote-options.js';
+export type { ByteSink } from './io/sink.js';
+export { openS3Sink } from './io/s3-sink.js';

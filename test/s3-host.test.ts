@@ -14,7 +14,7 @@ import { openS3Sink } from '../src/io/s3-sink.js';
 import type { Store } from '../src/io/store.js';
 import { convert } from '../src/ops/convert.js';
 import { imageInfo } from '../src/ops/info.js';
-import { startCeph, hasCeph, type Ceph } from './helpers/ceph.js';
+import { startCeph, stopCeph, hasCeph, type Ceph } from './helpers/ceph.js';
 import { vdisk, VDISK_BIN } from './helpers/cli.js';
 import { qemuDigest, qemuImg, qemuIo, requireTool, sha256, tempDir, vdiskDigest } from './helpers/oracle.js';
 import { chainDigest, makeChain, makeEveryFormat, MiB } from './helpers/remote-fixtures.js';
@@ -34,7 +34,12 @@ let sdk: typeof S3;
 let client: S3.S3Client;
 
 before(() => setRemoteOptions({}));
-after(() => tmp.cleanup());
+after(() => {
+  // The SDK's connections and the daemons would keep this process from ending.
+  if (cluster) client.destroy();
+  stopCeph();
+  tmp.cleanup();
+});
 
 /** The cluster, the SDK's environment set for this process and its children, and the test bucket. */
 async function ceph(t: TestContext): Promise<Ceph | undefined> {

@@ -195,7 +195,7 @@ class S3Sink implements ByteSink {
 }
 
 /** Start a new object at `location` (refused when one exists, unless overwrite). */
-export async function openS3Sink(location: string, options: SinkOptions = {}): Promise<S3Sink> {
+export async function openS3Sink(location: string, options: SinkOptions = {}): Promise<ByteSink> {
   const { bucket, key } = s3Object(location);
   const sdk = s3Sdk();
   const client = s3Client();

@@ -38,6 +38,12 @@ export function hasCeph(): boolean {
 }
 
 let started: Promise<Ceph> | undefined;
+let stopper: (() => void) | undefined;
+
+/** Stop the cluster of this process now (the tests' after hook: its daemons would keep the process alive). */
+export function stopCeph(): void {
+  stopper?.();
+}
 
 /** The cluster of this process (started on the first call). `memBytes`: the OSD's store size (first call only). */
 export function startCeph(memBytes = 1 << 30): Promise<Ceph> {
@@ -59,6 +65,7 @@ async function start(memBytes: number): Promise<Ceph> {
     rmSync(dir, { recursive: true, force: true });
   };
   process.once('exit', stop);
+  stopper = stop;
   try {
     for (const d of ['run', 'log', 'mon', 'osd/ceph-0', 'rgw']) mkdirSync(join(dir, d), { recursive: true });
     const [monPort, rgwPort] = [await freePort(), await freePort()];
@@ -101,6 +108,7 @@ rgw data = ${dir}/rgw
     writeFileSync(join(dir, 'keyring'), '');
     const daemon = (cmd: string, args: string[]) => {
       const c = spawn(cmd, ['-f', '-c', conf, ...args], { stdio: 'ignore' });
+      c.unref(); // the process may end with the cluster running: the exit hook kills it
       children.push(c);
       return c;
     };
