@@ -51,3 +51,8 @@ export type { ByteSink } from './io/sink.js';
 export { stdoutSink, streamSink } from './io/stdio.js';
 export { fileSink } from './io/file-sink.js';
 export { stdinSource, type StdinSource } from './ops/stdin.js';
+// Hosts (docs/hosts.md): where images live — local files, S3 (s3://), HTTP(S).
+export type { Host, HostPaths, HostStat, SinkOptions } from './io/host.js';
+export { hostFor, openLocation } from './io/hosts.js';
+export { setRemoteOptions, type RemoteOptions } from './io/remote-options.js';
+export { openS3Sink } from './io/s3-sink.js';

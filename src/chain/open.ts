@@ -1,7 +1,6 @@
-import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError, isBlockError } from '../core/errors.js';
 import { checkContained } from '../io/contain.js';
-import { openStoreOrAzure } from '../io/azure-location.js';
+import { hostFor, openLocation } from '../io/hosts.js';
 import { fileIdentity } from '../io/identity.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import { findFormat, probeFormat } from '../formats/registry.js';
@@ -77,7 +76,7 @@ async function openLayerAt(path: string, options: LayerOpenOptions, recordedBy?:
     throw new BlockError('invalid-argument', 'force-share (-U) can only be used with read-only images', { path });
   }
   // Every file of the layer (add-cow's image file too) is opened with the layer's sharing.
-  const given = options.openStore ?? openStoreOrAzure;
+  const given = options.openStore ?? openLocation;
   const openStore: StoreOpener = options.forceShare ? (p, o) => given(p, { ...o, forceShare: true }) : given;
   const format = options.format ? findFormat(options.format, options.formats) : undefined;
   const store = await openStore(path, { readOnly });
@@ -103,15 +102,17 @@ async function openLayerAt(path: string, options: LayerOpenOptions, recordedBy?:
 }
 
 /**
- * Turn a recorded parent name into a host path: `\` separators become `/`,
- * relative names are taken from the child's folder (VHD spec 2006, "Parent
- * Locator": W2ru is relative to the child; VHDX 2.6.2.6.3 relative_path).
+ * Turn a recorded parent name into a location on the child's host: `\`
+ * separators become `/`, relative names are taken from the child's folder
+ * (VHD spec 2006, "Parent Locator": W2ru is relative to the child; VHDX
+ * 2.6.2.6.3 relative_path) — a local folder, a bucket prefix, a URL folder.
  */
 export function resolveParentName(name: string, childPath: string): string {
   let n = name.replace(/\\/g, '/');
   if (n.startsWith('./')) n = n.slice(2);
-  if (isAbsolute(n) || /^[A-Za-z]:\//.test(n)) return n;
-  return resolve(dirname(childPath), n);
+  const paths = hostFor(childPath).paths;
+  if (paths.isAbsolute(n) || /^[A-Za-z]:\//.test(n)) return n;
+  return paths.resolve(paths.dirname(childPath), n);
 }
 
 /**

@@ -2,6 +2,7 @@ import { Option, type Command } from 'commander';
 import { BlockError } from '../core/errors.js';
 import type { ChainOpenOptions } from '../chain/open.js';
 import { progressBar } from './progress.js';
+import { setRemoteOptions } from '../io/remote-options.js';
 
 /*
  * What the command modules share: the context a handler runs in and the
@@ -34,9 +35,27 @@ export interface OpenFlags {
   backingAs?: string[];
 }
 
+/** The options `withRemoteOptions` adds. */
+export interface RemoteFlags {
+  header?: string[];
+  s3Endpoint?: string;
+}
+
+/** Options of images in S3 or over HTTP(S) (io/remote-options.ts); every command that opens images has them. */
+function withRemoteOptions(cmd: Command): Command {
+  return cmd
+    .option('--header <line>', "extra HTTP header for http(s):// images, e.g. 'Authorization: Bearer …' (repeatable; also VDISK_HTTP_HEADERS)", collect)
+    .option('--s3-endpoint <url>', 'S3 endpoint for s3:// images (non-AWS servers: path-style addressing; default: AWS configuration)');
+}
+
+/** Apply --header and --s3-endpoint to the remote hosts. */
+function applyRemoteOptions(o: RemoteFlags): void {
+  setRemoteOptions({ httpHeaders: o.header ?? [], s3Endpoint: o.s3Endpoint });
+}
+
 /** Options every command that opens an image accepts. */
 export function withOpenOptions(cmd: Command): Command {
-  return cmd
+  return withRemoteOptions(cmd)
     .option('--layer-only', 'open only this image, not its backing chain')
     .option('--ignore-parent-id', "accept a parent whose id differs from what the child records")
     .option('--ignore-checksums', 'open images whose checksums are wrong (reported by info)')
@@ -46,7 +65,8 @@ export function withOpenOptions(cmd: Command): Command {
     .option('--backing-as <fmt>', 'format of a backing file its image does not record (add-cow); needed for raw; repeat for each such backing down the chain', collect);
 }
 
-export function openOptions(o: OpenFlags, format?: string): ChainOpenOptions {
+export function openOptions(o: OpenFlags & RemoteFlags, format?: string): ChainOpenOptions {
+  applyRemoteOptions(o);
   const depth = Number(o.depthLimit);
   if (!Number.isInteger(depth) || depth < 1) throw new BlockError('invalid-argument', `--depth-limit must be a positive whole number (got ${o.depthLimit})`);
   return {

@@ -1,8 +1,7 @@
 import type { PageBlobClient, StoragePipelineOptions } from '@azure/storage-blob';
 import { createRequire } from 'node:module';
 import { BlockError } from '../core/errors.js';
-import { openFileStore } from './file-store.js';
-import type { OpenStoreOptions, Store, StoreOpener } from './store.js';
+import type { OpenStoreOptions } from './store.js';
 import { AzurePageBlobStore, azureError } from './azure-page-blob.js';
 
 /*
@@ -96,7 +95,7 @@ export interface AzureOpenOptions {
 }
 
 /** Open an existing page blob as a read-only Store (the source of info, convert, compare, serve, check, map). */
-async function openAzureLocation(location: string, options: OpenStoreOptions, azure: AzureOpenOptions = {}): Promise<AzurePageBlobStore> {
+export async function openAzureLocation(location: string, options: OpenStoreOptions, azure: AzureOpenOptions = {}): Promise<AzurePageBlobStore> {
   const path = displayLocation(location);
   if (options.create || options.truncate) {
     throw new BlockError('unsupported', 'a page blob is written by convert -O vhd -o azure=on SRC URL only (an upload), not created in place', { path });
@@ -118,11 +117,3 @@ async function openAzureLocation(location: string, options: OpenStoreOptions, az
   }
   return store;
 }
-
-/** The store opener of commands and ops: Azure locations through openAzureLocation, everything else as host files. */
-export const openStoreOrAzure: StoreOpener = (path: string, options: OpenStoreOptions): Promise<Store> =>
-  isAzureLocation(path) ? openAzureLocation(path, options) : openFileStore(path, options);
-
-/** check --azure's opener: a page blob is opened whatever it holds (what is wrong is the answer). */
-export const openAnyForAzureCheck: StoreOpener = (path: string, options: OpenStoreOptions): Promise<Store> =>
-  isAzureLocation(path) ? openAzureLocation(path, options, { requireVhd: false }) : openFileStore(path, options);

@@ -1,6 +1,6 @@
-import { realpath } from 'node:fs/promises';
-import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import { BlockError } from '../core/errors.js';
+import { resolve } from 'node:path';
+import { hostFor, isLocal } from './hosts.js';
 
 /**
  * Containment of names recorded in an image (docs/security.md): a backing
@@ -18,20 +18,6 @@ import { BlockError } from '../core/errors.js';
  * someone else). Node offers no openat2(RESOLVE_BENEATH) to close the gap.
  */
 
-/** The real path of `p`, or null when the host has no such file (memory stores, a missing file). */
-async function real(p: string): Promise<string | null> {
-  try {
-    return await realpath(p);
-  } catch {
-    return null;
-  }
-}
-
-function inside(path: string, root: string): boolean {
-  const rel = relative(root, path);
-  return rel === '' || (!isAbsolute(rel) && rel !== '..' && !rel.startsWith('..' + sep));
-}
-
 /**
  * Check that `path` (a recorded name already resolved against the folder of
  * `recorder`, the image that records it) stays inside that folder or an
@@ -42,12 +28,13 @@ function inside(path: string, root: string): boolean {
  * protect.
  */
 export async function checkContained(path: string, recorder: string, what: string, recorded: string, allowPaths: readonly string[] = []): Promise<string> {
-  const target = await real(path);
+  const host = hostFor(recorder);
+  // A name recorded in an image on one host never leads to another (a remote image naming a local file).
+  const other = hostFor(path) !== host;
+  const { inside, real: target } = other ? { inside: false, real: path } : await host.contained(path, recorder, allowPaths);
   if (target === null) return path;
-  const folders = [dirname(resolve(recorder)), ...allowPaths.map((p) => resolve(p))];
-  const roots = await Promise.all(folders.map(async (f) => (await real(f)) ?? f));
-  if (!roots.some((r) => inside(target, r))) {
-    const where = target !== resolve(path) ? `${path}, which is ${target}` : path;
+  if (!inside) {
+    const where = !other && target !== (isLocal(path) ? resolve(path) : path) ? `${path}, which is ${target}` : path;
     throw new BlockError(
       'invalid-argument',
       `${what} '${recorded}' leads out of the image's folder (to ${where}); names recorded in an image stay inside its folder unless --allow-path widens it (docs/security.md)`,

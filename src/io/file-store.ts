@@ -135,6 +135,10 @@ export class FileStore implements Store {
     return this.fh.fd;
   }
 
+  nativeFd(): number {
+    return this.fd;
+  }
+
   async size(): Promise<number> {
     const known = this.knownSize;
     if (known !== undefined) {

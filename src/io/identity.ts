@@ -1,34 +1,30 @@
-import { readdir, realpath, stat } from 'node:fs/promises';
+import { readdir, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
+import { hostFor } from './hosts.js';
 
 /**
  * The one answer to "is this the same file?" — a backing chain looping back
  * (chain/open), commit's base and rebase's loop check (ops), add-cow's image
  * file against the add-cow file and its backing file (formats/add-cow).
- * Asked here, in io/, because only io/ touches the file system; when stores
- * other than host files arrive, this is where identity is asked of their
- * host.
+ * Each host answers for its locations (io/host.ts): a local file's real
+ * path, a URL's normal form.
  */
 
-/** A file's identity: its real path (links and `..` resolved), or the resolved path when the host has no such file (memory stores, a file not created yet). */
-export async function fileIdentity(path: string): Promise<string> {
-  try {
-    return await realpath(path);
-  } catch {
-    return resolve(path);
-  }
+/** A location's identity: a local file's real path (links and `..` resolved), or the resolved path when there is no such file (memory stores, a file not created yet); a URL's normal form. */
+export function fileIdentity(path: string): Promise<string> {
+  return hostFor(path).identity(path);
 }
 
-/** Whether two paths name one file (see fileIdentity). */
+/** Whether two locations name one file (see fileIdentity). */
 export async function sameFile(a: string, b: string): Promise<boolean> {
   const [x, y] = await Promise.all([fileIdentity(a), fileIdentity(b)]);
   return x === y;
 }
 
-/** When the file was last modified, or undefined when the host has no such file (memory stores). */
+/** When the file was last modified, or undefined when the host has no such file or cannot tell (memory stores). */
 export async function modifiedTime(path: string): Promise<Date | undefined> {
   try {
-    return (await stat(path)).mtime;
+    return (await hostFor(path).stat(path))?.mtime;
   } catch {
     return undefined;
   }

@@ -29,6 +29,20 @@ export interface Store {
    * host can tell (Linux SEEK_DATA/SEEK_HOLE); undefined when it cannot.
    */
   allocation?(offset: number, length: number): Promise<HostRange[] | undefined>;
+  /**
+   * Optional: the descriptor of the local file under this store, for vdisk's
+   * native file-to-file copy (io/native.ts). Only a store that is exactly a
+   * local file's bytes has it; valid until close().
+   */
+  nativeFd?(): number;
+}
+
+/** A store with a local file under it: the capability the native copier needs (io/native.ts). */
+export type NativeStore = Store & { nativeFd(): number };
+
+/** The store as a NativeStore, when it has a local file under it. */
+export function nativeStore(store: Store | undefined): NativeStore | undefined {
+  return store?.nativeFd ? (store as NativeStore) : undefined;
 }
 
 export interface HostRange {

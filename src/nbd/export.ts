@@ -1,4 +1,4 @@
-import { basename } from 'node:path';
+import { baseName } from '../io/hosts.js';
 import type { Chain } from '../chain/chain.js';
 import { BlockError } from '../core/errors.js';
 import {
@@ -58,7 +58,7 @@ export function makeExport(chain: Chain, options: ExportOptions = {}): NbdExport
   if (!Number.isInteger(maxBlock) || maxBlock > 0xffffffff) throw new BlockError('invalid-argument', `maximum block size ${maxBlock} is not a 32-bit size`);
   return {
     name,
-    description: options.description ?? `vdisk ${top.format} image ${basename(top.path)}${chain.layers.length > 1 ? ` (+${chain.layers.length - 1} backing)` : ''}`,
+    description: options.description ?? `vdisk ${top.format} image ${baseName(top.path)}${chain.layers.length > 1 ? ` (+${chain.layers.length - 1} backing)` : ''}`,
     chain,
     size: chain.size,
     readOnly,

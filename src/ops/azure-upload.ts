@@ -1,7 +1,8 @@
 import { BlockError, isBlockError } from '../core/errors.js';
 import { Slots } from '../core/mutex.js';
 import { settleAll } from '../core/settle.js';
-import { blobProperties, displayLocation, openStoreOrAzure, pageBlobClient } from '../io/azure-location.js';
+import { blobProperties, displayLocation, pageBlobClient } from '../io/azure-location.js';
+import { openLocation } from '../io/hosts.js';
 import { AzurePageBlobStore, azureError, MAX_PUT, PAGE, type PageRange } from '../io/azure-page-blob.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
@@ -77,7 +78,7 @@ export async function uploadToPageBlob(req: UploadRequest): Promise<UploadResult
   if (req.backing || req.existing) throw new BlockError('invalid-argument', 'an upload to a page blob takes no -B and no -n', { path });
   if (req.resume && req.overwrite) throw new BlockError('invalid-argument', '--resume continues an upload; --overwrite replaces the blob (choose one)', { path });
   req.signal?.throwIfAborted();
-  const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore: req.openStore ?? req.sourceOptions?.openStore ?? openStoreOrAzure });
+  const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore: req.openStore ?? req.sourceOptions?.openStore ?? openLocation });
   try {
     const requested = Math.ceil(src.size / PAGE) * PAGE;
     let size: number;

@@ -1,7 +1,7 @@
-import { stat } from 'node:fs/promises';
 import { BlockError, isBlockError } from '../core/errors.js';
-import { openAnyForAzureCheck, openStoreOrAzure } from '../io/azure-location.js';
+import { isAzureLocation, openAzureLocation } from '../io/azure-location.js';
 import { azureProblems } from '../formats/vhd/azure.js';
+import { openLocation, statLocation } from '../io/hosts.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { CheckProblem, Image } from '../formats/types.js';
@@ -53,8 +53,11 @@ export const CHECK_EXIT = { clean: 0, notCompleted: 1, corruptions: 2, leaks: 3,
  * every layer. A check that throws (the image cannot be read at all) counts as
  * a check error, not as a crash.
  */
+/** check --azure's opener: a page blob is opened whatever it holds (what is wrong is the answer). */
+const openAnyForAzureCheck: StoreOpener = (path, options) => (isAzureLocation(path) ? openAzureLocation(path, options, { requireVhd: false }) : openLocation(path, options));
+
 export async function checkImage(req: CheckRequest): Promise<CheckReport[]> {
-  const openStore = req.openStore ?? req.openOptions?.openStore ?? openStoreOrAzure;
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openLocation;
   if (req.azure) {
     if (req.repair || req.backingChain) throw new BlockError('invalid-argument', '--azure checks one image as Azure would take it: no --repair, no --backing-chain');
     return [await checkForAzure(req.path, req.openStore ?? req.openOptions?.openStore ?? openAnyForAzureCheck)];
@@ -103,7 +106,7 @@ async function checkLayer(layer: Image, repair: 'leaks' | 'all' | undefined): Pr
   }
   if (report['image-end-offset'] === undefined) {
     try {
-      const size = (await stat(layer.path)).size;
+      const size = (await statLocation(layer.path))?.size;
       if (size) report['image-end-offset'] = size;
     } catch {
       /* not a host file (memory store in tests) */

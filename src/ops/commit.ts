@@ -1,7 +1,7 @@
-import { dirname, relative, resolve } from 'node:path';
 import { BlockError, isBlockError } from '../core/errors.js';
-import { FileStore, openFileStore } from '../io/file-store.js';
 import { nativeAddon, NATIVE_MAX_RANGE } from '../io/native.js';
+import { nativeStore } from '../io/store.js';
+import { openLocation, relativeName, resolveFrom } from '../io/hosts.js';
 import { fileIdentity } from '../io/identity.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
@@ -73,7 +73,7 @@ export interface CommitResult {
  *      the same bytes.
  */
 export async function commitImage(req: CommitRequest): Promise<CommitResult> {
-  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openLocation;
   const bufferSize = req.bufferSize ?? 4 << 20;
   const chain = await openChain(req.path, { ...req.openOptions, openStore, readOnly: false, layerOnly: false, writableBacking: true });
   /** Set once step 0 has given the top a second identity for BASE. */
@@ -153,7 +153,7 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
 /** The depth of BASE in the chain: matched by real path, a relative name taken from the cwd or the top's folder. */
 async function findBase(chain: Chain, topPath: string, base: string): Promise<number> {
   const key = fileIdentity;
-  const wanted = new Set([await key(base), await key(resolve(dirname(resolve(topPath)), base))]);
+  const wanted = new Set([await key(base), await key(resolveFrom(topPath, base))]);
   for (let d = 1; d < chain.layers.length; d++) if (wanted.has(await key(chain.layers[d].path))) return d;
   if (wanted.has(await key(topPath))) throw new BlockError('invalid-argument', 'the base must be below the top image, not the top itself', { path: topPath });
   throw new BlockError('not-found', `'${base}' is not in the backing chain of this image (${chain.layers.map((l) => l.path).join(' -> ')})`, {
@@ -193,7 +193,7 @@ async function copyDown(chain: Chain, baseDepth: number, bufferSize: number, nat
   const base = chain.layers[baseDepth];
   const readBelow = (o: number, into: Uint8Array) => chain.readFrom(baseDepth, o, into);
   const buf = new Uint8Array(bufferSize);
-  const addon = native && base.fillBlocks && bufferSize <= NATIVE_MAX_RANGE && base.hostStore instanceof FileStore && !base.readOnly ? nativeAddon() : null;
+  const addon = native && base.fillBlocks && bufferSize <= NATIVE_MAX_RANGE && nativeStore(base.hostStore) !== undefined && !base.readOnly ? nativeAddon() : null;
   const align = base.logicalSectorSize;
   let copied = 0;
   let batch: HostCopy[] = [];
@@ -206,8 +206,8 @@ async function copyDown(chain: Chain, baseDepth: number, bufferSize: number, nat
   };
   for await (const p of chainPieces(chain, bufferSize)) {
     if (p.depth < baseDepth) {
-      const store = addon && p.kind === 'data' && p.hostOffset !== undefined ? chain.layers[p.depth].hostStore : undefined;
-      if (store instanceof FileStore && p.offset % align === 0 && p.length % align === 0) {
+      const store = addon && p.kind === 'data' && p.hostOffset !== undefined ? nativeStore(chain.layers[p.depth].hostStore) : undefined;
+      if (store && p.offset % align === 0 && p.length % align === 0) {
         batch.push({ store, from: p.hostOffset!, offset: p.offset, length: p.length });
         batchBytes += p.length;
         if (batchBytes >= NATIVE_BATCH) await flushBatch();
@@ -233,8 +233,7 @@ async function copyDown(chain: Chain, baseDepth: number, bufferSize: number, nat
  * the base's second accepted identity.
  */
 async function relink(top: Image, base: Image, openStore: StoreOpener, formats?: readonly Format[], nextIdentity?: string): Promise<void> {
-  const topDir = dirname(resolve(top.path));
-  const name = relative(topDir, resolve(base.path)) || base.path;
+  const name = relativeName(top.path, base.path) || base.path;
   let described: Awaited<ReturnType<typeof describeBacking>>;
   try {
     // The base is open (and write-locked) here already: this second, read-only open shares it rather than refusing.

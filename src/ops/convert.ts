@@ -1,9 +1,8 @@
-import { dirname } from 'node:path';
 import { BlockError, fromSystemError } from '../core/errors.js';
-import { FileStore } from '../io/file-store.js';
-import { isAzureLocation, openStoreOrAzure } from '../io/azure-location.js';
+import { isAzureLocation } from '../io/azure-location.js';
+import { folderOf, hostFor, openLocation } from '../io/hosts.js';
 import { copyWorkers, nativeAddon, NATIVE_MAX_RANGE, type NativeAddon } from '../io/native.js';
-import type { StoreOpener } from '../io/store.js';
+import { nativeStore, type NativeStore, type Store, type StoreOpener } from '../io/store.js';
 import type { FileHost } from '../io/staging.js';
 import { openChain, openLayer, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain, ChainExtent } from '../chain/chain.js';
@@ -111,7 +110,7 @@ interface Piece {
   length: number;
   zero: boolean;
   /** Where a data piece lies in a layer's own file, when reading that file there gives its bytes. */
-  host?: { store: FileStore; offset: number };
+  host?: { store: NativeStore; offset: number };
 }
 
 /** One lane's buffers: the data read, and what the target shows there (-B, -n). */
@@ -131,7 +130,7 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   // An Azure page blob target is an upload (loaded only then: it brings the SDK).
   if (isAzureLocation(req.target)) return (await import('./azure-upload.js')).uploadToPageBlob(req);
   if (req.resume) throw new BlockError('invalid-argument', '--resume continues an upload to an Azure page blob; this target is not one', { path: req.target });
-  const openStore = req.openStore ?? openStoreOrAzure;
+  const openStore = req.openStore ?? openLocation;
   const cache = req.cache ?? 'unsafe';
   if (cache !== 'unsafe' && cache !== 'writeback') throw new BlockError('invalid-argument', `unknown cache mode '${cache}' (unsafe or writeback)`);
   // Only the target's own files go without syncs; its backing (-B) is only read.
@@ -146,6 +145,9 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   }
   if (req.existing && req.overwrite) throw new BlockError('invalid-argument', '-n writes into an existing target; --overwrite replaces one (choose one)');
   req.signal?.throwIfAborted();
+  // A host that cannot write files in place (S3) takes the target as one ordered stream.
+  const targetHost = hostFor(req.target);
+  if (!targetHost.files && targetHost.createSink) return (await import('./convert-sink.js')).convertToSink(req, { ...targetHost, createSink: targetHost.createSink }, openStore);
   // A new target is written under a temporary name and renamed into place
   // once complete (io/staging.ts); with -t writeback its folder is synced
   // after the rename too. With -t unsafe nothing is synced: a host crash
@@ -400,7 +402,7 @@ function* pieces(extents: ChainExtent[], bufferSize: number, src: Chain | undefi
       continue;
     }
     const store = e.hostOffset === undefined ? undefined : src?.layers[e.depth]?.hostStore;
-    const file = store instanceof FileStore ? store : undefined;
+    const file = nativeStore(store);
     for (let o = 0; o < e.length; o += bufferSize) {
       const length = Math.min(bufferSize, e.length - o);
       yield { offset: e.offset + o, length, zero: false, host: file && { store: file, offset: e.hostOffset! + o } };
@@ -410,7 +412,7 @@ function* pieces(extents: ChainExtent[], bufferSize: number, src: Chain | undefi
 
 interface NativeTarget {
   addon: NativeAddon;
-  store: FileStore;
+  store: NativeStore;
   /** A target whose format places blocks (Image.fillBlocks): the copier writes into the places it gives. */
   fill?: Image['fillBlocks'];
 }
@@ -430,8 +432,9 @@ function nativeTarget(dst: Chain, mode: Mode, sparse: number): NativeTarget | un
   if (!fileToFile && !dst.top.fillBlocks) return undefined;
   const store = dst.top.hostStore;
   const addon = nativeAddon();
-  if (!addon || !(store instanceof FileStore) || store.readOnly) return undefined;
-  return fileToFile ? { addon, store } : { addon, store, fill: dst.top.fillBlocks };
+  const native = nativeStore(store);
+  if (!addon || !native || native.readOnly) return undefined;
+  return fileToFile ? { addon, store: native } : { addon, store: native, fill: dst.top.fillBlocks };
 }
 
 /** How often a running native copy reports progress. */
@@ -445,9 +448,9 @@ const PROGRESS_MS = 100;
 async function copyNative(target: NativeTarget, plan: Piece[], granule: number, onProgress?: (finished: number) => void): Promise<number> {
   if (target.fill) return copyIntoBlocks(target.addon, target.fill, plan.map((p) => ({ store: p.host!.store, from: p.host!.offset, offset: p.offset, length: p.length })), granule, false, onProgress);
   const ranges = new Float64Array(plan.length * 4);
-  const byFd = new Map<number, FileStore>([[target.store.fd, target.store]]);
+  const byFd = new Map<number, Store>([[target.store.nativeFd(), target.store]]);
   plan.forEach((p, i) => {
-    const fd = p.host!.store.fd;
+    const fd = p.host!.store.nativeFd();
     byFd.set(fd, p.host!.store);
     ranges.set([fd, p.host!.offset, p.offset, p.length], i * 4);
   });
@@ -455,7 +458,7 @@ async function copyNative(target: NativeTarget, plan: Piece[], granule: number, 
   const timer = onProgress && setInterval(() => onProgress(Number(progress[0])), PROGRESS_MS);
   timer?.unref();
   try {
-    return await target.addon.copyRanges(target.store.fd, ranges, granule, copyWorkers(), progress);
+    return await target.addon.copyRanges(target.store.nativeFd(), ranges, granule, copyWorkers(), progress);
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { fd?: number; offset?: number };
     const store = err.fd === undefined ? undefined : byFd.get(err.fd);
@@ -467,7 +470,7 @@ async function copyNative(target: NativeTarget, plan: Piece[], granule: number, 
 
 /** A range of data in a layer's file, to be copied to the same disk offset of a target. */
 export interface HostCopy {
-  store: FileStore;
+  store: NativeStore;
   /** Offset in `store`. */
   from: number;
   /** Disk offset. */
@@ -496,16 +499,16 @@ export async function copyIntoBlocks(
 ): Promise<number> {
   let written = 0;
   await fillBlocks(async (where: BlockFill) => {
-    const target = where.store;
-    if (!(target instanceof FileStore)) throw new BlockError('unsupported', 'the native copier writes only host files', { path: target.path });
+    const target = nativeStore(where.store);
+    if (!target) throw new BlockError('unsupported', 'the native copier writes only local files', { path: where.store.path });
     const bs = where.blockSize;
     // Ranges cut at block boundaries (a range lies in one unit); units are the blocks, in disk order.
     const plan: number[] = [];
     const units: number[] = [];
     const blockOf: number[] = [];
-    const byFd = new Map<number, FileStore>([[target.fd, target]]);
+    const byFd = new Map<number, Store>([[target.nativeFd(), target]]);
     for (const c of copies) {
-      byFd.set(c.store.fd, c.store);
+      byFd.set(c.store.nativeFd(), c.store);
       for (let o = 0; o < c.length; ) {
         const at = c.offset + o;
         const block = Math.floor(at / bs);
@@ -515,7 +518,7 @@ export async function copyIntoBlocks(
           blockOf.push(block);
           units.push(place ?? -1, place !== undefined && inPlaceWritesAll ? 1 : 0);
         }
-        plan.push(c.store.fd, c.from + o, at, blockOf.length - 1, at - block * bs, n);
+        plan.push(c.store.nativeFd(), c.from + o, at, blockOf.length - 1, at - block * bs, n);
         o += n;
       }
     }
@@ -524,7 +527,7 @@ export async function copyIntoBlocks(
     const timer = onProgress && setInterval(() => onProgress(Number(progress[0])), PROGRESS_MS);
     timer?.unref();
     try {
-      written = await addon.copyToBlocks(target.fd, new Float64Array(plan), new Float64Array(units), where.base, where.stride, granule, copyWorkers(), placed, progress);
+      written = await addon.copyToBlocks(target.nativeFd(), new Float64Array(plan), new Float64Array(units), where.base, where.stride, granule, copyWorkers(), placed, progress);
     } catch (e) {
       const err = e as NodeJS.ErrnoException & { fd?: number; offset?: number };
       const store = err.fd === undefined ? undefined : byFd.get(err.fd);
@@ -633,7 +636,7 @@ async function ownNames(req: ConvertRequest, openStore: StoreOpener): Promise<Pi
   const allowPaths = ownFolders(req.target, req.options);
   if (!req.backing) return { allowPaths };
   const backing = backingAbsolute(req.target, req.backing.path);
-  allowPaths.push(dirname(backing));
+  allowPaths.push(folderOf(backing));
   let format = req.backing.format;
   if (!format) {
     const img = await openLayer(backing, { readOnly: true, openStore });

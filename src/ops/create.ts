@@ -1,11 +1,10 @@
-import { dirname, isAbsolute, resolve } from 'node:path';
 import { BlockError } from '../core/errors.js';
 import { parseOptions } from './options.js';
 
 export { parseOptions };
-import { openFileStore } from '../io/file-store.js';
+import { folderOf, hostFor, openLocation, resolveFrom } from '../io/hosts.js';
 import { modifiedTime, sameFile } from '../io/identity.js';
-import { fileHost, Staging, type FileHost } from '../io/staging.js';
+import { Staging, type FileHost } from '../io/staging.js';
 import type { Store, StoreOpener } from '../io/store.js';
 import { openChain, openLayer, probeStore, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
@@ -62,7 +61,7 @@ export function azureRoundingNote(options: Record<string, string> | undefined, f
  * relative backing name is relative to the new image's folder.
  */
 export function backingAbsolute(childPath: string, backingPath: string): string {
-  return isAbsolute(backingPath) ? backingPath : resolve(dirname(resolve(childPath)), backingPath);
+  return resolveFrom(childPath, backingPath);
 }
 
 /** Open a backing file (and its chain, to prove it opens) and describe it for a child. */
@@ -96,7 +95,7 @@ export function stagingFor(
   openStore: StoreOpener,
   durable: boolean,
 ): Staging | undefined {
-  const host = req.host ?? (req.openStore ? undefined : fileHost);
+  const host = req.host ?? (req.openStore ? undefined : hostFor(path).files);
   if (!host) {
     if (req.overwrite) throw new BlockError('invalid-argument', 'overwrite needs a host that can rename files (give `host` with `openStore`)', { path });
     return undefined;
@@ -111,7 +110,7 @@ export function stagingFor(
  */
 export function ownFolders(imagePath: string, options: Record<string, string> | undefined): string[] {
   const imageFile = options?.image_file;
-  return imageFile ? [dirname(resolve(dirname(resolve(imagePath)), imageFile.replace(/\\/g, '/')))] : [];
+  return imageFile ? [folderOf(resolveFrom(imagePath, imageFile.replace(/\\/g, '/')))] : [];
 }
 
 /**
@@ -121,7 +120,7 @@ export function ownFolders(imagePath: string, options: Record<string, string> | 
  */
 export async function createImage(req: CreateRequest): Promise<CreateResult> {
   req.signal?.throwIfAborted();
-  const openStore = req.openStore ?? openFileStore;
+  const openStore = req.openStore ?? openLocation;
   // The formats flush what they create; the folder is synced after the rename.
   const staging = stagingFor(req.path, req, openStore, true);
   if (!staging) return createWith(req, openStore);

@@ -1,6 +1,6 @@
-import { stat } from 'node:fs/promises';
 import { isBlockError } from '../core/errors.js';
 import { openBacking, openChain, resolveParentName, type ChainOpenOptions } from '../chain/open.js';
+import { statLocation } from '../io/hosts.js';
 import type { Image } from '../formats/types.js';
 
 /** One layer as `info --output=json` shows it; field names follow `qemu-img info --output=json`. */
@@ -26,7 +26,7 @@ export interface ImageInfo {
 
 async function actualSize(path: string): Promise<number | undefined> {
   try {
-    return (await stat(path)).blocks * 512;
+    return (await statLocation(path))?.allocated;
   } catch {
     return undefined;
   }

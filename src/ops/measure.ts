@@ -1,5 +1,5 @@
 import { BlockError } from '../core/errors.js';
-import { openStoreOrAzure } from '../io/azure-location.js';
+import { openLocation } from '../io/hosts.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
@@ -72,7 +72,7 @@ export async function measureImage(req: MeasureRequest): Promise<MeasureResult> 
   if (req.size !== undefined) {
     size = req.size;
   } else {
-    const chain = await openChain(req.source!, { ...req.sourceOptions, readOnly: true, openStore: req.openStore ?? req.sourceOptions?.openStore ?? openStoreOrAzure });
+    const chain = await openChain(req.source!, { ...req.sourceOptions, readOnly: true, openStore: req.openStore ?? req.sourceOptions?.openStore ?? openLocation });
     try {
       size = chain.size;
       for (let off = 0; off < size; off += WINDOW) {

@@ -1,5 +1,5 @@
 import { BlockError } from '../core/errors.js';
-import { openFileStore } from '../io/file-store.js';
+import { openLocation } from '../io/hosts.js';
 import { fileIdentity } from '../io/identity.js';
 import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
@@ -42,7 +42,7 @@ const GRANULE = 64 * 1024;
  * copied ranges hold exactly what the old backing showed); after it, the new.
  */
 export async function rebaseImage(req: RebaseRequest): Promise<RebaseResult> {
-  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openLocation;
   const bufferSize = req.bufferSize ?? 4 << 20;
   const wanted = req.backing && req.backing.path !== '' ? req.backing : null;
   // -u needs no old backing (it may be the very thing that went missing).

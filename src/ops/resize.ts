@@ -1,5 +1,5 @@
 import { BlockError, isBlockError } from '../core/errors.js';
-import { openFileStore } from '../io/file-store.js';
+import { openLocation } from '../io/hosts.js';
 import type { StoreOpener } from '../io/store.js';
 import { openBacking, openChain, type ChainOpenOptions } from '../chain/open.js';
 import { findFormat } from '../formats/registry.js';
@@ -39,7 +39,7 @@ export interface ResizeResult {
  * grow leaves its children valid (they keep their size).
  */
 export async function resizeImage(req: ResizeRequest): Promise<ResizeResult> {
-  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openLocation;
   const chain = await openChain(req.path, { ...req.openOptions, openStore, readOnly: false, layerOnly: true });
   try {
     const top = chain.top;

@@ -1,8 +1,8 @@
 import type { Command } from 'commander';
-import { openOptions, withOpenOptions, type CommandContext, type OpenFlags } from '../options.js';
+import { openOptions, withOpenOptions, type CommandContext, type OpenFlags, type RemoteFlags } from '../options.js';
 
 /** The open options (withOpenOptions: --layer-only, -U, ...) apply to both images. */
-interface CompareOptions extends OpenFlags {
+interface CompareOptions extends OpenFlags, RemoteFlags {
   format?: string;
   secondFormat?: string;
   strict?: boolean;

@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { Command } from 'commander';
 import { BlockError } from '../../core/errors.js';
 import { DEFAULT_IDLE_TIMEOUT_MS, DEFAULT_NBD_PORT } from '../../nbd/port.js';
-import { openOptions, withOpenOptions, type CommandContext, type OpenFlags } from '../options.js';
+import { openOptions, withOpenOptions, type CommandContext, type OpenFlags, type RemoteFlags } from '../options.js';
 
 /*
  * `vdisk serve`: export an image chain over NBD, like qemu-nbd. Binds
@@ -12,7 +12,7 @@ import { openOptions, withOpenOptions, type CommandContext, type OpenFlags } fro
  */
 
 /** The open options (withOpenOptions: --layer-only, -U with -r, ...) as every command that opens an image has them. */
-interface ServeOptions extends OpenFlags {
+interface ServeOptions extends OpenFlags, RemoteFlags {
   format?: string;
   readOnly?: boolean;
   bind: string;

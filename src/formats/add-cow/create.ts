@@ -1,4 +1,4 @@
-import { basename } from 'node:path';
+import { baseName } from '../../io/hosts.js';
 import { BlockError, isBlockError } from '../../core/errors.js';
 import { sameFile } from '../../io/identity.js';
 import type { Store } from '../../io/store.js';
@@ -42,7 +42,7 @@ export async function createAddCow(ctx: CreateContext): Promise<void> {
     throw new BlockError('invalid-argument', `add-cow size ${size} is not a multiple of ${SECTOR}`, { path: ctx.path });
   }
   if (size > MAX_SIZE) throw new BlockError('out-of-range', `add-cow size ${size} exceeds ${MAX_SIZE} bytes`, { path: ctx.path });
-  const imageName = ctx.options.image_file ?? `${basename(ctx.path)}.raw`;
+  const imageName = ctx.options.image_file ?? `${baseName(ctx.path)}.raw`;
   if (!imageName) throw new BlockError('invalid-argument', 'image_file must not be empty', { path: ctx.path });
   const imagePath = resolveName(imageName, ctx.path);
   if (await sameFile(imagePath, ctx.path)) {

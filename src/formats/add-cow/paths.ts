@@ -1,4 +1,4 @@
-import { dirname, isAbsolute, relative, resolve } from 'node:path';
+import { absoluteLocation, hostFor, relativeName, resolveFrom } from '../../io/hosts.js';
 import { NAME_FIELD } from './header.js';
 
 /**
@@ -8,14 +8,13 @@ import { NAME_FIELD } from './header.js';
  */
 export function resolveName(name: string, addCowPath: string): string {
   const n = name.replace(/\\/g, '/');
-  if (isAbsolute(n) || /^[A-Za-z]:\//.test(n)) return n;
-  return resolve(dirname(resolve(addCowPath)), n);
+  if (/^[A-Za-z]:\//.test(n)) return n;
+  return resolveFrom(addCowPath, n);
 }
 
 /** The name to record for `target`: relative to the add-cow file's folder when that fits, else absolute. */
 export function nameToStore(addCowPath: string, target: string): string {
-  const abs = resolve(target);
-  const rel = relative(dirname(resolve(addCowPath)), abs);
-  if (rel && !isAbsolute(rel) && new TextEncoder().encode(rel).length < NAME_FIELD) return rel;
-  return abs;
+  const rel = relativeName(addCowPath, target);
+  if (rel && !hostFor(addCowPath).paths.isAbsolute(rel) && new TextEncoder().encode(rel).length < NAME_FIELD) return rel;
+  return absoluteLocation(target);
 }

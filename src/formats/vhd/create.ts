@@ -1,4 +1,4 @@
-import { dirname, relative, resolve, basename } from 'node:path';
+import { baseName, relativeName } from '../../io/hosts.js';
 import { BlockError } from '../../core/errors.js';
 import { randomGuid } from '../../core/guid.js';
 import { isPowerOfTwo, alignUp } from '../../core/u64.js';
@@ -140,13 +140,13 @@ interface ParentRecord {
 export function parentRecord(childPath: string, parent: { absolutePath: string; identity?: string; mtime: Date; format: string }): ParentRecord {
   if (parent.format !== 'vhd') throw new BlockError('unsupported', `the parent of a VHD differencing disk must be a VHD (got ${parent.format})`, { path: childPath });
   if (!parent.identity) throw new BlockError('invalid-argument', 'the parent has no VHD UUID', { path: childPath });
-  const rel = relative(dirname(resolve(childPath)), parent.absolutePath);
+  const rel = relativeName(childPath, parent.absolutePath) ?? parent.absolutePath;
   // Windows writes W2ru as ".\name"; readers (ours included) accept either separator.
   const w2ru = (rel.startsWith('..') ? rel : `.\\${rel}`).replace(/\//g, '\\');
   return {
     uuid: uuidBytes(parent.identity),
     timestamp: vhdNow(parent.mtime),
-    unicodeName: basename(parent.absolutePath),
+    unicodeName: baseName(parent.absolutePath),
     locators: [
       { platformCode: PlatformCode.W2ku, path: parent.absolutePath },
       { platformCode: PlatformCode.W2ru, path: w2ru },

@@ -1,4 +1,4 @@
-import { dirname, isAbsolute, relative, resolve } from 'node:path';
+import { relativeName } from '../../io/hosts.js';
 import { BlockError } from '../../core/errors.js';
 import { randomGuid } from '../../core/guid.js';
 import { parseSize } from '../../core/size.js';
@@ -63,9 +63,9 @@ export function locatorFor(childPath: string, target: NonNullable<CreateContext[
   const next = target.nextIdentity && target.nextIdentity !== target.identity ? target.nextIdentity : undefined;
   loc.set('parent_linkage', `{${next ?? target.identity}}`);
   if (next) loc.set('parent_linkage2', `{${target.identity}}`);
-  const rel = relative(dirname(resolve(childPath)), target.absolutePath);
+  const rel = relativeName(childPath, target.absolutePath);
   // Hyper-V writes ".\\name" for a parent in the child's folder; do the same.
-  if (rel && !isAbsolute(rel)) loc.set('relative_path', (rel.startsWith('..') ? '' : '.\\') + rel.split('/').join('\\'));
+  if (rel && !rel.startsWith('/')) loc.set('relative_path', (rel.startsWith('..') ? '' : '.\\') + rel.split('/').join('\\'));
   loc.set('absolute_win32_path', target.absolutePath.split('/').join('\\'));
   return loc;
 }
