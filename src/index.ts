@@ -17,6 +17,7 @@ export type {
   Resizable,
   Checkable,
   Rebaseable,
+  Compactable,
   WritePlacement,
   Format,
   BackingRef,
@@ -36,6 +37,7 @@ export { runIoCommand } from './ops/io.js';
 export { startNbdServer, DEFAULT_NBD_PORT, type NbdServer, type NbdServerOptions } from './nbd/index.js';
 export { checkImage, checkExitCode, type CheckRequest, type CheckReport } from './ops/check.js';
 export { commitImage, type CommitRequest, type CommitResult } from './ops/commit.js';
+export { compactImage, type CompactRequest, type CompactResult, type CompactMode } from './ops/compact.js';
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';

@@ -9,7 +9,8 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, CompactBlocks, CompactOutcome, FormatInfo, Image, WritePlacement } from '../types.js';
+import { compactBlocksVhd, compactVhd } from './compact.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
 import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName, SECTOR } from './footer.js';
@@ -121,6 +122,9 @@ export class VhdImage implements Image {
   readonly resize: ((newSize: number, options?: { shrink?: boolean }) => Promise<void>) | undefined;
   /** Differencing disks only. */
   readonly setBacking: ((parent: BackingTarget | null) => Promise<void>) | undefined;
+  /** Dynamic and differencing disks (compact.ts): a fixed disk has no blocks to release. */
+  readonly compactBlocks: (() => Promise<CompactBlocks>) | undefined;
+  readonly compact: ((release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }) => Promise<CompactOutcome>) | undefined;
   backing: BackingRef | null;
   size: number;
 
@@ -164,6 +168,9 @@ export class VhdImage implements Image {
     this.trim = differencing ? (offset, length) => this.discard(offset, length) : undefined;
     this.resize = differencing ? undefined : (newSize, options) => this.resizeDisk(newSize, options);
     this.setBacking = differencing ? (parent) => this.changeBacking(parent) : undefined;
+    const fixed = f.diskType === 'fixed';
+    this.compactBlocks = fixed ? undefined : () => this.maintain(() => compactBlocksVhd(this.state), false);
+    this.compact = fixed ? undefined : (release, options) => this.maintain(() => compactVhd(this.state, release, options), !options.dryRun);
   }
 
   get path(): string {

@@ -8,12 +8,14 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image } from '../types.js';
+import type { BackingRef, BackingTarget, CheckResult, CompactBlocks, CompactOutcome, FormatInfo, Image } from '../types.js';
 import {
   Bat,
   BAT_ENTRY_SIZE,
   PAYLOAD_FULLY_PRESENT,
+  PAYLOAD_NOT_PRESENT,
   PAYLOAD_PARTIALLY_PRESENT,
+  PAYLOAD_UNMAPPED,
   PAYLOAD_ZERO,
   SB_PRESENT,
 } from './bat.js';
@@ -24,6 +26,7 @@ import { bitRuns, type SectorBitmapCache, setBits } from './sector-bitmap.js';
 import type { VhdxState } from './state.js';
 import { checkVhdx } from './check.js';
 import { resizeVhdx, setBackingVhdx } from './maintenance.js';
+import { compactBlocksVhdx, compactVhdx } from './compact.js';
 import { unitPieces } from '../../core/align.js';
 
 /** Payload block states that say "this layer holds nothing here". */
@@ -69,11 +72,24 @@ export class VhdxImage implements Image {
   /** The DataWriteGuid the first guest-visible write will set, once nextIdentity has announced it. */
   private nextDataWriteGuid: Uint8Array | undefined;
   private closed = false;
+  /**
+   * Discard (see discard()): dynamic and differencing disks. A fixed disk
+   * (LeaveBlocksAllocated, 2.6.2.1) keeps every block, so it has nothing to
+   * discard and no trim.
+   */
+  readonly trim: ((offset: number, length: number) => Promise<void>) | undefined;
+  /** Compaction (compact.ts): like trim, not for a fixed disk, whose blocks all stay. */
+  readonly compactBlocks: (() => Promise<CompactBlocks>) | undefined;
+  readonly compact: ((release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }) => Promise<CompactOutcome>) | undefined;
 
   constructor(readonly state: VhdxState) {
     this.store = state.store;
     this.bitmaps = state.bitmaps;
     this.readOnly = state.readOnly;
+    const fixed = state.params.leaveBlocksAllocated;
+    this.trim = fixed ? undefined : (offset, length) => this.discard(offset, length);
+    this.compactBlocks = fixed ? undefined : () => this.exclusive(() => compactBlocksVhdx(this.state));
+    this.compact = fixed ? undefined : (release, options) => this.compactFile(release, options);
   }
 
   get path(): string {
@@ -459,6 +475,95 @@ export class VhdxImage implements Image {
     });
   }
 
+  /**
+   * Discard (2.5.1): a whole payload block becomes PAYLOAD_BLOCK_UNMAPPED in
+   * a disk without a parent (it reads as zeros) and PAYLOAD_BLOCK_NOT_PRESENT
+   * in a differencing disk (it reads from the parent again); its file space
+   * is then referenced by nothing (compact gives it back, and new blocks
+   * reuse it). Part of a block: a differencing disk clears the sectors' bits
+   * in the sector bitmap (a FULLY_PRESENT block first becomes
+   * PARTIALLY_PRESENT with every other bit set); a disk without a parent
+   * leaves it alone, since discard is advisory and the block would have to
+   * be rewritten. Every BAT and bitmap change goes through the log, after
+   * which the in-memory copies change (commit()).
+   */
+  private async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable('trim');
+    checkRequest(this, 'trim', offset, length, this.logicalSectorSize);
+    if (length === 0) return;
+    await this.exclusive(async () => {
+      const bs = this.blockSize;
+      const updates: SectorUpdates = new Map();
+      const fresh = new Set<number>();
+      const newBitmaps = new Map<number, number>();
+      let begun = false;
+      const begin = async () => {
+        if (!begun) await this.beginWrite(true);
+        begun = true;
+      };
+      for (const { index: block, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
+        const n = pieceEnd - pos;
+        const i = this.bat.payloadIndex(block);
+        const state = this.bat.state(i);
+        const whole = pos === blockStart && n === Math.min(bs, this.size - blockStart);
+        if (whole) {
+          const target = this.hasParent ? PAYLOAD_NOT_PRESENT : PAYLOAD_UNMAPPED;
+          // Already showing what a discard would (the parent, or zeros) with no file space: leave it.
+          const holdsNothing = this.hasParent ? isUnallocated(state) : state !== PAYLOAD_FULLY_PRESENT;
+          if (holdsNothing && this.bat.offset(i) === 0) continue;
+          await begin();
+          await this.setBatEntry(updates, i, target, 0, fresh);
+        } else if (this.hasParent && (state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT)) {
+          await begin();
+          const host = this.bat.offset(i);
+          if (state === PAYLOAD_FULLY_PRESENT) {
+            // Every sector of the block is this layer's: say so bit by bit before clearing some.
+            await this.markSectors(updates, block, blockStart, Math.min(bs, this.size - blockStart), fresh, newBitmaps, i, host);
+          }
+          await this.clearSectors(updates, block, pos, n, fresh, newBitmaps, i);
+        }
+        if (updates.size >= COMMIT_BATCH) {
+          await this.commit(updates);
+          fresh.clear();
+          newBitmaps.clear();
+        }
+      }
+      if (updates.size) await this.commit(updates);
+    });
+  }
+
+  /**
+   * Clear the bitmap bits of sectors [pos, pos+n) of a block about to be (or
+   * already) PARTIALLY_PRESENT: it is marked so, and when no bit of it is
+   * left set, it becomes NOT_PRESENT (its file space then holds nothing).
+   */
+  private async clearSectors(updates: SectorUpdates, block: number, pos: number, n: number, fresh: Set<number>, newBitmaps: Map<number, number>, batIndex: number): Promise<void> {
+    const g = this.bat.geometry;
+    const chunk = Math.floor(block / g.chunkRatio);
+    const bi = this.bat.bitmapIndex(chunk);
+    // The chunk's bitmap: present already (a PARTIALLY_PRESENT block has one), or made by markSectors in this transaction.
+    const sb = newBitmaps.get(chunk) ?? this.bat.offset(bi);
+    const lss = this.logicalSectorSize;
+    const sectorsPerBlock = this.blockSize / lss;
+    const firstBit = (block % g.chunkRatio) * sectorsPerBlock;
+    const from = firstBit + (pos - block * this.blockSize) / lss;
+    const count = n / lss;
+    const byteFirst = sb + firstBit / 8;
+    const byteEnd = byteFirst + sectorsPerBlock / 8;
+    let anySet = false;
+    for (let s = alignDown(byteFirst, LOG_SECTOR); s < byteEnd; s += LOG_SECTOR) {
+      const img = await this.sectorImage(updates, s, fresh);
+      const sectorFirstBit = (s - sb) * 8;
+      const a = Math.max(from, sectorFirstBit);
+      const b = Math.min(from + count, sectorFirstBit + LOG_SECTOR * 8);
+      if (b > a) setBits(img, a - sectorFirstBit, b - a, false);
+      const lo = Math.max(byteFirst, s) - s;
+      const hi = Math.min(byteEnd, s + LOG_SECTOR) - s;
+      for (let k = lo; k < hi && !anySet; k++) if (img[k] !== 0) anySet = true;
+    }
+    await this.setBatEntry(updates, batIndex, anySet ? PAYLOAD_PARTIALLY_PRESENT : PAYLOAD_NOT_PRESENT, anySet ? this.bat.offset(batIndex) : 0, fresh);
+  }
+
   async flush(): Promise<void> {
     if (this.readOnly) return;
     await this.exclusive(() => this.store.flush());
@@ -512,6 +617,15 @@ export class VhdxImage implements Image {
     return this.exclusive(async () => {
       await this.beginWrite(true);
       await resizeVhdx(this.state, newSize, options);
+    });
+  }
+
+  private compactFile(release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }): Promise<CompactOutcome> {
+    if (!options.dryRun) this.checkWritable('compact');
+    return this.exclusive(async () => {
+      // Only FileWriteGuid: compaction keeps what the disk reads (compact.ts).
+      if (!options.dryRun) await this.beginWrite(false);
+      return compactVhdx(this.state, release, options);
     });
   }
 
