@@ -61,19 +61,11 @@ async function writeBatSectors(state: VhdState, blocks: Iterable<number>): Promi
   await state.store.flush();
 }
 
-export async function compactVhd(
-  state: VhdState,
-  release: readonly number[],
-  options: { dryRun: boolean; onProgress?: (done: number, total: number) => void },
-): Promise<CompactOutcome> {
-  const { store } = state;
+/** Metadata (fixed in place) and blocks (movable) of a dynamic or differencing VHD. */
+function layout(state: VhdState, skip: ReadonlySet<number> = new Set()): { fixed: FileRange[]; units: MovableUnit[]; span: number } {
   const h = state.header!;
-  const before = await store.size();
-  const span = bitmapBytes(h.blockSize) + h.blockSize;
   const bat = state.bat!;
-  const releasing = release.filter((b) => b < bat.length && bat[b] !== UNALLOCATED);
-  const gone = new Set(releasing);
-
+  const span = bitmapBytes(h.blockSize) + h.blockSize;
   const fixed: FileRange[] = [
     { offset: 0, length: FOOTER_SIZE },
     { offset: state.headerOffset, length: DYNAMIC_HEADER_SIZE },
@@ -82,7 +74,26 @@ export async function compactVhd(
   for (const l of state.locators) fixed.push({ offset: l.dataOffset, length: l.dataLength });
   if (state.batmap) fixed.push({ offset: state.batmap.headerOffset, length: SECTOR }, { offset: state.batmap.offset, length: state.batmap.size });
   const units: MovableUnit[] = [];
-  for (let i = 0; i < bat.length; i++) if (bat[i] !== UNALLOCATED && !gone.has(i)) units.push({ id: i, offset: bat[i] * SECTOR, length: span });
+  for (let i = 0; i < bat.length; i++) if (bat[i] !== UNALLOCATED && !skip.has(i)) units.push({ id: i, offset: bat[i] * SECTOR, length: span });
+  return { fixed, units, span };
+}
+
+/** Holes inside the file, before the end footer, that could each hold a block (free-ranges.ts): where new blocks go first. */
+export function vhdFreeSpace(state: VhdState): FreeRanges {
+  const { fixed, units, span } = layout(state);
+  return new FreeRanges(unusedRanges([...fixed, ...units], 0, state.footerOffset, span));
+}
+
+export async function compactVhd(
+  state: VhdState,
+  release: readonly number[],
+  options: { dryRun: boolean; onProgress?: (done: number, total: number) => void },
+): Promise<CompactOutcome> {
+  const { store } = state;
+  const before = await store.size();
+  const bat = state.bat!;
+  const releasing = release.filter((b) => b < bat.length && bat[b] !== UNALLOCATED);
+  const { fixed, units, span } = layout(state, new Set(releasing));
   const free = new FreeRanges(unusedRanges([...fixed, ...units], 0, state.footerOffset, span));
   const moves = planMoves(units, free, SECTOR);
   const target = new Map(moves.map((m) => [m.unit, m.to]));
@@ -126,5 +137,6 @@ export async function compactVhd(
     state.footerOffset = newFooter;
     state.endFooterDamaged = null;
   }
+  if (state.free) state.free = vhdFreeSpace(state);
   return { bytesBefore: before, bytesAfter: await store.size(), moved: moves.length };
 }

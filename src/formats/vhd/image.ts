@@ -459,6 +459,8 @@ export class VhdImage implements Image {
    * have landed, so a failed allocation leaves the block unallocated.
    */
   private allocate(block: number, at: number, first: Uint8Array | null, s0: number, s1: number): Promise<void> {
+    const reused = this.state.free?.take(this.bitmapSize + this.blockSize, SECTOR);
+    if (reused !== undefined) return this.allocateInHole(block, reused, at, first, s0, s1);
     const off = this.state.footerOffset;
     const sector = off / SECTOR;
     if (sector > MAX_BLOCK_SECTOR) {
@@ -509,6 +511,37 @@ export class VhdImage implements Image {
       this.allocating.delete(block);
       mine.landed = true; // (or failed: either way its writes are over)
     };
+    done.then(forget, forget);
+    return done;
+  }
+
+  /**
+   * A new block in a hole inside the file (state.free: a released block's
+   * place, free-ranges.ts) instead of at the end: no footer moves. The hole
+   * may hold the old block's bytes, so the whole block is written — its
+   * bitmap, zeros around the data, the data — before the BAT entry changes,
+   * in memory once they have landed and on disk after the next flush (steps
+   * 3-5), as for any allocation: until then nothing points at the hole.
+   */
+  private allocateInHole(block: number, off: number, at: number, first: Uint8Array | null, s0: number, s1: number): Promise<void> {
+    const bits = new Uint8Array(this.bitmapSize);
+    if (!this.differencing) setBits(bits, 0, this.blockSize / SECTOR);
+    else setBits(bits, s0, s1);
+    const data = off + this.bitmapSize;
+    const length = first?.length ?? 0;
+    const done = (async () => {
+      await settleAll([
+        this.store.write(off, bits),
+        writeZeroData(this.store, data, at),
+        ...(first ? [this.store.write(data + at, first)] : []),
+        writeZeroData(this.store, data + at + length, this.blockSize - at - length),
+      ]);
+      this.state.bat![block] = off / SECTOR;
+      this.dirtyBatSectors.add(Math.floor(block / ENTRIES_PER_SECTOR));
+      this.bitmaps.put(block, bits);
+    })();
+    this.allocating.set(block, done);
+    const forget = () => this.allocating.delete(block);
     done.then(forget, forget);
     return done;
   }

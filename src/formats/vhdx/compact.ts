@@ -105,6 +105,8 @@ function layout(s: VhdxState, bat: Bat): { fixed: FileRange[]; units: MovableUni
     const i = bat.payloadIndex(block);
     // A block always owns a whole block of file space (check.ts), the disk's last, partial one too.
     if (isPresent(bat.state(i))) units.push({ id: i, offset: bat.offset(i), length: g.blockSize });
+    // Any other entry still naming space (Hyper-V keeps the offset of an UNMAPPED block): left where it is, untouched.
+    else if (bat.offset(i) !== 0) fixed.push({ offset: bat.offset(i), length: g.blockSize });
   }
   if (g.hasParent) {
     for (let chunk = 0; chunk < g.bitmapBlocks; chunk++) {
@@ -124,6 +126,12 @@ function endOf(s: VhdxState, fixed: readonly FileRange[], placed: readonly Movab
   const lastLength = alignUp(g.virtualSize - (g.dataBlocks - 1) * g.blockSize, MiB);
   for (const u of placed) end = Math.max(end, u.offset + (u.id === lastBlockIndex ? lastLength : u.length));
   return alignUp(end, MiB);
+}
+
+/** The holes inside the file that nothing uses, for new blocks (free-ranges.ts; at least 1 MiB each, 1 MiB aligned). */
+export function vhdxFreeSpace(s: VhdxState): FreeRanges {
+  const { fixed, units } = layout(s, s.bat);
+  return new FreeRanges(unusedRanges([...fixed, ...units], HEADER_SECTION_SIZE, alignDown(s.fileSize, MiB), MiB));
 }
 
 export async function compactVhdx(
@@ -184,5 +192,6 @@ export async function compactVhdx(
   s.fileEnd = alignUp(Math.max(s.fileSize, newEnd), MiB);
   // Bitmap sectors are cached by file offset, and bitmap blocks may have moved.
   s.bitmaps.clear();
+  s.free = vhdxFreeSpace(s);
   return { bytesBefore: before, bytesAfter: s.fileSize, moved: moves.length };
 }

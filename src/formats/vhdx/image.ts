@@ -270,8 +270,19 @@ export class VhdxImage implements Image {
     if (change.dataWriteGuid) this.dataGuidChanged = true;
   }
 
-  /** Reserve file space for a new block or bitmap block (1 MiB aligned, at the end). */
-  private allocate(length: number): number {
+  /**
+   * Reserve file space for a new block or bitmap block (1 MiB aligned): a
+   * hole no BAT entry names (state.free, free-ranges.ts) first, else the end
+   * of the file. A hole may hold a released block's old bytes, and callers
+   * count on new space reading as zeros, so it is zeroed here, before any
+   * BAT entry can name it (the commit's flush makes the zeros durable first).
+   */
+  private async allocate(length: number): Promise<number> {
+    const reused = this.state.free?.take(length, MiB);
+    if (reused !== undefined) {
+      await writeZeroBytes((o, d) => this.store.write(o, d), reused, length);
+      return reused;
+    }
     const off = this.state.fileEnd;
     this.state.fileEnd = alignUp(off + length, MiB);
     return off;
@@ -368,7 +379,7 @@ export class VhdxImage implements Image {
         await this.store.write(this.bat.offset(i) + (pos - blockStart), slice);
         await this.markSectors(updates, block, pos, n, fresh, newBitmaps, i, this.bat.offset(i));
       } else {
-        const host = this.allocate(bs);
+        const host = await this.allocate(bs);
         await this.store.write(host + (pos - blockStart), slice);
         // New space reads as zeros, which is right for a ZERO block and for any block of a disk
         // without a parent; only a differencing disk's absent block must keep deferring to the parent.
@@ -409,7 +420,7 @@ export class VhdxImage implements Image {
     if (sb === undefined) {
       if (this.bat.state(bi) === SB_PRESENT) sb = this.bat.offset(bi);
       else {
-        sb = this.allocate(SECTOR_BITMAP_BLOCK_SIZE);
+        sb = await this.allocate(SECTOR_BITMAP_BLOCK_SIZE);
         fresh.add(sb);
         await this.setBatEntry(updates, bi, SB_PRESENT, sb, fresh);
       }
@@ -460,7 +471,7 @@ export class VhdxImage implements Image {
             // 2.5.1 allows PAYLOAD_BLOCK_ZERO here too, but libvhdi (20210425) reads a ZERO block of a
             // differencing disk from the parent. Fresh file space reads as zeros for every reader and
             // costs nothing on a sparse host file: point the block there instead.
-            await this.setBatEntry(updates, i, PAYLOAD_FULLY_PRESENT, this.allocate(bs), fresh);
+            await this.setBatEntry(updates, i, PAYLOAD_FULLY_PRESENT, await this.allocate(bs), fresh);
           } else {
             // 2.5.1 PAYLOAD_BLOCK_ZERO: the block reads as zeros without any file space.
             await this.setBatEntry(updates, i, PAYLOAD_ZERO, 0, fresh);
@@ -496,6 +507,12 @@ export class VhdxImage implements Image {
       const updates: SectorUpdates = new Map();
       const fresh = new Set<number>();
       const newBitmaps = new Map<number, number>();
+      /** File space of blocks released by this discard: free for new blocks once the log holds the release. */
+      const released: number[] = [];
+      const commitReleasing = async () => {
+        await this.commit(updates);
+        for (const off of released.splice(0)) this.state.free?.give(off, bs);
+      };
       let begun = false;
       const begin = async () => {
         if (!begun) await this.beginWrite(true);
@@ -512,6 +529,7 @@ export class VhdxImage implements Image {
           const holdsNothing = this.hasParent ? isUnallocated(state) : state !== PAYLOAD_FULLY_PRESENT;
           if (holdsNothing && this.bat.offset(i) === 0) continue;
           await begin();
+          if (state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT) released.push(this.bat.offset(i));
           await this.setBatEntry(updates, i, target, 0, fresh);
         } else if (this.hasParent && (state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT)) {
           await begin();
@@ -520,15 +538,15 @@ export class VhdxImage implements Image {
             // Every sector of the block is this layer's: say so bit by bit before clearing some.
             await this.markSectors(updates, block, blockStart, Math.min(bs, this.size - blockStart), fresh, newBitmaps, i, host);
           }
-          await this.clearSectors(updates, block, pos, n, fresh, newBitmaps, i);
+          if (!(await this.clearSectors(updates, block, pos, n, fresh, newBitmaps, i))) released.push(host);
         }
         if (updates.size >= COMMIT_BATCH) {
-          await this.commit(updates);
+          await commitReleasing();
           fresh.clear();
           newBitmaps.clear();
         }
       }
-      if (updates.size) await this.commit(updates);
+      if (updates.size) await commitReleasing();
     });
   }
 
@@ -537,7 +555,7 @@ export class VhdxImage implements Image {
    * already) PARTIALLY_PRESENT: it is marked so, and when no bit of it is
    * left set, it becomes NOT_PRESENT (its file space then holds nothing).
    */
-  private async clearSectors(updates: SectorUpdates, block: number, pos: number, n: number, fresh: Set<number>, newBitmaps: Map<number, number>, batIndex: number): Promise<void> {
+  private async clearSectors(updates: SectorUpdates, block: number, pos: number, n: number, fresh: Set<number>, newBitmaps: Map<number, number>, batIndex: number): Promise<boolean> {
     const g = this.bat.geometry;
     const chunk = Math.floor(block / g.chunkRatio);
     const bi = this.bat.bitmapIndex(chunk);
@@ -562,6 +580,7 @@ export class VhdxImage implements Image {
       for (let k = lo; k < hi && !anySet; k++) if (img[k] !== 0) anySet = true;
     }
     await this.setBatEntry(updates, batIndex, anySet ? PAYLOAD_PARTIALLY_PRESENT : PAYLOAD_NOT_PRESENT, anySet ? this.bat.offset(batIndex) : 0, fresh);
+    return anySet;
   }
 
   async flush(): Promise<void> {
