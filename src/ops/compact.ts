@@ -26,7 +26,7 @@ import { isZero } from './zero.js';
  */
 
 export type CompactMode = 'zero' | 'trim';
-export const COMPACT_MODES: readonly CompactMode[] = ['zero', 'trim'];
+const COMPACT_MODES: readonly CompactMode[] = ['zero', 'trim'];
 const DEFAULT_MODES: readonly CompactMode[] = ['zero', 'trim'];
 
 export interface CompactRequest {
