@@ -41,3 +41,4 @@ export { compactImage, type CompactRequest, type CompactResult, type CompactMode
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
 export { measureImage, type MeasureRequest, type MeasureResult } from './ops/measure.js';
+export { findFreeSpace as findGuestFreeSpace, type GuestFreeSpace, type DiskReader } from './guestfs/index.js';
