@@ -4,6 +4,7 @@ import type { StoreOpener } from '../io/store.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
+import { findFreeSpace } from '../guestfs/index.js';
 import { isZero } from './zero.js';
 
 /**
@@ -16,7 +17,13 @@ import { isZero } from './zero.js';
  *         blocks with none, and UNMAPPED/ZERO entries still naming space);
  *   zero  blocks whose data is all zeros — in a differencing layer only
  *         where the parent reads zeros there too, so the disk reads the same
- *         once the block reads from the parent again.
+ *         once the block reads from the parent again;
+ *   fs    blocks lying wholly in space the guest's file systems (ext2/3/4,
+ *         NTFS, found through MBR/GPT partitions: src/guestfs/) do not use.
+ *         Every sector a clean file system uses keeps its content; free
+ *         space may afterwards read as zeros (or, in a differencing layer,
+ *         as the parent's bytes). A file system that is not clean stops the
+ *         compaction before anything is written.
  *
  * This module decides which blocks go (it reads the disk); the layer
  * releases them, moves the blocks at the end of its file into the holes and
@@ -25,8 +32,8 @@ import { isZero } from './zero.js';
  * compacting a layer never writes its parents.
  */
 
-export type CompactMode = 'zero' | 'trim';
-const COMPACT_MODES: readonly CompactMode[] = ['zero', 'trim'];
+export type CompactMode = 'zero' | 'trim' | 'fs';
+const COMPACT_MODES: readonly CompactMode[] = ['zero', 'trim', 'fs'];
 const DEFAULT_MODES: readonly CompactMode[] = ['zero', 'trim'];
 
 export interface CompactRequest {
@@ -46,7 +53,7 @@ export interface CompactResult {
   format: string;
   modes: CompactMode[];
   dryRun: boolean;
-  /** Blocks released, per mode (a block counts once, under the first mode that released it, in trim, zero order). */
+  /** Blocks released, per mode (a block counts once, under the first mode that released it, in trim, fs, zero order). */
   released: Record<CompactMode, number>;
   blockSize: number;
   /** Blocks moved towards the start of the file. */
@@ -117,14 +124,25 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
       zeroMode = false;
       result.notes.push('zero mode skipped: this differencing layer was opened without its parent, and a zero block may stay only where the parent reads zeros');
     }
+    // fs: the free space of the guest's file systems, as the whole chain shows the disk (before anything is written).
+    let fsFree: { offset: number; length: number }[] = [];
+    if (modes.includes('fs')) {
+      const found = await findFreeSpace((offset, into) => chain.read(offset, into), chain.size);
+      fsFree = found.free;
+      for (const note of found.notes) result.notes.push(`fs: ${note}`);
+    }
     const release: number[] = [];
     const buf = new Uint8Array(Math.min(CHUNK, blockSize));
     let n = 0;
     for (const b of blocks) {
       req.onProgress?.(++n, blocks.length);
+      const start = b.index * blockSize;
       if (modes.includes('trim') && b.trimmed) {
         release.push(b.index);
         result.released.trim++;
+      } else if (fsFree.length && whollyFree(fsFree, start, Math.min(blockSize, top.size - start))) {
+        release.push(b.index);
+        result.released.fs++;
       } else if (zeroMode && !b.trimmed && (await blockReadsZero(chain, top, b.index, blockSize, differencing, buf))) {
         release.push(b.index);
         result.released.zero++;
@@ -142,6 +160,25 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
     await chain.close().catch(() => {});
     throw e;
   }
+}
+
+/** Whether [offset, offset+length) lies inside one of `free` (sorted, non-overlapping, adjacent ranges merged or not). */
+function whollyFree(free: readonly { offset: number; length: number }[], offset: number, length: number): boolean {
+  let lo = 0;
+  let hi = free.length - 1;
+  // The last range starting at or before offset.
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (free[mid].offset <= offset) lo = mid;
+    else hi = mid - 1;
+  }
+  let at = offset;
+  for (let k = lo; k < free.length && at < offset + length; k++) {
+    const r = free[k];
+    if (r.offset > at) return false;
+    at = Math.max(at, r.offset + r.length);
+  }
+  return at >= offset + length;
 }
 
 function seconds(started: bigint): number {

@@ -16,7 +16,7 @@ export function define(cmd: Command): void {
   withOpenOptions(
     cmd
       .option('-f, --format <fmt>', 'image format (default: probe)')
-      .option('--mode <modes>', 'what to release: zero (all-zero blocks), trim (blocks already discarded); repeatable or comma-separated (default: zero,trim)', collect)
+      .option('--mode <modes>', 'what to release: zero (all-zero blocks), trim (blocks already discarded), fs (blocks in space the guest\'s ext2/3/4 or NTFS file systems do not use: free space may then read as zeros); repeatable or comma-separated (default: zero,trim)', collect)
       .option('--dry-run', 'report what would be released and the size the file would reach; write nothing')
       .option('-p, --progress', 'show a progress bar')
       .addOption(outputOption())
