@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { readFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { convert } from '../src/ops/convert.js';
 import { createImage } from '../src/ops/create.js';
 import { openLayer } from '../src/chain/open.js';
@@ -98,3 +99,39 @@ test('compact --mode fs refuses an ext4 that needs recovery, writing nothing', a
   await assert.rejects(compactImage({ path: img, modes: ['fs', 'zero'] }), (e: unknown) => isBlockError(e) && /recover|journal/i.test(e.message));
   assert.ok(readFileSync(img).equals(bytes), 'nothing was written');
 });
+
+test('compact --mode fs (vhdx) on NTFS: clusters of a truncated file are released; ntfsls and ntfscat read every kept file', async (t) => {
+  if (!requireFsTools(t, 'mkntfs', 'ntfscp', 'ntfstruncate', 'ntfsls') || !requireTool(t, 'qemu-img')) return;
+  const d = tempDir();
+  t.after(d.cleanup);
+  const src = sourceTree(d.dir, { 'keep1.bin': 2_000_000, 'gone.bin': 12_000_000, 'keep2.bin': 1_500_000 }, 9);
+  const vol = join(d.dir, 'ntfs.raw');
+  fsTool('truncate', ['-s', '48M', vol]);
+  fsTool('mkntfs', ['-F', '-Q', '-q', '-c', '4096', vol]);
+  for (const f of ['keep1.bin', 'gone.bin', 'keep2.bin']) fsTool('ntfscp', ['-f', vol, join(src, f), `/${f}`]);
+  const inode = /^\s*(\d+)\s+gone\.bin$/m.exec(fsTool('ntfsls', ['-f', '-i', vol]))![1];
+  // The file's clusters go back to $Bitmap; their bytes stay (ntfstruncate does not zero them).
+  fsTool('ntfstruncate', ['-f', vol, inode, '0']);
+  const img = join(d.dir, 'disk.vhdx');
+  await convert({ source: vol, sourceOptions: { format: 'raw' }, target: img, targetFormat: 'vhdx', options: { block_size: '1M' } });
+  const before = statSync(img).size;
+  const r = await compactImage({ path: img, modes: ['fs'] });
+  assert.ok(r.notes.some((n) => /NTFS/i.test(n)), r.notes.join('\n'));
+  assert.ok(r.released.fs >= 8, JSON.stringify(r));
+  assert.ok(r.bytesAfter <= before - 8 * MiB);
+  const out = join(d.dir, 'after.raw');
+  qemuImg('convert', '-f', 'vhdx', '-O', 'raw', img, out);
+  const ls = fsTool('ntfsls', ['-f', out]);
+  for (const f of ['keep1.bin', 'keep2.bin']) {
+    assert.match(ls, new RegExp(`^${f.replace('.', '\\.')}$`, 'm'));
+    const got = spawnCat(out, f);
+    assert.ok(got.equals(readFileSync(join(src, f))), `ntfscat /${f} reads its original bytes`);
+  }
+});
+
+/** ntfscat's output as bytes (run() decodes text). */
+function spawnCat(volume: string, name: string): Buffer {
+  const r = spawnSync('ntfscat', ['-f', volume, `/${name}`], { maxBuffer: 64 << 20, env: { ...process.env, ...SBIN_PATH } });
+  assert.equal(r.status, 0, r.stderr?.toString());
+  return r.stdout;
+}
