@@ -120,6 +120,7 @@ function syncAll(): Promise<void> {
 
 async function runTool(t: Tool, scratch: string): Promise<{ seconds: number; rss?: number }> {
   for (const f of t.outputs ?? []) await rm(f, { force: true });
+  if (t.prepare) await measure(t.prepare, { scratch });
   await syncAll();
   try {
     const m = await measure(t.argv, { scratch });
