@@ -108,10 +108,11 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
       notes: [],
     };
     if (!top.compactBlocks || !top.compact) {
+      if (top.format !== 'vhd' && top.format !== 'vhdx' && top.format !== 'raw') {
+        throw new BlockError('unsupported', `compact works on dynamic and differencing VHD and VHDX images, not ${top.format}`, { path: req.path });
+      }
       result.nothingToCompact =
-        top.format === 'vhd' || top.format === 'vhdx'
-          ? `a fixed ${top.format} keeps every block allocated: nothing to compact`
-          : `${top.format} images have no blocks to release: nothing to compact`;
+        top.format === 'raw' ? 'a raw image has no blocks to release: nothing to compact' : `a fixed ${top.format} keeps every block allocated: nothing to compact`;
       result.seconds = seconds(started);
       await chain.close();
       return result;
