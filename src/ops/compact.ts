@@ -220,11 +220,15 @@ async function layerZero(top: Image, offset: number, length: number, host: numbe
   return true;
 }
 
+/** Bytes read first: a block of data almost always shows it in its first sectors, and then the rest is never read. */
+const PROBE = 4096;
+
 async function rangeZero(read: (offset: number, into: Uint8Array) => Promise<void>, offset: number, length: number, buf: Uint8Array): Promise<boolean> {
-  for (let at = offset; at < offset + length; at += buf.length) {
-    const part = buf.subarray(0, Math.min(buf.length, offset + length - at));
+  for (let at = offset, first = true; at < offset + length; first = false) {
+    const part = buf.subarray(0, Math.min(first ? PROBE : buf.length, offset + length - at));
     await read(at, part);
     if (!isZero(part)) return false;
+    at += part.length;
   }
   return true;
 }
