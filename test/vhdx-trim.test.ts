@@ -8,6 +8,8 @@ import { commitImage } from '../src/ops/commit.js';
 import { pyvhdiDigest, qemuImg, requireTool, sha256, tempDir, vdiskDigest } from './helpers/oracle.js';
 import { vdisk } from './helpers/cli.js';
 import { randomBytes, rng } from './helpers/random.js';
+import { startNbdServer } from '../src/nbd/server.js';
+import { NbdClient } from './helpers/nbd-client.js';
 
 const MiB = 1 << 20;
 
@@ -115,6 +117,28 @@ test('VHDX fixed disks have no discard; commit empties a VHDX top layer', async 
     assert.equal(r.emptied, true);
     assert.deepEqual(await layerKinds(top), ['unallocated', 'unallocated', 'unallocated', 'unallocated']);
     assert.equal((await vdiskDigest(top)).digest, before.digest);
+  } finally {
+    d.cleanup();
+  }
+});
+
+test('NBD TRIM on a VHDX export: offered, and whole blocks read zeros and hold no data afterwards', async () => {
+  const d = tempDir();
+  try {
+    const path = join(d.dir, 'n.vhdx');
+    await createImage({ path, format: 'vhdx', size: 8 * MiB, options: { block_size: '1M' } });
+    const server = await startNbdServer({ path, format: 'vhdx', port: 0, exportName: 'disk', persistent: true });
+    try {
+      const c = await NbdClient.connect({ port: server.port, socketPath: server.socketPath, exportName: 'disk' });
+      await c.write(0, new Uint8Array(4 * MiB).fill(5));
+      await c.trim(MiB, 2 * MiB);
+      assert.ok((await c.read(MiB, 2 * MiB)).every((x) => x === 0));
+      assert.ok((await c.read(0, MiB)).every((x) => x === 5));
+      await c.disconnect();
+    } finally {
+      await server.close();
+    }
+    assert.deepEqual((await layerKinds(path)).slice(0, 4), ['data', 'zero', 'zero', 'data']);
   } finally {
     d.cleanup();
   }

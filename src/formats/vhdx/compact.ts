@@ -84,8 +84,33 @@ function stageEntry(s: VhdxState, updates: SectorUpdates, index: number, state: 
 async function commitBat(s: VhdxState, updates: SectorUpdates): Promise<void> {
   if (updates.size === 0) return;
   const region = s.regions.bat;
-  await s.journal.commit(updates, (offset, data) => s.bat.bytes.set(data, offset - region.offset));
+  await s.journal.commit(updates, (offset, data) => {
+    if (offset >= region.offset && offset < region.offset + s.bat.bytes.length) s.bat.bytes.set(data, offset - region.offset);
+    else s.bitmaps.put(offset, data);
+  });
   updates.clear();
+}
+
+/**
+ * Clear a released differencing block's sector bits, when its chunk has a
+ * bitmap: libvhdi (20210425) reads a set bit from the child even in a
+ * NOT_PRESENT block.
+ */
+async function stageClearBits(s: VhdxState, updates: SectorUpdates, block: number): Promise<void> {
+  const g = s.bat.geometry;
+  const bi = s.bat.bitmapIndex(Math.floor(block / g.chunkRatio));
+  if (bi >= g.entryCount || s.bat.state(bi) !== SB_PRESENT) return;
+  const sectorsPerBlock = g.blockSize / g.logicalSectorSize;
+  const first = s.bat.offset(bi) + ((block % g.chunkRatio) * sectorsPerBlock) / 8;
+  const end = first + sectorsPerBlock / 8;
+  for (let sector = alignDown(first, LOG_SECTOR); sector < end; sector += LOG_SECTOR) {
+    let img = updates.get(sector);
+    if (!img) {
+      img = (await s.bitmaps.sector(sector)).slice();
+      updates.set(sector, img);
+    }
+    img.fill(0, Math.max(first, sector) - sector, Math.min(end, sector + LOG_SECTOR) - sector);
+  }
 }
 
 /** The entry a released block gets: holding nothing, reading as before where the caller said so. */
@@ -163,6 +188,8 @@ export async function compactVhdx(
   // 1. release
   const updates: SectorUpdates = new Map();
   for (const i of releasedEntries) {
+    const block = i - Math.floor(i / (s.bat.geometry.chunkRatio + 1));
+    if (s.params.hasParent && isPresent(s.bat.state(i))) await stageClearBits(s, updates, block);
     stageEntry(s, updates, i, after.state(i), 0);
     if (updates.size >= s.journal.capacity) await commitBat(s, updates);
   }

@@ -530,6 +530,11 @@ export class VhdxImage implements Image {
           if (holdsNothing && this.bat.offset(i) === 0) continue;
           await begin();
           if (state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT) released.push(this.bat.offset(i));
+          // Its sector bits go too: libvhdi (20210425) reads a set bit from the child even in a NOT_PRESENT block.
+          const chunk = Math.floor(block / this.bat.geometry.chunkRatio);
+          if (this.hasParent && (newBitmaps.has(chunk) || this.bat.state(this.bat.bitmapIndex(chunk)) === SB_PRESENT)) {
+            await this.clearSectors(updates, block, pos, n, fresh, newBitmaps, i);
+          }
           await this.setBatEntry(updates, i, target, 0, fresh);
         } else if (this.hasParent && (state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT)) {
           await begin();
