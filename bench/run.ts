@@ -139,6 +139,7 @@ async function dropCaches(): Promise<string | null> {
 async function runTool(t: Tool, scratch: string, cold = false): Promise<{ seconds: number; rss?: number }> {
   for (const f of t.outputs ?? []) await rm(f, { force: true, recursive: true });
   if (t.setup) await measure(t.setup, { scratch });
+  if (t.prepare) await measure(t.prepare, { scratch });
   await syncAll();
   if (cold) {
     const why = await dropCaches();

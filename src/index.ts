@@ -20,6 +20,7 @@ export type {
   Rebaseable,
   IdentityResettable,
   IdentityChange,
+  Compactable,
   WritePlacement,
   Format,
   BackingRef,
@@ -39,6 +40,7 @@ export { runIoCommand } from './ops/io.js';
 export { startNbdServer, DEFAULT_NBD_PORT, type NbdServer, type NbdServerOptions, type NbdServerStats } from './nbd/index.js';
 export { checkImage, checkExitCode, type CheckRequest, type CheckReport } from './ops/check.js';
 export { commitImage, type CommitRequest, type CommitResult } from './ops/commit.js';
+export { compactImage, type CompactRequest, type CompactResult, type CompactMode } from './ops/compact.js';
 export { rebaseImage, type RebaseRequest, type RebaseResult } from './ops/rebase.js';
 export { resizeImage, type ResizeRequest, type ResizeResult } from './ops/resize.js';
 export { amendImage, AMEND_OPTIONS, type AmendRequest, type AmendResult } from './ops/amend.js';

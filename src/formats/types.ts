@@ -213,6 +213,40 @@ export interface ResizeOptions {
   parent?: { size: number; mtime: Date };
 }
 
+/**
+ * Gives file space back (vdisk compact, ops/compact.ts): the layer says
+ * which of its blocks hold file space, ops decides which to release (zero
+ * data, data the guest's file system does not use), and the layer releases
+ * them and shrinks its file in place. Present on layers that allocate
+ * blocks (dynamic and differencing VHD and VHDX); a fixed layer has none.
+ */
+export interface Compactable {
+  compactBlocks(): Promise<CompactBlocks>;
+  /**
+   * Release `release` (block indexes from compactBlocks), move blocks from
+   * the end of the file into the holes, cut the file. With `dryRun`,
+   * nothing is written: the result says what would happen. Never changes
+   * what the disk reads where a released block's content was kept
+   * elsewhere (a parent's identical bytes, zeros) — the caller's decision.
+   */
+  compact(release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }): Promise<CompactOutcome>;
+}
+
+export interface CompactBlocks {
+  /** Bytes of the disk each block covers. */
+  blockSize: number;
+  /** Blocks holding file space, in disk order; `trimmed`: the layer's metadata says it holds nothing (VHD: no bitmap bit set). */
+  blocks: { index: number; trimmed: boolean }[];
+}
+
+export interface CompactOutcome {
+  /** File size before and after (after: what it would be, for a dry run). */
+  bytesBefore: number;
+  bytesAfter: number;
+  /** Blocks moved towards the start of the file. */
+  moved: number;
+}
+
 /** Changes its virtual size. */
 export interface Resizable {
   resize(newSize: number, options: ResizeOptions): Promise<void>;
@@ -250,7 +284,7 @@ export interface IdentityResettable {
 }
 
 /** One layer of a disk: readable and writable, and whatever of the optional contracts its format (and what open found) allows. */
-export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable>, Partial<IdentityResettable> {}
+export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable>, Partial<IdentityResettable>, Partial<Compactable> {}
 
 /** A parent as a child records it (create -b, rebase). */
 export interface BackingTarget {

@@ -70,7 +70,8 @@ export interface CommitResult {
  *      the same disk; one metadata update (VHDX: journaled), after which the
  *      top names only BASE's final identity;
  *   4. empty the top (trim): each discarded range exposes BASE, which holds
- *      the same bytes.
+ *      the same bytes; then cut the space the released blocks leave at the
+ *      end of the top's file (Compactable.compact with nothing to release).
  */
 export async function commitImage(req: CommitRequest): Promise<CommitResult> {
   const openStore = req.openStore ?? req.openOptions?.openStore ?? openLocation;
@@ -128,6 +129,8 @@ export async function commitImage(req: CommitRequest): Promise<CommitResult> {
       } else if (top.trim) {
         await top.trim(0, top.size);
         await top.flush();
+        // The released blocks' space at the end of the file is cut off (a compaction with nothing more to release).
+        if (top.compact) await top.compact([], { dryRun: false });
         result.emptied = true;
       } else {
         result.notes.push(`format ${top.format} cannot discard data: the top keeps its data (the base now holds the same bytes)`);

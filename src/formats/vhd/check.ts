@@ -99,29 +99,32 @@ export async function checkVhd(state: VhdState, options: { repair?: 'leaks' | 'a
   // Leaks: space that could hold a block but is used by nothing (smaller gaps are the alignment padding Windows
   // leaves between structures). Only a trailing one (a block written but never entered in the BAT, as a crash
   // leaves it) can be given back, by moving the footer down over it.
+  // Holes inside the file are free space, not leaks: compact's zero mode (or a crash) leaves them, a writable
+  // open puts new blocks there (free-ranges.ts), and compact gives them back. Only space at the end is lost.
   const blockSpan = bitmapBytes(h.blockSize) + h.blockSize;
   let end = 0;
-  let leaked = 0;
+  let free = 0;
   for (const [a, z] of ranges) {
-    if (a - end >= blockSpan) leaked += a - end;
+    if (a - end >= blockSpan) free += a - end;
     end = Math.max(end, z);
   }
+  if (free > 0) problems.push({ severity: 'info', message: `${free} bytes inside the file are free: new blocks reuse them, and vdisk compact gives them back` });
+  let leaked = 0;
   const usedEnd = alignUp(end, SECTOR);
   const gap = state.endFooterDamaged ? 0 : state.footerOffset - usedEnd;
   const trailing = gap >= blockSpan ? gap : 0;
   leaked += trailing;
   if (leaked > 0) {
-    const p: CheckProblem = { severity: 'leak', message: `${leaked} bytes of the file are used by nothing${trailing ? ` (${trailing} at the end)` : ''}` };
-    if (repair && trailing > 0) {
+    const p: CheckProblem = { severity: 'leak', message: `${leaked} bytes at the end of the file are used by nothing` };
+    if (repair) {
       await store.write(usedEnd, encodeFooter(f));
       await store.flush();
       await store.truncate(usedEnd + FOOTER_SIZE);
       await store.flush();
       state.footerOffset = usedEnd;
-      p.repaired = leaked === trailing;
-      if (!p.repaired) p.message += '; only the part at the end was given back';
+      p.repaired = true;
     }
     problems.push(p);
   }
-  return { problems, details: { 'disk-type': f.diskType, 'allocated-blocks': allocated, 'total-blocks': bat.length, 'leaked-bytes': leaked } };
+  return { problems, details: { 'disk-type': f.diskType, 'allocated-blocks': allocated, 'total-blocks': bat.length, 'leaked-bytes': leaked, 'free-bytes': free } };
 }

@@ -9,7 +9,8 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import type { BackingRef, BackingTarget, BlockFill, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions, WritePlacement } from '../types.js';
+import type { BackingRef, BackingTarget, BlockFill, CheckResult, CompactBlocks, CompactOutcome, FormatInfo, IdentityChange, Image, ResizeOptions, WritePlacement } from '../types.js';
+import { compactBlocksVhd, compactVhd } from './compact.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
 import { FOOTER_SIZE, VHD_EPOCH_UNIX, chsBytes, encodeFooter, hostOsName, isMaxGeometry, SECTOR } from './footer.js';
@@ -124,6 +125,9 @@ export class VhdImage implements Image {
   readonly setBacking: ((parent: BackingTarget | null) => Promise<void>) | undefined;
   /** Dynamic disks only (a differencing disk's partly written blocks need their own bitmaps): see fill(). */
   readonly fillBlocks: ((fill: (where: BlockFill) => Promise<number[]>) => Promise<void>) | undefined;
+  /** Dynamic and differencing disks (compact.ts): a fixed disk has no blocks to release. */
+  readonly compactBlocks: (() => Promise<CompactBlocks>) | undefined;
+  readonly compact: ((release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }) => Promise<CompactOutcome>) | undefined;
   backing: BackingRef | null;
   size: number;
 
@@ -168,6 +172,9 @@ export class VhdImage implements Image {
     this.resize = (newSize, options) => this.resizeDisk(newSize, options);
     this.setBacking = differencing ? (parent) => this.changeBacking(parent) : undefined;
     this.fillBlocks = f.diskType === 'dynamic' && !state.readOnly ? (fill) => this.fill(fill) : undefined;
+    const fixed = f.diskType === 'fixed';
+    this.compactBlocks = fixed ? undefined : () => this.maintain(() => compactBlocksVhd(this.state), false);
+    this.compact = fixed ? undefined : (release, options) => this.maintain(() => compactVhd(this.state, release, options), !options.dryRun);
   }
 
   get path(): string {
@@ -456,6 +463,8 @@ export class VhdImage implements Image {
    * have landed, so a failed allocation leaves the block unallocated.
    */
   private allocate(block: number, at: number, first: Uint8Array | null, s0: number, s1: number): Promise<void> {
+    const reused = this.state.free?.take(this.bitmapSize + this.blockSize, SECTOR);
+    if (reused !== undefined) return this.allocateInHole(block, reused, at, first, s0, s1);
     const off = this.state.footerOffset;
     const sector = off / SECTOR;
     if (sector > MAX_BLOCK_SECTOR) {
@@ -578,6 +587,37 @@ export class VhdImage implements Image {
         if (this.bitmaps.dirtyCount() > MAX_DIRTY_BITMAPS) await this.writeMetadata();
       }),
     );
+  }
+
+  /**
+   * A new block in a hole inside the file (state.free: a released block's
+   * place, free-ranges.ts) instead of at the end: no footer moves. The hole
+   * may hold the old block's bytes, so the whole block is written — its
+   * bitmap, zeros around the data, the data — before the BAT entry changes,
+   * in memory once they have landed and on disk after the next flush (steps
+   * 3-5), as for any allocation: until then nothing points at the hole.
+   */
+  private allocateInHole(block: number, off: number, at: number, first: Uint8Array | null, s0: number, s1: number): Promise<void> {
+    const bits = new Uint8Array(this.bitmapSize);
+    if (!this.differencing) setBits(bits, 0, this.blockSize / SECTOR);
+    else setBits(bits, s0, s1);
+    const data = off + this.bitmapSize;
+    const length = first?.length ?? 0;
+    const done = (async () => {
+      await settleAll([
+        this.store.write(off, bits),
+        writeZeroData(this.store, data, at),
+        ...(first ? [this.store.write(data + at, first)] : []),
+        writeZeroData(this.store, data + at + length, this.blockSize - at - length),
+      ]);
+      this.state.bat![block] = off / SECTOR;
+      this.dirtyBatSectors.add(Math.floor(block / ENTRIES_PER_SECTOR));
+      this.bitmaps.put(block, bits);
+    })();
+    this.allocating.set(block, done);
+    const forget = () => this.allocating.delete(block);
+    done.then(forget, forget);
+    return done;
   }
 
   /** Steps 3-5 of the write order. */

@@ -9,6 +9,7 @@ import { batmapChecksum, decodeBatmapHeader, isBatmapHeader } from './batmap.js'
 import { DYNAMIC_HEADER_SIZE, decodeDynamicHeader } from './dynamic-header.js';
 import { FOOTER_SIZE, type DecodedFooter, type VhdFooter, decodeFooter, encodeFooter, hasFooterCookie, SECTOR } from './footer.js';
 import { VhdImage } from './image.js';
+import { vhdFreeSpace } from './compact.js';
 import { readLocators } from './parent-locator.js';
 import { bitmapBytes } from './sector-bitmap.js';
 import type { VhdState } from './state.js';
@@ -94,7 +95,7 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
   ]);
   const base = await openFooter(meta, fileSize, ignore);
   const f = base.footer;
-  const state: VhdState = { store, readOnly: ctx.readOnly, ...base, header: null, headerOffset: 0, bat: null, locators: [], batmap: null, footerOffset: fileSize - FOOTER_SIZE };
+  const state: VhdState = { store, readOnly: ctx.readOnly, ...base, header: null, headerOffset: 0, bat: null, locators: [], batmap: null, footerOffset: fileSize - FOOTER_SIZE, free: null };
 
   if (f.diskType === 'fixed') {
     // Spec "Fixed Hard Disk Image": the disk's sectors, then the footer.
@@ -174,6 +175,8 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
   }
   // New blocks go where the end footer is; never over metadata, and (when the end footer is damaged) past whatever the file holds.
   state.footerOffset = state.endFooterDamaged ? alignUp(Math.max(metaEnd, fileSize, maxBlockEnd(bat, blockSpan)), SECTOR) : Math.max(fileSize - FOOTER_SIZE, alignUp(metaEnd, SECTOR));
+  // Holes left by released blocks, for new ones (a writable open only).
+  if (!ctx.readOnly) state.free = vhdFreeSpace(state);
   return new VhdImage(state);
 }
 

@@ -1,6 +1,7 @@
 import { uuidToString } from '../../core/guid.js';
 import type { Store } from '../../io/store.js';
 import type { BackingRef } from '../types.js';
+import type { FreeRanges } from '../free-ranges.js';
 import type { Batmap } from './batmap.js';
 import type { VhdDynamicHeader } from './dynamic-header.js';
 import type { VhdFooter } from './footer.js';
@@ -50,6 +51,8 @@ export interface VhdState {
   footerOffset: number;
   endFooterDamaged: string | null;
   copyFooterProblem: string | null;
+  /** Holes inside the file where new blocks go before the file grows (free-ranges.ts); null when read-only or fixed. */
+  free: FreeRanges | null;
   /** Checksums found wrong and tolerated through OpenOptions.ignoreChecksums. */
   readonly badChecksums: string[];
 }

@@ -17,10 +17,10 @@ import { HEADER_SECTION_SIZE, LOG_SECTOR, MiB, SECTOR_BITMAP_BLOCK_SIZE } from '
  * sectors, the unit the log updates): no object per entry, so a 64 TiB disk
  * with 32 MiB blocks costs 16 MiB and opens with one read.
  */
-const PAYLOAD_NOT_PRESENT = 0;
+export const PAYLOAD_NOT_PRESENT = 0;
 const PAYLOAD_UNDEFINED = 1;
 export const PAYLOAD_ZERO = 2;
-const PAYLOAD_UNMAPPED = 3;
+export const PAYLOAD_UNMAPPED = 3;
 export const PAYLOAD_FULLY_PRESENT = 6;
 export const PAYLOAD_PARTIALLY_PRESENT = 7;
 const SB_NOT_PRESENT = 0;

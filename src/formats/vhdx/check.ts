@@ -82,7 +82,15 @@ export async function checkVhdx(s: VhdxState, options: { repair?: 'leaks' | 'all
     s.fileEnd = alignUp(covered, MiB);
     repairedTail = true;
   }
-  for (const l of [...leaks, ...(tailLeak ? [tailLeak] : [])]) {
+  // Holes inside the file are free space, not leaks: a released block
+  // (discard, compact's zero mode, a crash before a BAT entry) leaves one,
+  // a writable open reuses it for new blocks (free-ranges.ts), and compact
+  // gives it back. Only space past the last structure is lost.
+  const free = leaks.reduce((n, l) => n + l.length, 0);
+  if (free > 0) {
+    problems.push({ severity: 'info', message: `${free} bytes in ${leaks.length} hole(s) inside the file are free: new blocks reuse them, and vdisk compact gives them back`, offset: leaks[0].offset });
+  }
+  for (const l of tailLeak ? [tailLeak] : []) {
     // Less than a block past the last structure is trailing padding (Disk2VHD
     // leaves 512 bytes there), worth a note but not a lost block.
     const small = l === tailLeak && fileSize - covered < g.blockSize;
@@ -101,6 +109,7 @@ export async function checkVhdx(s: VhdxState, options: { repair?: 'leaks' | 'all
       'allocated-blocks': allocated,
       'sector-bitmap-blocks': bitmaps,
       'image-end-offset': covered,
+      'free-bytes': free,
       'log-replayed': s.replay !== null,
     },
   };

@@ -8,12 +8,14 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { BackingRef, BackingTarget, BlockFill, CheckResult, FormatInfo, IdentityChange, Image, ResizeOptions } from '../types.js';
+import type { BackingRef, BackingTarget, BlockFill, CheckResult, CompactBlocks, CompactOutcome, FormatInfo, IdentityChange, Image, ResizeOptions } from '../types.js';
 import {
   Bat,
   BAT_ENTRY_SIZE,
   PAYLOAD_FULLY_PRESENT,
+  PAYLOAD_NOT_PRESENT,
   PAYLOAD_PARTIALLY_PRESENT,
+  PAYLOAD_UNMAPPED,
   PAYLOAD_ZERO,
   SB_PRESENT,
 } from './bat.js';
@@ -25,6 +27,7 @@ import type { VhdxState } from './state.js';
 import { checkVhdx } from './check.js';
 import { resizeVhdx, setBackingVhdx, VHDX_FLATTEN_REFUSAL } from './maintenance.js';
 import { resetIdentityVhdx } from './identity.js';
+import { compactBlocksVhdx, compactVhdx } from './compact.js';
 import { unitPieces } from '../../core/align.js';
 
 /** Payload block states that say "this layer holds nothing here". */
@@ -72,12 +75,25 @@ export class VhdxImage implements Image {
   private closed = false;
   /** Disks without a parent only (a differencing disk's partly written blocks need sector bitmaps): see fill(). */
   readonly fillBlocks: ((fill: (where: BlockFill) => Promise<number[]>) => Promise<void>) | undefined;
+  /**
+   * Discard (see discard()): dynamic and differencing disks. A fixed disk
+   * (LeaveBlocksAllocated, 2.6.2.1) keeps every block, so it has nothing to
+   * discard and no trim.
+   */
+  readonly trim: ((offset: number, length: number) => Promise<void>) | undefined;
+  /** Compaction (compact.ts): like trim, not for a fixed disk, whose blocks all stay. */
+  readonly compactBlocks: (() => Promise<CompactBlocks>) | undefined;
+  readonly compact: ((release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }) => Promise<CompactOutcome>) | undefined;
 
   constructor(readonly state: VhdxState) {
     this.store = state.store;
     this.bitmaps = state.bitmaps;
     this.readOnly = state.readOnly;
     this.fillBlocks = !state.params.hasParent && !state.readOnly ? (fill) => this.fill(fill) : undefined;
+    const fixed = state.params.leaveBlocksAllocated;
+    this.trim = fixed ? undefined : (offset, length) => this.discard(offset, length);
+    this.compactBlocks = fixed ? undefined : () => this.exclusive(() => compactBlocksVhdx(this.state));
+    this.compact = fixed ? undefined : (release, options) => this.compactFile(release, options);
   }
 
   get path(): string {
@@ -258,8 +274,24 @@ export class VhdxImage implements Image {
     if (change.dataWriteGuid) this.dataGuidChanged = true;
   }
 
-  /** Reserve file space for a new block or bitmap block (1 MiB aligned, at the end). */
-  private allocate(length: number): number {
+  /**
+   * Reserve file space for a new block or bitmap block (1 MiB aligned): a
+   * hole no BAT entry names (state.free, free-ranges.ts) first, else the end
+   * of the file. A hole may hold a released block's old bytes, and callers
+   * count on new space reading as zeros, so it is zeroed here, before any
+   * BAT entry can name it (the commit's flush makes the zeros durable first).
+   */
+  private async allocate(length: number): Promise<number> {
+    const reused = this.state.free?.take(length, MiB);
+    if (reused !== undefined) {
+      await writeZeroBytes((o, d) => this.store.write(o, d), reused, length);
+      return reused;
+    }
+    return this.allocateAtEnd(length);
+  }
+
+  /** Space at the end of the file, never a hole: fill()'s copier has already written its blocks there, one after the other. */
+  private allocateAtEnd(length: number): number {
     const off = this.state.fileEnd;
     this.state.fileEnd = alignUp(off + length, MiB);
     return off;
@@ -322,8 +354,9 @@ export class VhdxImage implements Image {
 
   /**
    * Writable.fillBlocks: a batch of allocations whose data a copier writes
-   * itself. Slot k is the space the k-th allocate(blockSize) would take
-   * (blocks are whole MiBs, so one after the other from fileEnd). Order
+   * itself. Slot k is the space the k-th allocateAtEnd(blockSize) takes
+   * (blocks are whole MiBs, so one after the other from fileEnd; holes
+   * freed by compaction are left to the JavaScript path's allocate()). Order
    * (2.3, as writeLocked): the data is written first; then all the batch's
    * BAT entries go into one commit — group commit: the journal flushes
    * once (the data becomes durable before any entry names it), logs the
@@ -363,7 +396,7 @@ export class VhdxImage implements Image {
       }
       const updates: SectorUpdates = new Map();
       const fresh = new Set<number>();
-      for (const b of blocks) await this.setBatEntry(updates, this.bat.payloadIndex(b), PAYLOAD_FULLY_PRESENT, this.allocate(bs), fresh);
+      for (const b of blocks) await this.setBatEntry(updates, this.bat.payloadIndex(b), PAYLOAD_FULLY_PRESENT, this.allocateAtEnd(bs), fresh);
       if (updates.size) await this.commit(updates);
     });
   }
@@ -404,7 +437,7 @@ export class VhdxImage implements Image {
         await this.store.write(this.bat.offset(i) + (pos - blockStart), slice);
         await this.markSectors(updates, block, pos, n, fresh, newBitmaps, i, this.bat.offset(i));
       } else {
-        const host = this.allocate(bs);
+        const host = await this.allocate(bs);
         await this.store.write(host + (pos - blockStart), slice);
         // New space reads as zeros, which is right for a ZERO block and for any block of a disk
         // without a parent; only a differencing disk's absent block must keep deferring to the parent.
@@ -445,7 +478,7 @@ export class VhdxImage implements Image {
     if (sb === undefined) {
       if (this.bat.state(bi) === SB_PRESENT) sb = this.bat.offset(bi);
       else {
-        sb = this.allocate(SECTOR_BITMAP_BLOCK_SIZE);
+        sb = await this.allocate(SECTOR_BITMAP_BLOCK_SIZE);
         fresh.add(sb);
         await this.setBatEntry(updates, bi, SB_PRESENT, sb, fresh);
       }
@@ -496,7 +529,7 @@ export class VhdxImage implements Image {
             // 2.5.1 allows PAYLOAD_BLOCK_ZERO here too, but libvhdi (20210425) reads a ZERO block of a
             // differencing disk from the parent. Fresh file space reads as zeros for every reader and
             // costs nothing on a sparse host file: point the block there instead.
-            await this.setBatEntry(updates, i, PAYLOAD_FULLY_PRESENT, this.allocate(bs), fresh);
+            await this.setBatEntry(updates, i, PAYLOAD_FULLY_PRESENT, await this.allocate(bs), fresh);
           } else {
             // 2.5.1 PAYLOAD_BLOCK_ZERO: the block reads as zeros without any file space.
             await this.setBatEntry(updates, i, PAYLOAD_ZERO, 0, fresh);
@@ -509,6 +542,108 @@ export class VhdxImage implements Image {
       }
       if (updates.size) await this.commit(updates);
     });
+  }
+
+  /**
+   * Discard (2.5.1): a whole payload block becomes PAYLOAD_BLOCK_UNMAPPED in
+   * a disk without a parent (it reads as zeros) and PAYLOAD_BLOCK_NOT_PRESENT
+   * in a differencing disk (it reads from the parent again); its file space
+   * is then referenced by nothing (compact gives it back, and new blocks
+   * reuse it). Part of a block: a differencing disk clears the sectors' bits
+   * in the sector bitmap (a FULLY_PRESENT block first becomes
+   * PARTIALLY_PRESENT with every other bit set); a disk without a parent
+   * leaves it alone, since discard is advisory and the block would have to
+   * be rewritten. Every BAT and bitmap change goes through the log, after
+   * which the in-memory copies change (commit()).
+   */
+  private async discard(offset: number, length: number): Promise<void> {
+    this.checkWritable('trim');
+    checkRequest(this, 'trim', offset, length, this.logicalSectorSize);
+    if (length === 0) return;
+    await this.exclusive(async () => {
+      const bs = this.blockSize;
+      const updates: SectorUpdates = new Map();
+      const fresh = new Set<number>();
+      const newBitmaps = new Map<number, number>();
+      /** File space of blocks released by this discard: free for new blocks once the log holds the release. */
+      const released: number[] = [];
+      const commitReleasing = async () => {
+        await this.commit(updates);
+        for (const off of released.splice(0)) this.state.free?.give(off, bs);
+      };
+      let begun = false;
+      const begin = async () => {
+        if (!begun) await this.beginWrite(true);
+        begun = true;
+      };
+      for (const { index: block, unitStart: blockStart, start: pos, end: pieceEnd } of unitPieces(offset, length, bs)) {
+        const n = pieceEnd - pos;
+        const i = this.bat.payloadIndex(block);
+        const state = this.bat.state(i);
+        const whole = pos === blockStart && n === Math.min(bs, this.size - blockStart);
+        if (whole) {
+          const target = this.hasParent ? PAYLOAD_NOT_PRESENT : PAYLOAD_UNMAPPED;
+          // Already showing what a discard would (the parent, or zeros) with no file space: leave it.
+          const holdsNothing = this.hasParent ? isUnallocated(state) : state !== PAYLOAD_FULLY_PRESENT;
+          if (holdsNothing && this.bat.offset(i) === 0) continue;
+          await begin();
+          if (state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT) released.push(this.bat.offset(i));
+          // Its sector bits go too: libvhdi (20210425) reads a set bit from the child even in a NOT_PRESENT block.
+          const chunk = Math.floor(block / this.bat.geometry.chunkRatio);
+          if (this.hasParent && (newBitmaps.has(chunk) || this.bat.state(this.bat.bitmapIndex(chunk)) === SB_PRESENT)) {
+            await this.clearSectors(updates, block, pos, n, fresh, newBitmaps, i);
+          }
+          await this.setBatEntry(updates, i, target, 0, fresh);
+        } else if (this.hasParent && (state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT)) {
+          await begin();
+          const host = this.bat.offset(i);
+          if (state === PAYLOAD_FULLY_PRESENT) {
+            // Every sector of the block is this layer's: say so bit by bit before clearing some.
+            await this.markSectors(updates, block, blockStart, Math.min(bs, this.size - blockStart), fresh, newBitmaps, i, host);
+          }
+          if (!(await this.clearSectors(updates, block, pos, n, fresh, newBitmaps, i))) released.push(host);
+        }
+        if (updates.size >= COMMIT_BATCH) {
+          await commitReleasing();
+          fresh.clear();
+          newBitmaps.clear();
+        }
+      }
+      if (updates.size) await commitReleasing();
+    });
+  }
+
+  /**
+   * Clear the bitmap bits of sectors [pos, pos+n) of a block about to be (or
+   * already) PARTIALLY_PRESENT: it is marked so, and when no bit of it is
+   * left set, it becomes NOT_PRESENT (its file space then holds nothing).
+   */
+  private async clearSectors(updates: SectorUpdates, block: number, pos: number, n: number, fresh: Set<number>, newBitmaps: Map<number, number>, batIndex: number): Promise<boolean> {
+    const g = this.bat.geometry;
+    const chunk = Math.floor(block / g.chunkRatio);
+    const bi = this.bat.bitmapIndex(chunk);
+    // The chunk's bitmap: present already (a PARTIALLY_PRESENT block has one), or made by markSectors in this transaction.
+    const sb = newBitmaps.get(chunk) ?? this.bat.offset(bi);
+    const lss = this.logicalSectorSize;
+    const sectorsPerBlock = this.blockSize / lss;
+    const firstBit = (block % g.chunkRatio) * sectorsPerBlock;
+    const from = firstBit + (pos - block * this.blockSize) / lss;
+    const count = n / lss;
+    const byteFirst = sb + firstBit / 8;
+    const byteEnd = byteFirst + sectorsPerBlock / 8;
+    let anySet = false;
+    for (let s = alignDown(byteFirst, LOG_SECTOR); s < byteEnd; s += LOG_SECTOR) {
+      const img = await this.sectorImage(updates, s, fresh);
+      const sectorFirstBit = (s - sb) * 8;
+      const a = Math.max(from, sectorFirstBit);
+      const b = Math.min(from + count, sectorFirstBit + LOG_SECTOR * 8);
+      if (b > a) setBits(img, a - sectorFirstBit, b - a, false);
+      const lo = Math.max(byteFirst, s) - s;
+      const hi = Math.min(byteEnd, s + LOG_SECTOR) - s;
+      for (let k = lo; k < hi && !anySet; k++) if (img[k] !== 0) anySet = true;
+    }
+    await this.setBatEntry(updates, batIndex, anySet ? PAYLOAD_PARTIALLY_PRESENT : PAYLOAD_NOT_PRESENT, anySet ? this.bat.offset(batIndex) : 0, fresh);
+    return anySet;
   }
 
   async flush(): Promise<void> {
@@ -589,6 +724,15 @@ export class VhdxImage implements Image {
 
   get flattenRefusal(): string | undefined {
     return this.state.params.hasParent ? VHDX_FLATTEN_REFUSAL : undefined;
+  }
+
+  private compactFile(release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }): Promise<CompactOutcome> {
+    if (!options.dryRun) this.checkWritable('compact');
+    return this.exclusive(async () => {
+      // Only FileWriteGuid: compaction keeps what the disk reads (compact.ts).
+      if (!options.dryRun) await this.beginWrite(false);
+      return compactVhdx(this.state, release, options);
+    });
   }
 
   setBacking(parent: BackingTarget | null): Promise<void> {

@@ -26,6 +26,7 @@ import { decodeRegionTables, REGION_TABLE_SIZE } from './region-table.js';
 import { SectorBitmapCache } from './sector-bitmap.js';
 import { fileExtent, type VhdxState } from './state.js';
 import { VhdxImage } from './image.js';
+import { vhdxFreeSpace } from './compact.js';
 
 /** The first 320 KiB: file identifier, both headers, both region tables. */
 const HEAD_LENGTH = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE;
@@ -148,9 +149,12 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
     creator: head.creator,
     fileEnd: alignUp(Math.max(fileSize, structuresEnd), MiB),
     fileSize,
+    free: null,
     replay,
     problems: [...choice.problems, ...regionProblems],
     bitmaps: new SectorBitmapCache(store),
   };
+  // Holes left by released blocks, for new ones (a writable open only: nothing else allocates).
+  if (!ctx.readOnly && !params.leaveBlocksAllocated) state.free = vhdxFreeSpace(state);
   return new VhdxImage(state);
 }

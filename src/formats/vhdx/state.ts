@@ -1,6 +1,7 @@
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { Store } from '../../io/store.js';
 import type { BackingRef } from '../types.js';
+import type { FreeRanges } from '../free-ranges.js';
 import type { Bat } from './bat.js';
 import type { HeaderWriter, Journal } from './journal.js';
 import { MiB } from './layout.js';
@@ -33,6 +34,11 @@ export interface VhdxState {
   creator: string;
   /** Where the next block goes: past every structure, 1 MiB aligned. */
   fileEnd: number;
+  /**
+   * Holes inside the file no structure uses (released blocks), where new
+   * blocks go before the file grows; null when opened read-only.
+   */
+  free: FreeRanges | null;
   /** Real file size (the allocation end may run ahead of it until data is written). */
   fileSize: number;
   replay: { entries: number; onto: 'file' | 'memory' } | null;

@@ -1,0 +1,142 @@
+import { alignUp } from '../../core/u64.js';
+import { readExact, readOrZero, writeParts } from '../../io/store.js';
+import { FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
+import type { CompactBlocks, CompactOutcome } from '../types.js';
+import { ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBatSector } from './bat.js';
+import { clearBatmap } from './batmap.js';
+import { DYNAMIC_HEADER_SIZE } from './dynamic-header.js';
+import { FOOTER_SIZE, encodeFooter, SECTOR } from './footer.js';
+import { bitmapBytes, findBit } from './sector-bitmap.js';
+import type { VhdState } from './state.js';
+
+/*
+ * Compaction of a dynamic or differencing VHD (vdisk compact). VHD has no
+ * log, so every step is one that a crash may stop anywhere, ordered as the
+ * write path orders an allocation (image.ts: data before the pointer to it):
+ *
+ *   1. release: the batmap, if any, is cleared first (a set bit for a block
+ *      that is no longer allocated would be a lie; a clear one never is);
+ *      then the released blocks' BAT entries become 0xFFFFFFFF, written and
+ *      flushed. From here nothing durable points at their space.
+ *   2. move: a block at the end of the file (its sector bitmap and data) is
+ *      copied into a hole below it and flushed; only then its BAT entry is
+ *      switched (written, flushed). A crash in between leaves the old entry
+ *      naming the old copy, untouched. Holes a move frees lie above every
+ *      block still to move (free-ranges.ts planMoves), so none is reused
+ *      while a durable entry names it.
+ *   3. the footer is written at the new end and flushed, then the file is
+ *      cut after it: a crash before the cut leaves the old end footer in
+ *      place, still the last sector and still valid (its contents never
+ *      change: a VHD footer records no file size).
+ *
+ * The footer's unique id (what a child names as its parent) does not change.
+ */
+
+const MOVE_BATCH = 64;
+
+export async function compactBlocksVhd(state: VhdState): Promise<CompactBlocks> {
+  const h = state.header!;
+  const bat = state.bat!;
+  const differencing = state.footer.diskType === 'differencing';
+  const sectorsPerBlock = h.blockSize / SECTOR;
+  const blocks: CompactBlocks['blocks'] = [];
+  for (let i = 0; i < bat.length; i++) {
+    if (bat[i] === UNALLOCATED) continue;
+    let trimmed = false;
+    if (differencing) {
+      // No bit set: every sector of the block reads from the parent (a discard cleared them all).
+      const bits = await readExact(state.store, bat[i] * SECTOR, new Uint8Array(bitmapBytes(h.blockSize)), `sector bitmap of block ${i}`);
+      trimmed = findBit(bits, 0, sectorsPerBlock, true) === sectorsPerBlock;
+    }
+    blocks.push({ index: i, trimmed });
+  }
+  return { blockSize: h.blockSize, blocks };
+}
+
+/** Write the BAT sectors holding `blocks`' entries, from the in-memory table, and flush. */
+async function writeBatSectors(state: VhdState, blocks: Iterable<number>): Promise<void> {
+  const h = state.header!;
+  const sectors = [...new Set([...blocks].map((b) => Math.floor(b / ENTRIES_PER_SECTOR)))].sort((a, b) => a - b);
+  for (const sec of sectors) await state.store.write(h.tableOffset + sec * SECTOR, encodeBatSector(state.bat!, sec, h.maxTableEntries));
+  await state.store.flush();
+}
+
+/** Metadata (fixed in place) and blocks (movable) of a dynamic or differencing VHD. */
+function layout(state: VhdState, skip: ReadonlySet<number> = new Set()): { fixed: FileRange[]; units: MovableUnit[]; span: number } {
+  const h = state.header!;
+  const bat = state.bat!;
+  const span = bitmapBytes(h.blockSize) + h.blockSize;
+  const fixed: FileRange[] = [
+    { offset: 0, length: FOOTER_SIZE },
+    { offset: state.headerOffset, length: DYNAMIC_HEADER_SIZE },
+    { offset: h.tableOffset, length: batBytes(h.maxTableEntries) },
+  ];
+  for (const l of state.locators) fixed.push({ offset: l.dataOffset, length: l.dataLength });
+  if (state.batmap) fixed.push({ offset: state.batmap.headerOffset, length: SECTOR }, { offset: state.batmap.offset, length: state.batmap.size });
+  const units: MovableUnit[] = [];
+  for (let i = 0; i < bat.length; i++) if (bat[i] !== UNALLOCATED && !skip.has(i)) units.push({ id: i, offset: bat[i] * SECTOR, length: span });
+  return { fixed, units, span };
+}
+
+/** Holes inside the file, before the end footer, that could each hold a block (free-ranges.ts): where new blocks go first. */
+export function vhdFreeSpace(state: VhdState): FreeRanges {
+  const { fixed, units, span } = layout(state);
+  return new FreeRanges(unusedRanges([...fixed, ...units], 0, state.footerOffset, span));
+}
+
+export async function compactVhd(
+  state: VhdState,
+  release: readonly number[],
+  options: { dryRun: boolean; onProgress?: (done: number, total: number) => void },
+): Promise<CompactOutcome> {
+  const { store } = state;
+  const before = await store.size();
+  const bat = state.bat!;
+  const releasing = release.filter((b) => b < bat.length && bat[b] !== UNALLOCATED);
+  const { fixed, units, span } = layout(state, new Set(releasing));
+  const free = new FreeRanges(unusedRanges([...fixed, ...units], 0, state.footerOffset, span));
+  const moves = planMoves(units, free, SECTOR);
+  const target = new Map(moves.map((m) => [m.unit, m.to]));
+  let end = 0;
+  for (const r of fixed) end = Math.max(end, r.offset + r.length);
+  for (const u of units) end = Math.max(end, (target.get(u) ?? u.offset) + u.length);
+  const newFooter = Math.min(state.footerOffset, alignUp(end, SECTOR));
+  if (options.dryRun) return { bytesBefore: before, bytesAfter: Math.min(before, newFooter + FOOTER_SIZE), moved: moves.length };
+
+  // 1. release
+  if (releasing.length) {
+    if (state.batmap) await clearBatmap(store, state.batmap);
+    for (const b of releasing) bat[b] = UNALLOCATED;
+    await writeBatSectors(state, releasing);
+  }
+  // 2. move
+  const buf = new Uint8Array(Math.min(span, 4 << 20));
+  let done = 0;
+  for (let k = 0; k < moves.length; k += MOVE_BATCH) {
+    const batch = moves.slice(k, k + MOVE_BATCH);
+    for (const { unit, to } of batch) {
+      for (let at = 0; at < span; at += buf.length) {
+        const part = buf.subarray(0, Math.min(buf.length, span - at));
+        await readOrZero(store, unit.offset + at, part);
+        await writeParts(store, to + at, [part]);
+      }
+    }
+    await store.flush();
+    for (const { unit, to } of batch) {
+      bat[unit.id] = to / SECTOR;
+      options.onProgress?.(++done, moves.length);
+    }
+    await writeBatSectors(state, batch.map((m) => m.unit.id));
+  }
+  // 3. footer at the new end, then the cut.
+  if (newFooter < state.footerOffset || state.endFooterDamaged) {
+    await store.write(newFooter, encodeFooter(state.footer));
+    await store.flush();
+    await store.truncate(newFooter + FOOTER_SIZE);
+    await store.flush();
+    state.footerOffset = newFooter;
+    state.endFooterDamaged = null;
+  }
+  if (state.free) state.free = vhdFreeSpace(state);
+  return { bytesBefore: before, bytesAfter: await store.size(), moved: moves.length };
+}

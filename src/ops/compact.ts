@@ -1,0 +1,234 @@
+import { BlockError } from '../core/errors.js';
+import { openFileStore } from '../io/file-store.js';
+import type { StoreOpener } from '../io/store.js';
+import { openChain, type ChainOpenOptions } from '../chain/open.js';
+import type { Chain } from '../chain/chain.js';
+import type { Image } from '../formats/types.js';
+import { findFreeSpace } from '../guestfs/index.js';
+import { isZero } from './zero.js';
+
+/**
+ * vdisk compact: give back the file space of blocks a dynamic or
+ * differencing VHD or VHDX no longer needs, in place (Hyper-V's
+ * Optimize-VHD, on any OS). Modes, named after Optimize-VHD's:
+ *
+ *   trim  blocks whose metadata already says they hold nothing (VHD
+ *         differencing blocks with no sector bit set; VHDX PARTIALLY_PRESENT
+ *         blocks with none, and UNMAPPED/ZERO entries still naming space);
+ *   zero  blocks whose data is all zeros — in a differencing layer only
+ *         where the parent reads zeros there too, so the disk reads the same
+ *         once the block reads from the parent again;
+ *   fs    blocks lying wholly in space the guest's file systems (ext2/3/4,
+ *         NTFS, found through MBR/GPT partitions: src/guestfs/) do not use.
+ *         Every sector a clean file system uses keeps its content; free
+ *         space may afterwards read as zeros (or, in a differencing layer,
+ *         as the parent's bytes). A file system that is not clean stops the
+ *         compaction before anything is written.
+ *
+ * This module decides which blocks go (it reads the disk); the layer
+ * releases them, moves the blocks at the end of its file into the holes and
+ * cuts the file (Compactable in formats/types.ts; the crash-safe order is
+ * the format's, in its compact.ts). The backing chain is opened read-only:
+ * compacting a layer never writes its parents.
+ */
+
+export type CompactMode = 'zero' | 'trim' | 'fs';
+const COMPACT_MODES: readonly CompactMode[] = ['zero', 'trim', 'fs'];
+const DEFAULT_MODES: readonly CompactMode[] = ['zero', 'trim'];
+
+export interface CompactRequest {
+  path: string;
+  /** Default: zero and trim. */
+  modes?: readonly CompactMode[];
+  /** Report what would be released and the size the file would reach; write nothing. */
+  dryRun?: boolean;
+  openOptions?: ChainOpenOptions;
+  openStore?: StoreOpener;
+  /** Progress over the disk's blocks, then over the blocks moved. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface CompactResult {
+  path: string;
+  format: string;
+  modes: CompactMode[];
+  dryRun: boolean;
+  /** Blocks released, per mode (a block counts once, under the first mode that released it, in trim, fs, zero order). */
+  released: Record<CompactMode, number>;
+  blockSize: number;
+  /** Blocks moved towards the start of the file. */
+  moved: number;
+  bytesBefore: number;
+  bytesAfter: number;
+  seconds: number;
+  /** Set when the image has nothing compact can give back (fixed, raw), with why. */
+  nothingToCompact?: string;
+  notes: string[];
+}
+
+/** `--mode` values: repeatable, each a comma list; unknown names are a clear error. */
+export function parseModes(values: readonly string[] | undefined): CompactMode[] {
+  if (!values || values.length === 0) return [...DEFAULT_MODES];
+  const out: CompactMode[] = [];
+  for (const v of values.flatMap((x) => x.split(','))) {
+    const m = v.trim();
+    if (!(COMPACT_MODES as readonly string[]).includes(m)) {
+      throw new BlockError('invalid-argument', `unknown compact mode '${m}' (modes: ${COMPACT_MODES.join(', ')})`);
+    }
+    if (!out.includes(m as CompactMode)) out.push(m as CompactMode);
+  }
+  return out;
+}
+
+const CHUNK = 4 << 20;
+
+export async function compactImage(req: CompactRequest): Promise<CompactResult> {
+  const started = process.hrtime.bigint();
+  const modes = req.modes ? parseModes(req.modes) : [...DEFAULT_MODES];
+  const dryRun = req.dryRun ?? false;
+  if (req.openOptions?.readOnly && !dryRun) {
+    throw new BlockError('read-only', 'cannot compact an image opened read-only (use --dry-run to see what compact would do)', { path: req.path });
+  }
+  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const chain = await openChain(req.path, { ...req.openOptions, openStore, readOnly: dryRun, layerOnly: false });
+  try {
+    const top = chain.top;
+    const before = await sizeOf(top, openStore);
+    const result: CompactResult = {
+      path: req.path,
+      format: top.format,
+      modes,
+      dryRun,
+      released: Object.fromEntries(modes.map((m) => [m, 0])) as Record<CompactMode, number>,
+      blockSize: 0,
+      moved: 0,
+      bytesBefore: before,
+      bytesAfter: before,
+      seconds: 0,
+      notes: [],
+    };
+    if (!top.compactBlocks || !top.compact) {
+      if (top.format !== 'vhd' && top.format !== 'vhdx' && top.format !== 'raw') {
+        throw new BlockError('unsupported', `compact works on dynamic and differencing VHD and VHDX images, not ${top.format}`, { path: req.path });
+      }
+      result.nothingToCompact =
+        top.format === 'raw' ? 'a raw image has no blocks to release: nothing to compact' : `a fixed ${top.format} keeps every block allocated: nothing to compact`;
+      result.seconds = seconds(started);
+      await chain.close();
+      return result;
+    }
+    const { blockSize, blocks } = await top.compactBlocks();
+    result.blockSize = blockSize;
+    const differencing = top.backing !== null;
+    let zeroMode = modes.includes('zero');
+    if (zeroMode && differencing && chain.layers.length < 2) {
+      zeroMode = false;
+      result.notes.push('zero mode skipped: this differencing layer was opened without its parent, and a zero block may stay only where the parent reads zeros');
+    }
+    // fs: the free space of the guest's file systems, as the whole chain shows the disk (before anything is written).
+    let fsFree: { offset: number; length: number }[] = [];
+    if (modes.includes('fs')) {
+      const found = await findFreeSpace((offset, into) => chain.read(offset, into), chain.size);
+      fsFree = found.free;
+      for (const note of found.notes) result.notes.push(`fs: ${note}`);
+    }
+    const release: number[] = [];
+    const buf = new Uint8Array(Math.min(CHUNK, blockSize));
+    let n = 0;
+    for (const b of blocks) {
+      req.onProgress?.(++n, blocks.length);
+      const start = b.index * blockSize;
+      if (modes.includes('trim') && b.trimmed) {
+        release.push(b.index);
+        result.released.trim++;
+      } else if (fsFree.length && whollyFree(fsFree, start, Math.min(blockSize, top.size - start))) {
+        release.push(b.index);
+        result.released.fs++;
+      } else if (zeroMode && !b.trimmed && (await blockReadsZero(chain, top, b.index, blockSize, differencing, buf))) {
+        release.push(b.index);
+        result.released.zero++;
+      }
+    }
+    const outcome = await top.compact(release, { dryRun, onProgress: req.onProgress });
+    if (!dryRun) await top.flush();
+    result.moved = outcome.moved;
+    result.bytesBefore = outcome.bytesBefore;
+    result.bytesAfter = outcome.bytesAfter;
+    result.seconds = seconds(started);
+    await chain.close();
+    return result;
+  } catch (e) {
+    await chain.close().catch(() => {});
+    throw e;
+  }
+}
+
+/** Whether [offset, offset+length) lies inside one of `free` (sorted, non-overlapping, adjacent ranges merged or not). */
+function whollyFree(free: readonly { offset: number; length: number }[], offset: number, length: number): boolean {
+  let lo = 0;
+  let hi = free.length - 1;
+  // The last range starting at or before offset.
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (free[mid].offset <= offset) lo = mid;
+    else hi = mid - 1;
+  }
+  let at = offset;
+  for (let k = lo; k < free.length && at < offset + length; k++) {
+    const r = free[k];
+    if (r.offset > at) return false;
+    at = Math.max(at, r.offset + r.length);
+  }
+  return at >= offset + length;
+}
+
+function seconds(started: bigint): number {
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+async function sizeOf(top: Image, openStore: StoreOpener): Promise<number> {
+  if (top.hostStore) return top.hostStore.size();
+  const s = await openStore(top.path, { readOnly: true, forceShare: true });
+  try {
+    return await s.size();
+  } finally {
+    await s.close();
+  }
+}
+
+/**
+ * Whether releasing block `index` keeps the disk's content: every part the
+ * layer answers for (data, or zeros it records) reads zeros in the layer,
+ * and, in a differencing layer, zeros in the parent too (the block then
+ * reads from the parent). Host holes (SEEK_HOLE) are zeros without reading.
+ */
+async function blockReadsZero(chain: Chain, top: Image, index: number, blockSize: number, differencing: boolean, buf: Uint8Array): Promise<boolean> {
+  const start = index * blockSize;
+  const length = Math.min(blockSize, top.size - start);
+  for (const e of await top.blockStatus(start, length)) {
+    if (e.kind === 'unallocated') continue;
+    if (e.kind === 'data' && !(await layerZero(top, e.offset, e.length, e.hostOffset, buf))) return false;
+    if (differencing && !(await rangeZero((o, into) => chain.readFrom(1, o, into), e.offset, e.length, buf))) return false;
+  }
+  return true;
+}
+
+async function layerZero(top: Image, offset: number, length: number, host: number | undefined, buf: Uint8Array): Promise<boolean> {
+  if (host === undefined || !top.readHost) return rangeZero((o, into) => top.read(o, into), offset, length, buf);
+  const ranges = (await top.hostAllocation?.(host, length)) ?? [{ offset: host, length, data: true }];
+  for (const r of ranges) if (r.data && !(await rangeZero((o, into) => top.readHost!(o, into), r.offset, r.length, buf))) return false;
+  return true;
+}
+
+/** Bytes read first: a block of data almost always shows it in its first sectors, and then the rest is never read. */
+const PROBE = 4096;
+
+async function rangeZero(read: (offset: number, into: Uint8Array) => Promise<void>, offset: number, length: number, buf: Uint8Array): Promise<boolean> {
+  for (let at = offset, first = true; at < offset + length; first = false) {
+    const part = buf.subarray(0, Math.min(first ? PROBE : buf.length, offset + length - at));
+    await read(at, part);
+    if (!isZero(part)) return false;
+    at += part.length;
+  }
+  return true;
+}
