@@ -1,9 +1,23 @@
-import type { Writable } from 'node:stream';
 import { BlockError } from '../core/errors.js';
 import type { ByteSink } from './sink.js';
 import type { Store, StoreOpener } from './store.js';
 import { StreamStore } from './stream-store.js';
 
+
+/**
+ * What streamSink uses of a node:stream Writable (process.stdout, a socket,
+ * a file stream), spelled out so that the library's declarations need no
+ * @types/node (test/package.test.ts).
+ */
+export interface WritableByteStream {
+  readonly destroyed: boolean;
+  readonly writableEnded: boolean;
+  write(data: Uint8Array, callback: (err?: Error | null) => void): boolean;
+  end(callback: (err?: Error | null) => void): unknown;
+  destroy(): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  off(event: 'error', listener: (err: Error) => void): unknown;
+}
 /**
  * The location `-`: stdout when written, stdin when read (issue 18). A host
  * table plugs it in through `isStdio` and the two openers below; nothing
@@ -23,7 +37,7 @@ export function isStdio(location: string): boolean {
  * any other stream error) every later write fails with one clear error;
  * the process is never left waiting for a 'drain' that cannot come.
  */
-export function streamSink(stream: Writable, location = STDIO): ByteSink {
+export function streamSink(stream: WritableByteStream, location = STDIO): ByteSink {
   let failed: BlockError | undefined;
   let written = 0;
   const failure = (e: unknown): BlockError => {

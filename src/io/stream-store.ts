@@ -1,8 +1,23 @@
-import type { Readable } from 'node:stream';
 import { BlockError } from '../core/errors.js';
 import { readOnlyError } from '../core/request.js';
 import type { Store } from './store.js';
 
+
+/**
+ * What StreamStore uses of a node:stream Readable (process.stdin), spelled
+ * out so that the library's declarations need no @types/node.
+ */
+export interface ReadableByteStream {
+  on(event: 'data', listener: (chunk: Uint8Array) => void): unknown;
+  on(event: 'end', listener: () => void): unknown;
+  on(event: 'error', listener: (err: Error) => void): unknown;
+  off(event: 'data', listener: (chunk: Uint8Array) => void): unknown;
+  off(event: 'end', listener: () => void): unknown;
+  off(event: 'error', listener: (err: Error) => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+  destroy(): unknown;
+}
 /** Bytes kept behind the furthest point read: what readers running a little out of order (convert's lanes) need. */
 const DEFAULT_CAPACITY = 64 << 20;
 /**
@@ -46,7 +61,7 @@ export class StreamStore implements Store {
   private waiters: Waiter[] = [];
   private closed = false;
   private drainer: { resolve(): void; reject(e: unknown): void } | undefined;
-  private readonly onData = (c: Buffer) => this.received(new Uint8Array(c.buffer, c.byteOffset, c.length));
+  private readonly onData = (c: Uint8Array) => this.received(new Uint8Array(c.buffer, c.byteOffset, c.length));
   private readonly onEnd = () => {
     this.ended = true;
     this.serve();
@@ -56,7 +71,7 @@ export class StreamStore implements Store {
   };
 
   constructor(
-    private readonly stream: Readable,
+    private readonly stream: ReadableByteStream,
     readonly path: string,
     private readonly options: { length?: number; capacity?: number; name?: string } = {},
   ) {
