@@ -84,7 +84,8 @@ test('every format converts from HTTP to a local raw that qemu-img finds identic
       assert.equal(r.status, 0, `${name}: ${r.stderr}`);
       qemuImg('compare', '-f', 'raw', '-F', 'raw', join(dir, 'src.raw'), target);
       // check and measure accept the URL as well.
-      assert.equal(vdisk('check', `${s.url}/every/${name}`).status, 0, name);
+      // raw has no structure to check: 63, as qemu-img check says for it.
+      assert.equal(vdisk('check', `${s.url}/every/${name}`).status, format === 'raw' ? 63 : 0, name);
       const m = vdisk('measure', '-O', 'vhdx', `${s.url}/every/${name}`);
       assert.equal(m.status, 0, `${format}: ${m.stderr}`);
     }

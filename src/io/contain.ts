@@ -30,7 +30,8 @@ import { hostFor, isLocal } from './hosts.js';
 export async function checkContained(path: string, recorder: string, what: string, recorded: string, allowPaths: readonly string[] = []): Promise<string> {
   const host = hostFor(recorder);
   // A name recorded in an image on one host never leads to another (a remote image naming a local file).
-  const other = hostFor(path) !== host;
+  // A stream (`-`) names its parent as a local file would, from the working folder (io/hosts.ts, stdioHost).
+  const other = recorder === '-' ? !isLocal(path) : hostFor(path) !== host;
   const { inside, real: target } = other ? { inside: false, real: path } : await host.contained(path, recorder, allowPaths);
   if (target === null) return path;
   if (!inside) {

@@ -8,6 +8,24 @@ import { s3Host } from './s3-host.js';
 import type { OpenStoreOptions, Store } from './store.js';
 
 /**
+ * `-`: stdin or stdout. convert alone reads or writes it, through its own
+ * stream opener and sink (io/stdio.ts); opening it anywhere else is refused.
+ * A stream has no folder of its own, so names recorded in or about it (the
+ * parent of a differencing image streamed to stdout) are taken from the
+ * working folder, as for a local file.
+ */
+const stdioHost: Host = {
+  name: 'stdin/stdout',
+  open: async () => {
+    throw new BlockError('unsupported', "'-' (stdin/stdout) is read and written by convert only (vdisk convert ... - OUT, vdisk convert ... SRC -)", { path: '-' });
+  },
+  paths: localHost.paths,
+  identity: async (location) => location,
+  stat: async () => undefined,
+  contained: (target, recorder, allowed) => localHost.contained(target, recorder, allowed),
+};
+
+/**
  * Which host a location lives on, by its scheme: one line per host. Adding
  * a host is one file under io/ (its Host) plus one line here. A location
  * that matches no line is a local path; one that looks like a URL of a
@@ -18,25 +36,11 @@ const HOSTS: readonly { scheme: { test(location: string): boolean }; host: Host 
   { scheme: { test: isAzureLocation }, host: azureHost },
   { scheme: /^s3:/i, host: s3Host },
   { scheme: /^https?:/i, host: httpHost },
-  { scheme: /^-$/, host: reserved('-', 'stdin/stdout') },
+  { scheme: /^-$/, host: stdioHost },
 ];
 
 /** A location with a scheme no host handles: `ftp://…`, `gs://…`. */
 const URL_LIKE = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;
-
-function reserved(location: string, what: string): Host {
-  const refuse = (): never => {
-    throw new BlockError('unsupported', `'${location}' (${what}) cannot be used here`, { path: location });
-  };
-  return {
-    name: what,
-    open: async () => refuse(),
-    paths: { isAbsolute: () => true, absolute: (l) => l, dirname: refuse, basename: () => location, resolve: refuse, relative: () => undefined },
-    identity: async (l) => l,
-    stat: async () => undefined,
-    contained: async () => ({ inside: false, real: null }),
-  };
-}
 
 /** The host of a location. */
 export function hostFor(location: string): Host {

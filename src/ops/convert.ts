@@ -454,11 +454,20 @@ async function copyNative(target: NativeTarget, plan: Piece[], granule: number, 
     byFd.set(fd, p.host!.store);
     ranges.set([fd, p.host!.offset, p.offset, p.length], i * 4);
   });
+  return runNative(byFd, onProgress, (progress) => target.addon.copyRanges(target.store.nativeFd(), ranges, granule, copyWorkers(), progress));
+}
+
+/**
+ * Run one native copy call: progress polled from the counter it updates,
+ * and its error (which carries the fd and offset it happened at) turned
+ * into a BlockError naming that file.
+ */
+async function runNative(byFd: Map<number, Store>, onProgress: ((finished: number) => void) | undefined, call: (progress: BigUint64Array) => Promise<number>): Promise<number> {
   const progress = new BigUint64Array(1);
   const timer = onProgress && setInterval(() => onProgress(Number(progress[0])), PROGRESS_MS);
   timer?.unref();
   try {
-    return await target.addon.copyRanges(target.store.nativeFd(), ranges, granule, copyWorkers(), progress);
+    return await call(progress);
   } catch (e) {
     const err = e as NodeJS.ErrnoException & { fd?: number; offset?: number };
     const store = err.fd === undefined ? undefined : byFd.get(err.fd);
@@ -523,18 +532,9 @@ export async function copyIntoBlocks(
       }
     }
     const placed = new Float64Array(blockOf.length);
-    const progress = new BigUint64Array(1);
-    const timer = onProgress && setInterval(() => onProgress(Number(progress[0])), PROGRESS_MS);
-    timer?.unref();
-    try {
-      written = await addon.copyToBlocks(target.nativeFd(), new Float64Array(plan), new Float64Array(units), where.base, where.stride, granule, copyWorkers(), placed, progress);
-    } catch (e) {
-      const err = e as NodeJS.ErrnoException & { fd?: number; offset?: number };
-      const store = err.fd === undefined ? undefined : byFd.get(err.fd);
-      throw fromSystemError(e, { path: store?.path, offset: err.offset, operation: err.syscall === 'read' ? 'read' : 'write' });
-    } finally {
-      clearInterval(timer);
-    }
+    written = await runNative(byFd, onProgress, (progress) =>
+      addon.copyToBlocks(target.nativeFd(), new Float64Array(plan), new Float64Array(units), where.base, where.stride, granule, copyWorkers(), placed, progress),
+    );
     // The blocks that took slots, in slot order (which is disk order: the addon hands slots out along the plan).
     const taken: number[] = [];
     for (let u = 0; u < blockOf.length; u++) if (units[2 * u] === -1 && placed[u] >= 0) taken.push(blockOf[u]);
