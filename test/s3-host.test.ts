@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import type * as S3 from '@aws-sdk/client-s3';
@@ -16,7 +16,7 @@ import { convert } from '../src/ops/convert.js';
 import { imageInfo } from '../src/ops/info.js';
 import { startCeph, stopCeph, hasCeph, type Ceph } from './helpers/ceph.js';
 import { vdisk, VDISK_BIN } from './helpers/cli.js';
-import { qemuDigest, qemuImg, qemuIo, requireTool, sha256, tempDir, vdiskDigest } from './helpers/oracle.js';
+import { pyvhdiDigest, qemuDigest, qemuImg, qemuIo, requireTool, sha256, tempDir, vdiskDigest } from './helpers/oracle.js';
 import { chainDigest, makeChain, makeEveryFormat, MiB } from './helpers/remote-fixtures.js';
 
 /*
@@ -156,11 +156,11 @@ test('convert local → S3 writes raw by multipart upload; the object is the dis
   assert.match(again.stderr, /file already exists/);
   const over = await vdiskAsync('convert', '--overwrite', '-O', 'raw', raw, `s3://${BUCKET}/up/disk.raw`);
   assert.equal(over.status, 0, over.stderr);
-  // Formats other than raw need the sequential writers: a clear error, nothing under the name.
-  const vhd = await vdiskAsync('convert', '-O', 'vhd', src, `s3://${BUCKET}/up/disk.vhd`);
-  assert.equal(vhd.status, 1);
-  assert.match(vhd.stderr, /^vdisk: format vhd: only raw cannot be written to S3/);
-  assert.equal(await exists('up/disk.vhd'), false);
+  // -n cannot write an object in place: a clear error, the object untouched.
+  const inPlace = await vdiskAsync('convert', '-n', '-O', 'raw', src, `s3://${BUCKET}/up/disk.raw`);
+  assert.equal(inPlace.status, 1);
+  assert.match(inPlace.stderr, /^vdisk: -n writes into an existing target in place; S3 objects [^\n]*cannot be written in place[^\n]*\n$/);
+  assert.equal(sha256(await download('up/disk.raw')), sha256(readFileSync(raw)));
   assert.equal(await uploadsLeft('up/'), 0);
 });
 
@@ -203,6 +203,128 @@ test('the multipart sink: bytes written come back; abort and a failed source lea
   await assert.rejects(convert({ source: raw, sourceOptions: { format: 'raw' }, target: `s3://${BUCKET}/sink/failed.raw`, targetFormat: 'raw', openStore: failing }), /injected read failure/);
   assert.equal(await uploadsLeft('sink/failed'), 0);
   assert.equal(await exists('sink/failed.raw'), false);
+});
+
+test('convert local → S3 writes vhd (dynamic, fixed) and vhdx through the sequential writers; qemu-img finds each object the source disk', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  if (!(await ceph(t))) return;
+  const dir = join(tmp.dir, 'seq');
+  mkdirSync(dir);
+  const raw = join(dir, 'src.raw');
+  qemuImg('create', '-f', 'raw', raw, '40M');
+  qemuIo('raw', raw, 'write -P 0x61 0 5M', 'write -P 0x62 17M 9M', 'write -P 0x63 39M 1M');
+  const src = join(dir, 'src.vhdx');
+  qemuImg('convert', '-f', 'raw', '-O', 'vhdx', raw, src);
+  for (const [name, format, qfmt, opts] of [
+    ['dyn.vhd', 'vhd', 'vpc', []],
+    ['fixed.vhd', 'vhd', 'vpc', ['-o', 'subformat=fixed']],
+    ['disk.vhdx', 'vhdx', 'vhdx', []],
+  ] as const) {
+    const url = `s3://${BUCKET}/seq/${name}`;
+    // -q: nothing on stdout; -p alone draws a bar on stderr only when it is a terminal.
+    const r = await vdiskAsync('convert', '-q', '-p', '-O', format, ...opts, src, url);
+    assert.equal(r.status, 0, `${name}: ${r.stderr}`);
+    assert.equal(r.stdout, '', name);
+    const local = join(dir, `${name}.down`);
+    writeFileSync(local, await download(`seq/${name}`));
+    qemuImg('compare', '-f', 'raw', '-F', qfmt, raw, local);
+    if (format === 'vhdx') qemuImg('check', '-f', qfmt, local);
+    else {
+      // qemu-img has no check for VHD: libvhdi reads the disk, the tail past the source (CHS rounding) zeros.
+      const v = pyvhdiDigest([local]);
+      const disk = new Uint8Array(v.size);
+      disk.set(readFileSync(raw));
+      assert.equal(v.digest, sha256(disk), name);
+    }
+    if (format === 'vhd') {
+      // The footer's Disk Type (VHD spec: offset 60 of the last 512 bytes; 2 fixed, 3 dynamic).
+      const file = readFileSync(local);
+      assert.equal(file.readUInt32BE(file.length - 512 + 60), name.startsWith('fixed') ? 2 : 3, name);
+    }
+    // Read back through vdisk straight from S3.
+    const cmp = await vdiskAsync('compare', url, raw);
+    assert.equal(cmp.status, 0, `${name}: ${cmp.stderr}${cmp.stdout}`);
+    // An existing object is refused without --overwrite (before the source is read), and stays as it was.
+    const again = await vdiskAsync('convert', '-O', format, ...opts, raw, url);
+    assert.equal(again.status, 1, name);
+    assert.match(again.stderr, /file already exists/);
+    assert.equal(sha256(await download(`seq/${name}`)), sha256(readFileSync(local)));
+  }
+  assert.equal(await uploadsLeft('seq/'), 0);
+  // A dynamic VHD (2 MiB blocks) leaves zero blocks out: its object is smaller than the disk.
+  assert.ok(readFileSync(join(dir, 'dyn.vhd.down')).length < 20 * MiB);
+});
+
+for (const format of ['vhd', 'vhdx'] as const) {
+  test(`convert -B to S3: a ${format} child of a parent in S3 holds what differs; libvhdi and vdisk read the chain as the local one`, async (t) => {
+    if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io') || !requireTool(t, 'pyvhdi')) return;
+    if (!(await ceph(t))) return;
+    const dir = join(tmp.dir, `seqdiff-${format}`);
+    mkdirSync(dir);
+    const { top, files } = makeChain(dir, format);
+    const base = files[0];
+    await upload(`seqdiff/${format}/base.${format}`, base);
+    const url = `s3://${BUCKET}/seqdiff/${format}/child.${format}`;
+    // The name is taken relative to the target, in S3.
+    const r = await vdiskAsync('convert', '-O', format, '-B', `base.${format}`, '-F', format, top, url);
+    assert.equal(r.status, 0, r.stderr);
+    // The object, downloaded beside a copy of its parent: libvhdi reads the disk of the local chain.
+    const down = join(dir, 'down');
+    mkdirSync(down);
+    const child = join(down, `child.${format}`);
+    writeFileSync(child, await download(`seqdiff/${format}/child.${format}`));
+    writeFileSync(join(down, `base.${format}`), readFileSync(base));
+    assert.equal(pyvhdiDigest([child, join(down, `base.${format}`)]).digest, chainDigest(files));
+    // It is a differencing image naming base.<format>, and read from S3 its chain is the local disk.
+    const infos = await imageInfo(url, { backingChain: true });
+    assert.deepEqual(
+      infos.map((i) => i.filename),
+      [url, `s3://${BUCKET}/seqdiff/${format}/base.${format}`],
+    );
+    assert.equal((await vdiskDigest(url)).digest, chainDigest(files));
+    const cmp = await vdiskAsync('compare', url, top);
+    assert.equal(cmp.status, 0, cmp.stderr + cmp.stdout);
+    const chk = await vdiskAsync('check', url);
+    assert.equal(chk.status, 0, chk.stderr + chk.stdout);
+    assert.equal(await uploadsLeft(`seqdiff/${format}/`), 0);
+  });
+}
+
+test('a vhd/vhdx convert to S3 whose source fails mid-upload leaves no object and no multipart upload', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  if (!(await ceph(t))) return;
+  const raw = join(tmp.dir, 'seqfail.raw');
+  qemuImg('create', '-f', 'raw', raw, '64M');
+  qemuIo('raw', raw, 'write -P 0x5a 0 64M');
+  for (const format of ['vhd', 'vhdx']) {
+    const prefix = `seqfail/${format}/`;
+    let read = 0;
+    let uploadsAtFailure: number | undefined;
+    // Reads fail once 40 MiB have been read and the upload is under way (the first pass over the source sends nothing).
+    const failing = async (p: string, o: Parameters<typeof openFileStore>[1]): Promise<Store> => {
+      const s = await openFileStore(p, o);
+      const inner = s.read.bind(s);
+      s.read = async (offset: number, into: Uint8Array) => {
+        read += into.length;
+        if (read > 40 * MiB && uploadsAtFailure === undefined) {
+          const n = await uploadsLeft(prefix);
+          if (n > 0) {
+            uploadsAtFailure = n;
+            throw new Error('injected read failure');
+          }
+        }
+        return inner(offset, into);
+      };
+      return s;
+    };
+    await assert.rejects(
+      convert({ source: raw, sourceOptions: { format: 'raw' }, target: `s3://${BUCKET}/${prefix}disk.${format}`, targetFormat: format, openStore: failing }),
+      /injected read failure/,
+    );
+    assert.equal(uploadsAtFailure, 1, format);
+    assert.equal(await uploadsLeft(prefix), 0, format);
+    assert.equal(await exists(`${prefix}disk.${format}`), false, format);
+  }
 });
 
 test('SIGINT during a convert to S3 aborts the multipart upload', async (t) => {

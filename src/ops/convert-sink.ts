@@ -1,8 +1,8 @@
 import { BlockError } from '../core/errors.js';
-import { openChain } from '../chain/open.js';
-import type { Host } from '../io/host.js';
 import type { ChainOpenOptions } from '../chain/open.js';
+import type { Host } from '../io/host.js';
 import type { StoreOpener } from '../io/store.js';
+import { planSequentialConvert } from './sequential.js';
 
 /** What of a ConvertRequest (ops/convert.ts) a convert to a sink reads. */
 interface SinkConvertRequest {
@@ -11,7 +11,7 @@ interface SinkConvertRequest {
   target: string;
   targetFormat: string;
   options?: Record<string, string>;
-  backing?: unknown;
+  backing?: { path: string; format?: string };
   existing?: boolean;
   overwrite?: boolean;
   signal?: AbortSignal;
@@ -21,65 +21,45 @@ interface SinkConvertRequest {
 /**
  * convert to a host whose files cannot be written in place (S3): the
  * target goes out as one ordered byte stream through the host's ByteSink
- * (io/sink.ts). Raw is sequential by nature — the disk's bytes in order —
- * so it is written here; the other formats need the sequential writers
- * (metadata laid out up front from the source's map), which come with
- * their own module. Reads run ahead of the writes (READ_AHEAD pieces at
- * once, over the source host's connections); zero extents the source
- * reports are sent without being read. Memory: READ_AHEAD + 1 pieces plus
- * what the sink holds.
+ * (io/sink.ts), laid out by the sequential writers (ops/sequential.ts) —
+ * raw, VHD (dynamic, fixed, differencing with -B) and VHDX. The plan's
+ * exact length is known before the first byte, so the sink sizes its
+ * upload's parts from it. A -B name is taken relative to the target, on
+ * the target's host (a child in S3 names a parent in S3). On any failure
+ * or abort the sink is aborted: nothing is left under the target's name
+ * (for S3, no multipart upload either).
  */
-const PIECE = 8 << 20;
-const READ_AHEAD = 4;
-const WINDOW = 1 << 30;
-
-export async function convertToSink(req: SinkConvertRequest, host: Host & Required<Pick<Host, 'createSink'>>, openStore: StoreOpener): Promise<{ size: number; written: number }> {
-  const unsupported = (what: string) => new BlockError('unsupported', `${what} cannot be written to ${host.name} (${req.target}) yet`, { path: req.target });
-  if (req.targetFormat !== 'raw') throw unsupported(`format ${req.targetFormat}: only raw`);
-  if (req.existing) throw unsupported('-n (writing into an existing object)');
-  if (req.backing) throw unsupported('-B (a differencing target)');
-  if (req.options && Object.keys(req.options).length > 0) throw unsupported('-o options');
+export async function convertToSink(
+  req: SinkConvertRequest,
+  host: Host & Required<Pick<Host, 'createSink'>>,
+  openStore: StoreOpener,
+): Promise<{ size: number; written: number }> {
+  if (req.existing) {
+    throw new BlockError('unsupported', `-n writes into an existing target in place; ${host.name} objects (${req.target}) cannot be written in place, only replaced (--overwrite)`, {
+      path: req.target,
+    });
+  }
   req.signal?.throwIfAborted();
-  const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore });
+  // Refused before the source is scanned (the sink checks again when it starts).
+  if (!req.overwrite && (await host.stat(req.target)) !== undefined) {
+    throw new BlockError('invalid-argument', 'file already exists', { path: req.target, operation: 'create' });
+  }
+  const plan = await planSequentialConvert({
+    source: req.source,
+    sourceOptions: req.sourceOptions,
+    targetFormat: req.targetFormat,
+    options: req.options,
+    backing: req.backing,
+    target: req.target,
+    openStore,
+  });
   try {
-    const size = src.size;
-    const sink = await host.createSink(req.target, { overwrite: req.overwrite, size });
-    const zeros = new Uint8Array(PIECE);
-    let written = 0;
-    try {
-      const pending: Promise<Uint8Array>[] = [];
-      const send = async () => {
-        const data = await pending.shift()!;
-        await sink.write(data);
-        written += data.length;
-        req.onProgress?.(written, size);
-      };
-      for (let w = 0; w < size; w += WINDOW) {
-        for (const e of await src.blockStatus(w, Math.min(WINDOW, size - w))) {
-          for (let o = 0; o < e.length; o += PIECE) {
-            req.signal?.throwIfAborted();
-            const offset = e.offset + o;
-            const length = Math.min(PIECE, e.length - o);
-            if (e.kind === 'zero') pending.push(Promise.resolve(zeros.subarray(0, length)));
-            else {
-              const buf = new Uint8Array(length);
-              const r = src.read(offset, buf).then(() => buf);
-              r.catch(() => {}); // awaited in order by send()
-              pending.push(r);
-            }
-            if (pending.length > READ_AHEAD) await send();
-          }
-        }
-      }
-      while (pending.length) await send();
-      req.signal?.throwIfAborted();
-      await sink.finish();
-    } catch (e) {
-      await sink.abort(e).catch(() => {});
-      throw e;
-    }
-    return { size, written };
+    req.signal?.throwIfAborted();
+    const sink = await host.createSink(req.target, { overwrite: req.overwrite, size: plan.length });
+    // write() aborts the sink on any error or abort before rethrowing.
+    await plan.write(sink, { signal: req.signal, onProgress: req.onProgress });
+    return { size: plan.size, written: plan.length };
   } finally {
-    await src.close().catch(() => {});
+    await plan.close().catch(() => {});
   }
 }
