@@ -1,7 +1,5 @@
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { FORMATS } from '../formats/registry.js';
+import { makeScratchDir } from '../io/local-misc.js';
 import type { CommandContext } from './options.js';
 
 /**
@@ -12,7 +10,8 @@ import type { CommandContext } from './options.js';
  * rather than imported: the runner loads this module).
  */
 export async function runDemo({ print, run }: CommandContext, keep: boolean): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'vdisk-demo-'));
+  const scratch = await makeScratchDir('vdisk-demo-');
+  const dir = scratch.dir;
   const has = (name: string) => FORMATS.some((f) => f.name === name);
   const step = async (args: string[]) => {
     print(`\n$ vdisk ${args.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ')}`);
@@ -20,7 +19,7 @@ export async function runDemo({ print, run }: CommandContext, keep: boolean): Pr
     if (code !== 0 && args[0] !== 'compare') throw new Error(`demo step failed: vdisk ${args.join(' ')}`);
     return code;
   };
-  const p = (name: string) => join(dir, name);
+  const p = scratch.path;
   try {
     print(`vdisk demo in ${dir}`);
     // The base: a VHDX if this build has it, else VHD, else raw.
@@ -63,6 +62,6 @@ export async function runDemo({ print, run }: CommandContext, keep: boolean): Pr
     }
     print(`\ndemo done${keep ? `; files kept in ${dir}` : ''}`);
   } finally {
-    if (!keep) await rm(dir, { recursive: true, force: true });
+    if (!keep) await scratch.remove();
   }
 }

@@ -1,6 +1,4 @@
-import { readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { findPackageJson } from '../io/local-misc.js';
 
 /**
  * vdisk's version from its package.json, found by walking up from this
@@ -8,17 +6,5 @@ import { fileURLToPath } from 'node:url';
  * dist/vdisk.cjs, at different depths below the package root.
  */
 export function packageVersion(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 5; i++) {
-    try {
-      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === 'vdisk' && pkg.version) return pkg.version;
-    } catch {
-      // not here: keep walking up
-    }
-    const up = dirname(dir);
-    if (up === dir) break;
-    dir = up;
-  }
-  return 'unknown';
+  return findPackageJson(import.meta.url, (pkg) => pkg.name === 'vdisk' && Boolean(pkg.version))?.version ?? 'unknown';
 }
