@@ -57,13 +57,11 @@ export async function compactByPunching(
     if (!dryRun) throw new BlockError('unsupported', `cannot compact this ${top.format} image here: ${refusal}`, { path: top.path });
     result.notes.push(`a real run would be refused: ${refusal}`);
   }
-  const before = await top.hostAllocated();
-  if (before === undefined && !dryRun) {
-    // Punching needs the same addon that finds holes (io/native.ts); a store that punches but cannot tell is odd, but then nothing is known to gain.
-    throw new BlockError('unsupported', `cannot compact this ${top.format} image here: its data file's host cannot tell where its data lies`, { path: top.path });
-  }
+  // Without SEEK_DATA/SEEK_HOLE every byte counts as held (the walk then reads it all): the sizes are the data file's length.
+  const allocated = async (): Promise<number> => (await top.hostAllocated()) ?? (top.hostStore ? await top.hostStore.size() : top.size);
+  const before = await allocated();
   result.blockSize = GRANULE;
-  result.bytesBefore = before ?? 0;
+  result.bytesBefore = before;
   let fsFree: { offset: number; length: number }[] = [];
   if (modes.includes('fs')) {
     const found = await findFreeSpace((offset, into) => chain.read(offset, into), chain.size);
@@ -110,7 +108,7 @@ export async function compactByPunching(
   }
   if (!dryRun) {
     await top.flush();
-    result.bytesAfter = (await top.hostAllocated()) ?? 0;
+    result.bytesAfter = await allocated();
   } else {
     result.bytesAfter = Math.max(0, result.bytesBefore - freed);
   }
