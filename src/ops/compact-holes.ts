@@ -2,7 +2,6 @@ import { BlockError } from '../core/errors.js';
 import type { Chain } from '../chain/chain.js';
 import type { HolePunchable, Image } from '../formats/types.js';
 import { findFreeSpace } from '../guestfs/index.js';
-import type { CompactMode, CompactResult } from './compact.js';
 import { isZero } from './zero.js';
 
 /*
@@ -40,6 +39,16 @@ const MODE_OF: Record<number, CompactMode> = { [ZERO]: 'zero', [FS]: 'fs', [TRIM
 
 type Punchable = Image & HolePunchable;
 
+/** compact.ts's modes and the parts of its result this module fills (declared here: compact.ts imports this module). */
+type CompactMode = 'zero' | 'trim' | 'fs';
+interface CompactReport {
+  released: Partial<Record<CompactMode, number>>;
+  blockSize: number;
+  bytesBefore: number;
+  bytesAfter: number;
+  notes: string[];
+}
+
 export function isPunchable(image: Image): image is Punchable {
   return typeof image.punchHoles === 'function' && typeof image.punchRefusal === 'function' && typeof image.hostAllocated === 'function';
 }
@@ -49,7 +58,7 @@ export async function compactByPunching(
   top: Punchable,
   modes: readonly CompactMode[],
   dryRun: boolean,
-  result: CompactResult,
+  result: CompactReport,
   onProgress?: (done: number, total: number) => void,
 ): Promise<void> {
   const refusal = top.punchRefusal();
@@ -139,7 +148,7 @@ function markFree(free: readonly { offset: number; length: number }[], at: numbe
 }
 
 /** Granules of the chunk whose every sector is released or a hole (and at least one released), merged into ranges; counts per mode. */
-function releasable(codes: Uint8Array, c: number, len: number, result: CompactResult): { offset: number; length: number; freed: number }[] {
+function releasable(codes: Uint8Array, c: number, len: number, result: CompactReport): { offset: number; length: number; freed: number }[] {
   const out: { offset: number; length: number; freed: number }[] = [];
   const perGranule = GRANULE / SECTOR;
   // Only whole granules inside the disk (a disk ends on a sector, not always on a granule).
@@ -155,7 +164,7 @@ function releasable(codes: Uint8Array, c: number, len: number, result: CompactRe
       if (v > HOLE) released++;
     }
     if (lowest === KEEP || best <= HOLE) continue;
-    result.released[MODE_OF[best]]++;
+    result.released[MODE_OF[best]] = (result.released[MODE_OF[best]] ?? 0) + 1;
     const offset = c + g * GRANULE;
     const last = out[out.length - 1];
     if (last && last.offset + last.length === offset) {

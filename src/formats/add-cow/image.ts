@@ -122,8 +122,8 @@ export class AddCowImage implements Image {
   /**
    * Discard clears the bits: the sectors show the backing file again (allowed:
    * discarded contents are unspecified). A cleared bit may reach the disk at
-   * any time without harm; the image file keeps its bytes (stores cannot
-   * punch holes).
+   * any time without harm; the image file keeps its bytes and its space
+   * (`vdisk compact` punches them out later: compact.ts).
    */
   async trim(offset: number, length: number): Promise<void> {
     checkRequest(this, 'trim', offset, length, SECTOR);
