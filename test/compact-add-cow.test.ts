@@ -283,3 +283,38 @@ test('compact add-cow: a crash at every punch and flush leaves a disk that reads
   // Punches (the zero and trim granules, merged into ranges) and the flushes: every one was crashed at.
   assert.ok(operations >= 4, `operations: ${operations}`);
 });
+
+test('FileStore.punchHole: the range reads zeros, the file keeps its length, SEEK_HOLE sees the hole; a read-only store refuses', async (t) => {
+  if (!requireNativeAddon(t)) return;
+  const d = tempDir();
+  t.after(d.cleanup);
+  const path = join(d.dir, 'f.bin');
+  writeFileSync(path, new Uint8Array(64 * 1024).fill(0xee));
+  const s = await openFileStore(path, {});
+  try {
+    assert.ok(s.punchHole, 'a local file on Linux can punch');
+    assert.deepEqual(await s.allocation!(0, 64 * 1024), [{ offset: 0, length: 64 * 1024, data: true }]);
+    await s.punchHole!(16 * 1024, 32 * 1024);
+    await s.flush();
+    assert.equal(await s.size(), 64 * 1024);
+    const back = new Uint8Array(64 * 1024);
+    await s.read(0, back);
+    assert.ok(back.subarray(16 * 1024, 48 * 1024).every((b) => b === 0));
+    assert.ok(back.subarray(0, 16 * 1024).every((b) => b === 0xee) && back.subarray(48 * 1024).every((b) => b === 0xee));
+    // Asked again after the punch (not the "no holes" verdict of the first call).
+    assert.deepEqual(await s.allocation!(0, 64 * 1024), [
+      { offset: 0, length: 16 * 1024, data: true },
+      { offset: 16 * 1024, length: 32 * 1024, data: false },
+      { offset: 48 * 1024, length: 16 * 1024, data: true },
+    ]);
+  } finally {
+    await s.close();
+  }
+  const ro = await openFileStore(path, { readOnly: true });
+  try {
+    await assert.rejects(ro.punchHole!(0, 4096), (e: unknown) => isBlockError(e, 'read-only'));
+  } finally {
+    await ro.close();
+  }
+  assert.equal(readFileSync(path)[0], 0xee);
+});
