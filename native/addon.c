@@ -1,4 +1,4 @@
-// The module's exports (one C file per job: copy.c, read.c, lock.c, seek.c).
+// The module's exports (one C file per job: copy.c, read.c, lock.c, seek.c, punch.c).
 #include <node_api.h>
 
 napi_value vdisk_copy_ranges(napi_env env, napi_callback_info info);
@@ -7,6 +7,7 @@ napi_value vdisk_read_nowait(napi_env env, napi_callback_info info);
 napi_value vdisk_ofd_lock(napi_env env, napi_callback_info info);
 napi_value vdisk_ofd_test(napi_env env, napi_callback_info info);
 napi_value vdisk_seek(napi_env env, napi_callback_info info);
+napi_value vdisk_punch_hole(napi_env env, napi_callback_info info);
 
 static void export_fn(napi_env env, napi_value exports, const char *name, napi_callback cb) {
   napi_value fn;
@@ -21,5 +22,6 @@ NAPI_MODULE_INIT() {
   export_fn(env, exports, "ofdLock", vdisk_ofd_lock);
   export_fn(env, exports, "ofdTest", vdisk_ofd_test);
   export_fn(env, exports, "seek", vdisk_seek);
+  export_fn(env, exports, "punchHole", vdisk_punch_hole);
   return exports;
 }

@@ -78,7 +78,7 @@ export const COMMANDS: readonly CommandEntry[] = [
   // Like qemu-img check: run resolves to the verdict (ops/check.ts CHECK_EXIT); a check that cannot run at all is 1.
   command({ name: 'check', description: 'check an image for structural problems: exit 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 no check for this format', define: check.define, run: check.run, exit: ERROR_1 }),
   command({ name: 'commit', description: "write the image's data into its backing file (or the ancestor BASE), then empty the image unless -d", define: commit.define, run: commit.run, exit: ERROR_1 }),
-  command({ name: 'compact', description: 'give back the file space of blocks a dynamic or differencing VHD/VHDX no longer needs (zero, trim), shrinking the file in place', define: compact.define, run: compact.run, exit: ERROR_1 }),
+  command({ name: 'compact', description: 'give back the file space of blocks a dynamic or differencing VHD/VHDX no longer needs (zero, trim), shrinking the file in place; add-cow: holes punched in its image file', define: compact.define, run: compact.run, exit: ERROR_1 }),
   command({ name: 'rebase', description: 'change the backing file of an image (-b "" removes it); safe mode keeps the content by copying differences first', define: rebase.define, run: rebase.run, exit: ERROR_1 }),
   // vdisk cannot see an image's children (nothing in a parent names them): the help says what that means for a parent.
   command({

@@ -247,6 +247,25 @@ export interface CompactOutcome {
   moved: number;
 }
 
+/**
+ * Gives file space back by punching holes (vdisk compact on add-cow,
+ * ops/compact-holes.ts): for a layer whose data file is the disk's raw twin
+ * (add-cow's image file: disk byte n is file byte n, `hostOffset` = disk
+ * offset), its metadata left as it is. A punched range reads as zeros.
+ */
+export interface HolePunchable {
+  /** Why holes cannot be punched here (a store without the capability, no native addon), or undefined when they can. */
+  punchRefusal(): string | undefined;
+  /** Bytes the data file occupies on its host (its data ranges, SEEK_DATA/SEEK_HOLE), or undefined when the host cannot tell. */
+  hostAllocated(): Promise<number | undefined>;
+  /**
+   * Punch `ranges` (host offsets, sorted, disjoint) in the data file; durable
+   * at the next flush. The caller has decided each range already reads as
+   * zeros, is never read, or lies in a file system's free space.
+   */
+  punchHoles(ranges: readonly { offset: number; length: number }[]): Promise<void>;
+}
+
 /** Changes its virtual size. */
 export interface Resizable {
   resize(newSize: number, options: ResizeOptions): Promise<void>;
@@ -284,7 +303,7 @@ export interface IdentityResettable {
 }
 
 /** One layer of a disk: readable and writable, and whatever of the optional contracts its format (and what open found) allows. */
-export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable>, Partial<IdentityResettable>, Partial<Compactable> {}
+export interface Image extends Readable, Writable, Partial<Trimmable>, Partial<Resizable>, Partial<Checkable>, Partial<Rebaseable>, Partial<IdentityResettable>, Partial<Compactable>, Partial<HolePunchable> {}
 
 /** A parent as a child records it (create -b, rebase). */
 export interface BackingTarget {

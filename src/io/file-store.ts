@@ -5,7 +5,7 @@ import { readOnlyError } from '../core/request.js';
 import type { HostRange, OpenStoreOptions, Store } from './store.js';
 import { constants as osConstants } from 'node:os';
 import { dirname } from 'node:path';
-import { nativeAddon, seekAddon } from './native.js';
+import { nativeAddon, punchAddon, seekAddon } from './native.js';
 import { lockImage } from './lock.js';
 
 // lseek(2) whence values for sparse files (Linux): SEEK_DATA finds the next
@@ -63,6 +63,8 @@ export class FileStore implements Store {
   private noWait = true;
   /** Whether the file had no holes when first asked (see allocation); asked again after truncate. */
   private holeless: Promise<boolean> | undefined;
+  /** Store.punchHole: present only where the native addon can punch (native/punch.c, Linux). */
+  readonly punchHole?: (offset: number, length: number) => Promise<void>;
   private constructor(
     readonly path: string,
     readonly readOnly: boolean,
@@ -70,7 +72,11 @@ export class FileStore implements Store {
     private readonly noSync: boolean,
     /** The size seen at open, for the first size() unless this store wrote or truncated before it. */
     private knownSize: number | undefined,
-  ) {}
+  ) {
+    // Present on read-only opens too (a dry run asks whether a real run could punch); punching there is refused.
+    const addon = punchAddon();
+    if (addon) this.punchHole = (offset, length) => this.punch(addon, offset, length);
+  }
 
   static async open(path: string, options: OpenStoreOptions = {}): Promise<FileStore> {
     const readOnly = options.readOnly ?? false;
@@ -237,6 +243,29 @@ export class FileStore implements Store {
     } catch (e) {
       throw fromSystemError(e, { path: this.path, operation: 'truncate' });
     }
+  }
+
+  /**
+   * fallocate PUNCH_HOLE | KEEP_SIZE on the open descriptor. Synchronous in
+   * the addon: a metadata change of the file system, short next to the
+   * reads that decide what to punch. Durable at the next flush (fdatasync).
+   */
+  private async punch(addon: NonNullable<ReturnType<typeof punchAddon>>, offset: number, length: number): Promise<void> {
+    if (this.readOnly) throw readOnlyError({ path: this.path, offset, operation: 'punch hole' });
+    if (length <= 0) return;
+    this.holeless = undefined; // the file has holes now (see allocation)
+    const r = addon.punchHole!(this.fd, offset, length);
+    if (r === 0) return;
+    if (r === -EOPNOTSUPP || r === -ENOSYS) {
+      throw new BlockError('unsupported', `the file system under this file cannot punch holes (fallocate PUNCH_HOLE: ${r === -ENOSYS ? 'ENOSYS' : 'EOPNOTSUPP'}): no space can be given back here`, {
+        path: this.path,
+        offset,
+        length,
+        operation: 'punch hole',
+      });
+    }
+    const code = Object.entries(osConstants.errno).find(([, v]) => v === -r)?.[0] ?? `errno ${-r}`;
+    throw fromSystemError(Object.assign(new Error(`fallocate: ${code}`), { code }), { path: this.path, offset, length, operation: 'punch hole' });
   }
 
   async flush(): Promise<void> {

@@ -75,6 +75,12 @@ export interface NativeAddon {
   ofdTest(fd: number, byte: number): number;
   /** lseek(fd, offset, whence) for whence 3 (SEEK_DATA) or 4 (SEEK_HOLE): the new offset, or minus the errno (-ENXIO: none at or after offset). */
   seek(fd: number, offset: number, whence: 3 | 4): number;
+  /**
+   * fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
+   * length): 0, or minus the errno (-EOPNOTSUPP: the file system cannot
+   * punch holes). Absent from an addon built before it existed.
+   */
+  punchHole?(fd: number, offset: number, length: number): number;
 }
 
 /** The largest range copyRanges takes (each thread reads a range whole into its own buffer). */
@@ -128,6 +134,16 @@ export function seekAddon(): NativeAddon | null {
  */
 export function lockAddon(): NativeAddon | null {
   return loadAddon();
+}
+
+/**
+ * The addon for punching holes (io/file-store.ts), whatever VDISK_NATIVE
+ * says: like seek, a question Node's fs cannot ask, with no JavaScript way
+ * to fall back to. Null when it is not built or has no punchHole.
+ */
+export function punchAddon(): NativeAddon | null {
+  const a = process.platform === 'linux' ? loadAddon() : null;
+  return a?.punchHole ? a : null;
 }
 
 /**

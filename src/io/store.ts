@@ -35,6 +35,14 @@ export interface Store {
    * local file's bytes has it; valid until close().
    */
   nativeFd?(): number;
+  /**
+   * Optional: give the host file's space in [offset, offset+length) back to
+   * its file system, the range then reading as zeros and the file keeping
+   * its length (Linux fallocate PUNCH_HOLE | KEEP_SIZE). Only a store that
+   * can has it; a file system that cannot fails with `unsupported`.
+   * add-cow compaction punches its image file (ops/compact-holes.ts).
+   */
+  punchHole?(offset: number, length: number): Promise<void>;
 }
 
 /** A store with a local file under it: the capability the native copier needs (io/native.ts). */

@@ -5,11 +5,13 @@ import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
 import { findFreeSpace } from '../guestfs/index.js';
+import { compactByPunching, isPunchable } from './compact-holes.js';
 import { isZero } from './zero.js';
 
 /**
  * vdisk compact: give back the file space of blocks a dynamic or
- * differencing VHD or VHDX no longer needs, in place (Hyper-V's
+ * differencing VHD or VHDX no longer needs (and, through holes punched in
+ * its image file, add-cow's: compact-holes.ts), in place (Hyper-V's
  * Optimize-VHD, on any OS). Modes, named after Optimize-VHD's:
  *
  *   trim  blocks whose metadata already says they hold nothing (VHD
@@ -107,9 +109,16 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
       seconds: 0,
       notes: [],
     };
+    if (isPunchable(top)) {
+      // add-cow: holes punched in its image file (compact-holes.ts); sizes are that file's allocated bytes.
+      await compactByPunching(chain, top, modes, dryRun, result, req.onProgress);
+      result.seconds = seconds(started);
+      await chain.close();
+      return result;
+    }
     if (!top.compactBlocks || !top.compact) {
       if (top.format !== 'vhd' && top.format !== 'vhdx' && top.format !== 'raw') {
-        throw new BlockError('unsupported', `compact works on dynamic and differencing VHD and VHDX images, not ${top.format}`, { path: req.path });
+        throw new BlockError('unsupported', `compact works on dynamic and differencing VHD and VHDX images and add-cow, not ${top.format}`, { path: req.path });
       }
       result.nothingToCompact =
         top.format === 'raw' ? 'a raw image has no blocks to release: nothing to compact' : `a fixed ${top.format} keeps every block allocated: nothing to compact`;

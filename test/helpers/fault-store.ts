@@ -7,7 +7,7 @@ type Pending = { kind: 'write'; offset: number; data: Uint8Array } | { kind: 'tr
 /**
  * A store for crash tests. It behaves like a disk with a volatile write cache:
  * writes are visible at once but only become durable at `flush()`. After
- * `failAfter` mutating operations (write, truncate, flush) the "power fails":
+ * `failAfter` mutating operations (write, punch hole, truncate, flush) the "power fails":
  * that operation and every later one throws. `crashImage()` then yields what a
  * disk could hold after the crash — only what was flushed, everything, or a
  * seeded random subset of the unflushed writes applied in random order
@@ -59,6 +59,14 @@ export class FaultStore implements Store {
     const copy = data.slice();
     this.pending.push({ kind: 'write', offset, data: copy });
     await this.current.write(offset, copy);
+  }
+
+  /** A punched hole reads as zeros: a write of zeros, durable (like any write) at the next flush. */
+  async punchHole(offset: number, length: number): Promise<void> {
+    this.tick('punch hole');
+    const zeros = new Uint8Array(length);
+    this.pending.push({ kind: 'write', offset, data: zeros });
+    await this.current.write(offset, zeros);
   }
 
   async truncate(size: number): Promise<void> {

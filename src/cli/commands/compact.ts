@@ -65,6 +65,13 @@ export async function run({ print }: CommandContext, [image]: [string], o: Compa
   const total = Object.values(r.released).reduce((a, b) => a + b, 0);
   const perMode = r.modes.map((m) => `${m}: ${r.released[m]}`).join(', ');
   const sizes = `${formatSize(r.bytesBefore)} (${r.bytesBefore} bytes) -> ${formatSize(r.bytesAfter)} (${r.bytesAfter} bytes)`;
+  if (r.format === 'add-cow') {
+    // No blocks move: holes are punched in the image file, whose allocated bytes are the sizes (ops/compact-holes.ts).
+    const held = `${formatSize(r.bytesBefore)} (${r.bytesBefore} bytes) -> ${formatSize(r.bytesAfter)} (${r.bytesAfter} bytes)`;
+    if (r.dryRun) print(`Would punch ${total} 4 KiB granule(s) (${perMode}) in the image file; the space it holds would go from ${held}.`);
+    else print(`Punched ${total} 4 KiB granule(s) (${perMode}) in the image file; the space it holds went from ${held} in ${r.seconds.toFixed(2)} s.`);
+    return;
+  }
   if (r.dryRun) print(`Would release ${total} block(s) (${perMode}) and move ${r.moved}; the file would go from ${sizes}.`);
   else print(`Released ${total} block(s) (${perMode}) and moved ${r.moved}; the file went from ${sizes} in ${r.seconds.toFixed(2)} s.`);
 }

@@ -3,6 +3,7 @@ import { checkRequest } from '../../core/request.js';
 import type { HostRange, Store } from '../../io/store.js';
 import type { BackingRef, BackingTarget, CheckResult, FormatInfo, Image, WritePlacement } from '../types.js';
 import { checkAddCow } from './check.js';
+import { hostAllocatedAddCow, punchHolesAddCow, punchRefusalAddCow } from './compact.js';
 import { SECTOR } from './header.js';
 import { resizeAddCow, setBackingAddCow } from './maintenance.js';
 import type { AddCowState } from './state.js';
@@ -121,8 +122,8 @@ export class AddCowImage implements Image {
   /**
    * Discard clears the bits: the sectors show the backing file again (allowed:
    * discarded contents are unspecified). A cleared bit may reach the disk at
-   * any time without harm; the image file keeps its bytes (stores cannot
-   * punch holes).
+   * any time without harm; the image file keeps its bytes and its space
+   * (`vdisk compact` punches them out later: compact.ts).
    */
   async trim(offset: number, length: number): Promise<void> {
     checkRequest(this, 'trim', offset, length, SECTOR);
@@ -176,5 +177,18 @@ export class AddCowImage implements Image {
 
   setBacking(parent: BackingTarget | null): Promise<void> {
     return setBackingAddCow(this.state, parent);
+  }
+
+  /** vdisk compact: holes punched in the image file, the bitmap untouched (compact.ts). */
+  punchRefusal(): string | undefined {
+    return punchRefusalAddCow(this.state);
+  }
+
+  hostAllocated(): Promise<number | undefined> {
+    return hostAllocatedAddCow(this.state);
+  }
+
+  punchHoles(ranges: readonly { offset: number; length: number }[]): Promise<void> {
+    return punchHolesAddCow(this.state, ranges);
   }
 }
