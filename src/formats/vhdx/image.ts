@@ -484,25 +484,7 @@ export class VhdxImage implements Image {
       }
       newBitmaps.set(chunk, sb);
     }
-    const lss = this.logicalSectorSize;
-    const sectorsPerBlock = this.blockSize / lss;
-    const firstBit = (block % g.chunkRatio) * sectorsPerBlock;
-    const from = firstBit + (pos - block * this.blockSize) / lss;
-    const count = n / lss;
-    // The block's bits, sector by 4 KiB bitmap sector.
-    const byteFirst = sb + firstBit / 8;
-    const byteEnd = byteFirst + sectorsPerBlock / 8;
-    let allSet = true;
-    for (let s = alignDown(byteFirst, LOG_SECTOR); s < byteEnd; s += LOG_SECTOR) {
-      const img = await this.sectorImage(updates, s, fresh);
-      const sectorFirstBit = (s - sb) * 8;
-      const a = Math.max(from, sectorFirstBit);
-      const b = Math.min(from + count, sectorFirstBit + LOG_SECTOR * 8);
-      if (b > a) setBits(img, a - sectorFirstBit, b - a, true);
-      const lo = Math.max(byteFirst, s) - s;
-      const hi = Math.min(byteEnd, s + LOG_SECTOR) - s;
-      for (let k = lo; k < hi && allSet; k++) if (img[k] !== 0xff) allSet = false;
-    }
+    const allSet = await this.updateBlockBits(updates, fresh, sb, block, pos, n, true);
     if (allSet) await this.setBatEntry(updates, batIndex, PAYLOAD_FULLY_PRESENT, host, fresh);
   }
 
@@ -614,6 +596,37 @@ export class VhdxImage implements Image {
   }
 
   /**
+   * Set (`value` true) or clear the sector-bitmap bits of sectors [pos,
+   * pos+n) of `block` (VHDX 2.5.1: one bit per logical sector, a chunk's
+   * blocks one after the other in the bitmap block at `sb`), in the
+   * transaction's 4 KiB sector images. Resolves true when every bit of the
+   * block then equals `value` (all set: FULLY_PRESENT; none set: NOT_PRESENT).
+   */
+  private async updateBlockBits(updates: SectorUpdates, fresh: Set<number>, sb: number, block: number, pos: number, n: number, value: boolean): Promise<boolean> {
+    const lss = this.logicalSectorSize;
+    const sectorsPerBlock = this.blockSize / lss;
+    const firstBit = (block % this.bat.geometry.chunkRatio) * sectorsPerBlock;
+    const from = firstBit + (pos - block * this.blockSize) / lss;
+    const count = n / lss;
+    // The block's bits, sector by 4 KiB bitmap sector.
+    const byteFirst = sb + firstBit / 8;
+    const byteEnd = byteFirst + sectorsPerBlock / 8;
+    const want = value ? 0xff : 0;
+    let uniform = true;
+    for (let s = alignDown(byteFirst, LOG_SECTOR); s < byteEnd; s += LOG_SECTOR) {
+      const img = await this.sectorImage(updates, s, fresh);
+      const sectorFirstBit = (s - sb) * 8;
+      const a = Math.max(from, sectorFirstBit);
+      const b = Math.min(from + count, sectorFirstBit + LOG_SECTOR * 8);
+      if (b > a) setBits(img, a - sectorFirstBit, b - a, value);
+      const lo = Math.max(byteFirst, s) - s;
+      const hi = Math.min(byteEnd, s + LOG_SECTOR) - s;
+      for (let k = lo; k < hi && uniform; k++) if (img[k] !== want) uniform = false;
+    }
+    return uniform;
+  }
+
+  /**
    * Clear the bitmap bits of sectors [pos, pos+n) of a block about to be (or
    * already) PARTIALLY_PRESENT: it is marked so, and when no bit of it is
    * left set, it becomes NOT_PRESENT (its file space then holds nothing).
@@ -624,24 +637,7 @@ export class VhdxImage implements Image {
     const bi = this.bat.bitmapIndex(chunk);
     // The chunk's bitmap: present already (a PARTIALLY_PRESENT block has one), or made by markSectors in this transaction.
     const sb = newBitmaps.get(chunk) ?? this.bat.offset(bi);
-    const lss = this.logicalSectorSize;
-    const sectorsPerBlock = this.blockSize / lss;
-    const firstBit = (block % g.chunkRatio) * sectorsPerBlock;
-    const from = firstBit + (pos - block * this.blockSize) / lss;
-    const count = n / lss;
-    const byteFirst = sb + firstBit / 8;
-    const byteEnd = byteFirst + sectorsPerBlock / 8;
-    let anySet = false;
-    for (let s = alignDown(byteFirst, LOG_SECTOR); s < byteEnd; s += LOG_SECTOR) {
-      const img = await this.sectorImage(updates, s, fresh);
-      const sectorFirstBit = (s - sb) * 8;
-      const a = Math.max(from, sectorFirstBit);
-      const b = Math.min(from + count, sectorFirstBit + LOG_SECTOR * 8);
-      if (b > a) setBits(img, a - sectorFirstBit, b - a, false);
-      const lo = Math.max(byteFirst, s) - s;
-      const hi = Math.min(byteEnd, s + LOG_SECTOR) - s;
-      for (let k = lo; k < hi && !anySet; k++) if (img[k] !== 0) anySet = true;
-    }
+    const anySet = !(await this.updateBlockBits(updates, fresh, sb, block, pos, n, false));
     await this.setBatEntry(updates, batIndex, anySet ? PAYLOAD_PARTIALLY_PRESENT : PAYLOAD_NOT_PRESENT, anySet ? this.bat.offset(batIndex) : 0, fresh);
     return anySet;
   }
