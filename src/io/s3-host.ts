@@ -43,16 +43,28 @@ async function head(location: string): Promise<Head> {
   }
 }
 
-async function readBody(body: Readable, length: number): Promise<Uint8Array> {
-  const out = new Uint8Array(length);
-  let got = 0;
-  for await (const chunk of body as AsyncIterable<Uint8Array>) {
-    if (got + chunk.length > length) throw new Error(`S3 sent more than the ${length} bytes asked`);
-    out.set(chunk, got);
-    got += chunk.length;
-  }
-  if (got !== length) throw new Error(`the body ended after ${got} of ${length} bytes`);
-  return out;
+/**
+ * Read a body of exactly `out.length` bytes into `out`. By 'data' events
+ * rather than `for await`: the async iterator costs a promise and a
+ * microtask turn per socket read (64 KiB), measurable at a GiB.
+ */
+function readBody(body: Readable, out: Uint8Array): Promise<void> {
+  const length = out.length;
+  return new Promise((resolve, reject) => {
+    let got = 0;
+    body.on('data', (chunk: Uint8Array) => {
+      if (got + chunk.length > length) {
+        body.destroy();
+        reject(new Error(`S3 sent more than the ${length} bytes asked`));
+        return;
+      }
+      out.set(chunk, got);
+      got += chunk.length;
+    });
+    body.on('end', () => (got === length ? resolve() : reject(new Error(`the body ended after ${got} of ${length} bytes`))));
+    body.on('error', (e) => reject(e));
+    body.on('aborted', () => reject(new Error(`the body ended after ${got} of ${length} bytes`)));
+  });
 }
 
 function rangeSource(location: string, h: Head): RangeSource {
@@ -60,7 +72,8 @@ function rangeSource(location: string, h: Head): RangeSource {
   const sdk = s3Sdk();
   const client = s3Client();
   return {
-    async fetch(offset, length) {
+    async fetch(offset, into) {
+      const length = into.length;
       let r;
       try {
         r = await client.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}`, IfMatch: h.etag }));
@@ -77,7 +90,7 @@ function rangeSource(location: string, h: Head): RangeSource {
         body.destroy();
         throw new BlockError('io', `S3 answered bytes ${offset}-${offset + length - 1} with '${r.ContentRange ?? 'no Content-Range'}'`, { path: location, operation: 'read' });
       }
-      return readBody(body, length);
+      return readBody(body, into);
     },
   };
 }
