@@ -222,6 +222,99 @@ test('convert reads an HTTP source in parallel and the result matches (library)'
   qemuImg('compare', '-f', 'raw', '-F', 'raw', raw, out);
 });
 
+/** A range server over `bytes` that counts what it is asked; `answer` may change how it answers. */
+function rangeServer(bytes: Uint8Array, answer?: (n: number, res: import('node:http').ServerResponse, part: Uint8Array, headers: Record<string, string | number>) => boolean) {
+  const seen = { requests: 0, bytes: 0, largest: 0, connections: 0 };
+  const srv = serve((req, res) => {
+    const n = seen.requests++;
+    const m = /bytes=(\d+)-(\d+)/.exec(req.headers.range ?? '')!;
+    const [a, b] = [Number(m[1]), Math.min(Number(m[2]), bytes.length - 1)];
+    const part = bytes.subarray(a, b + 1);
+    seen.bytes += part.length;
+    seen.largest = Math.max(seen.largest, part.length);
+    const headers = { 'content-range': `bytes ${a}-${b}/${bytes.length}`, 'content-length': part.length, etag: '"v1"' };
+    if (answer?.(n, res, part, headers)) return;
+    res.writeHead(206, headers).end(part);
+  });
+  void srv.then((s) => s.on('connection', () => seen.connections++));
+  return { srv, seen };
+}
+
+test('a convert over HTTP asks few large ranges over a few kept-alive connections (counting server)', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  const raw = join(tmp.dir, 'count-src.raw');
+  const src = join(tmp.dir, 'count.vhdx');
+  qemuImg('create', '-f', 'raw', raw, '192M');
+  qemuIo('raw', raw, 'write -P 0x31 0 40M', 'write -P 0x32 64M 64M', 'write -P 0x33 160M 8M');
+  qemuImg('convert', '-f', 'raw', '-O', 'vhdx', raw, src);
+  const bytes = readFileSync(src);
+  const { srv, seen } = rangeServer(bytes);
+  const s = await srv;
+  try {
+    const out = join(tmp.dir, 'count-out.raw');
+    await convert({ source: `http://127.0.0.1:${port(s)}/count.vhdx`, target: out, targetFormat: 'raw' });
+    qemuImg('compare', '-f', 'raw', '-F', 'raw', raw, out);
+  } finally {
+    s.close();
+  }
+  // 112 MiB of data in the file: streamed in requests of up to 8 MiB, a handful smaller ones for the metadata and the stream's start.
+  assert.ok(seen.largest <= 8 * MiB, `largest range ${seen.largest}`);
+  assert.ok(seen.requests <= Math.ceil(bytes.length / (8 * MiB)) + 12, `${seen.requests} requests for ${bytes.length} bytes`);
+  assert.ok(seen.bytes <= bytes.length + 16 * MiB, `${seen.bytes} bytes sent for a ${bytes.length}-byte file`);
+  // The open's probe through node:http, then the range client's connections (at most 8), each used for many requests.
+  assert.ok(seen.connections <= 9, `${seen.connections} connections`);
+});
+
+test('answers other than a plain 206 (chunked, Connection: close, a 503) still read right', async () => {
+  const bytes = new Uint8Array(24 * MiB);
+  for (let i = 0; i < bytes.length; i += 4096) bytes[i] = (i / 4096) & 0xff;
+  const read = async (url: string) => {
+    const chain = await openChain(url, { readOnly: true, format: 'raw' });
+    try {
+      const buf = new Uint8Array(bytes.length);
+      for (let at = 0; at < buf.length; at += 2 * MiB) await chain.read(at, buf.subarray(at, at + 2 * MiB));
+      assert.ok(Buffer.from(buf).equals(bytes));
+    } finally {
+      await chain.close();
+    }
+  };
+  // Bodies in chunked transfer coding (no Content-Length): asked again through node:http, which decodes them.
+  const chunked = rangeServer(bytes, (_n, res, part, headers) => {
+    res.writeHead(206, Object.fromEntries(Object.entries(headers).filter(([k]) => k !== 'content-length')));
+    res.write(part.subarray(0, 1));
+    res.end(part.subarray(1));
+    return true;
+  });
+  // Every answer closes its connection.
+  const closing = rangeServer(bytes, (_n, res, part, headers) => {
+    res.writeHead(206, { ...headers, connection: 'close' }).end(part);
+    return true;
+  });
+  // Every third answer is a 503: tried again.
+  const busy = rangeServer(bytes, (n, res) => {
+    if (n % 3 !== 2) return false;
+    res.writeHead(503).end();
+    return true;
+  });
+  const servers = await Promise.all([chunked.srv, closing.srv, busy.srv]);
+  try {
+    for (const s of servers) await read(`http://127.0.0.1:${port(s)}/x.raw`);
+  } finally {
+    for (const s of servers) s.close();
+  }
+  assert.ok(closing.seen.connections >= closing.seen.requests, 'a connection per answer');
+  assert.ok(busy.seen.requests > 8, 'the 503s were asked again');
+});
+
+test('an HTTP header with a control character in it is refused before anything is sent', async () => {
+  setRemoteOptions({ httpHeaders: ['X-Token: a\rInjected: yes'] });
+  try {
+    await assert.rejects(openChain('http://127.0.0.1:9/x.raw', { readOnly: true, format: 'raw' }), (e) => isBlockError(e, 'invalid-argument') && /malformed HTTP header/.test(e.message));
+  } finally {
+    setRemoteOptions({});
+  }
+});
+
 function vdiskAsync(...args: string[]): Promise<{ stdout: string; stderr: string; status: number }> {
   return new Promise((resolve) => {
     execFile(process.execPath, [VDISK_BIN, ...args], (e, stdout, stderr) => resolve({ stdout, stderr, status: e ? Number(e.code ?? 1) : 0 }));

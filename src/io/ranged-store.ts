@@ -98,7 +98,7 @@ export interface RangedStats {
 export class RangedStore implements Store {
   readonly readOnly = true;
   private readonly cache = new Map<number, Promise<Uint8Array>>();
-  /** End of the last read, and whether the reads are a stream. */
+  /** End of the last read, and the bytes of the reads in a row near each other up to it (a stream when enough). */
   private lastEnd = -1;
   private streak = 0;
   /** Streamed spans in object order; where the stream has fetched up to, and its next request's size. */
@@ -129,12 +129,16 @@ export class RangedStore implements Store {
     const length = Math.min(into.length, this.total - offset);
     const end = offset + length;
     const near = this.lastEnd >= 0 && Math.abs(offset - this.lastEnd) <= NEAR;
-    this.streak = near ? this.streak + 1 : 0;
+    const before = near ? this.streak : 0;
+    this.streak = before + length;
     this.lastEnd = near ? Math.max(end, this.lastEnd) : end;
+    if (!near) this.nextSize = STREAM_FIRST;
     const out = into.subarray(0, length);
     if (length >= STREAM_REQUEST) await this.direct(offset, out);
-    // Two reads in a row near each other make a stream (an image's open reads a few structures at its start; a copy many pieces).
-    else if (this.streak >= 2) await this.streamed(offset, out);
+    // Reads near each other of STREAM_FIRST bytes together make a stream
+    // for the reads after them: a copy's pieces soon do, an image's open (a
+    // few small structures) not.
+    else if (before >= STREAM_FIRST) await this.streamed(offset, out);
     else await this.pieces(offset, out);
     return length;
   }
@@ -194,10 +198,10 @@ export class RangedStore implements Store {
     await Promise.all(gaps);
   }
 
+  /** The stream goes on from `offset` (its requests keep their size: the reads are still a stream, only elsewhere in the object). */
   private restart(offset: number): void {
     for (const s of [...this.spans]) this.drop(s);
     this.frontier = offset;
-    this.nextSize = STREAM_FIRST;
   }
 
   /** Start spans until the frontier is STREAM_AHEAD requests past `end` (at most that many in flight beyond it). */
