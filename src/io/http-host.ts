@@ -201,7 +201,8 @@ function rangeSource(location: string, p: Probe): RangeSource {
   const strong = p.etag && !p.etag.startsWith('W/') ? p.etag : undefined;
   const conditional: Record<string, string> = strong ? { 'if-match': strong } : p.lastModified ? { 'if-unmodified-since': p.lastModified } : {};
   // Plain HTTP: the data through vdisk's own range client (io/http-range.ts says why); TLS through node:https.
-  const fast = p.url.protocol === 'http:' ? new RangeClient(p.url, MAX_SOCKETS, TIMEOUT_MS) : undefined;
+  const fast = p.url.protocol === 'http:' ? new RangeClient(p.url.hostname, Number(p.url.port || 80), MAX_SOCKETS, TIMEOUT_MS) : undefined;
+  const target = `${p.url.pathname}${p.url.search}`;
   return {
     async fetch(offset, into) {
       const length = into.length;
@@ -209,7 +210,7 @@ function rangeSource(location: string, p: Probe): RangeSource {
       if (fast) {
         let a;
         try {
-          a = await fast.get(headers, into);
+          a = await fast.get(target, { host: p.url.host, ...headers }, into);
         } catch (e) {
           // Retried by the ranged store; a body cut short says so.
           if (e instanceof ConnectionError && e.got !== undefined) throw truncated(location, e.got, length);

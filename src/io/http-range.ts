@@ -4,7 +4,8 @@ import { createRequire } from 'node:module';
 /**
  * Range GETs over plain HTTP/1.1 keep-alive connections, the body read
  * straight into the caller's buffer: the data path of the HTTP host
- * (io/http-host.ts) for `http:` URLs. Everything else — the first request
+ * (io/http-host.ts) for `http:` URLs, and of S3 GetObject on an `http:`
+ * endpoint (io/s3-fill.ts). Everything else — the first request
  * of an open (redirects, the validators, whether ranges work), `https:`,
  * and any answer that is not a plain `206` with a Content-Length of the
  * size asked — goes through node:http, which says what went wrong.
@@ -176,7 +177,7 @@ class Connection {
   }
 }
 
-/** Up to `maxSockets` keep-alive connections to one server, for range GETs of one path. */
+/** Up to `maxSockets` keep-alive connections to one server (`http:` only), for range GETs. */
 export class RangeClient {
   private readonly idle: Connection[] = [];
   private readonly all = new Set<Connection>();
@@ -184,19 +185,21 @@ export class RangeClient {
   private closed = false;
 
   constructor(
-    private readonly url: URL,
+    private readonly hostname: string,
+    private readonly port: number,
     private readonly maxSockets: number,
     private readonly timeoutMs: number,
   ) {}
 
   /**
-   * GET `range` of the URL with `headers` (names and values already
-   * checked: no line breaks); a 206 of exactly into.length bytes is read
-   * into `into`. Rejects with a ConnectionError when the connection fails.
+   * GET `target` (a path and query, already encoded) with `headers`, which
+   * include `host` (names and values already checked: no line breaks); a
+   * 206 of exactly into.length bytes is read into `into`. Rejects with a
+   * ConnectionError when the connection fails.
    */
-  async get(headers: Record<string, string>, into: Uint8Array): Promise<RangeAnswer> {
+  async get(target: string, headers: Record<string, string>, into: Uint8Array): Promise<RangeAnswer> {
     const conn = await this.connection();
-    const lines = [`GET ${this.url.pathname}${this.url.search} HTTP/1.1`, `Host: ${this.url.host}`];
+    const lines = [`GET ${target} HTTP/1.1`];
     for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`);
     const request = `${lines.join('\r\n')}\r\n\r\n`;
     try {
@@ -213,7 +216,7 @@ export class RangeClient {
       if (c && !c.broken) return c;
       if (c) continue;
       if (this.all.size < this.maxSockets) {
-        const made = new Connection(this.url.hostname.replace(/^\[|\]$/g, ''), Number(this.url.port || 80), this.timeoutMs, (gone) => this.all.delete(gone));
+        const made = new Connection(this.hostname.replace(/^\[|\]$/g, ''), this.port, this.timeoutMs, (gone) => this.all.delete(gone));
         this.all.add(made);
         return made;
       }

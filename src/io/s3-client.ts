@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import type * as S3 from '@aws-sdk/client-s3';
 import { BlockError } from '../core/errors.js';
 import { remoteOptions } from './remote-options.js';
+import { FillHandler } from './s3-fill.js';
 import { parseUrl } from './url-paths.js';
 
 /**
@@ -58,6 +59,9 @@ export function s3Client(): S3.S3Client {
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 4,
     });
+    // Range GETs of the ranged store read their bodies straight into its buffers (io/s3-fill.ts).
+    const config = c.config as { requestHandler: unknown };
+    config.requestHandler = new FillHandler(config.requestHandler as ConstructorParameters<typeof FillHandler>[0]);
     clients.set(key, c);
   }
   return c;

@@ -3,6 +3,7 @@ import { BlockError } from '../core/errors.js';
 import type { Host, HostStat } from './host.js';
 import { RangedStore, type RangeSource } from './ranged-store.js';
 import { s3Client, s3Error, s3Final, s3Object, s3Sdk } from './s3-client.js';
+import { markFill, type Fill } from './s3-fill.js';
 import { openS3Sink } from './s3-sink.js';
 import { urlContained, urlPaths } from './url-paths.js';
 
@@ -75,8 +76,11 @@ function rangeSource(location: string, h: Head): RangeSource {
     async fetch(offset, into) {
       const length = into.length;
       let r;
+      const fill: Fill = { into, filled: false };
       try {
-        r = await client.send(new sdk.GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}`, IfMatch: h.etag }));
+        const command = new sdk.GetObjectCommand({ Bucket: bucket, Key: key, Range: `bytes=${offset}-${offset + length - 1}`, IfMatch: h.etag });
+        markFill(command, fill);
+        r = await client.send(command);
       } catch (e) {
         throw s3Error(e, location, 'read');
       }
@@ -90,7 +94,8 @@ function rangeSource(location: string, h: Head): RangeSource {
         body.destroy();
         throw new BlockError('io', `S3 answered bytes ${offset}-${offset + length - 1} with '${r.ContentRange ?? 'no Content-Range'}'`, { path: location, operation: 'read' });
       }
-      return readBody(body, into);
+      if (fill.filled) body.destroy();
+      else await readBody(body, into);
     },
   };
 }
