@@ -97,6 +97,8 @@ export interface RangedStats {
 
 export class RangedStore implements Store {
   readonly readOnly = true;
+  /** A copy that reads pieces this big has them fetched straight into its buffers, STREAM_REQUEST bytes a request. */
+  readonly readSize = STREAM_REQUEST;
   private readonly cache = new Map<number, Promise<Uint8Array>>();
   /** End of the last read, and the bytes of the reads in a row near each other up to it (a stream when enough). */
   private lastEnd = -1;

@@ -8,6 +8,12 @@ export interface Store {
   /** The path this store was opened from (for messages and for resolving relative names). */
   readonly path: string;
   readonly readOnly: boolean;
+  /**
+   * Optional: reads of at least this many bytes cost least (a remote store
+   * fetches them straight into the caller's buffer, io/ranged-store.ts); a
+   * copy reads its pieces this big.
+   */
+  readonly readSize?: number;
   /** Current length in bytes. */
   size(): Promise<number>;
   /** Read up to into.length bytes at offset; returns the count read (short only at end of file). */

@@ -139,9 +139,9 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   if (!Number.isSafeInteger(sparse) || sparse < 0 || (sparse > 0 && sparse % 512 !== 0)) {
     throw new BlockError('invalid-argument', `sparse size must be 0 or a multiple of 512 (got ${sparse})`);
   }
-  const bufferSize = req.bufferSize ?? BUFFER_SIZE;
-  if (!Number.isSafeInteger(bufferSize) || bufferSize < 512 || bufferSize % 512 !== 0 || bufferSize > 1 << 30) {
-    throw new BlockError('invalid-argument', `buffer size must be a multiple of 512 from 512 bytes to 1 GiB (got ${bufferSize})`);
+  const askedBuffer = req.bufferSize ?? BUFFER_SIZE;
+  if (!Number.isSafeInteger(askedBuffer) || askedBuffer < 512 || askedBuffer % 512 !== 0 || askedBuffer > 1 << 30) {
+    throw new BlockError('invalid-argument', `buffer size must be a multiple of 512 from 512 bytes to 1 GiB (got ${askedBuffer})`);
   }
   if (req.existing && req.overwrite) throw new BlockError('invalid-argument', '-n writes into an existing target; --overwrite replaces one (choose one)');
   req.signal?.throwIfAborted();
@@ -158,6 +158,12 @@ export async function convert(req: ConvertRequest): Promise<ConvertResult> {
   const staging = req.existing ? undefined : stagingFor(req.target, req, targetStore, cache === 'writeback');
   const dstStore = staging?.opener ?? targetStore;
   const src = await openChain(req.source, { ...req.sourceOptions, readOnly: true, openStore });
+  // A source whose files are read best in bigger pieces (a remote object:
+  // each piece one request straight into its lane's buffer, no copy held
+  // in between) gets them, into a fresh target (-n and -B give each lane
+  // two more buffers).
+  const fresh = !req.existing && !req.backing;
+  const bufferSize = req.bufferSize ?? (fresh ? Math.max(BUFFER_SIZE, ...src.layers.map((l) => l.hostStore?.readSize ?? 0)) : BUFFER_SIZE);
   // The source's first map is asked for now, while the target is made:
   // copy() starts from it without waiting.
   const window = req.mapWindow ?? WINDOW;
