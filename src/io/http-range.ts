@@ -58,6 +58,8 @@ interface Exchange {
   /** Body length (Content-Length), once the head has been read and the body is being taken. */
   length: number;
   got: number;
+  /** The server closes the connection after this answer. */
+  closes?: boolean;
 }
 
 class Connection {
@@ -146,6 +148,8 @@ class Connection {
       headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
     }
     const answer: RangeAnswer = { status: Number(status[1]), headers, filled: false };
+    // HTTP/1.0 closes after each answer unless it says keep-alive (RFC 9112 §9.3).
+    ex.closes = /\bclose\b/i.test(headers.connection ?? '') || (lines[0].startsWith('HTTP/1.0') && !/\bkeep-alive\b/i.test(headers.connection ?? ''));
     const length = /^\d+$/.test(headers['content-length'] ?? '') ? Number(headers['content-length']) : -1;
     if (answer.status !== 206 || length !== ex.into.length || headers['transfer-encoding'] !== undefined) {
       // Not the plain answer this reads: the caller asks again through node:http.
@@ -169,7 +173,7 @@ class Connection {
   private finish(ex: Exchange): void {
     this.current = undefined;
     ex.answer!.filled = true;
-    if (/\bclose\b/i.test(ex.answer!.headers.connection ?? '')) {
+    if (ex.closes) {
       this.broken = true;
       this.socket.destroy();
     } else this.socket.unref(); // an idle connection keeps no process alive
