@@ -7,18 +7,25 @@ import { measure, median, runOk, type Measurement } from './measure.js';
 import { REPO } from './peers.js';
 
 /**
- * `npm run build && node dist/bench/remote.js [--size MiB] [--runs N]`:
+ * `npm run build && node dist/bench/remote.js [--size MiB] [--runs N] [--only s3,upload,http,sparse]`:
  * vdisk against the two-step alternatives on remote images, on real servers
  * started here on loopback (the test helpers' Ceph RADOS Gateway with a
  * memstore OSD, and nginx), issue 18's goals:
  *
- * - S3 → local raw from a half-full dynamic VHDX: vdisk convert against
+ * - s3: S3 → local raw from a half-full dynamic VHDX: vdisk convert against
  *   `rclone copyto` + `qemu-img convert` (goal ≤ 0.7x) and rclone alone (≤ 1.3x);
- * - local raw → S3 raw object: vdisk convert (multipart upload) against rclone copyto;
- * - HTTP vhdx → local raw: vdisk convert against curl downloading the file (≤ 1.3x);
+ * - upload: local raw → S3 raw object: vdisk convert (multipart upload) against rclone copyto;
+ * - http: HTTP vhdx → local raw: vdisk convert against curl downloading the file (≤ 1.3x);
+ * - sparse: peak RSS (goal < 256 MiB) converting a 64 GiB dynamic VHDX
+ *   holding little data (16 MiB) from S3 and from HTTP to a local raw.
  *
- * with peak RSS (GNU time). Medians of --runs (default 3), tools alternating.
- * Everything lives in bench/.work/remote-<pid>, removed at the end.
+ * with wall time, CPU time (user + system, GNU time) and peak RSS of each
+ * tool. Tools alternate within each run (vdisk, peer, vdisk, peer, ...),
+ * medians of --runs (default 3): on a shared machine the CPU times and the
+ * ratios of medians are what to read. Everything lives in
+ * bench/.work/remote-<pid>, removed at the end. The memstore OSD keeps the
+ * objects in RAM: a 4096 MiB run stores the ~2 GiB VHDX, and with `upload`
+ * two 4 GiB raw objects besides.
  */
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: number) => {
@@ -27,7 +34,18 @@ const opt = (name: string, dflt: number) => {
 };
 const SIZE_MIB = opt('--size', 1024);
 const RUNS = opt('--runs', 3);
+const ONLY = (() => {
+  const i = args.indexOf('--only');
+  return new Set(i >= 0 ? args[i + 1].split(',') : ['s3', 'upload', 'http', 'sparse']);
+})();
 const VDISK = [process.execPath, join(REPO, 'bin', 'vdisk.cjs')];
+const SPARSE_GIB = 64;
+
+interface Case {
+  name: string;
+  /** The first tool is vdisk; the others are the peers its ratios are taken against. */
+  tools: [string, string[]][];
+}
 
 async function main(): Promise<void> {
   const work = join(REPO, 'bench', '.work', `remote-${process.pid}`);
@@ -42,8 +60,14 @@ async function main(): Promise<void> {
     await runOk(['qemu-io', '-f', 'raw', ...writes, raw]);
     const vhdx = join(www, 'src.vhdx');
     await runOk(['qemu-img', 'convert', '-f', 'raw', '-O', 'vhdx', raw, vhdx]);
+    // A 64 GiB VHDX with 16 MiB of data, 1 MiB every 4 GiB.
+    const sparse = join(www, 'sparse.vhdx');
+    await runOk(['qemu-img', 'create', '-f', 'vhdx', sparse, `${SPARSE_GIB}G`]);
+    const sparseWrites: string[] = [];
+    for (let g = 0; g < SPARSE_GIB; g += 4) sparseWrites.push('-c', `write -P ${g + 1} ${g}G 1M`);
+    await runOk(['qemu-io', '-f', 'vhdx', ...sparseWrites, sparse]);
 
-    const ceph = await startCeph(Math.max(1 << 30, SIZE_MIB * 4 * 1024 * 1024));
+    const ceph = await startCeph(Math.max(1 << 30, SIZE_MIB * (ONLY.has('upload') ? 4 : 1) * 1024 * 1024 + (512 << 20)));
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       ...ceph.env,
@@ -57,35 +81,53 @@ async function main(): Promise<void> {
     delete env.AWS_CA_BUNDLE;
     await runOk(['rclone', 'mkdir', 'ceph:bench'], { env });
     await runOk(['rclone', 'copyto', vhdx, 'ceph:bench/src.vhdx'], { env });
+    await runOk(['rclone', 'copyto', sparse, 'ceph:bench/sparse.vhdx'], { env });
     const nginx = (await startNginx({ skip() {} } as unknown as TestContext, www))!;
 
     const out = join(work, 'out.raw');
     const tmp = join(work, 'tmp.vhdx');
-    const cases: { name: string; tools: [string, string[]][] }[] = [
-      {
+    const cases: Case[] = [];
+    if (ONLY.has('s3')) {
+      cases.push({
         name: `S3 → local: dynamic VHDX (${SIZE_MIB} MiB, half full) to raw`,
         tools: [
           ['vdisk convert', [...VDISK, 'convert', '-O', 'raw', 's3://bench/src.vhdx', out]],
           ['rclone copyto + qemu-img convert', ['sh', '-c', `rclone copyto ceph:bench/src.vhdx ${tmp} && qemu-img convert -f vhdx -O raw ${tmp} ${out}`]],
           ['rclone copyto alone', ['rclone', 'copyto', 'ceph:bench/src.vhdx', tmp]],
         ],
-      },
-      {
+      });
+    }
+    if (ONLY.has('upload')) {
+      cases.push({
         name: `local → S3: raw (${SIZE_MIB} MiB) to a raw object`,
         tools: [
           ['vdisk convert', [...VDISK, 'convert', '--overwrite', '-f', 'raw', '-O', 'raw', raw, 's3://bench/up.raw']],
           ['rclone copyto', ['rclone', 'copyto', raw, 'ceph:bench/up2.raw']],
         ],
-      },
-      {
+      });
+    }
+    if (ONLY.has('http')) {
+      cases.push({
         name: `HTTP (nginx) → local: dynamic VHDX (${SIZE_MIB} MiB, half full) to raw`,
         tools: [
           ['vdisk convert', [...VDISK, 'convert', '-O', 'raw', `${nginx.url}/src.vhdx`, out]],
           ['curl (download only)', ['curl', '-sS', '-o', tmp, `${nginx.url}/src.vhdx`]],
         ],
-      },
+      });
+    }
+    if (ONLY.has('sparse')) {
+      for (const [where, url] of [
+        ['S3', 's3://bench/sparse.vhdx'],
+        ['HTTP', `${nginx.url}/sparse.vhdx`],
+      ]) {
+        cases.push({ name: `${where} → local: dynamic VHDX (${SPARSE_GIB} GiB, 16 MiB of data) to raw`, tools: [['vdisk convert', [...VDISK, 'convert', '-O', 'raw', url, out]]] });
+      }
+    }
+    const lines = [
+      `${SIZE_MIB} MiB, ${RUNS} runs, tools alternating; medians`,
+      '| Case | Tool | Wall (s) | CPU user+sys (s) | Peak RSS (MiB, max) | vdisk / tool: wall | vdisk / tool: CPU |',
+      '|---|---|---|---|---|---|---|',
     ];
-    const lines = ['| Case | Tool | Median wall (s) | Peak RSS (MiB) | vs vdisk |', '|---|---|---|---|---|'];
     for (const c of cases) {
       const results = new Map<string, Measurement[]>();
       for (let r = 0; r < RUNS; r++) {
@@ -94,14 +136,19 @@ async function main(): Promise<void> {
           await rm(tmp, { force: true });
           const m = await measure(argv, { scratch: work, env });
           results.set(tool, [...(results.get(tool) ?? []), m]);
+          console.error(`${c.name} | ${tool} | run ${r + 1}: ${m.wall.toFixed(2)} s wall, ${m.cpu?.toFixed(2) ?? '?'} s CPU, ${((m.rss ?? 0) / (1 << 20)).toFixed(0)} MiB`);
         }
       }
-      const vdiskWall = median(results.get('vdisk convert')!.map((m) => m.wall));
+      const [vdiskTool] = c.tools[0];
+      const vdiskWall = median(results.get(vdiskTool)!.map((m) => m.wall));
+      const vdiskCpu = median(results.get(vdiskTool)!.map((m) => m.cpu ?? NaN));
       for (const [tool] of c.tools) {
         const ms = results.get(tool)!;
         const wall = median(ms.map((m) => m.wall));
+        const cpu = median(ms.map((m) => m.cpu ?? NaN));
         const rss = Math.max(...ms.map((m) => m.rss ?? 0)) / (1 << 20);
-        lines.push(`| ${c.name} | ${tool} | ${wall.toFixed(2)} | ${rss ? rss.toFixed(0) : '?'} | ${tool === 'vdisk convert' ? '' : `vdisk ${(vdiskWall / wall).toFixed(2)}x`} |`);
+        const ratios = tool === vdiskTool ? ' | ' : `${(vdiskWall / wall).toFixed(2)}x | ${(vdiskCpu / cpu).toFixed(2)}x`;
+        lines.push(`| ${c.name} | ${tool} | ${wall.toFixed(2)} | ${cpu.toFixed(2)} | ${rss ? rss.toFixed(0) : '?'} | ${ratios} |`);
       }
     }
     nginx.stop();
