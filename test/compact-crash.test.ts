@@ -58,6 +58,7 @@ async function build(s: Scenario): Promise<Record<string, Uint8Array>> {
     [MiB, new Uint8Array(MiB)], // zeros: released only without a parent (the parent has data there)
     [3 * MiB, new Uint8Array(MiB)], // released
     [4 * MiB + 512, randomBytes(r, 4096)],
+    [4 * MiB + 8192, new Uint8Array(16384)], // differencing: a zero run over parent zeros in a block that stays (bits cleared)
     [5 * MiB, new Uint8Array(2 * MiB)], // released
     [8 * MiB, randomBytes(r, 2 * MiB)], // moved into the holes
   ]);
@@ -86,6 +87,7 @@ for (const s of scenarios) {
     const done = await compactImage({ path: top, openOptions: { openStore: dry.opener() } });
     const total = dry.used;
     assert.ok(done.released.zero >= 2 && done.moved >= 1 && done.bytesAfter < done.bytesBefore, JSON.stringify(done));
+    assert.equal(done.zeroRunBytes, s.differencing ? 16384 : 0);
     assert.equal(await chainDigest(top, { openStore: dry.opener() }), before);
     assert.ok(total > 10, `compact did ${total} operations`);
     let opened = 0;
