@@ -90,6 +90,8 @@ export function parseModes(values: readonly string[] | undefined): CompactMode[]
 }
 
 const CHUNK = 4 << 20;
+/** Blocks judged at once (each with its own CHUNK buffer, or two in a differencing layer). */
+const SCAN_WORKERS = 4;
 
 export async function compactImage(req: CompactRequest): Promise<CompactResult> {
   const started = process.hrtime.bigint();
@@ -149,33 +151,44 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
       fsFree = found.free;
       for (const note of found.notes) result.notes.push(`fs: ${note}`);
     }
-    const release: number[] = [];
-    const clear: { offset: number; length: number }[] = [];
-    const buf = new Uint8Array(Math.min(CHUNK, blockSize));
-    const parentBuf = differencing && zeroMode ? new Uint8Array(buf.length) : buf;
-    let n = 0;
-    for (const b of blocks) {
-      req.onProgress?.(++n, blocks.length);
+    // Each block judged on its own (trim, fs, then zero: the first that releases it counts), SCAN_WORKERS at a time
+    // with a buffer each, so that the reads of some overlap the zero checks of others; results kept in block order.
+    type Verdict = { mode?: CompactMode; runs?: { offset: number; length: number }[] };
+    const verdicts: Verdict[] = new Array<Verdict>(blocks.length);
+    const judge = async (b: (typeof blocks)[number], buf: Uint8Array, parentBuf: Uint8Array): Promise<Verdict> => {
       const start = b.index * blockSize;
-      if (modes.includes('trim') && b.trimmed) {
-        release.push(b.index);
-        result.released.trim++;
-      } else if (fsFree.length && whollyFree(fsFree, start, Math.min(blockSize, top.size - start))) {
-        release.push(b.index);
-        result.released.fs++;
-      } else if (zeroMode && !b.trimmed && differencing) {
+      if (modes.includes('trim') && b.trimmed) return { mode: 'trim' };
+      if (fsFree.length && whollyFree(fsFree, start, Math.min(blockSize, top.size - start))) return { mode: 'fs' };
+      if (!zeroMode || b.trimmed) return {};
+      if (differencing) {
         // Sector runs: zeros in the layer over zeros in the parent. All of what the layer holds: the block goes;
         // else the runs' bits are cleared and the block stays.
         const z = await zeroOverZero(chain, top, b.index, blockSize, buf, parentBuf);
-        if (z.whole) {
-          release.push(b.index);
-          result.released.zero++;
-        } else clear.push(...z.runs);
-      } else if (zeroMode && !b.trimmed && (await blockReadsZero(top, b.index, blockSize, buf))) {
-        release.push(b.index);
-        result.released.zero++;
+        return z.whole ? { mode: 'zero' } : { runs: z.runs };
       }
-    }
+      return (await blockReadsZero(top, b.index, blockSize, buf)) ? { mode: 'zero' } : {};
+    };
+    let next = 0;
+    let judged = 0;
+    const worker = async (): Promise<void> => {
+      const buf = new Uint8Array(Math.min(CHUNK, blockSize));
+      const parentBuf = differencing && zeroMode ? new Uint8Array(buf.length) : buf;
+      while (next < blocks.length) {
+        const k = next++;
+        verdicts[k] = await judge(blocks[k], buf, parentBuf);
+        req.onProgress?.(++judged, blocks.length);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SCAN_WORKERS, blocks.length) }, worker));
+    const release: number[] = [];
+    const clear: { offset: number; length: number }[] = [];
+    blocks.forEach((b, k) => {
+      const v = verdicts[k];
+      if (v.mode) {
+        release.push(b.index);
+        result.released[v.mode]++;
+      } else if (v.runs) clear.push(...v.runs);
+    });
     const outcome = await top.compact(release, { dryRun, onProgress: req.onProgress, clear });
     result.zeroRunBytes = outcome.cleared;
     if (!dryRun) await top.flush();

@@ -1,6 +1,6 @@
 import { alignUp } from '../../core/u64.js';
-import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import { FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
+import { readExact } from '../../io/store.js';
+import { copyMoves, FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
 import type { CompactBlocks, CompactOptions, CompactOutcome } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBatSector } from './bat.js';
 import { clearBatmap } from './batmap.js';
@@ -36,7 +36,8 @@ import type { VhdState } from './state.js';
  * The footer's unique id (what a child names as its parent) does not change.
  */
 
-const MOVE_BATCH = 64;
+/** Bytes of blocks moved per batch: each batch is one copy, one flush, then its BAT sectors and a flush. */
+const MOVE_BATCH_BYTES = 512 << 20;
 
 export async function compactBlocksVhd(state: VhdState): Promise<CompactBlocks> {
   const h = state.header!;
@@ -130,17 +131,11 @@ export async function compactVhd(
     await writeBatSectors(state, releasing);
   }
   // 2. move
-  const buf = new Uint8Array(Math.min(span, 4 << 20));
   let done = 0;
-  for (let k = 0; k < moves.length; k += MOVE_BATCH) {
-    const batch = moves.slice(k, k + MOVE_BATCH);
-    for (const { unit, to } of batch) {
-      for (let at = 0; at < span; at += buf.length) {
-        const part = buf.subarray(0, Math.min(buf.length, span - at));
-        await readOrZero(store, unit.offset + at, part);
-        await writeParts(store, to + at, [part]);
-      }
-    }
+  const perBatch = Math.max(1, Math.floor(MOVE_BATCH_BYTES / span));
+  for (let k = 0; k < moves.length; k += perBatch) {
+    const batch = moves.slice(k, k + perBatch);
+    await copyMoves(store, batch);
     await store.flush();
     for (const { unit, to } of batch) {
       bat[unit.id] = to / SECTOR;

@@ -1,6 +1,5 @@
 import { alignDown, alignUp } from '../../core/u64.js';
-import { readOrZero } from '../../io/store.js';
-import { FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
+import { copyMoves, FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
 import type { CompactBlocks, CompactOptions, CompactOutcome } from '../types.js';
 import { Bat, BAT_ENTRY_SIZE, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT, PAYLOAD_ZERO, SB_PRESENT } from './bat.js';
 import type { SectorUpdates } from './journal.js';
@@ -37,10 +36,8 @@ import type { VhdxState } from './state.js';
  * same, so DataWriteGuid, which children name as parent_linkage, stays.
  */
 
-/** Blocks moved per log transaction. */
-const MOVE_BATCH = 32;
-/** Copy buffer. */
-const COPY_CHUNK = 4 * MiB;
+/** Bytes of blocks moved per batch: one copy, then one log transaction for their entries (whose flush makes the copies durable first). */
+const MOVE_BATCH_BYTES = 512 * MiB;
 
 function isPresent(state: number): boolean {
   return state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT;
@@ -202,15 +199,13 @@ export async function compactVhdx(
   }
   await commitBat(s, updates);
   // 2. move, a batch at a time: copies (made durable by the commit's flush), then one log entry for the batch's entries.
-  const buf = new Uint8Array(Math.min(COPY_CHUNK, s.bat.geometry.blockSize));
   let done = 0;
-  for (let k = 0; k < moves.length; k += MOVE_BATCH) {
-    for (const { unit, to } of moves.slice(k, k + MOVE_BATCH)) {
-      for (let at = 0; at < unit.length; at += buf.length) {
-        const part = buf.subarray(0, Math.min(buf.length, unit.length - at));
-        await readOrZero(s.store, unit.offset + at, part);
-        await s.store.write(to + at, part);
-      }
+  // Entries per batch: as many blocks as MOVE_BATCH_BYTES holds, and no more BAT sectors than one log entry carries.
+  const perBatch = Math.max(1, Math.min(s.journal.capacity, Math.floor(MOVE_BATCH_BYTES / s.bat.geometry.blockSize)));
+  for (let k = 0; k < moves.length; k += perBatch) {
+    const batch = moves.slice(k, k + perBatch);
+    await copyMoves(s.store, batch);
+    for (const { unit, to } of batch) {
       stageEntry(s, updates, unit.id, s.bat.state(unit.id), to);
       options.onProgress?.(++done, moves.length);
     }
