@@ -248,7 +248,64 @@ export function buildLargeCases(L: LargeInputs, env: Environment & { dropCaches:
       { name: 'vhd-lib', role: 'peer', setup: fresh, unavailable: env.vhdLibMissing ?? undefined, argv: worker('vhdlib-merge', { parent: join(runDir, 'parent.vhd'), child: join(runDir, 'child.vhd') }), outputs: [runDir] },
     ],
   });
+  cases.push(...compactCases(w, L.raw, L.size, '-4g'));
   return cases;
+}
+
+/**
+ * Issue 20's compact cases on a disk of `size` bytes made from `raw` (half
+ * of its 2 MiB blocks data): the bench's scale, and with `--large` the
+ * 4 GiB the issue names (`tag` -4g). Each vdisk run compacts a fresh copy
+ * in place (made untimed); qemu-img copies out the same file.
+ */
+function compactCases(w: (name: string) => string, raw: string, size: number, tag: string): Case[] {
+  const out: Case[] = [];
+  // A VHD with every block allocated, half of them zero-filled: in.raw converted with -S 0 (zeros written).
+  const zeroed = w(`compact-zeroed${tag}.vhd`);
+  const work = w(`compact-work${tag}.vhd`);
+  const qOut = w(`out-compact-qemu${tag}.vhd`);
+  const make = ['sh', '-c', '[ -f "$1" ] || qemu-img convert -q -S 0 -f raw -O vpc -o subformat=dynamic,force_size=on "$2" "$1"', 'sh', zeroed, raw];
+  out.push({
+    id: `compact-zero-vhd${tag}`,
+    group: 'compact',
+    title: `compact --mode zero: ${size / 2 ** 30} GiB VHD, half its blocks zero-filled, vs qemu-img convert -O vpc`,
+    bytes: size,
+    goal: 'vdisk/qemu-img <= 0.5, same size or smaller',
+    limits: { 'vdisk/qemu-img': 0.5 },
+    note: 'vdisk compacts a fresh full copy (cp --sparse=never, untimed) in place; qemu-img copies out the same file',
+    tools: [
+      { name: 'vdisk', role: 'vdisk', prepare: ['sh', '-c', `${make[2]} && cp --sparse=never "$1" "$3"`, 'sh', zeroed, raw, work], argv: vdiskCli('compact', '-q', '--mode', 'zero', work), outputs: [work] },
+      { name: 'qemu-img', role: 'peer', prepare: make, argv: ['qemu-img', 'convert', '-f', 'vpc', '-O', 'vpc', '-o', 'subformat=dynamic,force_size=on', zeroed, qOut], outputs: [qOut] },
+    ],
+  });
+  // An ext4 filling the disk to ~80% with 16 files, half of them then deleted with debugfs (not zeroed), in a dynamic VHDX with 1 MiB blocks (as WSL's ext4.vhdx).
+  const ext = w(`compact-ext4${tag}.vhdx`);
+  const extWork = w(`compact-ext4-work${tag}.vhdx`);
+  const extOut = w(`out-compact-qemu${tag}.vhdx`);
+  const fileMiB = Math.floor((size / 2 ** 20) * 0.8 / 16);
+  const build = [
+    'sh', '-c',
+    'set -e; if [ ! -f "$1" ]; then d="$1.d"; rm -rf "$d"; mkdir -p "$d/src"; for i in $(seq 1 16); do head -c $(($3 * 1048576 + 4096)) /dev/urandom > "$d/src/f$i"; done; ' +
+      'truncate -s "$2" "$d/fs.raw"; PATH="$PATH:/usr/sbin:/sbin"; mkfs.ext4 -q -F -b 4096 -d "$d/src" "$d/fs.raw"; ' +
+      'for i in $(seq 1 2 16); do debugfs -w -R "rm /f$i" "$d/fs.raw" >/dev/null 2>&1; done; ' +
+      `"$4" "$5" convert -f raw -O vhdx -o block_size=1M "$d/fs.raw" "$1" > /dev/null; rm -rf "$d"; fi`,
+    'sh', ext, String(size), String(fileMiB), node, vdiskBin(),
+  ];
+  out.push({
+    id: `compact-fs-ext4-vhdx${tag}`,
+    group: 'compact',
+    title: `compact --mode fs: ${size / 2 ** 30} GiB VHDX, ext4 with half its data deleted, vs qemu-img convert -O vhdx`,
+    bytes: size,
+    unavailable: formatAvailable('vhdx') ?? undefined,
+    goal: 'vdisk/qemu-img <= 0.5; the file ends within 5% of the data the file system still uses (qemu-img cannot drop the deleted data)',
+    limits: { 'vdisk/qemu-img': 0.5 },
+    note: 'vdisk compacts a fresh copy (cp --sparse=always, untimed) in place; qemu-img copies out the same file',
+    tools: [
+      { name: 'vdisk', role: 'vdisk', prepare: ['sh', '-c', `${build[2]}; cp --sparse=always "$1" "$6"`, 'sh', ext, String(size), String(fileMiB), node, vdiskBin(), extWork], argv: vdiskCli('compact', '-q', '--mode', 'fs', extWork), outputs: [extWork] },
+      { name: 'qemu-img', role: 'peer', prepare: build, argv: ['qemu-img', 'convert', '-f', 'vhdx', '-O', 'vhdx', '-o', 'block_size=1M', ext, extOut], outputs: [extOut] },
+    ],
+  });
+  return out;
 }
 
 export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[] {
@@ -447,53 +504,7 @@ export function buildCases(inp: Inputs, o: CaseOptions, env: Environment): Case[
   });
 
   // --- compact: in place, against the copy-out alternative ----------------------
-  {
-    // A VHD with every block allocated, half of them zero-filled: in.raw converted with -S 0 (zeros written).
-    const zeroed = w('compact-zeroed.vhd');
-    const work = w('compact-work.vhd');
-    const qOut = w('out-compact-qemu.vhd');
-    const make = ['sh', '-c', '[ -f "$1" ] || qemu-img convert -q -S 0 -f raw -O vpc -o subformat=dynamic,force_size=on "$2" "$1"', 'sh', zeroed, inp.raw];
-    cases.push({
-      id: 'compact-zero-vhd',
-      group: 'compact',
-      title: `compact --mode zero: ${size / 2 ** 30} GiB VHD, half its blocks zero-filled, vs qemu-img convert -O vpc`,
-      bytes: size,
-      goal: 'vdisk/qemu-img <= 0.5, same size or smaller',
-      limits: { 'vdisk/qemu-img': 0.5 },
-      note: 'vdisk compacts a fresh full copy (cp --sparse=never, untimed) in place; qemu-img copies out the same file',
-      tools: [
-        { name: 'vdisk', role: 'vdisk', prepare: ['sh', '-c', `${make[2]} && cp --sparse=never "$1" "$3"`, 'sh', zeroed, inp.raw, work], argv: vdiskCli('compact', '-q', '--mode', 'zero', work), outputs: [work] },
-        { name: 'qemu-img', role: 'peer', prepare: make, argv: ['qemu-img', 'convert', '-f', 'vpc', '-O', 'vpc', '-o', 'subformat=dynamic,force_size=on', zeroed, qOut], outputs: [qOut] },
-      ],
-    });
-    // An ext4 filling the disk to ~80% with 16 files, half of them then deleted with debugfs (not zeroed), in a dynamic VHDX with 1 MiB blocks (as WSL's ext4.vhdx).
-    const ext = w('compact-ext4.vhdx');
-    const extWork = w('compact-ext4-work.vhdx');
-    const extOut = w('out-compact-qemu.vhdx');
-    const fileMiB = Math.floor((size / 2 ** 20) * 0.8 / 16);
-    const build = [
-      'sh', '-c',
-      'set -e; if [ ! -f "$1" ]; then d="$1.d"; rm -rf "$d"; mkdir -p "$d/src"; for i in $(seq 1 16); do head -c $(($3 * 1048576 + 4096)) /dev/urandom > "$d/src/f$i"; done; ' +
-        'truncate -s "$2" "$d/fs.raw"; PATH="$PATH:/usr/sbin:/sbin"; mkfs.ext4 -q -F -b 4096 -d "$d/src" "$d/fs.raw"; ' +
-        'for i in $(seq 1 2 16); do debugfs -w -R "rm /f$i" "$d/fs.raw" >/dev/null 2>&1; done; ' +
-        `"$4" "$5" convert -f raw -O vhdx -o block_size=1M "$d/fs.raw" "$1" > /dev/null; rm -rf "$d"; fi`,
-      'sh', ext, String(size), String(fileMiB), node, vdiskBin(),
-    ];
-    cases.push({
-      id: 'compact-fs-ext4-vhdx',
-      group: 'compact',
-      title: `compact --mode fs: ${size / 2 ** 30} GiB VHDX, ext4 with half its data deleted, vs qemu-img convert -O vhdx`,
-      bytes: size,
-      unavailable: formatAvailable('vhdx') ?? undefined,
-      goal: 'vdisk/qemu-img <= 0.5; the file ends within 5% of the data the file system still uses (qemu-img cannot drop the deleted data)',
-      limits: { 'vdisk/qemu-img': 0.5 },
-      note: 'vdisk compacts a fresh copy (cp --sparse=always, untimed) in place; qemu-img copies out the same file',
-      tools: [
-        { name: 'vdisk', role: 'vdisk', prepare: ['sh', '-c', `${build[2]}; cp --sparse=always "$1" "$6"`, 'sh', ext, String(size), String(fileMiB), node, vdiskBin(), extWork], argv: vdiskCli('compact', '-q', '--mode', 'fs', extWork), outputs: [extWork] },
-        { name: 'qemu-img', role: 'peer', prepare: build, argv: ['qemu-img', 'convert', '-f', 'vhdx', '-O', 'vhdx', '-o', 'block_size=1M', ext, extOut], outputs: [extOut] },
-      ],
-    });
-  }
+  cases.push(...compactCases(w, inp.raw, size, ''));
 
   // --- NBD: nbdcopy through vdisk serve vs qemu-nbd ------------------------
   for (const [fmt, path] of [['vhdx', inp.vhdx!], ['vhd', inp.vhd!]] as const) {

@@ -32,13 +32,22 @@ test('check: a block leaked by a crash is reported and given back with repair; a
   await img.write(4 * MiB, new Uint8Array(4096).fill(9)).then(() => img.flush()).catch(() => {});
   const crashed = new MemoryStore('/m/a.vhd', await fault.crashImage('all'));
   fs.files.set('/m/a.vhd', crashed);
-  let layer = await openLayer('/m/a.vhd', { openStore: fs.opener() });
+  const crashedBytes = crashed.bytes();
+  // A read-only open reports the leak and writes nothing.
+  let layer = await openLayer('/m/a.vhd', { openStore: fs.opener(), readOnly: true });
   const r1 = await layer.check!({});
   assert.deepEqual(r1.problems.map((p) => p.severity), ['leak']);
-  const r2 = await layer.check!({ repair: 'leaks' });
-  assert.equal(r2.problems[0].repaired, true);
+  assert.match(r1.problems[0].message, /writable open or check -r leaks gives them back/);
   await layer.close();
+  assert.deepEqual(crashed.bytes(), crashedBytes, 'a read-only open never writes');
+  // A writable open gives the space back before anything else; its check reports the leak repaired, once.
+  layer = await openLayer('/m/a.vhd', { openStore: fs.opener() });
   assert.equal((await crashed.size()), before.length, 'the file is back to its size before the crash');
+  const r2 = await layer.check!({ repair: 'leaks' });
+  assert.deepEqual(r2.problems.map((p) => [p.severity, p.repaired]), [['leak', true]]);
+  assert.match(r2.problems[0].message, /given back when the image was opened writable/);
+  assert.deepEqual((await layer.check!({})).problems, []);
+  await layer.close();
   layer = await openLayer('/m/a.vhd', { openStore: fs.opener() });
   assert.deepEqual((await layer.check!({})).problems, []);
   await layer.close();

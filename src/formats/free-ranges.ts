@@ -1,3 +1,7 @@
+import { fromSystemError } from '../core/errors.js';
+import { copyWorkers, NATIVE_MAX_RANGE, nativeAddon } from '../io/native.js';
+import { nativeStore, readOrZero, type Store } from '../io/store.js';
+
 /**
  * File space that no structure of an image uses: the holes a released block
  * leaves inside a VHD or VHDX file. One module shared by the two formats for
@@ -116,4 +120,51 @@ export function planMoves(units: readonly MovableUnit[], free: FreeRanges, align
     moves.push({ unit: u, to });
   }
   return moves;
+}
+
+/** JavaScript copy buffer (the native copier has its own, one per thread). */
+const COPY_CHUNK = 4 << 20;
+
+/**
+ * Copy each moved unit's bytes to its new place in the same file (compact
+ * step 2; the caller then makes them durable and switches the pointers).
+ * With the native addon and a local file: one call for the whole batch,
+ * file to file on libuv's threads (native/copy.c copyToBlocks, every byte
+ * written: the place may hold a released block's old bytes), so no byte
+ * crosses into JavaScript and the reads and writes of several units
+ * overlap. Otherwise a JavaScript loop through one buffer. Sources and
+ * places never overlap (planMoves: a place is a hole that was free before
+ * any move), so the order of the copies does not matter.
+ */
+export async function copyMoves(store: Store, moves: readonly { unit: MovableUnit; to: number }[]): Promise<void> {
+  if (moves.length === 0) return;
+  const addon = nativeAddon();
+  const target = nativeStore(store);
+  if (addon && target) {
+    const fd = target.nativeFd();
+    const plan: number[] = [];
+    const units: number[] = [];
+    moves.forEach(({ unit, to }, k) => {
+      units.push(to, 1); // a known place, every byte written
+      for (let at = 0; at < unit.length; at += NATIVE_MAX_RANGE) {
+        const n = Math.min(NATIVE_MAX_RANGE, unit.length - at);
+        plan.push(fd, unit.offset + at, at, k, at, n);
+      }
+    });
+    try {
+      await addon.copyToBlocks(fd, new Float64Array(plan), new Float64Array(units), 0, 1, 4096, copyWorkers(), new Float64Array(moves.length));
+    } catch (e) {
+      const err = e as NodeJS.ErrnoException & { offset?: number };
+      throw fromSystemError(e, { path: store.path, offset: err.offset, operation: err.syscall === 'read' ? 'read' : 'write' });
+    }
+    return;
+  }
+  const buf = new Uint8Array(Math.min(COPY_CHUNK, Math.max(...moves.map((m) => m.unit.length))));
+  for (const { unit, to } of moves) {
+    for (let at = 0; at < unit.length; at += buf.length) {
+      const part = buf.subarray(0, Math.min(buf.length, unit.length - at));
+      await readOrZero(store, unit.offset + at, part);
+      await store.write(to + at, part);
+    }
+  }
 }

@@ -229,7 +229,19 @@ export interface Compactable {
    * what the disk reads where a released block's content was kept
    * elsewhere (a parent's identical bytes, zeros) — the caller's decision.
    */
-  compact(release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }): Promise<CompactOutcome>;
+  compact(release: readonly number[], options: CompactOptions): Promise<CompactOutcome>;
+}
+
+export interface CompactOptions {
+  dryRun: boolean;
+  onProgress?: (done: number, total: number) => void;
+  /**
+   * Differencing layers: disk byte ranges (whole logical sectors, each
+   * inside one block that stays) whose sector bits are cleared, so they read
+   * from the parent again — the caller's decision that the parent reads
+   * there what the layer holds (zeros). Cleared before any block moves.
+   */
+  clear?: readonly { offset: number; length: number }[];
 }
 
 export interface CompactBlocks {
@@ -245,6 +257,8 @@ export interface CompactOutcome {
   bytesAfter: number;
   /** Blocks moved towards the start of the file. */
   moved: number;
+  /** Bytes of `clear` whose sector bits were (or, in a dry run, would be) cleared. */
+  cleared: number;
 }
 
 /**

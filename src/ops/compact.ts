@@ -6,7 +6,7 @@ import type { Chain } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
 import { findFreeSpace } from '../guestfs/index.js';
 import { compactByPunching, isPunchable } from './compact-holes.js';
-import { isZero } from './zero.js';
+import { granuleRuns, isZero, zeroChecker } from './zero.js';
 
 /**
  * vdisk compact: give back the file space of blocks a dynamic or
@@ -17,9 +17,10 @@ import { isZero } from './zero.js';
  *   trim  blocks whose metadata already says they hold nothing (VHD
  *         differencing blocks with no sector bit set; VHDX PARTIALLY_PRESENT
  *         blocks with none, and UNMAPPED/ZERO entries still naming space);
- *   zero  blocks whose data is all zeros — in a differencing layer only
- *         where the parent reads zeros there too, so the disk reads the same
- *         once the block reads from the parent again;
+ *   zero  blocks whose data is all zeros — in a differencing layer, sector
+ *         runs of zeros where the parent reads zeros too (their bits are
+ *         cleared; a block with nothing else goes whole), so the disk reads
+ *         the same once they read from the parent again;
  *   fs    blocks lying wholly in space the guest's file systems (ext2/3/4,
  *         NTFS, found through MBR/GPT partitions: src/guestfs/) do not use.
  *         Every sector a clean file system uses keeps its content; free
@@ -60,6 +61,12 @@ export interface CompactResult {
   blockSize: number;
   /** Blocks moved towards the start of the file. */
   moved: number;
+  /**
+   * zero mode in a differencing layer: bytes of sector runs, in blocks that
+   * stay, whose bits were cleared (zeros over zeros in the parent: they read
+   * from the parent again). No file space by themselves.
+   */
+  zeroRunBytes: number;
   bytesBefore: number;
   bytesAfter: number;
   seconds: number;
@@ -83,6 +90,8 @@ export function parseModes(values: readonly string[] | undefined): CompactMode[]
 }
 
 const CHUNK = 4 << 20;
+/** Blocks judged at once (each with its own CHUNK buffer, or two in a differencing layer). */
+const SCAN_WORKERS = 4;
 
 export async function compactImage(req: CompactRequest): Promise<CompactResult> {
   const started = process.hrtime.bigint();
@@ -104,6 +113,7 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
       released: Object.fromEntries(modes.map((m) => [m, 0])) as Record<CompactMode, number>,
       blockSize: 0,
       moved: 0,
+      zeroRunBytes: 0,
       bytesBefore: before,
       bytesAfter: before,
       seconds: 0,
@@ -141,24 +151,46 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
       fsFree = found.free;
       for (const note of found.notes) result.notes.push(`fs: ${note}`);
     }
-    const release: number[] = [];
-    const buf = new Uint8Array(Math.min(CHUNK, blockSize));
-    let n = 0;
-    for (const b of blocks) {
-      req.onProgress?.(++n, blocks.length);
+    // Each block judged on its own (trim, fs, then zero: the first that releases it counts), SCAN_WORKERS at a time
+    // with a buffer each, so that the reads of some overlap the zero checks of others; results kept in block order.
+    type Verdict = { mode?: CompactMode; runs?: { offset: number; length: number }[] };
+    const verdicts: Verdict[] = new Array<Verdict>(blocks.length);
+    const judge = async (b: (typeof blocks)[number], buf: Uint8Array, parentBuf: Uint8Array): Promise<Verdict> => {
       const start = b.index * blockSize;
-      if (modes.includes('trim') && b.trimmed) {
-        release.push(b.index);
-        result.released.trim++;
-      } else if (fsFree.length && whollyFree(fsFree, start, Math.min(blockSize, top.size - start))) {
-        release.push(b.index);
-        result.released.fs++;
-      } else if (zeroMode && !b.trimmed && (await blockReadsZero(chain, top, b.index, blockSize, differencing, buf))) {
-        release.push(b.index);
-        result.released.zero++;
+      if (modes.includes('trim') && b.trimmed) return { mode: 'trim' };
+      if (fsFree.length && whollyFree(fsFree, start, Math.min(blockSize, top.size - start))) return { mode: 'fs' };
+      if (!zeroMode || b.trimmed) return {};
+      if (differencing) {
+        // Sector runs: zeros in the layer over zeros in the parent. All of what the layer holds: the block goes;
+        // else the runs' bits are cleared and the block stays.
+        const z = await zeroOverZero(chain, top, b.index, blockSize, buf, parentBuf);
+        return z.whole ? { mode: 'zero' } : { runs: z.runs };
       }
-    }
-    const outcome = await top.compact(release, { dryRun, onProgress: req.onProgress });
+      return (await blockReadsZero(top, b.index, blockSize, buf)) ? { mode: 'zero' } : {};
+    };
+    let next = 0;
+    let judged = 0;
+    const worker = async (): Promise<void> => {
+      const buf = new Uint8Array(Math.min(CHUNK, blockSize));
+      const parentBuf = differencing && zeroMode ? new Uint8Array(buf.length) : buf;
+      while (next < blocks.length) {
+        const k = next++;
+        verdicts[k] = await judge(blocks[k], buf, parentBuf);
+        req.onProgress?.(++judged, blocks.length);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(SCAN_WORKERS, blocks.length) }, worker));
+    const release: number[] = [];
+    const clear: { offset: number; length: number }[] = [];
+    blocks.forEach((b, k) => {
+      const v = verdicts[k];
+      if (v.mode) {
+        release.push(b.index);
+        result.released[v.mode]++;
+      } else if (v.runs) clear.push(...v.runs);
+    });
+    const outcome = await top.compact(release, { dryRun, onProgress: req.onProgress, clear });
+    result.zeroRunBytes = outcome.cleared;
     if (!dryRun) await top.flush();
     result.moved = outcome.moved;
     result.bytesBefore = outcome.bytesBefore;
@@ -206,20 +238,66 @@ async function sizeOf(top: Image, openStore: StoreOpener): Promise<number> {
 }
 
 /**
- * Whether releasing block `index` keeps the disk's content: every part the
- * layer answers for (data, or zeros it records) reads zeros in the layer,
- * and, in a differencing layer, zeros in the parent too (the block then
- * reads from the parent). Host holes (SEEK_HOLE) are zeros without reading.
+ * Whether releasing block `index` of a layer without a parent keeps the
+ * disk's content: every part the layer answers for (data, or zeros it
+ * records) reads zeros. Host holes (SEEK_HOLE) are zeros without reading.
  */
-async function blockReadsZero(chain: Chain, top: Image, index: number, blockSize: number, differencing: boolean, buf: Uint8Array): Promise<boolean> {
+async function blockReadsZero(top: Image, index: number, blockSize: number, buf: Uint8Array): Promise<boolean> {
   const start = index * blockSize;
   const length = Math.min(blockSize, top.size - start);
   for (const e of await top.blockStatus(start, length)) {
-    if (e.kind === 'unallocated') continue;
     if (e.kind === 'data' && !(await layerZero(top, e.offset, e.length, e.hostOffset, buf))) return false;
-    if (differencing && !(await rangeZero((o, into) => chain.readFrom(1, o, into), e.offset, e.length, buf))) return false;
   }
   return true;
+}
+
+/**
+ * zero mode in a differencing layer, for block `index`: the runs of whole
+ * logical sectors the layer holds as zeros where the parent reads zeros too
+ * (clearing their bits keeps the disk's content: they then read the
+ * parent's zeros), and whether those runs and the parts the layer leaves to
+ * the parent make up the whole block (then the block itself goes). A zero
+ * run over parent data stays. Zeros the layer records without data (a
+ * VHDX ZERO block) count only for the whole block, where the parent reads
+ * zeros too. Runs are found a granule at a time (ops/zero.ts granuleRuns),
+ * not a sector at a time; the parent is read only under the layer's zeros.
+ */
+async function zeroOverZero(chain: Chain, top: Image, index: number, blockSize: number, buf: Uint8Array, parentBuf: Uint8Array): Promise<{ whole: boolean; runs: { offset: number; length: number }[] }> {
+  const start = index * blockSize;
+  const length = Math.min(blockSize, top.size - start);
+  const sector = top.logicalSectorSize;
+  const runs: { offset: number; length: number }[] = [];
+  const add = (offset: number, len: number): void => {
+    const last = runs[runs.length - 1];
+    if (last && last.offset + last.length === offset) last.length += len;
+    else runs.push({ offset, length: len });
+  };
+  const parent = (o: number, into: Uint8Array): Promise<void> => chain.readFrom(1, o, into);
+  let whole = true;
+  for (const e of await top.blockStatus(start, length)) {
+    if (e.kind === 'unallocated') continue;
+    if (e.kind !== 'data') {
+      if (whole && !(await rangeZero(parent, e.offset, e.length, parentBuf))) whole = false;
+      continue;
+    }
+    for (let at = e.offset; at < e.offset + e.length; at += buf.length) {
+      const part = buf.subarray(0, Math.min(buf.length, e.offset + e.length - at));
+      await top.read(at, part);
+      for (const r of granuleRuns(part, at, sector, zeroChecker(part))) {
+        if (!r.same) {
+          whole = false;
+          continue;
+        }
+        const under = parentBuf.subarray(0, r.to - r.from);
+        await parent(at + r.from, under);
+        for (const q of granuleRuns(under, at + r.from, sector, zeroChecker(under))) {
+          if (q.same) add(at + r.from + q.from, q.to - q.from);
+          else whole = false;
+        }
+      }
+    }
+  }
+  return { whole, runs: whole ? [] : runs };
 }
 
 async function layerZero(top: Image, offset: number, length: number, host: number | undefined, buf: Uint8Array): Promise<boolean> {

@@ -16,7 +16,7 @@ export function define(cmd: Command): void {
   withOpenOptions(
     cmd
       .option('-f, --format <fmt>', 'image format (default: probe)')
-      .option('--mode <modes>', 'what to release: zero (all-zero blocks), trim (blocks already discarded), fs (blocks in space the guest\'s ext2/3/4 or NTFS file systems do not use: free space may then read as zeros); repeatable or comma-separated (default: zero,trim)', collect)
+      .option('--mode <modes>', 'what to release: zero (all-zero blocks; in a differencing layer, zero sector runs over zeros in the parent), trim (blocks already discarded), fs (blocks in space the guest\'s ext2/3/4 or NTFS file systems do not use: free space may then read as zeros); repeatable or comma-separated (default: zero,trim)', collect)
       .option('--dry-run', 'report what would be released and the size the file would reach; write nothing')
       .option('-p, --progress', 'show a progress bar')
       .addOption(outputOption())
@@ -44,6 +44,7 @@ export async function run({ print }: CommandContext, [image]: [string], o: Compa
             'block-size': r.blockSize,
             'blocks-released': r.released,
             'blocks-moved': r.moved,
+            'zero-run-bytes': r.zeroRunBytes,
             'bytes-before': r.bytesBefore,
             'bytes-after': r.bytesAfter,
             seconds: Number(r.seconds.toFixed(3)),
@@ -74,4 +75,8 @@ export async function run({ print }: CommandContext, [image]: [string], o: Compa
   }
   if (r.dryRun) print(`Would release ${total} block(s) (${perMode}) and move ${r.moved}; the file would go from ${sizes}.`);
   else print(`Released ${total} block(s) (${perMode}) and moved ${r.moved}; the file went from ${sizes} in ${r.seconds.toFixed(2)} s.`);
+  if (r.zeroRunBytes) {
+    // Sector runs of blocks that stay: no file space by themselves, but the disk no longer needs this layer there.
+    print(`${r.dryRun ? 'Would hand' : 'Handed'} ${formatSize(r.zeroRunBytes)} (${r.zeroRunBytes} bytes) of zero sectors over zeros in the parent back to the parent (their bitmap bits cleared).`);
+  }
 }

@@ -30,6 +30,52 @@ function usedRanges(state: VhdState): Array<[number, number, string]> {
   return out.sort((a, b) => a[0] - b[0]);
 }
 
+/** What leaves unused space at the end of a VHD file. */
+const TAIL_CAUSE = 'an interrupted allocation or compaction leaves this';
+
+/**
+ * Where the last structure ends (sector aligned), and the bytes between
+ * there and the end footer when they could hold a block: what a crash
+ * leaves after an allocation wrote a block and the footer past it but not
+ * yet its BAT entry (image.ts), or after compaction moved blocks down but
+ * did not yet cut the file (compact.ts). Smaller gaps are padding some
+ * writers leave; a damaged end footer is check -r all's business.
+ */
+function unusedTail(state: VhdState): { usedEnd: number; bytes: number } {
+  if (!state.header || state.endFooterDamaged) return { usedEnd: state.footerOffset, bytes: 0 };
+  const h = state.header;
+  const span = bitmapBytes(h.blockSize) + h.blockSize;
+  // The metadata's end, then the highest block's (one pass, no list: this runs at every writable open).
+  let end = Math.max(state.headerOffset + DYNAMIC_HEADER_SIZE, h.tableOffset + batBytes(h.maxTableEntries));
+  for (const l of state.locators) end = Math.max(end, l.dataOffset + l.dataLength);
+  if (state.batmap) end = Math.max(end, state.batmap.headerOffset + SECTOR, state.batmap.offset + state.batmap.size);
+  const bat = state.bat!;
+  let top = 0;
+  for (let i = 0; i < bat.length; i++) if (bat[i] !== UNALLOCATED && bat[i] > top) top = bat[i];
+  if (top) end = Math.max(end, top * SECTOR + span);
+  const usedEnd = alignUp(end, SECTOR);
+  const gap = state.footerOffset - usedEnd;
+  return { usedEnd, bytes: gap >= span ? gap : 0 };
+}
+
+/**
+ * Give the unused tail back, in the order compaction's last step uses: the
+ * footer at the used end first, made durable, then the cut. A crash before
+ * the cut leaves the old end footer last and valid (a VHD footer records no
+ * file size), a crash after it the new one. Returns the bytes given back.
+ * Only on a writable store, under the image's lock (open holds it).
+ */
+export async function giveBackTail(state: VhdState): Promise<number> {
+  const { usedEnd, bytes } = unusedTail(state);
+  if (bytes === 0) return 0;
+  await state.store.write(usedEnd, encodeFooter(state.footer));
+  await state.store.flush();
+  await state.store.truncate(usedEnd + FOOTER_SIZE);
+  await state.store.flush();
+  state.footerOffset = usedEnd;
+  return bytes;
+}
+
 export async function checkVhd(state: VhdState, options: { repair?: 'leaks' | 'all' }): Promise<CheckResult> {
   const { store } = state;
   const { repair } = options;
@@ -97,10 +143,10 @@ export async function checkVhd(state: VhdState, options: { repair?: 'leaks' | 'a
   }
 
   // Leaks: space that could hold a block but is used by nothing (smaller gaps are the alignment padding Windows
-  // leaves between structures). Only a trailing one (a block written but never entered in the BAT, as a crash
-  // leaves it) can be given back, by moving the footer down over it.
-  // Holes inside the file are free space, not leaks: compact's zero mode (or a crash) leaves them, a writable
-  // open puts new blocks there (free-ranges.ts), and compact gives them back. Only space at the end is lost.
+  // leaves between structures). Holes inside the file are free space, not leaks: compact's zero mode (or a crash)
+  // leaves them, a writable open puts new blocks there (free-ranges.ts), and compact gives them back. Only space
+  // at the end is lost, and a writable open gives that back before anything else (giveBackTail, called by open.ts):
+  // a read-only check still finds it, a check of a writable open reports it given back.
   const blockSpan = bitmapBytes(h.blockSize) + h.blockSize;
   let end = 0;
   let free = 0;
@@ -110,18 +156,16 @@ export async function checkVhd(state: VhdState, options: { repair?: 'leaks' | 'a
   }
   if (free > 0) problems.push({ severity: 'info', message: `${free} bytes inside the file are free: new blocks reuse them, and vdisk compact gives them back` });
   let leaked = 0;
-  const usedEnd = alignUp(end, SECTOR);
-  const gap = state.endFooterDamaged ? 0 : state.footerOffset - usedEnd;
-  const trailing = gap >= blockSpan ? gap : 0;
-  leaked += trailing;
-  if (leaked > 0) {
-    const p: CheckProblem = { severity: 'leak', message: `${leaked} bytes at the end of the file are used by nothing` };
-    if (repair) {
-      await store.write(usedEnd, encodeFooter(f));
-      await store.flush();
-      await store.truncate(usedEnd + FOOTER_SIZE);
-      await store.flush();
-      state.footerOffset = usedEnd;
+  if (state.tailGivenBack > 0) {
+    problems.push({ severity: 'leak', message: `${state.tailGivenBack} bytes at the end of the file were used by nothing (${TAIL_CAUSE}): given back when the image was opened writable`, repaired: true });
+    state.tailGivenBack = 0; // reported once
+  }
+  const tail = unusedTail(state);
+  if (tail.bytes > 0) {
+    leaked += tail.bytes;
+    const p: CheckProblem = { severity: 'leak', message: `${tail.bytes} bytes at the end of the file are used by nothing (${TAIL_CAUSE}): a writable open or check -r leaks gives them back` };
+    if (repair && !state.readOnly) {
+      await giveBackTail(state);
       p.repaired = true;
     }
     problems.push(p);

@@ -1,12 +1,12 @@
 import { alignUp } from '../../core/u64.js';
-import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import { FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
-import type { CompactBlocks, CompactOutcome } from '../types.js';
+import { readExact } from '../../io/store.js';
+import { copyMoves, FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
+import type { CompactBlocks, CompactOptions, CompactOutcome } from '../types.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBatSector } from './bat.js';
 import { clearBatmap } from './batmap.js';
 import { DYNAMIC_HEADER_SIZE } from './dynamic-header.js';
 import { FOOTER_SIZE, encodeFooter, SECTOR } from './footer.js';
-import { bitmapBytes, findBit } from './sector-bitmap.js';
+import { bitmapBytes, clearBits, findBit } from './sector-bitmap.js';
 import type { VhdState } from './state.js';
 
 /*
@@ -14,6 +14,10 @@ import type { VhdState } from './state.js';
  * log, so every step is one that a crash may stop anywhere, ordered as the
  * write path orders an allocation (image.ts: data before the pointer to it):
  *
+ *   0. clear (zero mode in a differencing layer, the caller's runs): the
+ *      sector bits of zero runs over zeros in the parent are cleared in
+ *      place, bitmap sector by bitmap sector. Either value of such a bit
+ *      reads the same zeros, so any subset of these writes may land.
  *   1. release: the batmap, if any, is cleared first (a set bit for a block
  *      that is no longer allocated would be a lie; a clear one never is);
  *      then the released blocks' BAT entries become 0xFFFFFFFF, written and
@@ -32,7 +36,8 @@ import type { VhdState } from './state.js';
  * The footer's unique id (what a child names as its parent) does not change.
  */
 
-const MOVE_BATCH = 64;
+/** Bytes of blocks moved per batch: each batch is one copy, one flush, then its BAT sectors and a flush. */
+const MOVE_BATCH_BYTES = 512 << 20;
 
 export async function compactBlocksVhd(state: VhdState): Promise<CompactBlocks> {
   const h = state.header!;
@@ -87,12 +92,14 @@ export function vhdFreeSpace(state: VhdState): FreeRanges {
 export async function compactVhd(
   state: VhdState,
   release: readonly number[],
-  options: { dryRun: boolean; onProgress?: (done: number, total: number) => void },
+  options: CompactOptions,
 ): Promise<CompactOutcome> {
   const { store } = state;
   const before = await store.size();
   const bat = state.bat!;
   const releasing = release.filter((b) => b < bat.length && bat[b] !== UNALLOCATED);
+  const clearing = clearPlan(state, options.clear ?? [], new Set(releasing));
+  const cleared = clearing.reduce((n, c) => n + c.bytes, 0);
   const { fixed, units, span } = layout(state, new Set(releasing));
   const free = new FreeRanges(unusedRanges([...fixed, ...units], 0, state.footerOffset, span));
   const moves = planMoves(units, free, SECTOR);
@@ -101,8 +108,22 @@ export async function compactVhd(
   for (const r of fixed) end = Math.max(end, r.offset + r.length);
   for (const u of units) end = Math.max(end, (target.get(u) ?? u.offset) + u.length);
   const newFooter = Math.min(state.footerOffset, alignUp(end, SECTOR));
-  if (options.dryRun) return { bytesBefore: before, bytesAfter: Math.min(before, newFooter + FOOTER_SIZE), moved: moves.length };
+  if (options.dryRun) return { bytesBefore: before, bytesAfter: Math.min(before, newFooter + FOOTER_SIZE), moved: moves.length, cleared };
 
+  // 0. clear: each block's bitmap read, its runs cleared, the changed bitmap sectors written back; one flush.
+  if (clearing.length) {
+    const bits = new Uint8Array(bitmapBytes(state.header!.blockSize));
+    for (const { block, runs } of clearing) {
+      await readExact(store, bat[block] * SECTOR, bits, `sector bitmap of block ${block}`);
+      const old = bits.slice();
+      for (const [from, to] of runs) clearBits(bits, from, to);
+      for (let at = 0; at < bits.length; at += SECTOR) {
+        const sector = bits.subarray(at, at + SECTOR);
+        if (!sameBytes(sector, old.subarray(at, at + SECTOR))) await store.write(bat[block] * SECTOR + at, sector);
+      }
+    }
+    await store.flush();
+  }
   // 1. release
   if (releasing.length) {
     if (state.batmap) await clearBatmap(store, state.batmap);
@@ -110,17 +131,11 @@ export async function compactVhd(
     await writeBatSectors(state, releasing);
   }
   // 2. move
-  const buf = new Uint8Array(Math.min(span, 4 << 20));
   let done = 0;
-  for (let k = 0; k < moves.length; k += MOVE_BATCH) {
-    const batch = moves.slice(k, k + MOVE_BATCH);
-    for (const { unit, to } of batch) {
-      for (let at = 0; at < span; at += buf.length) {
-        const part = buf.subarray(0, Math.min(buf.length, span - at));
-        await readOrZero(store, unit.offset + at, part);
-        await writeParts(store, to + at, [part]);
-      }
-    }
+  const perBatch = Math.max(1, Math.floor(MOVE_BATCH_BYTES / span));
+  for (let k = 0; k < moves.length; k += perBatch) {
+    const batch = moves.slice(k, k + perBatch);
+    await copyMoves(store, batch);
     await store.flush();
     for (const { unit, to } of batch) {
       bat[unit.id] = to / SECTOR;
@@ -138,5 +153,34 @@ export async function compactVhd(
     state.endFooterDamaged = null;
   }
   if (state.free) state.free = vhdFreeSpace(state);
-  return { bytesBefore: before, bytesAfter: await store.size(), moved: moves.length };
+  return { bytesBefore: before, bytesAfter: await store.size(), moved: moves.length, cleared };
+}
+
+/** Whether two equal-length byte arrays are the same. */
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  for (let k = 0; k < a.length; k++) if (a[k] !== b[k]) return false;
+  return true;
+}
+
+/**
+ * The caller's runs (disk byte ranges) as sector ranges per allocated
+ * block that stays, in block order (a differencing disk only: a dynamic
+ * disk's bits say "written", and clearing them would change nothing it
+ * gives back).
+ */
+function clearPlan(state: VhdState, runs: readonly { offset: number; length: number }[], releasing: ReadonlySet<number>): { block: number; runs: [number, number][]; bytes: number }[] {
+  if (state.footer.diskType !== 'differencing' || runs.length === 0) return [];
+  const h = state.header!;
+  const bat = state.bat!;
+  const byBlock = new Map<number, { block: number; runs: [number, number][]; bytes: number }>();
+  for (const r of runs) {
+    const block = Math.floor(r.offset / h.blockSize);
+    const start = r.offset - block * h.blockSize;
+    if (block >= bat.length || bat[block] === UNALLOCATED || releasing.has(block) || start % SECTOR || r.length % SECTOR || start + r.length > h.blockSize) continue;
+    let e = byBlock.get(block);
+    if (!e) byBlock.set(block, (e = { block, runs: [], bytes: 0 }));
+    e.runs.push([start / SECTOR, (start + r.length) / SECTOR]);
+    e.bytes += r.length;
+  }
+  return [...byBlock.values()].sort((a, b) => a.block - b.block);
 }

@@ -9,7 +9,7 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { unitPieces } from '../../core/align.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readExact, readOrZero, writeParts } from '../../io/store.js';
-import type { BackingRef, BackingTarget, BlockFill, CheckResult, CompactBlocks, CompactOutcome, FormatInfo, IdentityChange, Image, ResizeOptions, WritePlacement } from '../types.js';
+import type { BackingRef, BackingTarget, BlockFill, CheckResult, CompactBlocks, CompactOptions, CompactOutcome, FormatInfo, IdentityChange, Image, ResizeOptions, WritePlacement } from '../types.js';
 import { compactBlocksVhd, compactVhd } from './compact.js';
 import { ENTRIES_PER_SECTOR, UNALLOCATED, encodeBatSector } from './bat.js';
 import { checkVhd } from './check.js';
@@ -127,7 +127,7 @@ export class VhdImage implements Image {
   readonly fillBlocks: ((fill: (where: BlockFill) => Promise<number[]>) => Promise<void>) | undefined;
   /** Dynamic and differencing disks (compact.ts): a fixed disk has no blocks to release. */
   readonly compactBlocks: (() => Promise<CompactBlocks>) | undefined;
-  readonly compact: ((release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }) => Promise<CompactOutcome>) | undefined;
+  readonly compact: ((release: readonly number[], options: CompactOptions) => Promise<CompactOutcome>) | undefined;
   backing: BackingRef | null;
   size: number;
 

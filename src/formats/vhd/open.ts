@@ -10,6 +10,7 @@ import { DYNAMIC_HEADER_SIZE, decodeDynamicHeader } from './dynamic-header.js';
 import { FOOTER_SIZE, type DecodedFooter, type VhdFooter, decodeFooter, encodeFooter, hasFooterCookie, SECTOR } from './footer.js';
 import { VhdImage } from './image.js';
 import { vhdFreeSpace } from './compact.js';
+import { giveBackTail } from './check.js';
 import { readLocators } from './parent-locator.js';
 import { bitmapBytes } from './sector-bitmap.js';
 import type { VhdState } from './state.js';
@@ -95,7 +96,7 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
   ]);
   const base = await openFooter(meta, fileSize, ignore);
   const f = base.footer;
-  const state: VhdState = { store, readOnly: ctx.readOnly, ...base, header: null, headerOffset: 0, bat: null, locators: [], batmap: null, footerOffset: fileSize - FOOTER_SIZE, free: null };
+  const state: VhdState = { store, readOnly: ctx.readOnly, ...base, header: null, headerOffset: 0, bat: null, locators: [], batmap: null, footerOffset: fileSize - FOOTER_SIZE, tailGivenBack: 0, free: null };
 
   if (f.diskType === 'fixed') {
     // Spec "Fixed Hard Disk Image": the disk's sectors, then the footer.
@@ -175,8 +176,15 @@ export async function openVhd(ctx: OpenContext): Promise<VhdImage> {
   }
   // New blocks go where the end footer is; never over metadata, and (when the end footer is damaged) past whatever the file holds.
   state.footerOffset = state.endFooterDamaged ? alignUp(Math.max(metaEnd, fileSize, maxBlockEnd(bat, blockSpan)), SECTOR) : Math.max(fileSize - FOOTER_SIZE, alignUp(metaEnd, SECTOR));
-  // Holes left by released blocks, for new ones (a writable open only).
-  if (!ctx.readOnly) state.free = vhdFreeSpace(state);
+  if (!ctx.readOnly) {
+    // Like a VHDX log replay, recovery belongs to the writable open (which holds the lock): space past the last
+    // structure that nothing uses — an allocation or a compaction stopped by a crash — is given back before
+    // anything else is written (check.ts giveBackTail, in compaction's crash-safe order). A read-only open never
+    // writes: check reports the space as a leak.
+    state.tailGivenBack = await giveBackTail(state);
+    // Holes left by released blocks, for new ones.
+    state.free = vhdFreeSpace(state);
+  }
   return new VhdImage(state);
 }
 

@@ -51,6 +51,12 @@ export interface VhdState {
   footerOffset: number;
   endFooterDamaged: string | null;
   copyFooterProblem: string | null;
+  /**
+   * Bytes past the last structure that this (writable) open cut off before
+   * anything else was written (check.ts giveBackTail): what an interrupted
+   * allocation or compaction left. check reports them as a repaired leak.
+   */
+  tailGivenBack: number;
   /** Holes inside the file where new blocks go before the file grows (free-ranges.ts); null when read-only or fixed. */
   free: FreeRanges | null;
   /** Checksums found wrong and tolerated through OpenOptions.ignoreChecksums. */

@@ -1,4 +1,5 @@
 import { BlockError } from '../../core/errors.js';
+import { randomGuid } from '../../core/guid.js';
 import { alignUp } from '../../core/u64.js';
 import type { CheckProblem, CheckResult } from '../types.js';
 import { PAYLOAD_FULLY_PRESENT, PAYLOAD_PARTIALLY_PRESENT, SB_PRESENT } from './bat.js';
@@ -12,6 +13,63 @@ interface Span {
   /** Bytes it may own: a block always owns a whole block of file space, even past the disk's end. */
   extent?: number;
   what: string;
+}
+
+/** What leaves unused space at the end of a VHDX file. */
+const TAIL_CAUSE = 'an interrupted allocation or compaction leaves this';
+
+/**
+ * Where the last structure ends (header section, log, regions, blocks and
+ * sector bitmap blocks; a block owns a whole block of file space, as far as
+ * the file reaches), and the bytes past it when they could hold a block:
+ * what a crash leaves after an allocation extended the file but its BAT
+ * entry never reached the log, or after compaction moved blocks down but did
+ * not yet cut the file. Less is padding (Disk2VHD leaves 512 bytes).
+ * One pass over the BAT, no list: this runs at every writable open.
+ */
+function unusedTailVhdx(s: VhdxState, fileSize: number): { usedEnd: number; bytes: number } {
+  let end = HEADER_SECTION_SIZE;
+  if (s.log.length) end = Math.max(end, s.log.offset + s.log.length);
+  for (const r of s.regions.all) end = Math.max(end, r.offset + r.length);
+  const bat = s.bat;
+  const g = bat.geometry;
+  for (let block = 0; block < g.dataBlocks; block++) {
+    const i = bat.payloadIndex(block);
+    const st = bat.state(i);
+    if (st !== PAYLOAD_FULLY_PRESENT && st !== PAYLOAD_PARTIALLY_PRESENT) continue;
+    const at = bat.offset(i);
+    const needs = at + alignUp(Math.min(g.blockSize, g.virtualSize - block * g.blockSize), MiB);
+    end = Math.max(end, Math.min(at + g.blockSize, Math.max(fileSize, needs)));
+  }
+  if (g.hasParent) {
+    for (let chunk = 0; chunk < g.bitmapBlocks; chunk++) {
+      const i = bat.bitmapIndex(chunk);
+      if (i < g.entryCount && bat.state(i) === SB_PRESENT) end = Math.max(end, bat.offset(i) + SECTOR_BITMAP_BLOCK_SIZE);
+    }
+  }
+  // VHDX structures are 1 MiB aligned (2.1): the file is cut on such a boundary.
+  const usedEnd = alignUp(end, MiB);
+  return { usedEnd, bytes: fileSize - end >= g.blockSize ? fileSize - usedEnd : 0 };
+}
+
+/**
+ * Give the unused tail back: cut the file after its last structure (what
+ * compaction's last step does). Only on a writable open with an empty log
+ * (open replays and empties it first), so no replay ever needs the space
+ * cut. FileWriteGuid changes first (2.2.2: before the first change to the
+ * file after it is opened), unless this open already changed it. Returns
+ * the bytes given back.
+ */
+export async function giveBackTailVhdx(s: VhdxState, fileGuidChanged = false): Promise<number> {
+  const fileSize = await s.store.size();
+  const { usedEnd, bytes } = unusedTailVhdx(s, fileSize);
+  if (bytes <= 0) return 0;
+  if (!fileGuidChanged) await s.headers.update({ fileWriteGuid: randomGuid() });
+  await s.store.truncate(usedEnd);
+  await s.store.flush();
+  s.fileSize = usedEnd;
+  s.fileEnd = usedEnd;
+  return bytes;
 }
 
 /**
@@ -72,14 +130,16 @@ export async function checkVhdx(s: VhdxState, options: { repair?: 'leaks' | 'all
     covered = Math.max(covered, Math.min(sp.offset + (sp.extent ?? sp.length), Math.max(fileSize, sp.offset + sp.length)));
     if (!prev || sp.offset + sp.length > prev.offset + prev.length) prev = sp;
   }
+  // Space past the last structure. A writable open gives it back before anything else (giveBackTailVhdx,
+  // called by open.ts); a read-only check still finds it.
+  if (s.tailGivenBack > 0) {
+    problems.push({ severity: 'leak', message: `${s.tailGivenBack} bytes past the last structure were used by nothing (${TAIL_CAUSE}): given back when the image was opened writable`, repaired: true });
+    s.tailGivenBack = 0; // reported once
+  }
   const tailLeak = fileSize > covered ? { offset: covered, length: alignUp(fileSize, MiB) - covered, what: 'unused' } : null;
   let repairedTail = false;
-  if (tailLeak && options.repair && !s.readOnly) {
-    // Space past the last structure can simply be cut off.
-    await s.store.truncate(covered);
-    await s.store.flush();
-    s.fileSize = covered;
-    s.fileEnd = alignUp(covered, MiB);
+  if (tailLeak && options.repair && !s.readOnly && fileSize - covered >= g.blockSize) {
+    await giveBackTailVhdx(s);
     repairedTail = true;
   }
   // Holes inside the file are free space, not leaks: a released block
@@ -96,7 +156,9 @@ export async function checkVhdx(s: VhdxState, options: { repair?: 'leaks' | 'all
     const small = l === tailLeak && fileSize - covered < g.blockSize;
     problems.push({
       severity: small ? 'info' : 'leak',
-      message: small ? `${fileSize - covered} bytes past the last structure (trailing padding)` : `${l.length} bytes at ${l.offset} belong to no structure`,
+      message: small
+        ? `${fileSize - covered} bytes past the last structure (trailing padding)`
+        : `${l.length} bytes at ${l.offset} belong to no structure (${TAIL_CAUSE}): a writable open or check -r leaks gives them back`,
       offset: l.offset,
       repaired: l === tailLeak ? repairedTail : false,
     });

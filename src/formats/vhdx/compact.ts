@@ -1,10 +1,10 @@
 import { alignDown, alignUp } from '../../core/u64.js';
-import { readOrZero } from '../../io/store.js';
-import { FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
-import type { CompactBlocks, CompactOutcome } from '../types.js';
+import { copyMoves, FreeRanges, planMoves, unusedRanges, type FileRange, type MovableUnit } from '../free-ranges.js';
+import type { CompactBlocks, CompactOptions, CompactOutcome } from '../types.js';
 import { Bat, BAT_ENTRY_SIZE, PAYLOAD_FULLY_PRESENT, PAYLOAD_NOT_PRESENT, PAYLOAD_PARTIALLY_PRESENT, PAYLOAD_ZERO, SB_PRESENT } from './bat.js';
 import type { SectorUpdates } from './journal.js';
 import { HEADER_SECTION_SIZE, LOG_SECTOR, MiB, SECTOR_BITMAP_BLOCK_SIZE } from './layout.js';
+import { setBits } from './sector-bitmap.js';
 import type { VhdxState } from './state.js';
 
 /*
@@ -12,6 +12,11 @@ import type { VhdxState } from './state.js';
  * chosen so that a crash anywhere leaves a file that opens (replaying the
  * log) and reads exactly the old disk:
  *
+ *   0. clear (zero mode in a differencing layer, the caller's runs): the
+ *      sector bits of zero runs over zeros in the parent are cleared through
+ *      the log (a FULLY_PRESENT block becomes PARTIALLY_PRESENT with its
+ *      other bits set). Each block's bitmap sectors and BAT entry go in one
+ *      log entry; any bit of such a run reads the same zeros set or clear.
  *   1. release: the released blocks' BAT entries change through the log
  *      (2.3), like every BAT change. Once the entry is in the log (flushed),
  *      replay puts it back after a crash, so nothing durable points at the
@@ -31,10 +36,8 @@ import type { VhdxState } from './state.js';
  * same, so DataWriteGuid, which children name as parent_linkage, stays.
  */
 
-/** Blocks moved per log transaction. */
-const MOVE_BATCH = 32;
-/** Copy buffer. */
-const COPY_CHUNK = 4 * MiB;
+/** Bytes of blocks moved per batch: one copy, then one log transaction for their entries (whose flush makes the copies durable first). */
+const MOVE_BATCH_BYTES = 512 * MiB;
 
 function isPresent(state: number): boolean {
   return state === PAYLOAD_FULLY_PRESENT || state === PAYLOAD_PARTIALLY_PRESENT;
@@ -162,7 +165,7 @@ export function vhdxFreeSpace(s: VhdxState): FreeRanges {
 export async function compactVhdx(
   s: VhdxState,
   release: readonly number[],
-  options: { dryRun: boolean; onProgress?: (done: number, total: number) => void },
+  options: CompactOptions,
 ): Promise<CompactOutcome> {
   const before = await s.store.size();
   // The BAT as it will be after step 1 (a copy: a dry run changes nothing).
@@ -183,10 +186,11 @@ export async function compactVhdx(
   const target = new Map(moves.map((m) => [m.unit, m.to]));
   const placed = units.map((u) => ({ ...u, offset: target.get(u) ?? u.offset }));
   const newEnd = Math.min(before, endOf(s, fixed, placed));
-  if (options.dryRun) return { bytesBefore: before, bytesAfter: newEnd, moved: moves.length };
+  const updates: SectorUpdates = new Map();
+  const cleared = await clearRuns(s, updates, options.clear ?? [], new Set(releasedEntries), options.dryRun);
+  if (options.dryRun) return { bytesBefore: before, bytesAfter: newEnd, moved: moves.length, cleared };
 
   // 1. release
-  const updates: SectorUpdates = new Map();
   for (const i of releasedEntries) {
     const block = i - Math.floor(i / (s.bat.geometry.chunkRatio + 1));
     if (s.params.hasParent && isPresent(s.bat.state(i))) await stageClearBits(s, updates, block);
@@ -195,15 +199,13 @@ export async function compactVhdx(
   }
   await commitBat(s, updates);
   // 2. move, a batch at a time: copies (made durable by the commit's flush), then one log entry for the batch's entries.
-  const buf = new Uint8Array(Math.min(COPY_CHUNK, s.bat.geometry.blockSize));
   let done = 0;
-  for (let k = 0; k < moves.length; k += MOVE_BATCH) {
-    for (const { unit, to } of moves.slice(k, k + MOVE_BATCH)) {
-      for (let at = 0; at < unit.length; at += buf.length) {
-        const part = buf.subarray(0, Math.min(buf.length, unit.length - at));
-        await readOrZero(s.store, unit.offset + at, part);
-        await s.store.write(to + at, part);
-      }
+  // Entries per batch: as many blocks as MOVE_BATCH_BYTES holds, and no more BAT sectors than one log entry carries.
+  const perBatch = Math.max(1, Math.min(s.journal.capacity, Math.floor(MOVE_BATCH_BYTES / s.bat.geometry.blockSize)));
+  for (let k = 0; k < moves.length; k += perBatch) {
+    const batch = moves.slice(k, k + perBatch);
+    await copyMoves(s.store, batch);
+    for (const { unit, to } of batch) {
       stageEntry(s, updates, unit.id, s.bat.state(unit.id), to);
       options.onProgress?.(++done, moves.length);
     }
@@ -220,5 +222,66 @@ export async function compactVhdx(
   // Bitmap sectors are cached by file offset, and bitmap blocks may have moved.
   s.bitmaps.clear();
   s.free = vhdxFreeSpace(s);
-  return { bytesBefore: before, bytesAfter: s.fileSize, moved: moves.length };
+  return { bytesBefore: before, bytesAfter: s.fileSize, moved: moves.length, cleared };
+}
+
+/** Stage bits [first, first+count) of the sector bitmap block at file offset `sb` as `value` (2.5.1: bit n is logical sector n of the chunk). */
+async function stageBits(s: VhdxState, updates: SectorUpdates, sb: number, first: number, count: number, value: boolean): Promise<void> {
+  const end = first + count;
+  for (let sector = sb + alignDown(first / 8, LOG_SECTOR); sector < sb + Math.ceil(end / 8); sector += LOG_SECTOR) {
+    let img = updates.get(sector);
+    if (!img) {
+      img = (await s.bitmaps.sector(sector)).slice();
+      updates.set(sector, img);
+    }
+    const sectorFirstBit = (sector - sb) * 8;
+    const a = Math.max(first, sectorFirstBit);
+    const b = Math.min(end, sectorFirstBit + LOG_SECTOR * 8);
+    if (b > a) setBits(img, a - sectorFirstBit, b - a, value);
+  }
+}
+
+/**
+ * Step 0: clear the sector bits of `runs` (disk byte ranges, whole logical
+ * sectors, each inside one block) of a differencing disk's blocks that stay.
+ * A FULLY_PRESENT block first gets every bit set and becomes
+ * PARTIALLY_PRESENT — only in a chunk that has a sector bitmap block
+ * already: making one would add a MiB to the file compaction is shrinking,
+ * to free nothing, so such runs stay (their content is kept either way).
+ * A block's sectors are committed together: a log entry never splits
+ * between a block's bits and its BAT entry. Returns the bytes cleared.
+ */
+async function clearRuns(s: VhdxState, updates: SectorUpdates, runs: readonly { offset: number; length: number }[], releasing: ReadonlySet<number>, dryRun: boolean): Promise<number> {
+  if (!s.params.hasParent || runs.length === 0) return 0;
+  const g = s.bat.geometry;
+  const lss = g.logicalSectorSize;
+  const sectorsPerBlock = g.blockSize / lss;
+  // Bitmap sectors one block's bits can span, plus its BAT sector.
+  const perBlock = Math.ceil(sectorsPerBlock / 8 / LOG_SECTOR) + 2;
+  let cleared = 0;
+  let lastBlock = -1;
+  const madePartial = new Set<number>();
+  for (const r of [...runs].sort((a, b) => a.offset - b.offset)) {
+    const block = Math.floor(r.offset / g.blockSize);
+    const start = r.offset - block * g.blockSize;
+    if (block >= g.dataBlocks || start % lss || r.length % lss || start + r.length > g.blockSize) continue;
+    const i = s.bat.payloadIndex(block);
+    const st = s.bat.state(i);
+    const bi = s.bat.bitmapIndex(Math.floor(block / g.chunkRatio));
+    if (!isPresent(st) || releasing.has(i) || bi >= g.entryCount || s.bat.state(bi) !== SB_PRESENT) continue;
+    cleared += r.length;
+    if (dryRun) continue;
+    if (block !== lastBlock && updates.size + perBlock > s.journal.capacity) await commitBat(s, updates);
+    lastBlock = block;
+    const sb = s.bat.offset(bi);
+    const firstBit = (block % g.chunkRatio) * sectorsPerBlock;
+    if (st === PAYLOAD_FULLY_PRESENT && !madePartial.has(i)) {
+      await stageBits(s, updates, sb, firstBit, sectorsPerBlock, true);
+      stageEntry(s, updates, i, PAYLOAD_PARTIALLY_PRESENT, s.bat.offset(i));
+      madePartial.add(i);
+    }
+    await stageBits(s, updates, sb, firstBit + start / lss, r.length / lss, false);
+  }
+  await commitBat(s, updates);
+  return cleared;
 }

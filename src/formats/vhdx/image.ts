@@ -8,7 +8,7 @@ import { writeZeroBytes } from '../../core/zeros.js';
 import { alignDown, alignUp } from '../../core/u64.js';
 import type { HostRange, Store } from '../../io/store.js';
 import { readOrZero } from '../../io/store.js';
-import type { BackingRef, BackingTarget, BlockFill, CheckResult, CompactBlocks, CompactOutcome, FormatInfo, IdentityChange, Image, ResizeOptions } from '../types.js';
+import type { BackingRef, BackingTarget, BlockFill, CheckResult, CompactBlocks, CompactOptions, CompactOutcome, FormatInfo, IdentityChange, Image, ResizeOptions } from '../types.js';
 import {
   Bat,
   BAT_ENTRY_SIZE,
@@ -83,7 +83,7 @@ export class VhdxImage implements Image {
   readonly trim: ((offset: number, length: number) => Promise<void>) | undefined;
   /** Compaction (compact.ts): like trim, not for a fixed disk, whose blocks all stay. */
   readonly compactBlocks: (() => Promise<CompactBlocks>) | undefined;
-  readonly compact: ((release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }) => Promise<CompactOutcome>) | undefined;
+  readonly compact: ((release: readonly number[], options: CompactOptions) => Promise<CompactOutcome>) | undefined;
 
   constructor(readonly state: VhdxState) {
     this.store = state.store;
@@ -722,7 +722,7 @@ export class VhdxImage implements Image {
     return this.state.params.hasParent ? VHDX_FLATTEN_REFUSAL : undefined;
   }
 
-  private compactFile(release: readonly number[], options: { dryRun: boolean; onProgress?: (done: number, total: number) => void }): Promise<CompactOutcome> {
+  private compactFile(release: readonly number[], options: CompactOptions): Promise<CompactOutcome> {
     if (!options.dryRun) this.checkWritable('compact');
     return this.exclusive(async () => {
       // Only FileWriteGuid: compaction keeps what the disk reads (compact.ts).

@@ -27,6 +27,7 @@ import { SectorBitmapCache } from './sector-bitmap.js';
 import { fileExtent, type VhdxState } from './state.js';
 import { VhdxImage } from './image.js';
 import { vhdxFreeSpace } from './compact.js';
+import { giveBackTailVhdx } from './check.js';
 
 /** The first 320 KiB: file identifier, both headers, both region tables. */
 const HEAD_LENGTH = REGION_TABLE_OFFSETS[1] + REGION_TABLE_SIZE;
@@ -59,6 +60,7 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
   let headers = new HeaderWriter(store, choice.current.slot, choice.current.value);
   const logOf = () => ({ offset: Number(headers.current.logOffset), length: headers.current.logLength });
   let replay: VhdxState['replay'] = null;
+  let fileGuidChanged = false;
 
   // 2.3.3: a non-zero LogGuid means the log may hold updates not yet in place.
   if (!isZeroGuid(headers.current.logGuid)) {
@@ -80,7 +82,10 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
       choice = chooseHeader(head.headers, ignore, path);
       headers = new HeaderWriter(store, choice.current.slot, choice.current.value);
     }
-    if (!ctx.readOnly) await headers.update({ logGuid: new Uint8Array(16), fileWriteGuid: randomGuid() });
+    if (!ctx.readOnly) {
+      await headers.update({ logGuid: new Uint8Array(16), fileWriteGuid: randomGuid() });
+      fileGuidChanged = true;
+    }
   }
 
   const log = logOf();
@@ -151,10 +156,18 @@ export async function openVhdx(ctx: OpenContext): Promise<VhdxImage> {
     fileSize,
     free: null,
     replay,
+    tailGivenBack: 0,
     problems: [...choice.problems, ...regionProblems],
     bitmaps: new SectorBitmapCache(store),
   };
-  // Holes left by released blocks, for new ones (a writable open only: nothing else allocates).
-  if (!ctx.readOnly && !params.leaveBlocksAllocated) state.free = vhdxFreeSpace(state);
+  if (!ctx.readOnly) {
+    // Recovery belongs to the writable open (which holds the lock), right after the log replay: space past the
+    // last structure that nothing uses — an allocation or a compaction stopped by a crash — is cut off before
+    // anything else is written (check.ts giveBackTailVhdx; the log is empty by now). A read-only open never
+    // writes: check reports the space as a leak.
+    state.tailGivenBack = await giveBackTailVhdx(state, fileGuidChanged);
+    // Holes left by released blocks, for new ones (nothing else allocates).
+    if (!params.leaveBlocksAllocated) state.free = vhdxFreeSpace(state);
+  }
   return new VhdxImage(state);
 }

@@ -42,6 +42,13 @@ export interface VhdxState {
   /** Real file size (the allocation end may run ahead of it until data is written). */
   fileSize: number;
   replay: { entries: number; onto: 'file' | 'memory' } | null;
+  /**
+   * Bytes past the last structure that this (writable) open cut off before
+   * anything else was written (check.ts giveBackTailVhdx): what an
+   * interrupted allocation or compaction left. check reports them as a
+   * repaired leak.
+   */
+  tailGivenBack: number;
   problems: string[];
   /** Sector bitmap sectors read so far; maintenance drops them after a structural change. */
   readonly bitmaps: SectorBitmapCache;
