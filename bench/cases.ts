@@ -245,9 +245,10 @@ export function buildLargeCases(L: LargeInputs, env: Environment & { dropCaches:
     goal: 'vdisk/cp <= 1.3 (cp of 1 GiB of data), vdisk/vhd-lib <= 0.3; peak RSS < 256 MiB',
     limits: { 'vdisk/cp': 1.3, 'vdisk/vhd-lib': 0.3 },
     rssLimit: 256 << 20,
-    note: 'vdisk commit -d (the child keeps its data, as vhd-lib\'s merge leaves it); vhd-lib: mergeVhd(parent, child); the copies are made before each run, untimed',
+    note: 'vdisk commit -d -t unsafe (the child keeps its data, as vhd-lib\'s merge leaves it; no syncs, as neither vhd-lib\'s merge nor cp syncs); vdisk, writeback: its default, which waits for the device at the end; vhd-lib: mergeVhd(parent, child); the copies are made before each run, untimed',
     tools: [
-      { name: 'vdisk', role: 'vdisk', setup: fresh, argv: vdiskCli('commit', '-q', '-d', join(runDir, 'child.vhd')), outputs: [runDir] },
+      { name: 'vdisk', role: 'vdisk', setup: fresh, argv: vdiskCli('commit', '-q', '-d', '-t', 'unsafe', join(runDir, 'child.vhd')), outputs: [runDir] },
+      { name: 'vdisk, writeback', role: 'vdisk', setup: fresh, argv: vdiskCli('commit', '-q', '-d', '-t', 'writeback', join(runDir, 'child.vhd')), outputs: [runDir] },
       { name: 'vhd-lib', role: 'peer', setup: fresh, unavailable: env.vhdLibMissing ?? undefined, argv: worker('vhdlib-merge', { parent: join(runDir, 'parent.vhd'), child: join(runDir, 'child.vhd') }), outputs: [runDir] },
     ],
   });
