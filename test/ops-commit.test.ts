@@ -189,3 +189,49 @@ test('CLI commit: errors are one line, the chain unchanged', async () => {
     cleanup();
   }
 });
+
+test('commit -t unsafe: every file written is opened without syncs (qemu-img cache=unsafe), the default syncs; the same disk either way', async () => {
+  for (const cache of [undefined, 'writeback', 'unsafe'] as const) {
+    const fs = await threeLayers();
+    const opts = optsFor(fs);
+    const before = await chainDigest('/d/top.toy', opts);
+    const writable: (boolean | undefined)[] = [];
+    const inner = fs.opener();
+    const openStore: ChainOpenOptions['openStore'] = (p, o) => {
+      if (!o.readOnly) writable.push(o.noSync);
+      return inner(p, o);
+    };
+    const r = await commitImage({ path: '/d/top.toy', cache, openOptions: { ...opts, openStore } });
+    assert.equal(r.emptied, true);
+    assert.ok(writable.length >= 2, 'the base and the top are opened for writing');
+    assert.deepEqual(new Set(writable), new Set([cache === 'unsafe' ? true : undefined]), `cache ${cache}`);
+    assert.equal(await chainDigest('/d/top.toy', opts), before);
+    assert.equal(await chainDigest('/d/mid.toy', opts), before);
+  }
+  const fs = await threeLayers();
+  await assert.rejects(commitImage({ path: '/d/top.toy', cache: 'none' as 'unsafe', openOptions: optsFor(fs) }), kind('invalid-argument'));
+});
+
+test('CLI commit -t unsafe into a VHD parent: qemu-img reads the same disk; a bad mode is refused', async (t) => {
+  if (!requireTool(t, 'qemu-img')) return;
+  const { dir, cleanup } = tempDir();
+  try {
+    const base = join(dir, 'base.vhd');
+    const child = join(dir, 'child.vhd');
+    qemuImg('create', '-f', 'vpc', '-o', 'subformat=dynamic', base, '8M');
+    qemuIo('vpc', base, 'write -P 0x5a 0 3M');
+    let r = vdisk('create', '-f', 'vhd', '-b', 'base.vhd', child);
+    assert.equal(r.status, 0, r.stderr);
+    r = vdisk('io', '-c', 'write -P 0x77 2M 4M', child);
+    assert.equal(r.status, 0, r.stderr);
+    const before = await vdiskDigest(child);
+    r = vdisk('commit', '-t', 'none', child);
+    assert.equal(r.status, 2); // a usage error
+    r = vdisk('commit', '-q', '-d', '-t', 'unsafe', child);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal((await qemuDigest(base, 'vpc')).digest, before.digest);
+    assert.equal((await vdiskDigest(child)).digest, before.digest);
+  } finally {
+    cleanup();
+  }
+});

@@ -25,6 +25,15 @@ export interface CommitRequest {
   /** Copy buffer size (default 4 MiB). */
   bufferSize?: number;
   /**
+   * Cache mode of the images written, as qemu-img commit's `-t`:
+   * 'writeback' (default) syncs wherever the order below needs it;
+   * 'unsafe' never syncs (flushes are no-ops, as qemu's cache=unsafe), so a
+   * crash or power loss before the kernel has written the files back can
+   * leave the chain broken or its data lost. For a pair that can be made
+   * again, or when the caller syncs the files itself.
+   */
+  cache?: 'unsafe' | 'writeback';
+  /**
    * false: copy through JavaScript even where the native addon could write
    * the base's file itself (see copyDown). For comparisons and tests; the
    * disk is the same.
@@ -74,7 +83,10 @@ export interface CommitResult {
  *      end of the top's file (Compactable.compact with nothing to release).
  */
 export async function commitImage(req: CommitRequest): Promise<CommitResult> {
-  const openStore = req.openStore ?? req.openOptions?.openStore ?? openLocation;
+  const cache = req.cache ?? 'writeback';
+  if (cache !== 'unsafe' && cache !== 'writeback') throw new BlockError('invalid-argument', `unknown cache mode '${cache}' (unsafe or writeback)`);
+  const given = req.openStore ?? req.openOptions?.openStore ?? openLocation;
+  const openStore: StoreOpener = cache === 'unsafe' ? (p, o) => given(p, o.readOnly ? o : { ...o, noSync: true }) : given;
   const bufferSize = req.bufferSize ?? 4 << 20;
   const chain = await openChain(req.path, { ...req.openOptions, openStore, readOnly: false, layerOnly: false, writableBacking: true });
   /** Set once step 0 has given the top a second identity for BASE. */

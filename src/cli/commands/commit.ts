@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { openOptions, withOpenOptions, withProgress, type CommandContext, type OpenFlags } from '../options.js';
 
 interface CommitOptions extends OpenFlags {
@@ -7,6 +7,7 @@ interface CommitOptions extends OpenFlags {
   keep?: boolean;
   progress?: boolean;
   quiet?: boolean;
+  cache: 'unsafe' | 'writeback';
 }
 
 export function define(cmd: Command): void {
@@ -15,6 +16,11 @@ export function define(cmd: Command): void {
       .option('-f, --format <fmt>', 'image format (default: probe)')
       .option('-b, --base <file>', 'the ancestor to commit into (default: the backing file); the layers between are committed too')
       .option('-d, --keep', 'do not empty the image afterwards')
+      .addOption(
+        new Option('-t, --cache <mode>', 'cache mode of the images written: writeback (sync as the crash-safe order needs) or unsafe (no syncs: a crash may break the chain)')
+          .choices(['unsafe', 'writeback'] satisfies CommitOptions['cache'][])
+          .default('writeback'),
+      )
       .option('-p, --progress', 'show a progress bar')
       .option('-q, --quiet', 'print nothing')
       .argument('<image>'),
@@ -24,7 +30,7 @@ export function define(cmd: Command): void {
 export async function run({ print }: CommandContext, [image]: [string], o: CommitOptions): Promise<void> {
   const { commitImage } = await import('../../ops/commit.js');
   const r = await withProgress(Boolean(o.progress), (onProgress) =>
-    commitImage({ path: image, base: o.base, keepTop: Boolean(o.keep), openOptions: openOptions(o, o.format), onProgress }),
+    commitImage({ path: image, base: o.base, keepTop: Boolean(o.keep), cache: o.cache, openOptions: openOptions(o, o.format), onProgress }),
   );
   if (o.quiet) return;
   for (const n of r.notes) print(`Note: ${n}`);
