@@ -17,6 +17,8 @@ export interface Measurement {
   inner?: number;
   /** Peak resident set in bytes, when GNU time is available. */
   rss?: number;
+  /** CPU seconds (user + system, the process and the children it waited for), when GNU time is available. */
+  cpu?: number;
   stdout: string;
 }
 
@@ -38,21 +40,24 @@ let seq = 0;
 /** Run argv to completion, measuring it. Fails with CommandError on a non-zero exit. */
 export async function measure(argv: string[], options: { scratch: string; env?: NodeJS.ProcessEnv; cwd?: string }): Promise<Measurement> {
   const timeFile = join(options.scratch, `.time-${process.pid}-${seq++}`);
-  const full = hasGnuTime ? [GNU_TIME, '-f', '%M', '-o', timeFile, ...argv] : argv;
+  const full = hasGnuTime ? [GNU_TIME, '-f', '%U %S %M', '-o', timeFile, ...argv] : argv;
   const start = process.hrtime.bigint();
   const { code, stdout, stderr } = await run(full, options);
   const wall = Number(process.hrtime.bigint() - start) / 1e9;
   let rss: number | undefined;
+  let cpu: number | undefined;
   if (hasGnuTime) {
     const text = await readFile(timeFile, 'utf8').catch(() => '');
     await rm(timeFile, { force: true });
-    const kib = Number(text.trim().split('\n').pop());
+    // The last line: "%U %S %M" (a killed process gets a line of its own before it).
+    const [user, sys, kib] = (text.trim().split('\n').pop() ?? '').split(' ').map(Number);
     if (Number.isFinite(kib) && kib > 0) rss = kib * 1024;
+    if (Number.isFinite(user) && Number.isFinite(sys)) cpu = user + sys;
   }
   if (code !== 0) throw new CommandError(argv, code, stderr);
   // qemu-img bench prints milliseconds only: a too-short inner time is no time at all.
   const inner = innerSeconds(stdout);
-  return { wall, rss, inner: inner !== undefined && inner >= 0.001 ? inner : undefined, stdout };
+  return { wall, rss, cpu, inner: inner !== undefined && inner >= 0.001 ? inner : undefined, stdout };
 }
 
 /** Run a command, collecting its output (for setup steps that are not measured). */

@@ -15,9 +15,13 @@ import { REPO } from './peers.js';
  * - S3 → local raw from a half-full dynamic VHDX: vdisk convert against
  *   `rclone copyto` + `qemu-img convert` (goal ≤ 0.7x) and rclone alone (≤ 1.3x);
  * - local raw → S3 raw object: vdisk convert (multipart upload) against rclone copyto;
+ * - local half-full raw → S3 dynamic VHD object: vdisk convert against
+ *   `qemu-img convert -O vpc` to a local file + `rclone copyto` (goal ≤ 0.7x);
  * - HTTP vhdx → local raw: vdisk convert against curl downloading the file (≤ 1.3x);
  *
- * with peak RSS (GNU time). Medians of --runs (default 3), tools alternating.
+ * with peak RSS and CPU time (user + system, GNU time). Medians of --runs
+ * (default 3), tools alternating. `--only WORD` runs the cases whose name
+ * holds WORD (e.g. `--only 'local → S3'`).
  * Everything lives in bench/.work/remote-<pid>, removed at the end.
  */
 const args = process.argv.slice(2);
@@ -27,6 +31,7 @@ const opt = (name: string, dflt: number) => {
 };
 const SIZE_MIB = opt('--size', 1024);
 const RUNS = opt('--runs', 3);
+const ONLY = args.includes('--only') ? args[args.indexOf('--only') + 1] : undefined;
 const VDISK = [process.execPath, join(REPO, 'bin', 'vdisk.cjs')];
 
 async function main(): Promise<void> {
@@ -56,11 +61,13 @@ async function main(): Promise<void> {
     // rclone's S3 backend refuses a CA bundle on its plain-HTTP transport (the gateway is http on loopback).
     delete env.AWS_CA_BUNDLE;
     await runOk(['rclone', 'mkdir', 'ceph:bench'], { env });
-    await runOk(['rclone', 'copyto', vhdx, 'ceph:bench/src.vhdx'], { env });
+    // The VHDX in the gateway is only read by the S3 → local case.
+    if (ONLY === undefined || 'S3 → local'.includes(ONLY) || ONLY.includes('S3 → local')) await runOk(['rclone', 'copyto', vhdx, 'ceph:bench/src.vhdx'], { env });
     const nginx = (await startNginx({ skip() {} } as unknown as TestContext, www))!;
 
     const out = join(work, 'out.raw');
     const tmp = join(work, 'tmp.vhdx');
+    const tmpVhd = join(work, 'tmp.vhd');
     const cases: { name: string; tools: [string, string[]][] }[] = [
       {
         name: `S3 → local: dynamic VHDX (${SIZE_MIB} MiB, half full) to raw`,
@@ -78,6 +85,13 @@ async function main(): Promise<void> {
         ],
       },
       {
+        name: `local → S3: raw (${SIZE_MIB} MiB, half full) to a dynamic VHD object`,
+        tools: [
+          ['vdisk convert', [...VDISK, 'convert', '--overwrite', '-f', 'raw', '-O', 'vhd', raw, 's3://bench/up.vhd']],
+          ['qemu-img convert -O vpc + rclone copyto', ['sh', '-c', `qemu-img convert -f raw -O vpc ${raw} ${tmpVhd} && rclone copyto ${tmpVhd} ceph:bench/up2.vhd`]],
+        ],
+      },
+      {
         name: `HTTP (nginx) → local: dynamic VHDX (${SIZE_MIB} MiB, half full) to raw`,
         tools: [
           ['vdisk convert', [...VDISK, 'convert', '-O', 'raw', `${nginx.url}/src.vhdx`, out]],
@@ -85,13 +99,15 @@ async function main(): Promise<void> {
         ],
       },
     ];
-    const lines = ['| Case | Tool | Median wall (s) | Peak RSS (MiB) | vs vdisk |', '|---|---|---|---|---|'];
+    const lines = ['| Case | Tool | Median wall (s) | Median CPU (s) | Peak RSS (MiB) | vdisk / tool (wall) |', '|---|---|---|---|---|---|'];
     for (const c of cases) {
+      if (ONLY !== undefined && !c.name.includes(ONLY)) continue;
       const results = new Map<string, Measurement[]>();
       for (let r = 0; r < RUNS; r++) {
         for (const [tool, argv] of c.tools) {
           await rm(out, { force: true });
           await rm(tmp, { force: true });
+          await rm(tmpVhd, { force: true });
           const m = await measure(argv, { scratch: work, env });
           results.set(tool, [...(results.get(tool) ?? []), m]);
         }
@@ -101,7 +117,9 @@ async function main(): Promise<void> {
         const ms = results.get(tool)!;
         const wall = median(ms.map((m) => m.wall));
         const rss = Math.max(...ms.map((m) => m.rss ?? 0)) / (1 << 20);
-        lines.push(`| ${c.name} | ${tool} | ${wall.toFixed(2)} | ${rss ? rss.toFixed(0) : '?'} | ${tool === 'vdisk convert' ? '' : `vdisk ${(vdiskWall / wall).toFixed(2)}x`} |`);
+        const cpu = ms.every((m) => m.cpu !== undefined) ? median(ms.map((m) => m.cpu!)).toFixed(2) : '?';
+        const each = ms.map((m) => m.wall.toFixed(1)).join(', ');
+        lines.push(`| ${c.name} | ${tool} | ${wall.toFixed(2)} (${each}) | ${cpu} | ${rss ? rss.toFixed(0) : '?'} | ${tool === 'vdisk convert' ? '' : `${(vdiskWall / wall).toFixed(2)}x`} |`);
       }
     }
     nginx.stop();
