@@ -384,6 +384,54 @@ test('SIGINT during a convert to S3 aborts the multipart upload', async (t) => {
   assert.equal(await exists('sigint/disk.raw'), false);
 });
 
+for (const format of ['vhd', 'vhdx'] as const) {
+  test(`SIGINT at a random moment of a convert -O ${format} to S3 (scanning, uploading): no object and no multipart upload left`, async (t) => {
+    if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+    if (!(await ceph(t))) return;
+    const raw = join(tmp.dir, `sigint-${format}.raw`);
+    // 384 MiB of data in 2 MiB stretches with holes between: a scan pass, then ~200 MiB of blocks to upload.
+    qemuImg('create', '-f', 'raw', raw, '384M');
+    qemuIo('raw', raw, ...Array.from({ length: 96 }, (_, i) => `write -P ${i + 1} ${i * 4}M 2M`));
+    const seed = Date.now();
+    let rand = seed;
+    const random = () => ((rand = (rand * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (const moment of ['any', 'uploading'] as const) {
+      const prefix = `sigint-${format}-${moment}/`;
+      const target = `${prefix}disk.${format}`;
+      const child = spawn(process.execPath, [VDISK_BIN, 'convert', '-f', 'raw', '-O', format, raw, `s3://${BUCKET}/${target}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d) => (stderr += d));
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
+      let delay: number;
+      if (moment === 'uploading') {
+        // Once a part is on its way, then 0-300 ms later (parts going up, others waiting).
+        let seen = false;
+        while (!seen && child.exitCode === null) {
+          seen = (await uploadsLeft(prefix)) > 0;
+          if (!seen) await new Promise((r) => setTimeout(r, 10));
+        }
+        assert.ok(seen, `the upload was never seen in progress: ${stderr}`);
+        delay = Math.floor(random() * 300);
+      } else {
+        // Anywhere from start-up through the scan to the first parts (the seed is in the message to replay a failure).
+        delay = Math.floor(random() * 1500);
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      assert.equal(child.exitCode, null, `${moment}: the convert ended before the signal (seed ${seed}, ${delay} ms): ${stderr}`);
+      child.kill('SIGINT');
+      const { code, signal } = await exited;
+      const why = `${format} ${moment} (seed ${seed}, ${delay} ms): exit ${code} ${signal} ${stderr}`;
+      if (moment === 'uploading' || code !== null) {
+        // Handled: the CLI's one line and exit 130 (a signal before its handler was set kills the process: nothing was started then).
+        assert.equal(code, 130, why);
+        assert.match(stderr, /^vdisk: interrupted by SIGINT[^\n]*\n$/, why);
+      } else assert.equal(signal, 'SIGINT', why);
+      assert.equal(await uploadsLeft(prefix), 0, why);
+      assert.equal(await exists(target), false, why);
+    }
+  });
+}
+
 test('bad input with an S3 target: one clear line each, and no object or multipart upload left', async (t) => {
   if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
   if (!(await ceph(t))) return;
