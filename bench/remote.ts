@@ -7,7 +7,7 @@ import { measure, median, runOk, type Measurement } from './measure.js';
 import { REPO } from './peers.js';
 
 /**
- * `npm run build && node dist/bench/remote.js [--size MiB] [--runs N] [--only s3,upload,http,sparse]`:
+ * `npm run build && node dist/bench/remote.js [--size MiB] [--runs N] [--only s3,upload,upload-vhd,http,sparse]`:
  * vdisk against the two-step alternatives on remote images, on real servers
  * started here on loopback (the test helpers' Ceph RADOS Gateway with a
  * memstore OSD, and nginx), issue 18's goals:
@@ -15,6 +15,8 @@ import { REPO } from './peers.js';
  * - s3: S3 → local raw from a half-full dynamic VHDX: vdisk convert against
  *   `rclone copyto` + `qemu-img convert` (goal ≤ 0.7x) and rclone alone (≤ 1.3x);
  * - upload: local raw → S3 raw object: vdisk convert (multipart upload) against rclone copyto;
+ * - upload-vhd: local half-full raw → S3 dynamic VHD object: vdisk convert against
+ *   `qemu-img convert -O vpc` to a local file + `rclone copyto` (goal ≤ 0.7x);
  * - http: HTTP vhdx → local raw: vdisk convert against curl downloading the file (≤ 1.3x);
  * - sparse: peak RSS (goal < 256 MiB) converting a 64 GiB dynamic VHDX
  *   holding little data (16 MiB) from S3 and from HTTP to a local raw.
@@ -36,7 +38,7 @@ const SIZE_MIB = opt('--size', 1024);
 const RUNS = opt('--runs', 3);
 const ONLY = (() => {
   const i = args.indexOf('--only');
-  return new Set(i >= 0 ? args[i + 1].split(',') : ['s3', 'upload', 'http', 'sparse']);
+  return new Set(i >= 0 ? args[i + 1].split(',') : ['s3', 'upload', 'upload-vhd', 'http', 'sparse']);
 })();
 const VDISK = [process.execPath, join(REPO, 'bin', 'vdisk.cjs')];
 const SPARSE_GIB = 64;
@@ -67,7 +69,7 @@ async function main(): Promise<void> {
     for (let g = 0; g < SPARSE_GIB; g += 4) sparseWrites.push('-c', `write -P ${g + 1} ${g}G 1M`);
     await runOk(['qemu-io', '-f', 'vhdx', ...sparseWrites, sparse]);
 
-    const ceph = await startCeph(Math.max(1 << 30, SIZE_MIB * (ONLY.has('upload') ? 4 : 1) * 1024 * 1024 + (512 << 20)));
+    const ceph = await startCeph(Math.max(1 << 30, SIZE_MIB * (ONLY.has('upload') || ONLY.has('upload-vhd') ? 4 : 1) * 1024 * 1024 + (512 << 20)));
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       ...ceph.env,
@@ -86,6 +88,7 @@ async function main(): Promise<void> {
 
     const out = join(work, 'out.raw');
     const tmp = join(work, 'tmp.vhdx');
+    const tmpVhd = join(work, 'tmp.vhd');
     const cases: Case[] = [];
     if (ONLY.has('s3')) {
       cases.push({
@@ -103,6 +106,15 @@ async function main(): Promise<void> {
         tools: [
           ['vdisk convert', [...VDISK, 'convert', '--overwrite', '-f', 'raw', '-O', 'raw', raw, 's3://bench/up.raw']],
           ['rclone copyto', ['rclone', 'copyto', raw, 'ceph:bench/up2.raw']],
+        ],
+      });
+    }
+    if (ONLY.has('upload-vhd')) {
+      cases.push({
+        name: `local → S3: raw (${SIZE_MIB} MiB, half full) to a dynamic VHD object`,
+        tools: [
+          ['vdisk convert', [...VDISK, 'convert', '--overwrite', '-f', 'raw', '-O', 'vhd', raw, 's3://bench/up.vhd']],
+          ['qemu-img convert -O vpc + rclone copyto', ['sh', '-c', `qemu-img convert -f raw -O vpc ${raw} ${tmpVhd} && rclone copyto ${tmpVhd} ceph:bench/up2.vhd`]],
         ],
       });
     }
@@ -134,6 +146,7 @@ async function main(): Promise<void> {
         for (const [tool, argv] of c.tools) {
           await rm(out, { force: true });
           await rm(tmp, { force: true });
+          await rm(tmpVhd, { force: true });
           const m = await measure(argv, { scratch: work, env });
           results.set(tool, [...(results.get(tool) ?? []), m]);
           console.error(`${c.name} | ${tool} | run ${r + 1}: ${m.wall.toFixed(2)} s wall, ${m.cpu?.toFixed(2) ?? '?'} s CPU, ${((m.rss ?? 0) / (1 << 20)).toFixed(0)} MiB`);

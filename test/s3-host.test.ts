@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, test, type TestContext } from 'node:test';
 import type * as S3 from '@aws-sdk/client-s3';
@@ -49,7 +49,9 @@ async function ceph(t: TestContext): Promise<Ceph | undefined> {
     return undefined;
   }
   if (!cluster) {
-    const c = await startCeph();
+    // Room for what the tests store: parts of aborted uploads stay until the gateway's garbage collection (hours
+    // by default), and a full memstore OSD blocks every request instead of failing it.
+    const c = await startCeph(4 * 2 ** 30);
     Object.assign(process.env, c.env);
     sdk = s3Sdk();
     client = s3Client();
@@ -255,6 +257,40 @@ test('convert local → S3 writes vhd (dynamic, fixed) and vhdx through the sequ
   assert.ok(readFileSync(join(dir, 'dyn.vhd.down')).length < 20 * MiB);
 });
 
+test('a convert to S3 reports what a local convert reports (size, targetSize, note, written) and the object\'s exact size', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  if (!(await ceph(t))) return;
+  const dir = join(tmp.dir, 'result');
+  mkdirSync(dir);
+  const raw = join(dir, 'src.raw');
+  // An odd size (not whole MiB, not a CHS geometry) and data with zero granules inside allocated blocks.
+  qemuImg('create', '-f', 'raw', raw, `${40 * MiB + 1536}`);
+  qemuIo('raw', raw, 'write -P 0x61 0 5M', 'write -P 0x62 17M 9M', 'write -P 0 18M 8k', 'write -P 0x63 39M 1M');
+  for (const [name, format, options] of [
+    ['dyn.vhd', 'vhd', {}],
+    ['fixed.vhd', 'vhd', { subformat: 'fixed' }],
+    ['azure.vhd', 'vhd', { azure: 'on' }],
+    ['disk.vhdx', 'vhdx', {}],
+    ['disk.raw', 'raw', {}],
+  ] as const) {
+    const request = { source: raw, sourceOptions: { format: 'raw' }, targetFormat: format, options: { ...options } };
+    const local = await convert({ ...request, target: join(dir, name) });
+    const remote = await convert({ ...request, target: `s3://${BUCKET}/result/${name}` });
+    const object = await download(`result/${name}`);
+    assert.equal(remote.objectSize, object.length, name);
+    assert.equal(local.objectSize, undefined, name);
+    const { objectSize: _, ...rest } = remote;
+    assert.deepEqual(rest, local, name);
+    // 15 MiB of data less the 8 KiB of zeros inside it.
+    assert.equal(remote.written, 15 * MiB - 8192, name);
+    if (name === 'azure.vhd') assert.match(remote.note ?? '', /^note: size rounded up/);
+  }
+  // The CLI says the note for an S3 target as for a local one.
+  const r = await vdiskAsync('convert', '-f', 'raw', '-O', 'vhd', '-o', 'azure=on', raw, `s3://${BUCKET}/result/cli.vhd`);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^note: size rounded up from 41944576 to 42991616 bytes/);
+});
+
 for (const format of ['vhd', 'vhdx'] as const) {
   test(`convert -B to S3: a ${format} child of a parent in S3 holds what differs; libvhdi and vdisk read the chain as the local one`, async (t) => {
     if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io') || !requireTool(t, 'pyvhdi')) return;
@@ -348,6 +384,98 @@ test('SIGINT during a convert to S3 aborts the multipart upload', async (t) => {
   assert.match(stderr, /interrupted by SIGINT/);
   assert.equal(await uploadsLeft('sigint/'), 0);
   assert.equal(await exists('sigint/disk.raw'), false);
+});
+
+for (const format of ['vhd', 'vhdx'] as const) {
+  test(`SIGINT at a random moment of a convert -O ${format} to S3 (scanning, uploading): no object and no multipart upload left`, async (t) => {
+    if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+    if (!(await ceph(t))) return;
+    const raw = join(tmp.dir, `sigint-${format}.raw`);
+    // 256 MiB with data in every other 2 MiB: a scan pass, then 128 MiB of blocks to upload.
+    qemuImg('create', '-f', 'raw', raw, '256M');
+    qemuIo('raw', raw, ...Array.from({ length: 64 }, (_, i) => `write -P ${i + 1} ${i * 4}M 2M`));
+    const seed = Date.now();
+    let rand = seed;
+    const random = () => ((rand = (rand * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (const moment of ['any', 'uploading'] as const) {
+      const prefix = `sigint-${format}-${moment}/`;
+      const target = `${prefix}disk.${format}`;
+      const child = spawn(process.execPath, [VDISK_BIN, 'convert', '-f', 'raw', '-O', format, raw, `s3://${BUCKET}/${target}`], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr.on('data', (d) => (stderr += d));
+      const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.on('exit', (code, signal) => r({ code, signal })));
+      let delay: number;
+      if (moment === 'uploading') {
+        // Once a part is on its way, then 0-300 ms later (parts going up, others waiting).
+        let seen = false;
+        while (!seen && child.exitCode === null) {
+          seen = (await uploadsLeft(prefix)) > 0;
+          if (!seen) await new Promise((r) => setTimeout(r, 10));
+        }
+        assert.ok(seen, `the upload was never seen in progress: ${stderr}`);
+        delay = Math.floor(random() * 300);
+      } else {
+        // Anywhere from start-up through the scan to the first parts (the seed is in the message to replay a failure).
+        delay = Math.floor(random() * 700);
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      assert.equal(child.exitCode, null, `${moment}: the convert ended before the signal (seed ${seed}, ${delay} ms): ${stderr}`);
+      child.kill('SIGINT');
+      const { code, signal } = await exited;
+      const why = `${format} ${moment} (seed ${seed}, ${delay} ms): exit ${code} ${signal} ${stderr}`;
+      if (moment === 'uploading' || code !== null) {
+        // Handled: the CLI's one line and exit 130 (a signal before its handler was set kills the process: nothing was started then).
+        assert.equal(code, 130, why);
+        assert.match(stderr, /^vdisk: interrupted by SIGINT[^\n]*\n$/, why);
+      } else assert.equal(signal, 'SIGINT', why);
+      assert.equal(await uploadsLeft(prefix), 0, why);
+      assert.equal(await exists(target), false, why);
+    }
+  });
+}
+
+test('bad input with an S3 target: one clear line each, and no object or multipart upload left', async (t) => {
+  if (!requireTool(t, 'qemu-img') || !requireTool(t, 'qemu-io')) return;
+  if (!(await ceph(t))) return;
+  const dir = join(tmp.dir, 'badtarget');
+  mkdirSync(dir);
+  const raw = join(dir, 'src.raw');
+  // 24 MiB of data: more than one part, so a late failure has parts stored to abort.
+  qemuImg('create', '-f', 'raw', raw, '24M');
+  qemuIo('raw', raw, 'write -P 0x41 0 24M');
+  const dyn = join(dir, 'dyn.vhd');
+  assert.equal((await vdiskAsync('convert', '-f', 'raw', '-O', 'vhd', raw, dyn)).status, 0);
+  const q = (x: string) => `'${x.replace(/'/g, `'\\''`)}'`;
+  const sh = (script: string, env: NodeJS.ProcessEnv = process.env) =>
+    new Promise<{ status: number; stderr: string }>((resolve) =>
+      execFile('sh', ['-c', script], { env, maxBuffer: 1 << 20 }, (e, _o, stderr) => resolve({ status: e ? Number(e.code ?? 1) : 0, stderr })),
+    );
+  const cli = `${q(process.execPath)} ${q(VDISK_BIN)} convert`;
+  const url = (name: string) => `s3://${BUCKET}/badtarget/${name}`;
+  for (const [name, script, why, env] of [
+    // stdin shorter than --size, longer than --size (the object would otherwise be complete: checked before CompleteMultipartUpload).
+    ['short.raw', `head -c ${20 * MiB} ${q(raw)} | ${cli} -f raw --size 24M -O raw - ${q(url('short.raw'))}`, /^vdisk: stdin: the stream ended after 20971520 bytes/],
+    ['long.raw', `{ cat ${q(raw)}; printf x; } | ${cli} -f raw --size 24M -O raw - ${q(url('long.raw'))}`, /^vdisk: stdin: the stream holds more than the 25165824 bytes --size gives/],
+    // A VHD stream whose footer disagrees with its length.
+    ['footer.raw', `{ cat ${q(dyn)}; printf x; } | ${cli} -O raw - ${q(url('footer.raw'))}`, /^vdisk: stdin: the VHD stream \(\d+ bytes\) does not end with its footer/],
+    ['cut.raw', `head -c ${statSync(dyn).size - 512} ${q(dyn)} | ${cli} -O raw - ${q(url('cut.raw'))}`, /^vdisk: stdin: the VHD stream \(\d+ bytes\) does not end with its footer/],
+    // stdin to a VHD object would need two passes over the stream.
+    ['twopass.vhd', `cat ${q(raw)} | ${cli} -f raw --size 24M -O vhd - ${q(url('twopass.vhd'))}`, /^vdisk: a stream read from stdin can be uploaded as raw only/],
+    // Wrong credentials: refused before anything is stored.
+    ['creds.vhd', `${cli} -f raw -O vhd ${q(raw)} ${q(url('creds.vhd'))}`, /^vdisk: access denied \(S3 [^)]*; check the credentials/, { ...process.env, AWS_SECRET_ACCESS_KEY: 'wrong' }],
+    // Malformed targets.
+    ['', `${cli} -f raw -O raw ${q(raw)} s3://${BUCKET}`, /^vdisk: missing key in 's3:\/\/vdisk-tests'/],
+    ['', `${cli} -f raw -O raw ${q(raw)} s3:///key.raw`, /^vdisk: (missing bucket|malformed URL)/],
+    ['', `${cli} -f raw -O raw ${q(raw)} s3://no-such-bucket-here/x.raw`, /^vdisk: no such bucket/],
+    ['', `${cli} -f raw -O raw ${q(raw)} gs://bucket/x.raw`, /^vdisk: unknown location scheme 'gs:\/\/'/],
+  ] as const) {
+    const r = await sh(script, env);
+    assert.equal(r.status, 1, `${name} ${script}: ${r.stderr}`);
+    assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+    assert.match(r.stderr, why, script);
+    if (name) assert.equal(await exists(`badtarget/${name}`), false, name);
+  }
+  assert.equal(await uploadsLeft('badtarget/'), 0);
 });
 
 test('serve exports an S3 chain over NBD; nbdcopy reads the disk libvhdi reads locally', async (t) => {

@@ -1,6 +1,7 @@
 import { BlockError } from '../core/errors.js';
 import type { ChainOpenOptions } from '../chain/open.js';
 import type { Host } from '../io/host.js';
+import type { ByteSink } from '../io/sink.js';
 import type { StoreOpener } from '../io/store.js';
 import { planSequentialConvert } from './sequential.js';
 
@@ -16,6 +17,7 @@ interface SinkConvertRequest {
   overwrite?: boolean;
   signal?: AbortSignal;
   onProgress?: (done: number, total: number) => void;
+  beforeCommit?: () => Promise<void>;
 }
 
 /**
@@ -33,7 +35,7 @@ export async function convertToSink(
   req: SinkConvertRequest,
   host: Host & Required<Pick<Host, 'createSink'>>,
   openStore: StoreOpener,
-): Promise<{ size: number; written: number }> {
+): Promise<{ size: number; written: number; targetSize?: number; note?: string; objectSize: number }> {
   if (req.existing) {
     throw new BlockError('unsupported', `-n writes into an existing target in place; ${host.name} objects (${req.target}) cannot be written in place, only replaced (--overwrite)`, {
       path: req.target,
@@ -55,10 +57,20 @@ export async function convertToSink(
   });
   try {
     req.signal?.throwIfAborted();
-    const sink = await host.createSink(req.target, { overwrite: req.overwrite, size: plan.length });
+    const opened = await host.createSink(req.target, { overwrite: req.overwrite, size: plan.length });
+    // A stdin source's end is checked (no trailing bytes, a VHD's footer where its length says) before the object is completed.
+    const before = req.beforeCommit;
+    const sink: ByteSink = before ? { location: opened.location, write: (d) => opened.write(d), finish: async () => (await before(), opened.finish()), abort: (r) => opened.abort(r) } : opened;
     // write() aborts the sink on any error or abort before rethrowing.
-    await plan.write(sink, { signal: req.signal, onProgress: req.onProgress });
-    return { size: plan.size, written: plan.length };
+    const written = await plan.write(sink, { signal: req.signal, onProgress: req.onProgress });
+    // As a seekable convert reports (ops/convert.ts): the source's size, the target's when the format made it larger, the note.
+    return {
+      size: plan.sourceSize,
+      written,
+      ...(plan.size !== plan.sourceSize ? { targetSize: plan.size } : {}),
+      ...(plan.note ? { note: plan.note } : {}),
+      objectSize: plan.length,
+    };
   } finally {
     await plan.close().catch(() => {});
   }

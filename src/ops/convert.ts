@@ -77,8 +77,15 @@ export interface ConvertResult {
   targetSize?: number;
   /** Said when `-o azure=on` rounded the size up (see CreateResult.note). */
   note?: string;
-  /** Bytes of data written to the target (zero runs skipped are not counted). */
+  /**
+   * Bytes of data written to the target (zero runs skipped are not counted).
+   * A target written as one stream (S3: ops/convert-sink.ts) counts the disk
+   * data the stream carries: its allocated blocks, zeros inside them too, or
+   * every byte of a raw or fixed VHD object (an object has no holes).
+   */
   written: number;
+  /** A target written as one stream (S3): the exact bytes of the object, metadata included. */
+  objectSize?: number;
 }
 
 /** Extents asked of the source at once; bounded so huge sparse disks use bounded memory. */

@@ -56,9 +56,18 @@ export async function run({ print }: CommandContext, [source, target]: [string |
   if (target === undefined) return help.missingArgument('target');
   const { isStdio } = await import('../../io/stdio.js');
   const stdin = await sourceOpener(source, o);
-  if (isStdio(target) || o.streamed) return streamed(source, target, o, stdin);
+  if (isStdio(target) || o.streamed) return streamed(print, source, target, o, stdin);
   const { convert } = await import('../../ops/convert.js');
   const { fileHost } = await import('../../io/staging.js');
+  if (stdin) {
+    const { hostFor } = await import('../../io/hosts.js');
+    const { findFormat } = await import('../../formats/registry.js');
+    // A target that is not written in place (S3) is streamed too (ops/convert-sink.ts): the same rule as for stdout.
+    const host = hostFor(target);
+    if (!host.files && host.createSink && findFormat(o.outputFormat).name !== 'raw') {
+      throw new BlockError('unsupported', `a stream read from stdin can be uploaded as raw only (-O ${o.outputFormat} needs two passes over its source); convert it to a file first`);
+    }
+  }
   const existing = o.create === false;
   const { isAzureLocation, displayLocation } = await import('../../io/azure-location.js');
   const what = isAzureLocation(target)
@@ -96,7 +105,7 @@ export async function run({ print }: CommandContext, [source, target]: [string |
  * --streamed, a file written front to back. Options that only make sense
  * for a target written in place are refused rather than ignored.
  */
-async function streamed(source: string, target: string, o: ConvertOptions, stdin: StdinSource | undefined): Promise<number | undefined> {
+async function streamed(print: (s: string) => void, source: string, target: string, o: ConvertOptions, stdin: StdinSource | undefined): Promise<number | undefined> {
   const { isStdio, stdoutSink } = await import('../../io/stdio.js');
   const { fileSink } = await import('../../io/file-sink.js');
   const { convertToSink } = await import('../../ops/sequential.js');
@@ -129,6 +138,9 @@ async function streamed(source: string, target: string, o: ConvertOptions, stdin
         sink,
         signal,
         onProgress,
+      }).then((r) => {
+        // Not on stdout, which holds the image: the note goes with a file target only.
+        if (r.note && !toStdout) print(r.note);
       }),
     ),
   );
