@@ -4,7 +4,9 @@ import type { NbdExport } from './export.js';
 import { Negotiation } from './handshake.js';
 import { NbdParser, NbdProtocolError, type ClientFrame, type RequestFrame } from './parser.js';
 import { CMD_DISC, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES, CMD_TRIM } from './protocol.js';
-import { executeRequest, type TransmissionState } from './transmission.js';
+import { executeRequest, readReplyHead, type TransmissionState } from './transmission.js';
+import { FileReplySender } from '../io/file-reply.js';
+import { mapToFiles } from './file-map.js';
 import { replyPool } from './buffer-pool.js';
 import type { ConnectionLimits } from './limits.js';
 
@@ -75,6 +77,12 @@ export class Connection {
   /** When the client last sent bytes or took a reply, or a request finished (Date.now()). */
   private lastActivity = 0;
   private transmission: TransmissionState | undefined;
+  /**
+   * Sends every reply once in transmission, on a read-only export where the
+   * native addon can: reads whose data the page cache holds go from the
+   * image files to the socket with sendfile (io/file-reply.ts).
+   */
+  private direct: FileReplySender | undefined;
   /** Budget bytes reserved for the write payload the parser is receiving now (0: none). */
   private reservedPayload = 0;
   private resolveDone!: () => void;
@@ -132,7 +140,15 @@ export class Connection {
 
   /** Queue a reply; `sent` runs once the socket has handed it to the kernel (or could not). */
   private send(b: Buffer, sent?: () => void): void {
-    if (!this.socket.destroyed && this.socket.writable) {
+    if (this.direct) {
+      this.direct.send(b, undefined, () => {
+        this.lastActivity = Date.now();
+        replyPool.give(b);
+        sent?.();
+        // Its bytes no longer count as queued (canTakeMore): take more requests if reading had stopped.
+        if (this.state === 'transmission') this.pump();
+      });
+    } else if (!this.socket.destroyed && this.socket.writable) {
       // Once the socket has sent a pooled read reply, its buffer is reused.
       this.socket.write(b, () => {
         this.lastActivity = Date.now();
@@ -143,7 +159,7 @@ export class Connection {
   }
 
   private canTakeMore(): boolean {
-    if (this.socket.writableLength > this.limits.maxQueuedReplyBytes) return false;
+    if (this.socket.writableLength + (this.direct?.queuedBytes ?? 0) > this.limits.maxQueuedReplyBytes) return false;
     if (this.inFlight === 0) return true;
     if (this.budget.full()) {
       this.budget.wait(this.wake);
@@ -240,6 +256,9 @@ export class Connection {
           log: (m) => this.log(`${this.id}: ${m}`),
           abandoned: false,
         };
+        // Read-only only: on a writable export a write could change a file's
+        // pages while a reply still refers to them in the socket buffer.
+        if (this.exp.readOnly) this.direct = FileReplySender.open(this.socket);
         this.lastActivity = Date.now();
         this.armIdleTimer(this.limits.idleTimeoutMs);
       } else if (frame.type === 'client-flags') this.parser.mode = 'option';
@@ -255,6 +274,7 @@ export class Connection {
   }
 
   private run(req: RequestFrame): void {
+    if (this.direct && req.command === CMD_READ && this.runFromFiles(req)) return;
     const bytes = req.command === CMD_READ || req.command === CMD_WRITE ? req.length : 0;
     if (req.command === CMD_WRITE || req.command === CMD_WRITE_ZEROES || req.command === CMD_TRIM) this.wrote = true;
     this.inFlight++;
@@ -279,6 +299,28 @@ export class Connection {
       if (this.state === 'transmission') this.pump();
       else this.finishIfIdle();
     });
+  }
+
+  /**
+   * A read whose data lies in image files the page cache holds: its reply
+   * is sent from the files (no buffer, no thread pool). False when the
+   * read must run the usual way (executeRequest).
+   */
+  private runFromFiles(req: RequestFrame): boolean {
+    const direct = this.direct!;
+    const head = readReplyHead(this.transmission!, req);
+    const segments = head && mapToFiles(this.exp.chain, req.offset, req.length);
+    if (!segments || !direct.cached(segments)) return false;
+    // In flight until the kernel has the whole reply (closing waits for it);
+    // it holds no buffer, so nothing is taken from the server-wide budget.
+    this.inFlight++;
+    direct.send(head!, segments, () => {
+      this.lastActivity = Date.now();
+      this.inFlight--;
+      if (this.state === 'transmission') this.pump();
+      else this.finishIfIdle();
+    });
+    return true;
   }
 
   /**
@@ -326,6 +368,10 @@ export class Connection {
 
   /** Send what is queued, then close (a client that never closes its side is cut off). */
   private closeSocket(): void {
+    if (this.direct && !this.direct.idle && !this.socket.destroyed) {
+      this.direct.onIdle = () => this.closeSocket();
+      return;
+    }
     if (!this.socket.destroyed) this.socket.end(() => this.socket.destroy());
   }
 
@@ -336,6 +382,8 @@ export class Connection {
     if (this.state === 'closed') return;
     if (this.inFlight > 0) this.log(`${this.id}: gone with ${this.inFlight} request(s) running: reads stop, replies are dropped`);
     this.state = 'closed';
+    // Replies not yet sent go nowhere; their requests are done (finishIfIdle below).
+    this.direct?.clear();
     // Requests still running finish (an accepted write lands whole); their replies go nowhere.
     this.finishIfIdle();
   }
