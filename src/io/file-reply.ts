@@ -49,6 +49,13 @@ export class FileReplySender {
     const addon = sendAddon();
     const fd = (socket as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
     if (!addon || typeof fd !== 'number' || fd < 0) return undefined;
+    // A unix socket's send buffer is ~208 KiB by default (net.core.wmem_default):
+    // less than one nbdcopy request. With 1 MiB, a reply rarely stops half way
+    // (each stop costs a copied page and a trip through Node's writer; measured:
+    // a sixth less server CPU for nbdcopy). Kernel memory, capped by
+    // net.core.wmem_max; mostly references to the page cache. TCP's buffer
+    // is left to the kernel's autotuning, which setting it would turn off.
+    if (isUnixSocket(socket)) addon.setSendBuffer?.(fd, SEND_BUFFER);
     return new FileReplySender(addon, socket, fd);
   }
 
@@ -159,6 +166,13 @@ interface Item {
   total: number;
   sent: number;
   done?: () => void;
+}
+
+/** SO_SNDBUF asked for a unix socket's replies (see open). */
+const SEND_BUFFER = 1 << 20;
+
+function isUnixSocket(socket: Socket): boolean {
+  return (socket as unknown as { _handle?: object })._handle?.constructor.name === 'Pipe';
 }
 
 /** Bytes copied through Node's writer when the socket buffer is full (one page: the rest still goes by sendfile). */

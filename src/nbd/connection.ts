@@ -45,10 +45,6 @@ export class SharedBudget {
     return true;
   }
 
-  take(n: number): void {
-    this.used += n;
-  }
-
   release(n: number): void {
     this.used -= n;
     if (this.waiting.size === 0 || this.full()) return;
@@ -85,6 +81,8 @@ export class Connection {
   private direct: FileReplySender | undefined;
   /** Budget bytes reserved for the write payload the parser is receiving now (0: none). */
   private reservedPayload = 0;
+  /** A read taken from the parser that waits for the server-wide budget (see run). */
+  private held: RequestFrame | undefined;
   private resolveDone!: () => void;
   /** Settles once the socket is closed and every request that was running has finished. */
   readonly done: Promise<void>;
@@ -193,9 +191,9 @@ export class Connection {
     return this.parser.buffered;
   }
 
-  /** Whether this client's next write payload waits (socket paused) for the server-wide budget. */
+  /** Whether this client's next write payload, or a read, waits (socket paused) for the server-wide budget. */
   get waitingForBudget(): boolean {
-    return this.parser.awaitingAdmission && this.state === 'transmission';
+    return (this.parser.awaitingAdmission || this.held !== undefined) && this.state === 'transmission';
   }
 
   /** Take frames from the parser while there is room; pause the socket when there is not. */
@@ -211,7 +209,8 @@ export class Connection {
           }
           return;
         }
-        const frame = this.parser.next();
+        const frame = this.held ?? this.parser.next();
+        this.held = undefined;
         if (!frame) {
           if (this.parser.awaitingAdmission) {
             // Backpressure, not buffering: read nothing more until the budget has room (wake).
@@ -223,7 +222,15 @@ export class Connection {
           }
           break;
         }
-        this.handle(frame);
+        if (!this.handle(frame)) {
+          // A read waiting for the server-wide budget: kept here, and nothing more is read until it runs (wake).
+          this.held = frame as RequestFrame;
+          if (!this.paused) {
+            this.paused = true;
+            this.socket.pause();
+          }
+          return;
+        }
       }
       if (this.paused && this.state !== 'closed') {
         this.paused = false;
@@ -237,7 +244,8 @@ export class Connection {
     }
   }
 
-  private handle(frame: ClientFrame): void {
+  /** False when the request could not start yet (a read waiting for the budget: pump keeps it). */
+  private handle(frame: ClientFrame): boolean {
     if (this.state === 'handshake') {
       const step = this.negotiation.handle(frame);
       for (const r of step.replies) this.send(r);
@@ -262,19 +270,28 @@ export class Connection {
         this.lastActivity = Date.now();
         this.armIdleTimer(this.limits.idleTimeoutMs);
       } else if (frame.type === 'client-flags') this.parser.mode = 'option';
-      return;
+      return true;
     }
     const req = frame as RequestFrame;
     if (frame.type !== 'request') throw new NbdProtocolError('unexpected frame');
     if (req.command === CMD_DISC) {
       this.drain();
-      return;
+      return true;
     }
-    this.run(req);
+    return this.run(req);
   }
 
-  private run(req: RequestFrame): void {
-    if (this.direct && req.command === CMD_READ && this.runFromFiles(req)) return;
+  private run(req: RequestFrame): boolean {
+    if (this.direct && req.command === CMD_READ && this.runFromFiles(req)) return true;
+    // A read's reply buffer is reserved in the server-wide budget before it
+    // is allocated, like a write's payload: whole or not at all, an empty
+    // budget admitting any size. Otherwise every client with nothing running
+    // could hold one read of up to the maximum block size, however many
+    // clients there are (a client that never collects its replies keeps it).
+    if (req.command === CMD_READ && !this.budget.tryReserve(req.length)) {
+      this.budget.wait(this.wake);
+      return false;
+    }
     const bytes = req.command === CMD_READ || req.command === CMD_WRITE ? req.length : 0;
     if (req.command === CMD_WRITE || req.command === CMD_WRITE_ZEROES || req.command === CMD_TRIM) this.wrote = true;
     this.inFlight++;
@@ -283,8 +300,7 @@ export class Connection {
     // handed to the request); a write too big to keep holds nothing.
     let budgeted = 0;
     if (req.command === CMD_READ) {
-      budgeted = bytes;
-      this.budget.take(bytes);
+      budgeted = bytes; // reserved above
     } else if (req.command === CMD_WRITE && req.payload && req.payload.length > 0) {
       budgeted = this.reservedPayload;
       this.reservedPayload = 0;
@@ -299,6 +315,7 @@ export class Connection {
       if (this.state === 'transmission') this.pump();
       else this.finishIfIdle();
     });
+    return true;
   }
 
   /**
