@@ -96,6 +96,8 @@ export class Connection {
     private readonly budget: SharedBudget,
     private readonly log: (message: string) => void,
     readonly id: string,
+    /** Server-wide counts (NbdServer.stats). */
+    private readonly counts: { readsFromFiles: number } = { readsFromFiles: 0 },
   ) {
     this.done = new Promise((r) => (this.resolveDone = r));
     // A write's payload is counted in the server-wide budget before the parser
@@ -331,6 +333,7 @@ export class Connection {
     // In flight until the kernel has the whole reply (closing waits for it);
     // it holds no buffer, so nothing is taken from the server-wide budget.
     this.inFlight++;
+    this.counts.readsFromFiles++;
     direct.send(head!, segments, () => {
       this.lastActivity = Date.now();
       this.inFlight--;
