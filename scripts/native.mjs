@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dir = join(root, 'native');
 const output = join(dir, 'build/Release/vdisk_native.node');
-const sources = ['addon.c', 'copy.c', 'read.c', 'lock.c', 'seek.c', 'punch.c', 'binding.gyp'].map((f) => join(dir, f));
+const sources = ['addon.c', 'copy.c', 'read.c', 'lock.c', 'seek.c', 'punch.c', 'send.c', 'binding.gyp'].map((f) => join(dir, f));
 const required = process.env.VDISK_NATIVE === 'required';
 
 const mtime = (f) => statSync(f).mtimeMs;

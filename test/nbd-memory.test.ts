@@ -108,3 +108,52 @@ test('stalled large writes: the idle timeout frees the budget a stalled client h
     }
   });
 });
+
+/** A client that asks for one large read and never takes the reply (its socket is not read). */
+async function stalledReader(server: NbdServer, length: number): Promise<Socket> {
+  const socket = connect(server.port!, '127.0.0.1');
+  const reader = new SocketReader(socket);
+  await new Promise<void>((r, j) => socket.once('connect', r).once('error', j));
+  await reader.read(18);
+  const f = Buffer.alloc(4);
+  f.writeUInt32BE(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES);
+  socket.write(f);
+  socket.write(optionFrame(P.OPT_EXPORT_NAME, Buffer.from('disk')));
+  await reader.read(10);
+  socket.pause();
+  socket.write(requestFrame(P.CMD_READ, 0, 1n, 0, length));
+  return socket;
+}
+
+test('stalled large reads: reply buffers held stay within the server-wide budget; a client still reads once they go', { timeout: 120_000 }, async () => {
+  await withDisk(async (path) => {
+    const n = 8;
+    // Larger than what loopback TCP's buffers can take from a client that reads nothing.
+    const length = 24 * MiB;
+    const server = await startNbdServer({ path, format: 'raw', port: 0, exportName: 'disk', persistent: true, shared: n + 1, maxServerInFlightBytes: 4 * MiB });
+    const stalled: Socket[] = [];
+    try {
+      for (let i = 0; i < n; i++) stalled.push(await stalledReader(server, length));
+      // Either every read but one waits for the budget, or the server took more than one.
+      await until(() => {
+        const s = server.stats();
+        return s.waitingForBudget === n - 1 || s.budgetUsed > length;
+      });
+      const s = server.stats();
+      // One read admitted (an empty budget admits any size), the others wait before any buffer is made for them.
+      assert.ok(s.budgetUsed <= length, `budget used ${s.budgetUsed} by ${n} stalled readers`);
+      assert.equal(s.waitingForBudget, n - 1);
+
+      const good = await NbdClient.connect({ port: server.port, exportName: 'disk' });
+      const read = good.read(MiB, 4096);
+      await until(() => server.stats().waitingForBudget === n);
+      for (const sock of stalled) sock.destroy();
+      assert.ok((await read).equals(Buffer.alloc(4096)));
+      await good.disconnect();
+      await until(() => server.stats().budgetUsed === 0);
+    } finally {
+      for (const sock of stalled) sock.destroy();
+      await server.close();
+    }
+  });
+});

@@ -81,6 +81,19 @@ export interface NativeAddon {
    * punch holes). Absent from an addon built before it existed.
    */
   punchHole?(fd: number, offset: number, length: number): number;
+  /**
+   * Send an NBD read reply on a non-blocking socket: `head`, then the
+   * `segments` (triples: file descriptor or -1 for zeros, file offset,
+   * length) with sendfile, from `skip` bytes into the reply. The bytes of
+   * the reply sent so far (less than its length when the socket buffer
+   * filled up), or minus the errno. Absent from an addon built before it
+   * existed (io/file-reply.ts).
+   */
+  sendReply?(socket: number, head: Uint8Array, segments: Float64Array, skip: number): number;
+  /** 1 when every page of the segments' file ranges is in the page cache, 0 when not, minus the errno when the host cannot tell (cachestat). */
+  filesCached?(segments: Float64Array): number;
+  /** SO_SNDBUF of a socket: 0, or minus the errno. */
+  setSendBuffer?(socket: number, bytes: number): number;
 }
 
 /** The largest range copyRanges takes (each thread reads a range whole into its own buffer). */
@@ -144,6 +157,16 @@ export function lockAddon(): NativeAddon | null {
 export function punchAddon(): NativeAddon | null {
   const a = process.platform === 'linux' ? loadAddon() : null;
   return a?.punchHole ? a : null;
+}
+
+/**
+ * The addon for sending NBD read replies with sendfile (io/file-reply.ts):
+ * null when it is not built, lacks sendReply, is turned off
+ * (VDISK_NATIVE=0) or the host is not Linux.
+ */
+export function sendAddon(): NativeAddon | null {
+  const a = process.platform === 'linux' ? nativeAddon() : null;
+  return a?.sendReply && a.filesCached ? a : null;
 }
 
 /**

@@ -4,7 +4,9 @@ import type { NbdExport } from './export.js';
 import { Negotiation } from './handshake.js';
 import { NbdParser, NbdProtocolError, type ClientFrame, type RequestFrame } from './parser.js';
 import { CMD_DISC, CMD_READ, CMD_WRITE, CMD_WRITE_ZEROES, CMD_TRIM } from './protocol.js';
-import { executeRequest, type TransmissionState } from './transmission.js';
+import { executeRequest, readReplyHead, type TransmissionState } from './transmission.js';
+import { FileReplySender } from '../io/file-reply.js';
+import { mapToFiles } from './file-map.js';
 import { replyPool } from './buffer-pool.js';
 import type { ConnectionLimits } from './limits.js';
 
@@ -43,10 +45,6 @@ export class SharedBudget {
     return true;
   }
 
-  take(n: number): void {
-    this.used += n;
-  }
-
   release(n: number): void {
     this.used -= n;
     if (this.waiting.size === 0 || this.full()) return;
@@ -75,8 +73,16 @@ export class Connection {
   /** When the client last sent bytes or took a reply, or a request finished (Date.now()). */
   private lastActivity = 0;
   private transmission: TransmissionState | undefined;
+  /**
+   * Sends every reply once in transmission, on a read-only export where the
+   * native addon can: reads whose data the page cache holds go from the
+   * image files to the socket with sendfile (io/file-reply.ts).
+   */
+  private direct: FileReplySender | undefined;
   /** Budget bytes reserved for the write payload the parser is receiving now (0: none). */
   private reservedPayload = 0;
+  /** A read taken from the parser that waits for the server-wide budget (see run). */
+  private held: RequestFrame | undefined;
   private resolveDone!: () => void;
   /** Settles once the socket is closed and every request that was running has finished. */
   readonly done: Promise<void>;
@@ -90,6 +96,8 @@ export class Connection {
     private readonly budget: SharedBudget,
     private readonly log: (message: string) => void,
     readonly id: string,
+    /** Server-wide counts (NbdServer.stats). */
+    private readonly counts: { readsFromFiles: number } = { readsFromFiles: 0 },
   ) {
     this.done = new Promise((r) => (this.resolveDone = r));
     // A write's payload is counted in the server-wide budget before the parser
@@ -132,7 +140,15 @@ export class Connection {
 
   /** Queue a reply; `sent` runs once the socket has handed it to the kernel (or could not). */
   private send(b: Buffer, sent?: () => void): void {
-    if (!this.socket.destroyed && this.socket.writable) {
+    if (this.direct) {
+      this.direct.send(b, undefined, () => {
+        this.lastActivity = Date.now();
+        replyPool.give(b);
+        sent?.();
+        // Its bytes no longer count as queued (canTakeMore): take more requests if reading had stopped.
+        if (this.state === 'transmission') this.pump();
+      });
+    } else if (!this.socket.destroyed && this.socket.writable) {
       // Once the socket has sent a pooled read reply, its buffer is reused.
       this.socket.write(b, () => {
         this.lastActivity = Date.now();
@@ -143,7 +159,7 @@ export class Connection {
   }
 
   private canTakeMore(): boolean {
-    if (this.socket.writableLength > this.limits.maxQueuedReplyBytes) return false;
+    if (this.socket.writableLength + (this.direct?.queuedBytes ?? 0) > this.limits.maxQueuedReplyBytes) return false;
     if (this.inFlight === 0) return true;
     if (this.budget.full()) {
       this.budget.wait(this.wake);
@@ -177,9 +193,9 @@ export class Connection {
     return this.parser.buffered;
   }
 
-  /** Whether this client's next write payload waits (socket paused) for the server-wide budget. */
+  /** Whether this client's next write payload, or a read, waits (socket paused) for the server-wide budget. */
   get waitingForBudget(): boolean {
-    return this.parser.awaitingAdmission && this.state === 'transmission';
+    return (this.parser.awaitingAdmission || this.held !== undefined) && this.state === 'transmission';
   }
 
   /** Take frames from the parser while there is room; pause the socket when there is not. */
@@ -195,7 +211,8 @@ export class Connection {
           }
           return;
         }
-        const frame = this.parser.next();
+        const frame = this.held ?? this.parser.next();
+        this.held = undefined;
         if (!frame) {
           if (this.parser.awaitingAdmission) {
             // Backpressure, not buffering: read nothing more until the budget has room (wake).
@@ -207,7 +224,15 @@ export class Connection {
           }
           break;
         }
-        this.handle(frame);
+        if (!this.handle(frame)) {
+          // A read waiting for the server-wide budget: kept here, and nothing more is read until it runs (wake).
+          this.held = frame as RequestFrame;
+          if (!this.paused) {
+            this.paused = true;
+            this.socket.pause();
+          }
+          return;
+        }
       }
       if (this.paused && this.state !== 'closed') {
         this.paused = false;
@@ -221,7 +246,8 @@ export class Connection {
     }
   }
 
-  private handle(frame: ClientFrame): void {
+  /** False when the request could not start yet (a read waiting for the budget: pump keeps it). */
+  private handle(frame: ClientFrame): boolean {
     if (this.state === 'handshake') {
       const step = this.negotiation.handle(frame);
       for (const r of step.replies) this.send(r);
@@ -240,21 +266,34 @@ export class Connection {
           log: (m) => this.log(`${this.id}: ${m}`),
           abandoned: false,
         };
+        // Read-only only: on a writable export a write could change a file's
+        // pages while a reply still refers to them in the socket buffer.
+        if (this.exp.readOnly) this.direct = FileReplySender.open(this.socket);
         this.lastActivity = Date.now();
         this.armIdleTimer(this.limits.idleTimeoutMs);
       } else if (frame.type === 'client-flags') this.parser.mode = 'option';
-      return;
+      return true;
     }
     const req = frame as RequestFrame;
     if (frame.type !== 'request') throw new NbdProtocolError('unexpected frame');
     if (req.command === CMD_DISC) {
       this.drain();
-      return;
+      return true;
     }
-    this.run(req);
+    return this.run(req);
   }
 
-  private run(req: RequestFrame): void {
+  private run(req: RequestFrame): boolean {
+    if (this.direct && req.command === CMD_READ && this.runFromFiles(req)) return true;
+    // A read's reply buffer is reserved in the server-wide budget before it
+    // is allocated, like a write's payload: whole or not at all, an empty
+    // budget admitting any size. Otherwise every client with nothing running
+    // could hold one read of up to the maximum block size, however many
+    // clients there are (a client that never collects its replies keeps it).
+    if (req.command === CMD_READ && !this.budget.tryReserve(req.length)) {
+      this.budget.wait(this.wake);
+      return false;
+    }
     const bytes = req.command === CMD_READ || req.command === CMD_WRITE ? req.length : 0;
     if (req.command === CMD_WRITE || req.command === CMD_WRITE_ZEROES || req.command === CMD_TRIM) this.wrote = true;
     this.inFlight++;
@@ -263,8 +302,7 @@ export class Connection {
     // handed to the request); a write too big to keep holds nothing.
     let budgeted = 0;
     if (req.command === CMD_READ) {
-      budgeted = bytes;
-      this.budget.take(bytes);
+      budgeted = bytes; // reserved above
     } else if (req.command === CMD_WRITE && req.payload && req.payload.length > 0) {
       budgeted = this.reservedPayload;
       this.reservedPayload = 0;
@@ -279,6 +317,30 @@ export class Connection {
       if (this.state === 'transmission') this.pump();
       else this.finishIfIdle();
     });
+    return true;
+  }
+
+  /**
+   * A read whose data lies in image files the page cache holds: its reply
+   * is sent from the files (no buffer, no thread pool). False when the
+   * read must run the usual way (executeRequest).
+   */
+  private runFromFiles(req: RequestFrame): boolean {
+    const direct = this.direct!;
+    const head = readReplyHead(this.transmission!, req);
+    const segments = head && mapToFiles(this.exp.chain, req.offset, req.length);
+    if (!segments || !direct.cached(segments)) return false;
+    // In flight until the kernel has the whole reply (closing waits for it);
+    // it holds no buffer, so nothing is taken from the server-wide budget.
+    this.inFlight++;
+    this.counts.readsFromFiles++;
+    direct.send(head!, segments, () => {
+      this.lastActivity = Date.now();
+      this.inFlight--;
+      if (this.state === 'transmission') this.pump();
+      else this.finishIfIdle();
+    });
+    return true;
   }
 
   /**
@@ -326,6 +388,10 @@ export class Connection {
 
   /** Send what is queued, then close (a client that never closes its side is cut off). */
   private closeSocket(): void {
+    if (this.direct && !this.direct.idle && !this.socket.destroyed) {
+      this.direct.onIdle = () => this.closeSocket();
+      return;
+    }
     if (!this.socket.destroyed) this.socket.end(() => this.socket.destroy());
   }
 
@@ -336,6 +402,8 @@ export class Connection {
     if (this.state === 'closed') return;
     if (this.inFlight > 0) this.log(`${this.id}: gone with ${this.inFlight} request(s) running: reads stop, replies are dropped`);
     this.state = 'closed';
+    // Replies not yet sent go nowhere; their requests are done (finishIfIdle below).
+    this.direct?.clear();
     // Requests still running finish (an accepted write lands whole); their replies go nowhere.
     this.finishIfIdle();
   }

@@ -63,6 +63,8 @@ export interface NbdServerStats {
   budgetMax: number;
   /** Clients whose next write payload waits for the budget (their sockets are paused). */
   waitingForBudget: number;
+  /** Reads answered straight from the image files with sendfile since the server started (io/file-reply.ts). */
+  readsFromFiles: number;
 }
 
 export interface NbdServer {
@@ -127,6 +129,7 @@ class ServerRunner implements NbdServer {
   private closing: Promise<void> | undefined;
   private settle!: { resolve: () => void; reject: (e: unknown) => void };
   private count = 0;
+  private readonly counts = { readsFromFiles: 0 };
 
   constructor(
     readonly exp: NbdExport,
@@ -163,7 +166,7 @@ class ServerRunner implements NbdServer {
       receivedBytes += c.bufferedBytes;
       if (c.waitingForBudget) waitingForBudget++;
     }
-    return { receivedBytes, budgetUsed: this.budget.used, budgetMax: this.budget.max, waitingForBudget };
+    return { receivedBytes, budgetUsed: this.budget.used, budgetMax: this.budget.max, waitingForBudget, readsFromFiles: this.counts.readsFromFiles };
   }
 
   async listen(): Promise<void> {
@@ -201,7 +204,7 @@ class ServerRunner implements NbdServer {
       socket.destroy();
       return;
     }
-    const conn = new Connection(socket, this.exp, this.limits, this.budget, this.log, id);
+    const conn = new Connection(socket, this.exp, this.limits, this.budget, this.log, id, this.counts);
     this.live.add(conn);
     this.log(`${id}: connected`);
     void conn.done.then(async () => {

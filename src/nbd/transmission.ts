@@ -122,6 +122,28 @@ export async function executeRequest(st: TransmissionState, req: RequestFrame): 
   }
 }
 
+/**
+ * The header of a successful read's reply, for a read the connection sends
+ * straight from the image files (io/file-reply.ts) rather than through
+ * executeRequest: the reply is this header followed by the data. Undefined
+ * when the request must go through executeRequest (not a read, empty, an
+ * error to report, the client gone).
+ */
+export function readReplyHead(st: TransmissionState, req: RequestFrame): Buffer | undefined {
+  if (req.command !== CMD_READ || req.length === 0 || st.abandoned) return undefined;
+  try {
+    validate(st, req);
+  } catch {
+    return undefined;
+  }
+  if (!st.structured) return encodeSimpleReply(req.cookieHi, req.cookieLo, 0, 0);
+  // One OFFSET_DATA chunk with DONE, as read() sends.
+  const b = Buffer.allocUnsafe(STRUCTURED_REPLY_SIZE + 8);
+  writeStructuredHeader(b, 0, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, req.cookieHi, req.cookieLo, 8 + req.length);
+  writeU64(b, req.offset, STRUCTURED_REPLY_SIZE);
+  return b;
+}
+
 /** Reject what the protocol forbids before touching the chain (proto.md "Error values"). */
 function validate(st: TransmissionState, req: RequestFrame): void {
   const exp = st.exp;
