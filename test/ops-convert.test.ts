@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, rmSync, statSync } from 'node:fs';
+import { existsSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openChain } from '../src/chain/open.js';
 import { convert } from '../src/ops/convert.js';
@@ -400,4 +400,20 @@ test('convert checks its buffer size; pieces larger than the native addon takes 
   if (r) assert.equal(r.calls, 0, 'pieces of 128 MiB are not given to the addon');
   else await convert({ source: base, target: out, targetFormat: 'raw', bufferSize: 128 * MiB });
   assert.equal(run('qemu-img', ['compare', '-f', 'vpc', '-F', 'raw', base, out], { allowFail: true }).status, 0);
+});
+
+test('convert -S 0 through the JavaScript path counts every byte it writes, with its lanes in flight together', async () => {
+  // `written += await write(...)` read `written` before the write and dropped what other lanes added meanwhile.
+  const { dir, cleanup } = tempDir();
+  try {
+    const src = join(dir, 'src.raw');
+    const size = 64 << 20;
+    const data = new Uint8Array(size);
+    for (let i = 0; i < size; i += 4096) data[i] = (i >> 12) % 251 || 1;
+    writeFileSync(src, data);
+    const r = await convert({ source: src, target: join(dir, 'out.raw'), targetFormat: 'raw', sparseSize: 0, native: false });
+    assert.equal(r.written, size);
+  } finally {
+    cleanup();
+  }
 });

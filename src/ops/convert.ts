@@ -299,7 +299,11 @@ async function copy(
   const copyPiece = async (p: Piece, lane: Lane, turn: Promise<void>, issued: () => void): Promise<void> => {
     if (p.zero) {
       await turn;
-      if (sparse === 0) written += await writeZeroData(dst, p.offset, p.length);
+      // (Not `written += await …`: that reads `written` before the wait and drops what other lanes add meanwhile.)
+      if (sparse === 0) {
+        const n = await writeZeroData(dst, p.offset, p.length);
+        written += n;
+      }
       else if (mode !== 'fresh') await zeroWhereNeeded(dst, p.offset, p.length, lane.scratch!, zeroGranule);
       return;
     }
@@ -313,7 +317,8 @@ async function copy(
       written += bytes;
       return;
     }
-    written += await writeData(dst, p.offset, data, mode, sparse, granule, lane.theirs, lane.scratch);
+    const n = await writeData(dst, p.offset, data, mode, sparse, granule, lane.theirs, lane.scratch);
+    written += n;
   };
   const drain = async () => {
     while (running.size) await Promise.race(running);
