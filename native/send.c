@@ -47,30 +47,28 @@ static bool get_count(napi_env env, napi_value v, double *out) {
   return napi_get_value_double(env, v, out) == napi_ok && *out >= 0 && *out <= 9007199254740991.0 && floor(*out) == *out;
 }
 
-static bool get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
+/* The data of a typed array of the given element type (false if v is not one). */
+static bool get_typed(napi_env env, napi_value v, napi_typedarray_type want, void **data, size_t *len) {
   bool typed = false;
   napi_is_typedarray(env, v, &typed);
   if (!typed) return false;
   napi_typedarray_type type;
   napi_value ab;
   size_t off;
+  napi_get_typedarray_info(env, v, &type, len, data, &ab, &off);
+  return type == want;
+}
+
+static bool get_bytes(napi_env env, napi_value v, uint8_t **data, size_t *len) {
   void *p;
-  napi_get_typedarray_info(env, v, &type, len, &p, &ab, &off);
-  if (type != napi_uint8_array) return false;
+  if (!get_typed(env, v, napi_uint8_array, &p, len)) return false;
   *data = p;
   return true;
 }
 
 static bool get_f64s(napi_env env, napi_value v, double **data, size_t *len) {
-  bool typed = false;
-  napi_is_typedarray(env, v, &typed);
-  if (!typed) return false;
-  napi_typedarray_type type;
-  napi_value ab;
-  size_t off;
   void *p;
-  napi_get_typedarray_info(env, v, &type, len, &p, &ab, &off);
-  if (type != napi_float64_array) return false;
+  if (!get_typed(env, v, napi_float64_array, &p, len)) return false;
   *data = p;
   return true;
 }

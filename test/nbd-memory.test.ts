@@ -19,7 +19,8 @@ const MiB = 1 << 20;
 /** Node reads a socket 64 KiB at a time: what a paused client can have handed the parser. */
 const ONE_READ = 64 * 1024;
 
-async function stalledWriter(server: NbdServer, payloadLength: number, sent: number): Promise<Socket> {
+/** A client through the handshake into transmission on export "disk" (old-style NBD_OPT_EXPORT_NAME). */
+async function connected(server: NbdServer): Promise<Socket> {
   const socket = connect(server.port!, '127.0.0.1');
   const reader = new SocketReader(socket);
   await new Promise<void>((r, j) => socket.once('connect', r).once('error', j));
@@ -29,6 +30,11 @@ async function stalledWriter(server: NbdServer, payloadLength: number, sent: num
   socket.write(f);
   socket.write(optionFrame(P.OPT_EXPORT_NAME, Buffer.from('disk')));
   await reader.read(10);
+  return socket;
+}
+
+async function stalledWriter(server: NbdServer, payloadLength: number, sent: number): Promise<Socket> {
+  const socket = await connected(server);
   socket.write(requestFrame(P.CMD_WRITE, 0, 1n, 0, payloadLength));
   socket.write(Buffer.alloc(sent, 0x5a));
   return socket;
@@ -111,15 +117,7 @@ test('stalled large writes: the idle timeout frees the budget a stalled client h
 
 /** A client that asks for one large read and never takes the reply (its socket is not read). */
 async function stalledReader(server: NbdServer, length: number): Promise<Socket> {
-  const socket = connect(server.port!, '127.0.0.1');
-  const reader = new SocketReader(socket);
-  await new Promise<void>((r, j) => socket.once('connect', r).once('error', j));
-  await reader.read(18);
-  const f = Buffer.alloc(4);
-  f.writeUInt32BE(P.FLAG_C_FIXED_NEWSTYLE | P.FLAG_C_NO_ZEROES);
-  socket.write(f);
-  socket.write(optionFrame(P.OPT_EXPORT_NAME, Buffer.from('disk')));
-  await reader.read(10);
+  const socket = await connected(server);
   socket.pause();
   socket.write(requestFrame(P.CMD_READ, 0, 1n, 0, length));
   return socket;
