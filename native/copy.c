@@ -512,6 +512,19 @@ static napi_value start(napi_env env, Job *job, int32_t workers, napi_value prog
   return promise;
 }
 
+// The arguments both copiers take: the target's descriptor, the zero-skipping
+// granule and the number of worker threads. Throws a TypeError and returns
+// false when one is out of range.
+static bool get_copy_args(napi_env env, napi_value dst_v, napi_value granule_v, napi_value workers_v,
+                          int32_t *dst, uint64_t *granule, int32_t *workers) {
+  const char *bad = NULL;
+  if (napi_get_value_int32(env, dst_v, dst) != napi_ok || *dst < 0) bad = "target descriptor";
+  else if (!get_u64(env, granule_v, granule) || *granule == 0) bad = "granule";
+  else if (napi_get_value_int32(env, workers_v, workers) != napi_ok || *workers < 1 || *workers > MAX_WORKERS) bad = "workers";
+  if (bad) throw_type(env, bad);
+  return bad == NULL;
+}
+
 // copyRanges(dstFd, plan: Float64Array of STRIDE-tuples, granule, workers[, progress: BigUint64Array])
 //   -> Promise<bytes written>
 static napi_value copy_ranges(napi_env env, napi_callback_info info) {
@@ -521,9 +534,7 @@ static napi_value copy_ranges(napi_env env, napi_callback_info info) {
   if (argc < 4) return throw_type(env, "copyRanges takes 4 or 5 arguments");
   int32_t dst, workers;
   uint64_t granule;
-  if (napi_get_value_int32(env, argv[0], &dst) != napi_ok || dst < 0) return throw_type(env, "target descriptor");
-  if (!get_u64(env, argv[2], &granule) || granule == 0) return throw_type(env, "granule");
-  if (napi_get_value_int32(env, argv[3], &workers) != napi_ok || workers < 1 || workers > MAX_WORKERS) return throw_type(env, "workers");
+  if (!get_copy_args(env, argv[0], argv[2], argv[3], &dst, &granule, &workers)) return NULL;
   uint64_t *progress = NULL;
   if (argc == 5 && !get_progress(env, argv[4], &progress)) return NULL;
   size_t count;
@@ -554,11 +565,9 @@ static napi_value copy_to_blocks(napi_env env, napi_callback_info info) {
   if (argc < 8) return throw_type(env, "copyToBlocks takes 8 or 9 arguments");
   int32_t dst, workers;
   uint64_t base, stride, granule;
-  if (napi_get_value_int32(env, argv[0], &dst) != napi_ok || dst < 0) return throw_type(env, "target descriptor");
+  if (!get_copy_args(env, argv[0], argv[5], argv[6], &dst, &granule, &workers)) return NULL;
   if (!get_u64(env, argv[3], &base)) return throw_type(env, "base");
   if (!get_u64(env, argv[4], &stride) || stride == 0) return throw_type(env, "stride");
-  if (!get_u64(env, argv[5], &granule) || granule == 0) return throw_type(env, "granule");
-  if (napi_get_value_int32(env, argv[6], &workers) != napi_ok || workers < 1 || workers > MAX_WORKERS) return throw_type(env, "workers");
   bool ok;
   napi_typedarray_type ut = napi_int8_array, pt = napi_int8_array;
   size_t ulen = 0, plen = 0;
