@@ -68,12 +68,25 @@ function unusedTail(state: VhdState): { usedEnd: number; bytes: number } {
 export async function giveBackTail(state: VhdState): Promise<number> {
   const { usedEnd, bytes } = unusedTail(state);
   if (bytes === 0) return 0;
-  await state.store.write(usedEnd, encodeFooter(state.footer));
-  await state.store.flush();
-  await state.store.truncate(usedEnd + FOOTER_SIZE);
-  await state.store.flush();
-  state.footerOffset = usedEnd;
+  await endFileAt(state, usedEnd);
   return bytes;
+}
+
+/**
+ * Make `at` the end footer's place and cut the file after it: the footer
+ * first, made durable, then the cut, made durable. A crash in between leaves
+ * the old end footer still last and valid (its contents never change: a VHD
+ * footer records no file size), or, where the end footer was damaged, the
+ * copy at offset 0 in charge. Shared by compaction's last step, the tail
+ * given back at a writable open, and check's repairs.
+ */
+export async function endFileAt(state: VhdState, at: number): Promise<void> {
+  await state.store.write(at, encodeFooter(state.footer));
+  await state.store.flush();
+  await state.store.truncate(at + FOOTER_SIZE);
+  await state.store.flush();
+  state.footerOffset = at;
+  state.endFooterDamaged = null;
 }
 
 export async function checkVhd(state: VhdState, options: { repair?: 'leaks' | 'all' }): Promise<CheckResult> {
@@ -86,11 +99,7 @@ export async function checkVhd(state: VhdState, options: { repair?: 'leaks' | 'a
     const p: CheckProblem = { severity: 'corruption', message: `footer at the end of the file is damaged (${state.endFooterDamaged})`, offset: state.footerOffset };
     if (repair === 'all') {
       // Footer first, then cut whatever follows it: a crash in between leaves the footer copy at 0 in charge.
-      await store.write(state.footerOffset, encodeFooter(f));
-      await store.flush();
-      await store.truncate(state.footerOffset + FOOTER_SIZE);
-      await store.flush();
-      state.endFooterDamaged = null;
+      await endFileAt(state, state.footerOffset);
       p.repaired = true;
     }
     problems.push(p);

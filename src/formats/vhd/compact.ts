@@ -5,8 +5,9 @@ import type { CompactBlocks, CompactOptions, CompactOutcome } from '../types.js'
 import { ENTRIES_PER_SECTOR, UNALLOCATED, batBytes, encodeBatSector } from './bat.js';
 import { clearBatmap } from './batmap.js';
 import { DYNAMIC_HEADER_SIZE } from './dynamic-header.js';
-import { FOOTER_SIZE, encodeFooter, SECTOR } from './footer.js';
+import { FOOTER_SIZE, SECTOR } from './footer.js';
 import { bitmapBytes, clearBits, findBit } from './sector-bitmap.js';
+import { endFileAt } from './check.js';
 import type { VhdState } from './state.js';
 
 /*
@@ -145,12 +146,7 @@ export async function compactVhd(
   }
   // 3. footer at the new end, then the cut.
   if (newFooter < state.footerOffset || state.endFooterDamaged) {
-    await store.write(newFooter, encodeFooter(state.footer));
-    await store.flush();
-    await store.truncate(newFooter + FOOTER_SIZE);
-    await store.flush();
-    state.footerOffset = newFooter;
-    state.endFooterDamaged = null;
+    await endFileAt(state, newFooter);
   }
   if (state.free) state.free = vhdFreeSpace(state);
   return { bytesBefore: before, bytesAfter: await store.size(), moved: moves.length, cleared };
