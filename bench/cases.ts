@@ -276,9 +276,10 @@ function compactCases(w: (name: string) => string, raw: string, size: number, ta
     bytes: size,
     goal: 'vdisk/qemu-img <= 0.5, same size or smaller',
     limits: { 'vdisk/qemu-img': 0.5 },
-    note: 'vdisk compacts a fresh full copy (cp --sparse=never, untimed) in place; qemu-img copies out the same file',
+    note: 'vdisk compacts a fresh full copy (cp --sparse=never, then sync of that file: both untimed) in place, -t unsafe (no syncs, as qemu-img convert, whose only sync is of the empty file it creates); vdisk, writeback: its default, which flushes before each change of the block table; qemu-img copies out the same file',
     tools: [
-      { name: 'vdisk', role: 'vdisk', prepare: ['sh', '-c', `${make[2]} && cp --sparse=never "$1" "$3"`, 'sh', zeroed, raw, work], argv: vdiskCli('compact', '-q', '--mode', 'zero', work), outputs: [work] },
+      { name: 'vdisk', role: 'vdisk', prepare: ['sh', '-c', `${make[2]} && cp --sparse=never "$1" "$3" && sync "$3"`, 'sh', zeroed, raw, work], argv: vdiskCli('compact', '-q', '-t', 'unsafe', '--mode', 'zero', work), outputs: [work] },
+      { name: 'vdisk, writeback', role: 'vdisk', prepare: ['sh', '-c', `${make[2]} && cp --sparse=never "$1" "$3" && sync "$3"`, 'sh', zeroed, raw, work], argv: vdiskCli('compact', '-q', '--mode', 'zero', work), outputs: [work] },
       { name: 'qemu-img', role: 'peer', prepare: make, argv: ['qemu-img', 'convert', '-f', 'vpc', '-O', 'vpc', '-o', 'subformat=dynamic,force_size=on', zeroed, qOut], outputs: [qOut] },
     ],
   });

@@ -3,6 +3,7 @@
 
 napi_value vdisk_copy_ranges(napi_env env, napi_callback_info info);
 napi_value vdisk_copy_to_blocks(napi_env env, napi_callback_info info);
+napi_value vdisk_zero_scan(napi_env env, napi_callback_info info);
 napi_value vdisk_read_nowait(napi_env env, napi_callback_info info);
 napi_value vdisk_ofd_lock(napi_env env, napi_callback_info info);
 napi_value vdisk_ofd_test(napi_env env, napi_callback_info info);
@@ -21,6 +22,7 @@ static void export_fn(napi_env env, napi_value exports, const char *name, napi_c
 NAPI_MODULE_INIT() {
   export_fn(env, exports, "copyRanges", vdisk_copy_ranges);
   export_fn(env, exports, "copyToBlocks", vdisk_copy_to_blocks);
+  export_fn(env, exports, "zeroScan", vdisk_zero_scan);
   export_fn(env, exports, "readNoWait", vdisk_read_nowait);
   export_fn(env, exports, "ofdLock", vdisk_ofd_lock);
   export_fn(env, exports, "ofdTest", vdisk_ofd_test);

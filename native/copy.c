@@ -24,6 +24,11 @@
 // in disk order, blocks of zeros never allocated), while the reads, zero
 // scans and writes of many blocks still run at once. The format writes
 // the metadata afterwards (src/ops/convert.ts, Image.fillBlocks).
+//
+// zeroScan runs on the same threads over a plan of (descriptor, offset,
+// length) triples: it finds which ranges read all zeros (compact's zero
+// mode: ops/compact.ts), reading each from its first page on and stopping
+// at the first byte that is not zero, and writes nothing.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <math.h>
@@ -50,6 +55,12 @@
 // A range of a copyToBlocks plan: source descriptor, source offset, disk offset, unit, offset in the unit's place, length.
 #define BSTRIDE 6
 #define UNIT_WRITE_ALL 1  // a unit flag: write zero granules too (in place over data that may not be zero)
+#define SSTRIDE 3  // a range of a zeroScan plan: descriptor, offset, length
+// zeroScan reads a range a piece at a time: first one page (data shows in its first bytes), then SCAN_PIECE bytes.
+#define SCAN_PROBE 4096u
+#define SCAN_PIECE (1u << 20)
+
+enum { KIND_COPY, KIND_BLOCKS, KIND_SCAN };
 
 typedef struct {
   int dst;
@@ -70,6 +81,9 @@ typedef struct {
   atomic_int no_fallocate;  // the target's file system cannot allocate ahead
   uint64_t *progress;  // optional: bytes of ranges finished, for a progress bar
   napi_ref progress_ref;
+  int kind;
+  uint8_t *zero_out;   // zeroScan: 1 per range that reads all zeros, 0 per other
+  napi_ref out_ref;
   // copyToBlocks only (blocks != 0): see the comment at the top.
   int blocks;
   size_t units;
@@ -294,9 +308,40 @@ static void execute_blocks(Job *job, uint8_t *buf) {
   }
 }
 
+static void execute_scan(Job *job, uint8_t *buf) {
+  while (!atomic_load(&job->failed)) {
+    size_t i = atomic_fetch_add(&job->next, 1);
+    if (i >= job->count) break;
+    const uint64_t *r = job->plan + SSTRIDE * i;
+    const uint64_t from = r[1], len = r[2];
+    uint8_t zero = 1;
+    for (uint64_t at = 0, piece = SCAN_PROBE; at < len; at += piece, piece = SCAN_PIECE) {
+      const uint64_t n = len - at < piece ? len - at : piece;
+      if (!read_full(job, (int)r[0], buf, n, from + at)) return;
+      if (!all_zero(buf, n)) {
+        zero = 0;
+        break;
+      }
+    }
+    job->zero_out[i] = zero;
+    if (zero) atomic_fetch_add(&job->written, 1);
+    if (job->progress) __atomic_fetch_add(job->progress, len, __ATOMIC_RELAXED);
+  }
+}
+
 static void execute(napi_env env, void *data) {
   (void)env;
   Job *job = data;
+  if (job->kind == KIND_SCAN) {
+    uint8_t *buf = malloc(SCAN_PIECE);
+    if (!buf) {
+      fail(job, ENOMEM, "allocate", 0, -1);
+      return;
+    }
+    execute_scan(job, buf);
+    free(buf);
+    return;
+  }
   // Aligned to 2 MiB and offered huge pages: one fault instead of 512 for a
   // 2 MiB buffer, and fewer TLB misses while the kernel copies through it.
   const size_t huge = 2u << 20;
@@ -358,6 +403,7 @@ static void free_job(napi_env env, Job *job) {
     free(job->unit_flags);
     free(job->decided);
   }
+  if (job->out_ref) napi_delete_reference(env, job->out_ref);
   free(job->plan);
   free(job);
 }
@@ -486,14 +532,16 @@ static napi_value start(napi_env env, Job *job, int32_t workers, napi_value prog
   {
     // PREFETCH bytes of ranges ahead of the one being read, counted in ranges of the plan's mean length.
     uint64_t total = 0;
-    const size_t stride = job->blocks ? BSTRIDE : STRIDE;
+    const size_t stride = job->blocks ? BSTRIDE : job->kind == KIND_SCAN ? SSTRIDE : STRIDE;
     for (size_t k = 0; k < job->count; k++) total += job->plan[stride * k + stride - 1];
-    job->lead = total ? (size_t)(((uint64_t)PREFETCH * job->count + total - 1) / total) : 0;
+    // zeroScan reads most data ranges only a page deep: announcing them whole would read what it skips.
+    job->lead = total && job->kind != KIND_SCAN ? (size_t)(((uint64_t)PREFETCH * job->count + total - 1) / total) : 0;
   }
   if ((size_t)workers > job->count) workers = job->count > 0 ? (int32_t)job->count : 1;
   napi_value promise, name;
   napi_create_promise(env, &job->deferred, &promise);
-  napi_create_string_utf8(env, job->blocks ? "vdisk.copyToBlocks" : "vdisk.copyRanges", NAPI_AUTO_LENGTH, &name);
+  static const char *names[] = {"vdisk.copyRanges", "vdisk.copyToBlocks", "vdisk.zeroScan"};
+  napi_create_string_utf8(env, names[job->kind], NAPI_AUTO_LENGTH, &name);
   job->pending = workers;
   for (int i = 0; i < workers; i++) {
     if (napi_create_async_work(env, NULL, name, execute, complete, job, &job->works[i]) != napi_ok) {
@@ -616,6 +664,7 @@ static napi_value copy_to_blocks(napi_env env, napi_callback_info info) {
     return NULL;
   }
   job->blocks = 1;
+  job->kind = KIND_BLOCKS;
   job->dst = dst;
   job->granule = granule;
   job->count = count;
@@ -630,6 +679,60 @@ static napi_value copy_to_blocks(napi_env env, napi_callback_info info) {
   job->stride = stride;
   napi_create_reference(env, argv[7], 1, &job->placed_ref);
   return start(env, job, workers, argc == 9 ? argv[8] : NULL);
+}
+
+// The (descriptor, offset, length) plan of zeroScan, as a new job. NULL after throwing.
+static Job *scan_job(napi_env env, napi_value plan_v) {
+  size_t count;
+  uint64_t max_len;
+  uint64_t *plan = get_plan(env, plan_v, SSTRIDE, &count, &max_len, "plan must be a Float64Array of (descriptor, offset, length) ranges");
+  if (!plan) return NULL;
+  Job *job = calloc(1, sizeof *job);
+  if (!job) {
+    free(plan);
+    napi_throw_error(env, "ENOMEM", "out of memory");
+    return NULL;
+  }
+  job->kind = KIND_SCAN;
+  job->dst = -1;
+  job->granule = 1;
+  job->count = count;
+  job->plan = plan;
+  job->max_len = max_len;
+  return job;
+}
+
+// zeroScan(plan: Float64Array of SSTRIDE-tuples, workers, out: Uint8Array[, progress]) -> Promise<ranges that read all zeros>
+static napi_value zero_scan(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 3) return throw_type(env, "zeroScan takes 3 or 4 arguments");
+  int32_t workers;
+  if (napi_get_value_int32(env, argv[1], &workers) != napi_ok || workers < 1 || workers > MAX_WORKERS) return throw_type(env, "workers");
+  bool ok;
+  napi_typedarray_type ot = napi_int8_array;
+  size_t olen = 0;
+  void *odata = NULL;
+  napi_is_typedarray(env, argv[2], &ok);
+  if (ok) napi_get_typedarray_info(env, argv[2], &ot, &olen, &odata, NULL, NULL);
+  if (!ok || ot != napi_uint8_array) return throw_type(env, "out must be a Uint8Array with one byte per range");
+  uint64_t *progress = NULL;
+  if (argc == 4 && !get_progress(env, argv[3], &progress)) return NULL;
+  Job *job = scan_job(env, argv[0]);
+  if (!job) return NULL;
+  if (olen < job->count) {
+    free_job(env, job);
+    return throw_type(env, "out must be a Uint8Array with one byte per range");
+  }
+  job->zero_out = odata;
+  job->progress = progress;
+  napi_create_reference(env, argv[2], 1, &job->out_ref);
+  return start(env, job, workers, argc == 4 ? argv[3] : NULL);
+}
+
+napi_value vdisk_zero_scan(napi_env env, napi_callback_info info) {
+  return zero_scan(env, info);
 }
 
 napi_value vdisk_copy_ranges(napi_env env, napi_callback_info info) {

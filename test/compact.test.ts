@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { copyFileSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { closeSync, copyFileSync, ftruncateSync, openSync, readdirSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { createImage } from '../src/ops/create.js';
 import { openChain, openLayer } from '../src/chain/open.js';
 import { compactImage } from '../src/ops/compact.js';
@@ -9,7 +10,8 @@ import { checkImage, checkExitCode } from '../src/ops/check.js';
 import { isBlockError } from '../src/core/errors.js';
 import { compareImages } from '../src/ops/compare.js';
 import { pyvhdiDigest, qemuImg, requireTool, run, tempDir, vdiskDigest } from './helpers/oracle.js';
-import { vdisk } from './helpers/cli.js';
+import { VDISK_BIN, vdisk } from './helpers/cli.js';
+import { openFileStore } from '../src/io/file-store.js';
 import { corpusDir } from './helpers/corpus.js';
 import { randomBytes, rng } from './helpers/random.js';
 
@@ -229,4 +231,79 @@ test('compact on copies of the corpus images: every dynamic and fixed VHD/VHDX r
   }
   assert.ok(compacted >= 20, `only ${compacted} corpus images compacted`);
   assert.ok(released > 0, 'some corpus image had blocks to release');
+});
+
+/** `vdisk compact --output=json` with extra environment; its JSON report. */
+function compactCli(path: string, env: NodeJS.ProcessEnv, ...args: string[]): { 'blocks-released': Record<string, number>; 'blocks-moved': number; 'bytes-after': number } {
+  const r = spawnSync(process.execPath, [VDISK_BIN, 'compact', '--output=json', ...args, path], { encoding: 'utf8', env: { ...process.env, ...env } });
+  assert.equal(r.status, 0, r.stderr);
+  return JSON.parse(r.stdout);
+}
+
+test('compact --mode zero: the native scan (native/copy.c zeroScan) releases exactly the blocks the JavaScript checks release; data past the first page and in the last byte of a block over 64 MiB is found', async (t) => {
+  if (!requireTool(t, 'qemu-img')) return;
+  const d = tempDir();
+  t.after(d.cleanup);
+  // 384 MiB, sparse: a byte just past the scan's first page of block 0, nothing in 128-256 MiB, the very last byte set.
+  const raw = join(d.dir, 'in.raw');
+  const fd = openSync(raw, 'w');
+  ftruncateSync(fd, 384 * MiB);
+  writeSync(fd, Uint8Array.of(7), 0, 1, 4096 + 100);
+  writeSync(fd, Uint8Array.of(9), 0, 1, 384 * MiB - 1);
+  closeSync(fd);
+  // Every block allocated, the zeros written (-S 0): VHD 2 MiB blocks; VHDX 128 MiB blocks, each scanned as two 64 MiB ranges.
+  for (const [format, opts, expected] of [
+    ['vhd', 'subformat=dynamic', 192 - 2],
+    ['vhdx', 'block_size=128M', 1],
+  ] as const) {
+    const image = join(d.dir, `in.${format}`);
+    qemuImg('convert', '-q', '-S', '0', '-f', 'raw', '-O', QEMU_FMT[format], '-o', opts, raw, image);
+    const before = (await vdiskDigest(image)).digest;
+    const results = [];
+    for (const env of [{}, { VDISK_NATIVE: '0' }]) {
+      const copy = join(d.dir, `c${results.length}.${format}`);
+      copyFileSync(image, copy);
+      const report = compactCli(copy, env, '--mode', 'zero');
+      results.push({ released: report['blocks-released'], moved: report['blocks-moved'], after: report['bytes-after'], bytes: statSync(copy).size });
+      assert.equal((await vdiskDigest(copy)).digest, before, `${format} ${JSON.stringify(env)}: same disk`);
+      run('qemu-img', ['compare', '-q', '-f', 'raw', '-F', QEMU_FMT[format], raw, copy]);
+    }
+    assert.equal(results[0].released.zero, expected, `${format}: blocks released`);
+    assert.deepEqual(results[0], results[1], `${format}: native and JavaScript scans agree`);
+  }
+});
+
+test('compact -t unsafe: the writable store is opened without syncs; same disk, same size as the default; -t takes only unsafe or writeback', async (t) => {
+  const d = tempDir();
+  t.after(d.cleanup);
+  const image = join(d.dir, 'a.vhd');
+  await createImage({ path: image, format: 'vhd', size: 32 * MiB, options: { block_size: '1048576' } });
+  const r = rng(7);
+  await write(image, Array.from({ length: 32 }, (_, b) => [b * MiB, b % 2 ? new Uint8Array(MiB) : randomBytes(r, MiB)] as [number, Uint8Array]));
+  const before = (await vdiskDigest(image)).digest;
+  const sizes: number[] = [];
+  for (const cache of ['writeback', 'unsafe'] as const) {
+    const copy = join(d.dir, `${cache}.vhd`);
+    copyFileSync(image, copy);
+    const seen: boolean[] = [];
+    const res = await compactImage({
+      path: copy,
+      modes: ['zero'],
+      cache,
+      openStore: (p, o) => {
+        if (!o.readOnly) seen.push(Boolean(o.noSync));
+        return openFileStore(p, o);
+      },
+    });
+    assert.equal(res.released.zero, 16);
+    assert.ok(seen.length > 0 && seen.every((s) => s === (cache === 'unsafe')), `${cache}: writable opens with noSync ${JSON.stringify(seen)}`);
+    assert.equal((await vdiskDigest(copy)).digest, before);
+    assert.equal(checkExitCode(await checkImage({ path: copy })), 0);
+    sizes.push(statSync(copy).size);
+  }
+  assert.equal(sizes[0], sizes[1]);
+  const bad = vdisk('compact', '-t', 'none', image);
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /argument 'none' is invalid\. Allowed choices are unsafe, writeback/);
+  await assert.rejects(compactImage({ path: image, cache: 'none' as 'unsafe' }), (e) => isBlockError(e) && /unknown cache mode 'none'/.test(e.message));
 });

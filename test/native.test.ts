@@ -4,7 +4,7 @@ import { closeSync, openSync, readFileSync, statSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { FileStore } from '../src/io/file-store.js';
-import { granuleRuns, zeroChecker } from '../src/ops/zero.js';
+import { granuleRuns, isZero, zeroChecker } from '../src/ops/zero.js';
 import { requireNativeAddon, tempDir } from './helpers/oracle.js';
 
 
@@ -426,6 +426,68 @@ test('native copyToBlocks: slots in plan order whichever range finishes first; a
       }
     } finally {
       [src, wo, dst].forEach((f) => closeSync(f));
+    }
+  } finally {
+    cleanup();
+  }
+});
+
+test('native zeroScan: the same verdict as reading each range whole (past the end of the file: zeros), any ranges, pieces and workers', async (t) => {
+  const addon = requireNativeAddon(t);
+  if (!addon) return;
+  assert.ok(addon.zeroScan, 'this addon has zeroScan');
+  const { dir, cleanup } = tempDir();
+  try {
+    await fc.assert(
+      fc.asyncProperty(
+        // Patches of 4 KiB - 1 MiB + 4 KiB straddle the scan's first page and its 1 MiB pieces.
+        fc.array(fc.integer({ min: 0, max: 2 }), { minLength: 1, maxLength: 12 }),
+        fc.constantFrom(512, 4096, 4097, (1 << 20) + 4096),
+        fc.array(fc.record({ from: fc.nat(), len: fc.nat() }), { minLength: 1, maxLength: 10 }),
+        fc.integer({ min: 1, max: 4 }),
+        fc.nat(),
+        async (kinds, patch, wanted, workers, seed) => {
+          const src = patchwork(kinds, patch, seed);
+          const path = join(dir, 'src');
+          writeFileSync(path, src);
+          const fd = openSync(path, 'r');
+          try {
+            // Ranges anywhere in the file and up to a patch past its end.
+            const ranges = wanted.map(({ from, len }) => ({ from: from % (src.length + patch), len: 1 + (len % (3 * patch)) }));
+            const plan = new Float64Array(ranges.flatMap((r) => [fd, r.from, r.len]));
+            const out = new Uint8Array(ranges.length).fill(7);
+            const zeros = await addon.zeroScan!(plan, workers, out);
+            const expected = ranges.map((r) => {
+              const bytes = new Uint8Array(r.len);
+              bytes.set(src.subarray(Math.min(r.from, src.length), Math.min(r.from + r.len, src.length)));
+              return isZero(bytes) ? 1 : 0;
+            });
+            assert.deepEqual([...out], expected);
+            assert.equal(zeros, expected.filter((z) => z === 1).length);
+          } finally {
+            closeSync(fd);
+          }
+        },
+      ),
+      { numRuns: 60 },
+    );
+    // The byte that decides may be the last one of a range far past the first page and piece.
+    const big = new Uint8Array(3 << 20);
+    big[big.length - 1] = 1;
+    const path = join(dir, 'last');
+    writeFileSync(path, big);
+    const fd = openSync(path, 'r');
+    try {
+      const out = new Uint8Array(2);
+      assert.equal(await addon.zeroScan!(new Float64Array([fd, 0, big.length, fd, 0, big.length - 1]), 2, out), 1);
+      assert.deepEqual([...out], [0, 1]);
+      // Bad arguments throw; a read error rejects with its errno code.
+      assert.throws(() => addon.zeroScan!(new Float64Array([fd, 0, 65 << 20]), 1, out), /64 MiB/);
+      assert.throws(() => addon.zeroScan!(new Float64Array([fd, 0, 1, fd, 0, 1, fd, 0, 1]), 1, out), /one byte per range/);
+      assert.throws(() => addon.zeroScan!(new Float64Array([fd, 0, 1]), 0, out), /workers/);
+      await assert.rejects(addon.zeroScan!(new Float64Array([999_999, 0, 4096]), 1, out), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+    } finally {
+      closeSync(fd);
     }
   } finally {
     cleanup();

@@ -58,6 +58,17 @@ export interface NativeAddon {
     progress?: BigUint64Array,
   ): Promise<number>;
   /**
+   * Which ranges of files read all zeros, on `workers` libuv threads:
+   * `plan` holds one triple per range (descriptor, offset, length, at most
+   * 64 MiB); each range is read from its first page on, a page first and
+   * then 1 MiB at a time, and no further than its first byte that is not
+   * zero. `out[i]` becomes 1 when range i reads all zeros (past the end of
+   * its file counts as zeros), else 0. Resolves to the number of zero
+   * ranges; rejects as copyRanges. Absent from an addon built before it
+   * existed.
+   */
+  zeroScan?(plan: Float64Array, workers: number, out: Uint8Array, progress?: BigUint64Array): Promise<number>;
+  /**
    * Read into `into` at `position` from what the page cache holds, on this
    * thread, never waiting for the device (preadv2 with RWF_NOWAIT): the
    * bytes read (0 at end of file; fewer than asked when only part is in

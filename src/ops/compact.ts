@@ -1,6 +1,7 @@
-import { BlockError } from '../core/errors.js';
+import { BlockError, fromSystemError } from '../core/errors.js';
 import { openFileStore } from '../io/file-store.js';
-import type { StoreOpener } from '../io/store.js';
+import { nativeStore, type StoreOpener } from '../io/store.js';
+import { NATIVE_MAX_RANGE, copyWorkers, nativeAddon } from '../io/native.js';
 import { openChain, type ChainOpenOptions } from '../chain/open.js';
 import type { Chain } from '../chain/chain.js';
 import type { Image } from '../formats/types.js';
@@ -49,6 +50,17 @@ export interface CompactRequest {
   openStore?: StoreOpener;
   /** Progress over the disk's blocks, then over the blocks moved. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Cache mode, as commit's and qemu-img's `-t`: 'writeback' (default)
+   * flushes wherever the crash-safe order needs it (formats/vhd/compact.ts,
+   * formats/vhdx/compact.ts), so a power loss at any moment leaves the old
+   * or the new disk; 'unsafe' never flushes: the writes go in the same
+   * order, so a killed process still leaves a disk that opens and reads
+   * the same (the kernel holds every write it took), but a power loss or
+   * kernel crash before the kernel has written the file back may not. For
+   * an image that can be made again, or when the caller syncs the file.
+   */
+  cache?: 'unsafe' | 'writeback';
 }
 
 export interface CompactResult {
@@ -100,7 +112,10 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
   if (req.openOptions?.readOnly && !dryRun) {
     throw new BlockError('read-only', 'cannot compact an image opened read-only (use --dry-run to see what compact would do)', { path: req.path });
   }
-  const openStore = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const cache = req.cache ?? 'writeback';
+  if (cache !== 'unsafe' && cache !== 'writeback') throw new BlockError('invalid-argument', `unknown cache mode '${cache}' (unsafe or writeback)`);
+  const given = req.openStore ?? req.openOptions?.openStore ?? openFileStore;
+  const openStore: StoreOpener = cache === 'unsafe' ? (p, o) => given(p, o.readOnly ? o : { ...o, noSync: true }) : given;
   const chain = await openChain(req.path, { ...req.openOptions, openStore, readOnly: dryRun, layerOnly: false });
   try {
     const top = chain.top;
@@ -155,11 +170,20 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
     // with a buffer each, so that the reads of some overlap the zero checks of others; results kept in block order.
     type Verdict = { mode?: CompactMode; runs?: { offset: number; length: number }[] };
     const verdicts: Verdict[] = new Array<Verdict>(blocks.length);
-    const judge = async (b: (typeof blocks)[number], buf: Uint8Array, parentBuf: Uint8Array): Promise<Verdict> => {
+    const decidedEarlier = (b: (typeof blocks)[number]): Verdict | undefined => {
       const start = b.index * blockSize;
       if (modes.includes('trim') && b.trimmed) return { mode: 'trim' };
       if (fsFree.length && whollyFree(fsFree, start, Math.min(blockSize, top.size - start))) return { mode: 'fs' };
       if (!zeroMode || b.trimmed) return {};
+      return undefined;
+    };
+    // A layer without a parent, in a local file: the zero checks in C, file to memory only (nativeZeroBlocks).
+    const zeroBlocks = zeroMode && !differencing ? await nativeZeroBlocks(top, blocks.filter((b) => !decidedEarlier(b)).map((b) => b.index), blockSize, req.onProgress) : undefined;
+    const judge = async (b: (typeof blocks)[number], buf: Uint8Array, parentBuf: Uint8Array): Promise<Verdict> => {
+      const early = decidedEarlier(b);
+      if (early) return early;
+      const known = zeroBlocks?.get(b.index);
+      if (known !== undefined) return known ? { mode: 'zero' } : {};
       if (differencing) {
         // Sector runs: zeros in the layer over zeros in the parent. All of what the layer holds: the block goes;
         // else the runs' bits are cleared and the block stays.
@@ -171,12 +195,12 @@ export async function compactImage(req: CompactRequest): Promise<CompactResult> 
     let next = 0;
     let judged = 0;
     const worker = async (): Promise<void> => {
-      const buf = new Uint8Array(Math.min(CHUNK, blockSize));
+      const buf = new Uint8Array(zeroBlocks ? 0 : Math.min(CHUNK, blockSize));
       const parentBuf = differencing && zeroMode ? new Uint8Array(buf.length) : buf;
       while (next < blocks.length) {
         const k = next++;
         verdicts[k] = await judge(blocks[k], buf, parentBuf);
-        req.onProgress?.(++judged, blocks.length);
+        if (!zeroBlocks) req.onProgress?.(++judged, blocks.length);
       }
     };
     await Promise.all(Array.from({ length: Math.min(SCAN_WORKERS, blocks.length) }, worker));
@@ -235,6 +259,60 @@ async function sizeOf(top: Image, openStore: StoreOpener): Promise<number> {
   } finally {
     await s.close();
   }
+}
+
+/**
+ * zero mode's check of a layer without a parent, for `indexes`, in one call
+ * to the native addon (native/copy.c zeroScan): the data extents of each
+ * block, minus the file's holes, read straight from the layer's file on
+ * libuv's threads, each no further than its first byte that is not zero.
+ * The same verdicts as blockReadsZero, which it stands in for (the bench's
+ * 4 GiB VHD, 2 GiB of zero blocks: 0.74 s through JavaScript, 0.13 s
+ * here). Undefined where it cannot run (no addon, or a layer not in a
+ * local file, or whose extents do not name their place in it): then the
+ * JavaScript checks run. A block without data extents reads zero.
+ */
+async function nativeZeroBlocks(top: Image, indexes: readonly number[], blockSize: number, onProgress?: (done: number, total: number) => void): Promise<Map<number, boolean> | undefined> {
+  const addon = nativeAddon();
+  const store = nativeStore(top.hostStore);
+  if (!addon?.zeroScan || !store || !top.readHost || indexes.length === 0) return undefined;
+  const fd = store.nativeFd();
+  const plan: number[] = [];
+  const owner: number[] = [];
+  let total = 0;
+  for (const index of indexes) {
+    const start = index * blockSize;
+    for (const e of await top.blockStatus(start, Math.min(blockSize, top.size - start))) {
+      if (e.kind !== 'data') continue;
+      if (e.hostOffset === undefined) return undefined;
+      const ranges = (await top.hostAllocation?.(e.hostOffset, e.length)) ?? [{ offset: e.hostOffset, length: e.length, data: true }];
+      for (const r of ranges) {
+        if (!r.data) continue;
+        for (let at = 0; at < r.length; at += NATIVE_MAX_RANGE) {
+          const n = Math.min(NATIVE_MAX_RANGE, r.length - at);
+          plan.push(fd, r.offset + at, n);
+          owner.push(index);
+          total += n;
+        }
+      }
+    }
+  }
+  const out = new Uint8Array(owner.length);
+  const progress = new BigUint64Array(1);
+  const tick = onProgress && setInterval(() => onProgress(Number(progress[0]), total), 200);
+  try {
+    await addon.zeroScan(new Float64Array(plan), copyWorkers(), out, progress);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException & { offset?: number };
+    throw fromSystemError(e, { path: store.path, offset: err.offset, operation: 'read' });
+  } finally {
+    if (tick) clearInterval(tick);
+  }
+  const zero = new Map<number, boolean>(indexes.map((i) => [i, true]));
+  owner.forEach((index, k) => {
+    if (!out[k]) zero.set(index, false);
+  });
+  return zero;
 }
 
 /**

@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { escapeJson } from '../../core/escape.js';
 import { formatSize } from '../../core/size.js';
 import { collect, openOptions, outputOption, withOpenOptions, withProgress, type CommandContext, type OpenFlags, type OutputFormat } from '../options.js';
@@ -10,6 +10,7 @@ interface CompactOptions extends OpenFlags {
   progress?: boolean;
   output: OutputFormat;
   quiet?: boolean;
+  cache: 'unsafe' | 'writeback';
 }
 
 export function define(cmd: Command): void {
@@ -18,6 +19,11 @@ export function define(cmd: Command): void {
       .option('-f, --format <fmt>', 'image format (default: probe)')
       .option('--mode <modes>', 'what to release: zero (all-zero blocks; in a differencing layer, zero sector runs over zeros in the parent), trim (blocks already discarded), fs (blocks in space the guest\'s ext2/3/4 or NTFS file systems do not use: free space may then read as zeros); repeatable or comma-separated (default: zero,trim)', collect)
       .option('--dry-run', 'report what would be released and the size the file would reach; write nothing')
+      .addOption(
+        new Option('-t, --cache <mode>', 'writeback (sync as the crash-safe order needs: a power loss leaves the old or the new disk) or unsafe (no syncs, as qemu-img convert: a killed process is still safe, a power loss may not be)')
+          .choices(['unsafe', 'writeback'] satisfies CompactOptions['cache'][])
+          .default('writeback'),
+      )
       .option('-p, --progress', 'show a progress bar')
       .addOption(outputOption())
       .option('-q, --quiet', 'print nothing')
@@ -29,7 +35,7 @@ export async function run({ print }: CommandContext, [image]: [string], o: Compa
   const { compactImage, parseModes } = await import('../../ops/compact.js');
   const modes = parseModes(o.mode);
   const r = await withProgress(Boolean(o.progress), (onProgress) =>
-    compactImage({ path: image, modes, dryRun: Boolean(o.dryRun), openOptions: openOptions(o, o.format), onProgress }),
+    compactImage({ path: image, modes, dryRun: Boolean(o.dryRun), cache: o.cache, openOptions: openOptions(o, o.format), onProgress }),
   );
   if (o.quiet) return;
   if (o.output === 'json') {
