@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { startCeph, stopCeph } from '../test/helpers/ceph.js';
 import { startNginx } from '../test/helpers/nginx.js';
-import { measure, median, runOk, type Measurement } from './measure.js';
+import { measure, median, pausePageReporting, runOk, touchFreeMemory, type Measurement } from './measure.js';
 import { REPO } from './peers.js';
 
 /**
@@ -50,6 +50,7 @@ interface Case {
 }
 
 async function main(): Promise<void> {
+  const reporting = await pausePageReporting((line) => console.error(line));
   const work = join(REPO, 'bench', '.work', `remote-${process.pid}`);
   const www = join(work, 'www');
   await mkdir(www, { recursive: true });
@@ -136,10 +137,11 @@ async function main(): Promise<void> {
       }
     }
     const lines = [
-      `${SIZE_MIB} MiB, ${RUNS} runs, tools alternating; medians`,
+      `${SIZE_MIB} MiB, ${RUNS} runs, tools alternating; medians${reporting ? `; ${reporting}` : ''}`,
       '| Case | Tool | Wall (s) | CPU user+sys (s) | Peak RSS (MiB, max) | vdisk / tool: wall | vdisk / tool: CPU |',
       '|---|---|---|---|---|---|---|',
     ];
+    await touchFreeMemory((line) => console.error(line));
     for (const c of cases) {
       const results = new Map<string, Measurement[]>();
       for (let r = 0; r < RUNS; r++) {

@@ -5,7 +5,7 @@ import { cpus, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { buildCases, buildLargeCases, type Case, type CaseOptions, type Tool } from './cases.js';
 import { buildInputs, buildLargeInputs, FULL_SCALE, SMOKE_SCALE } from './inputs.js';
-import { CommandError, hasGnuTime, measure, median } from './measure.js';
+import { CommandError, hasGnuTime, measure, median, pausePageReporting, touchFreeMemory } from './measure.js';
 import { convertHasCache, ensureVhdLib, REPO, serveAvailable, toolVersion, useApp, VHD_LIB_VERSION } from './peers.js';
 import { formatSummary, summarizeDir, type ProfileSummary } from './profile.js';
 
@@ -349,6 +349,9 @@ async function main(): Promise<number> {
   log(Object.entries(facts).map(([k, v]) => `  ${k}: ${v}`).join('\n'));
   if (facts['qemu-img'] === 'missing') throw new Error('qemu-img is required (it builds the VHD and VHDX inputs and is the main peer)');
   if (!hasGnuTime) log('  /usr/bin/time missing: peak RSS not measured');
+  // Not for the smoke run (the test suite runs it): it changes a kernel setting for the run's length.
+  const reporting = args.smoke ? undefined : await pausePageReporting(log);
+  if (reporting) facts.env = facts.env ? `${facts.env}; ${reporting}` : reporting;
 
   const work = args.work ?? join(REPO, 'bench', '.work', `run-${process.pid}`);
   await rm(work, { recursive: true, force: true });
@@ -393,6 +396,7 @@ async function main(): Promise<number> {
     }
     if (args.only.length) cases = cases.filter((c) => c.group === 'reference' || args.only.some((o) => c.id.includes(o)));
 
+    await touchFreeMemory(log);
     const results: CaseResult[] = [];
     let failures = 0;
     for (const c of cases) {
