@@ -2,7 +2,7 @@ import { Option, type Command } from 'commander';
 import { BlockError } from '../core/errors.js';
 import type { ChainOpenOptions } from '../chain/open.js';
 import { progressBar } from './progress.js';
-import { setRemoteOptions } from '../io/remote-options.js';
+import { remoteTimeoutMs, setRemoteOptions } from '../io/remote-options.js';
 
 /*
  * What the command modules share: the context a handler runs in and the
@@ -39,18 +39,25 @@ export interface OpenFlags {
 export interface RemoteFlags {
   header?: string[];
   s3Endpoint?: string;
+  remoteTimeout?: string;
 }
 
 /** Options of images in S3 or over HTTP(S) (io/remote-options.ts); every command that opens images has them. */
 function withRemoteOptions(cmd: Command): Command {
   return cmd
     .option('--header <line>', "extra HTTP header for http(s):// images, e.g. 'Authorization: Bearer …' (repeatable; also VDISK_HTTP_HEADERS)", collect)
-    .option('--s3-endpoint <url>', 'S3 endpoint for s3:// images (non-AWS servers: path-style addressing; default: AWS configuration)');
+    .option('--s3-endpoint <url>', 'S3 endpoint for s3:// images (non-AWS servers: path-style addressing; default: AWS configuration)')
+    .option('--remote-timeout <seconds>', 'give up a remote connection after this long without progress (then retried; default 30, or VDISK_REMOTE_TIMEOUT)');
 }
 
-/** Apply --header and --s3-endpoint to the remote hosts. */
+/** Apply --header, --s3-endpoint and --remote-timeout to the remote hosts. */
 function applyRemoteOptions(o: RemoteFlags): void {
-  setRemoteOptions({ httpHeaders: o.header ?? [], s3Endpoint: o.s3Endpoint });
+  const timeout = o.remoteTimeout === undefined ? undefined : Number(o.remoteTimeout);
+  if (timeout !== undefined && (o.remoteTimeout!.trim() === '' || !Number.isFinite(timeout))) {
+    throw new BlockError('invalid-argument', `--remote-timeout must be a number of seconds, not '${o.remoteTimeout}'`);
+  }
+  setRemoteOptions({ httpHeaders: o.header ?? [], s3Endpoint: o.s3Endpoint, timeoutSeconds: timeout });
+  remoteTimeoutMs(); // a bad value (here or in VDISK_REMOTE_TIMEOUT) is an error before anything is opened
 }
 
 /** Options every command that opens an image accepts. */

@@ -4,7 +4,7 @@ import { BlockError } from '../core/errors.js';
 import type { Host, HostStat } from './host.js';
 import { ConnectionError, RangeClient } from './http-range.js';
 import { RangedStore, type RangeSource } from './ranged-store.js';
-import { remoteOptions } from './remote-options.js';
+import { remoteOptions, remoteTimeoutMs } from './remote-options.js';
 import { parseUrl, urlContained, urlPaths } from './url-paths.js';
 
 /**
@@ -17,7 +17,6 @@ import { parseUrl, urlContained, urlPaths } from './url-paths.js';
  */
 const MAX_SOCKETS = 8;
 const MAX_REDIRECTS = 10;
-const TIMEOUT_MS = 30_000;
 
 type HttpModule = typeof import('node:http');
 const agents = new Map<string, { mod: HttpModule; agent: HttpAgent }>();
@@ -66,7 +65,8 @@ async function get(url: URL, headers: OutgoingHttpHeaders): Promise<IncomingMess
   const { mod, agent } = transport(url.protocol);
   return new Promise((resolve, reject) => {
     const req = mod.request(url, { method: 'GET', headers, agent }, resolve);
-    req.setTimeout(TIMEOUT_MS, () => req.destroy(new Error(`no answer within ${TIMEOUT_MS / 1000} s`)));
+    const timeout = remoteTimeoutMs();
+    req.setTimeout(timeout, () => req.destroy(new Error(`no answer within ${timeout / 1000} s`)));
     req.on('error', reject);
     req.end();
   });
@@ -201,7 +201,7 @@ function rangeSource(location: string, p: Probe): RangeSource {
   const strong = p.etag && !p.etag.startsWith('W/') ? p.etag : undefined;
   const conditional: Record<string, string> = strong ? { 'if-match': strong } : p.lastModified ? { 'if-unmodified-since': p.lastModified } : {};
   // Plain HTTP: the data through vdisk's own range client (io/http-range.ts says why); TLS through node:https.
-  const fast = p.url.protocol === 'http:' ? new RangeClient(p.url.hostname, Number(p.url.port || 80), MAX_SOCKETS, TIMEOUT_MS) : undefined;
+  const fast = p.url.protocol === 'http:' ? new RangeClient(p.url.hostname, Number(p.url.port || 80), MAX_SOCKETS, remoteTimeoutMs()) : undefined;
   const target = `${p.url.pathname}${p.url.search}`;
   return {
     async fetch(offset, into) {
@@ -212,8 +212,8 @@ function rangeSource(location: string, p: Probe): RangeSource {
         try {
           a = await fast.get(target, { host: p.url.host, ...headers }, into);
         } catch (e) {
-          // Retried by the ranged store; a body cut short says so.
-          if (e instanceof ConnectionError && e.got !== undefined) throw truncated(location, e.got, length);
+          // Retried by the ranged store; a body cut short (closed, or stalled past the timeout) says so.
+          if (e instanceof ConnectionError && e.got !== undefined) throw new BlockError('io', e.message, { path: location, operation: 'read', transient: true });
           throw e;
         }
         if (a.filled) {

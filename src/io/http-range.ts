@@ -75,7 +75,7 @@ class Connection {
       noDelay: true,
       onread: { buffer: Buffer.allocUnsafe(READ_BUFFER), callback: (n: number, buf: Uint8Array) => this.onRead(buf.subarray(0, n)) },
     });
-    this.socket.setTimeout(timeoutMs, () => this.fail(new ConnectionError(`no answer within ${timeoutMs / 1000} s`)));
+    this.socket.setTimeout(timeoutMs, () => this.fail(new ConnectionError(`no answer within ${timeoutMs / 1000} s`), `sent nothing for ${timeoutMs / 1000} s`));
     this.socket.on('error', (e) => this.fail(new ConnectionError(e.message)));
     this.socket.on('close', () => {
       this.fail(new ConnectionError('the server closed the connection'));
@@ -90,12 +90,13 @@ class Connection {
     this.socket.write(request, 'latin1');
   }
 
-  private fail(e: ConnectionError): void {
+  /** Give up the exchange in progress with `e`, or, once its body has begun, as the server having `midBody` (closed the connection, by default) part-way. */
+  private fail(e: ConnectionError, midBody = 'closed the connection'): void {
     this.broken = true;
     const ex = this.current;
     this.current = undefined;
     if (!this.socket.destroyed) this.socket.destroy();
-    if (ex) ex.reject(ex.answer ? new ConnectionError(`the server closed the connection mid-body (${ex.got} of ${ex.length} bytes)`, ex.got) : e);
+    if (ex) ex.reject(ex.answer ? new ConnectionError(`the server ${midBody} mid-body (${ex.got} of ${ex.length} bytes)`, ex.got) : e);
   }
 
   /** Bytes from the socket, in the connection's own buffer (valid only during this call). */

@@ -1,7 +1,7 @@
 import { createRequire } from 'node:module';
 import type * as S3 from '@aws-sdk/client-s3';
 import { BlockError } from '../core/errors.js';
-import { remoteOptions } from './remote-options.js';
+import { remoteOptions, remoteTimeoutMs } from './remote-options.js';
 import { FillHandler } from './s3-fill.js';
 import { parseUrl } from './url-paths.js';
 
@@ -37,7 +37,8 @@ export function s3Client(): S3.S3Client {
   const endpoint = o.s3Endpoint || process.env.AWS_ENDPOINT_URL_S3 || process.env.AWS_ENDPOINT_URL || undefined;
   // The SDK finds the region in the environment or a profile; a non-AWS endpoint often has none configured.
   const region = o.s3Region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || (endpoint ? 'us-east-1' : undefined);
-  const key = `${endpoint ?? ''}\n${region ?? ''}`;
+  const timeout = remoteTimeoutMs();
+  const key = `${endpoint ?? ''}\n${region ?? ''}\n${timeout}`;
   let c = clients.get(key);
   if (!c) {
     if (endpoint) {
@@ -58,6 +59,10 @@ export function s3Client(): S3.S3Client {
       requestChecksumCalculation: 'WHEN_REQUIRED',
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 4,
+      // The SDK waits forever by default: a gateway that stops answering (a
+      // full Ceph memstore holds requests) would hang vdisk. A connection
+      // that makes no progress for the timeout fails and is tried again.
+      requestHandler: { connectionTimeout: timeout, socketTimeout: timeout },
     });
     // Range GETs of the ranged store read their bodies straight into its buffers (io/s3-fill.ts).
     const config = c.config as { requestHandler: unknown };

@@ -1,6 +1,7 @@
 import { Readable } from 'node:stream';
 import type * as S3 from '@aws-sdk/client-s3';
 import { RangeClient } from './http-range.js';
+import { remoteTimeoutMs } from './remote-options.js';
 
 /**
  * S3 GetObject bodies read straight into the ranged store's buffer
@@ -22,7 +23,6 @@ import { RangeClient } from './http-range.js';
  */
 const FILL = Symbol('vdisk.fill');
 const MAX_SOCKETS = 8;
-const TIMEOUT_MS = 30_000;
 
 export interface Fill {
   into: Uint8Array;
@@ -93,7 +93,7 @@ export class FillHandler {
     const key = `${request.hostname}:${port}`;
     let client = this.clients.get(key);
     if (!client) {
-      client = new RangeClient(request.hostname, port, MAX_SOCKETS, TIMEOUT_MS);
+      client = new RangeClient(request.hostname, port, MAX_SOCKETS, remoteTimeoutMs());
       this.clients.set(key, client);
     }
     const headers = { ...request.headers };
