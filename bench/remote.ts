@@ -151,6 +151,9 @@ async function main(): Promise<void> {
           await rm(tmpVhd, { force: true });
           const m = await measure(argv, { scratch: work, env });
           results.set(tool, [...(results.get(tool) ?? []), m]);
+          // Untimed: an object written over goes to the gateway's garbage collector, which by default waits 2 h;
+          // without this, upload runs fill the memstore OSD and the gateway holds requests (vdisk then times them out).
+          if (c.name.includes('→ S3')) await runOk(['radosgw-admin', '-c', join(ceph.dir, 'ceph.conf'), 'gc', 'process', '--include-all']);
           console.error(`${c.name} | ${tool} | run ${r + 1}: ${m.wall.toFixed(2)} s wall, ${m.cpu?.toFixed(2) ?? '?'} s CPU, ${((m.rss ?? 0) / (1 << 20)).toFixed(0)} MiB`);
         }
       }
